@@ -1,0 +1,74 @@
+# postern's build, run and test entry points. `make test` installs what the
+# tests need (Debian packages for the real test peers) on a machine that has
+# only Go, then runs every test.
+
+GO      ?= go
+BIN     := bin/postern
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+# Real peers the integration tests drive: swaks (client), Postfix's
+# smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier).
+DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl
+
+# Fuzz targets run briefly by `make test` and at length by `make fuzz`.
+FUZZTIME      ?= 3s
+FUZZTIME_LONG ?= 2m
+
+.PHONY: all build run test unit deps lint fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/postern
+
+# Runs postern on its built-in default config: every listener on loopback,
+# data in ./data. Add a user first: see README.md.
+run: build
+	./$(BIN) serve --config builtin
+
+test: deps lint
+	$(GO) test -race -count=1 -timeout 25m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME_LONG=$(FUZZTIME)
+
+# Unit and integration tests without installing anything.
+unit:
+	$(GO) test -count=1 ./...
+
+# Installs the test peers when missing. Needs root (or sudo) and apt.
+deps:
+	@missing=""; \
+	command -v swaks >/dev/null || missing="$$missing swaks"; \
+	perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null || missing="$$missing libnet-ssleay-perl"; \
+	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
+	/usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null || missing="$$missing python3-dkim python3-nacl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing test peers:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null || \
+		{ echo "could not install the test peers ($(DEB_PACKAGES)); the integration tests need them" >&2; exit 1; }; \
+	fi
+	$(GO) mod download
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Every Fuzz target in every package, one after the other.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+		for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+			echo "fuzz $$t in $$pkg for $(FUZZTIME_LONG)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME_LONG) $$pkg; \
+		done; \
+	done
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,53 @@
+// Package auth is postern's user database: who may authenticate, with what
+// password, and which envelope senders each user may submit with. It also
+// provides the SASL servers (PLAIN and LOGIN) the SMTP session hands to
+// go-smtp.
+//
+// # The users file
+//
+// One user per line, in the manner of htpasswd:
+//
+//	# comment
+//	NAME:HASH:ALLOW
+//
+//	alice@example.test:$2b$12$…53 characters…:alice@example.test,@example.test
+//	bob@example.test:$2b$12$…53 characters…
+//	webapp:$2b$12$…53 characters…:noreply@example.test
+//
+// Lines are separated by LF (a trailing CR is ignored); blank lines and
+// lines starting with '#' are ignored, as is whitespace around a line and
+// around each pattern.
+//
+// NAME is the user name given to AUTH: 1 to 255 bytes of UTF-8 without ':',
+// whitespace or control characters, not starting with '#'. Names are
+// matched ignoring ASCII case, so two names differing only in case are a
+// duplicate (an error); see Pattern for why case is folded.
+//
+// HASH is a bcrypt hash ($2a$, $2b$ or $2y$, as written by `postern user
+// passwd` or `htpasswd -nB`); see BcryptCost and MaxPasswordLen. Parse
+// errors never quote it.
+//
+// ALLOW is a comma-separated list of sender patterns (see Pattern):
+// alice@example.test for one address, @example.test for any address at that
+// domain but not its subdomains, * for any address. Every user with a
+// non-empty list may also use the null sender <> (see User.MaySendAs). When
+// ALLOW is empty or absent, the user may send as their own name if
+// it is an address, and as nobody otherwise (the server logs a warning for
+// such a user; `postern user add` refuses to create one, see DefaultAllow).
+//
+// Every problem in the file is reported at once, one per line as
+// "path:line: problem" (see ParseError).
+//
+// # Editing
+//
+// Add, SetPassword and Delete rewrite the file atomically (temporary file
+// in the same directory, mode 0600, fsync, rename, directory fsync),
+// keeping comments and the other lines as they are. They refuse to touch an
+// invalid file. A missing file reads as no users; Add creates it.
+//
+// # Serving
+//
+// A Store serves a users file to the SMTP server and picks up changes to it
+// without a restart. Store.Authenticate makes every failure take the same
+// time, known user or not.
+package auth

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+
+	"postern/auth"
+	"postern/configs"
+	"postern/dkim"
+)
+
+// cmdConfigCheck validates the configuration and everything it points to
+// (users file, DKIM keys, TLS files), printing every problem at once.
+func cmdConfigCheck(args []string, stdout io.Writer) error {
+	fs, cfgFlag := newFlags("config check")
+	if pos, err := parseFlags(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return usageErr("config check takes no arguments")
+	}
+	path, err := configPath(*cfgFlag)
+	if err != nil {
+		return err
+	}
+	var problems []string
+	cfg, err := configs.Load(path)
+	if err != nil {
+		var errs configs.Errors
+		if !errors.As(err, &errs) || cfg == nil {
+			return exitError{exitFail, err.Error()}
+		}
+		for _, e := range errs {
+			problems = append(problems, e.Error())
+		}
+	}
+	var warnings []string
+	if cfg != nil {
+		p, w := checkReferencedFiles(cfg)
+		problems = append(problems, p...)
+		warnings = append(warnings, w...)
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(stdout, "warning:", w)
+	}
+	if len(problems) > 0 {
+		msg := ""
+		for _, p := range problems {
+			msg += p + "\n"
+		}
+		msg += fmt.Sprintf("%s: %d problem(s)", path, len(problems))
+		return exitError{exitFail, msg}
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", path)
+	return nil
+}
+
+// checkReferencedFiles loads what the config points at, the way serve
+// would, so that `config check` passing means `serve` starts.
+func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
+	if cfg.Auth.UsersFile != "" {
+		if _, err := auth.List(cfg.Auth.UsersFile); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: auth.users_file: %v", cfg.File, err))
+		}
+	}
+	if cfg.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: tls: cert_file %s with key_file %s: %v", cfg.File, cfg.TLS.CertFile, cfg.TLS.KeyFile, err))
+		}
+	} else {
+		warnings = append(warnings, "tls: no certificate configured; serve will use a self-signed one")
+	}
+	_, w, errs := dkim.LoadKeys(dkimKeyConfigs(cfg))
+	for _, e := range errs {
+		problems = append(problems, fmt.Sprintf("%s: %v", cfg.File, e))
+	}
+	for _, s := range w {
+		warnings = append(warnings, "dkim: "+s)
+	}
+	return problems, warnings
+}

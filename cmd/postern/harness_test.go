@@ -1,0 +1,366 @@
+package main
+
+// The harness for end-to-end tests: they build the real postern binary once,
+// run it as a child process on loopback ports with a config written per
+// test, and drive it with real peers (swaks, Postfix's smtp-sink, dkimpy)
+// and in-process ones (relaytest's DNS server and SMTP receiver).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binPath is the postern binary built by TestMain.
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "postern-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "postern")
+	build := exec.Command("go", "build", "-o", binPath, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building postern:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns 127.0.0.1:<a port free now>.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// instance is one running postern process.
+type instance struct {
+	t       testing.TB
+	dir     string // the config's directory (data_dir is dir/data)
+	cfgPath string
+	cfg     testConfig
+	cmd     *exec.Cmd
+	logs    *logBuffer
+	done    chan struct{}
+	exitErr error
+}
+
+// testConfig is what varies between tests; everything else is fixed.
+type testConfig struct {
+	Submission, Submissions, Relay string // listen addresses ("" = off)
+	Trusted                        []string
+	Resolver                       string
+	DeliveryPort                   int
+	DeliveryTLS                    string
+	RetryInitial, RetryMax         string
+	Lifetime                       string
+	Extra                          string // more YAML appended verbatim
+}
+
+func (c testConfig) yaml(dir string) string {
+	trusted := `["127.0.0.0/8", "::1/128"]`
+	if c.Trusted != nil {
+		q := make([]string, len(c.Trusted))
+		for i, n := range c.Trusted {
+			q[i] = fmt.Sprintf("%q", n)
+		}
+		trusted = "[" + strings.Join(q, ", ") + "]"
+	}
+	or := func(v, d string) string {
+		if v == "" {
+			return d
+		}
+		return v
+	}
+	return fmt.Sprintf(`hostname: postern.test
+data_dir: %s
+log: {level: debug, format: json}
+listen:
+  submission: %q
+  submissions: %q
+  relay: %q
+  admin: ""
+auth: {users_file: users}
+relay: {trusted_networks: %s}
+limits: {max_message_size: 10MiB, max_recipients: 100}
+delivery:
+  resolver: %q
+  port: %d
+  tls: %s
+  retry: {initial: %s, max: %s, lifetime: %s}
+shutdown_timeout: 10s
+%s`, filepath.Join(dir, "data"), c.Submission, c.Submissions, c.Relay, trusted,
+		c.Resolver, c.DeliveryPort, or(c.DeliveryTLS, "opportunistic"),
+		or(c.RetryInitial, "300ms"), or(c.RetryMax, "2s"), or(c.Lifetime, "1h"), c.Extra)
+}
+
+// newInstance writes a config into a fresh directory; start runs it.
+func newInstance(t testing.TB, cfg testConfig) *instance {
+	t.Helper()
+	dir := t.TempDir()
+	if cfg.Submission == "" && cfg.Submissions == "" && cfg.Relay == "" {
+		cfg.Submission, cfg.Submissions, cfg.Relay = freeAddr(t), freeAddr(t), freeAddr(t)
+	}
+	in := &instance{t: t, dir: dir, cfgPath: filepath.Join(dir, "postern.yaml"), cfg: cfg}
+	if err := os.WriteFile(in.cfgPath, []byte(cfg.yaml(dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// postern runs a CLI command of the binary against this instance's config.
+func (in *instance) postern(stdin string, args ...string) (string, error) {
+	in.t.Helper()
+	args = append(args, "--config", in.cfgPath)
+	cmd := exec.Command(binPath, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// addUser adds a user through the CLI, as an administrator would.
+func (in *instance) addUser(name, password string, allow ...string) {
+	in.t.Helper()
+	args := []string{"user", "add", name}
+	if len(allow) > 0 {
+		args = append(args, "--allow", strings.Join(allow, ","))
+	}
+	if out, err := in.postern(password+"\n", args...); err != nil {
+		in.t.Fatalf("user add: %v\n%s", err, out)
+	}
+}
+
+// start runs `postern serve` and waits until it logs that it started.
+func (in *instance) start() {
+	in.t.Helper()
+	in.logs = &logBuffer{}
+	in.cmd = exec.Command(binPath, "serve", "--config", in.cfgPath)
+	in.cmd.Stderr = in.logs
+	in.cmd.Stdout = in.logs
+	if err := in.cmd.Start(); err != nil {
+		in.t.Fatal(err)
+	}
+	in.done = make(chan struct{})
+	go func() {
+		in.exitErr = in.cmd.Wait()
+		close(in.done)
+	}()
+	in.t.Cleanup(func() { in.kill() })
+	if _, err := in.logs.wait(in.done, 20*time.Second, func(e logEntry) bool { return e.isMsg("postern started") }); err != nil {
+		in.t.Fatalf("postern did not start: %v\n%s", err, in.logs.String())
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (in *instance) stop() {
+	in.t.Helper()
+	if in.cmd == nil {
+		return
+	}
+	in.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-in.done:
+	case <-time.After(30 * time.Second):
+		in.kill()
+		in.t.Fatalf("postern did not stop within 30s of SIGTERM\n%s", in.logs.String())
+	}
+	if in.exitErr != nil {
+		in.t.Fatalf("postern exited with %v after SIGTERM\n%s", in.exitErr, in.logs.String())
+	}
+	in.cmd = nil
+}
+
+// kill ends the process with SIGKILL if it still runs (a crash).
+func (in *instance) kill() {
+	if in.cmd == nil {
+		return
+	}
+	in.cmd.Process.Kill()
+	<-in.done
+	in.cmd = nil
+}
+
+// waitLog waits for a log entry matching f and returns it.
+func (in *instance) waitLog(timeout time.Duration, f func(logEntry) bool) logEntry {
+	in.t.Helper()
+	e, err := in.logs.wait(in.done, timeout, f)
+	if err != nil {
+		in.t.Fatalf("%v\nlog:\n%s", err, in.logs.String())
+	}
+	return e
+}
+
+// logEntry is one JSON log line of postern.
+type logEntry map[string]any
+
+func (e logEntry) str(k string) string { s, _ := e[k].(string); return s }
+
+func (e logEntry) isMsg(msg string) bool { return e.str("msg") == msg }
+
+// logBuffer collects the process's output and lets tests wait for lines.
+type logBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	entries []logEntry
+	partial []byte
+	changed chan struct{}
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	l.partial = append(l.partial, p...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := l.partial[:i]
+		l.partial = l.partial[i+1:]
+		var e logEntry
+		if json.Unmarshal(line, &e) == nil {
+			l.entries = append(l.entries, e)
+		}
+	}
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
+	return len(p), nil
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// all returns the entries matching f so far.
+func (l *logBuffer) all(f func(logEntry) bool) []logEntry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []logEntry
+	for _, e := range l.entries {
+		if f(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// wait blocks until an entry matches f, the process exits, or timeout.
+func (l *logBuffer) wait(exited <-chan struct{}, timeout time.Duration, f func(logEntry) bool) (logEntry, error) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	seen := 0
+	for {
+		l.mu.Lock()
+		for ; seen < len(l.entries); seen++ {
+			if f(l.entries[seen]) {
+				e := l.entries[seen]
+				l.mu.Unlock()
+				return e, nil
+			}
+		}
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		ch := l.changed
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-exited:
+			// Drain what was written before the exit, then give up.
+			l.mu.Lock()
+			n := len(l.entries)
+			l.mu.Unlock()
+			if seen == n {
+				return nil, fmt.Errorf("postern exited before the expected log line")
+			}
+		case <-deadline.C:
+			return nil, fmt.Errorf("no matching log line within %s", timeout)
+		}
+	}
+}
+
+// swaks runs the real swaks client and returns its transcript.
+func swaks(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	path, err := exec.LookPath("swaks")
+	if err != nil {
+		t.Fatal("swaks is not installed: run `make deps` (make test does it)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, append([]string{"--timeout", "30"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// smtpDialog opens a raw connection to addr and returns a function that
+// sends a line and returns the whole reply (all lines), for tests that must
+// see exact reply codes.
+type smtpDialog struct {
+	t    testing.TB
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dial(t testing.TB, addr string) *smtpDialog {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	d := &smtpDialog{t: t, conn: c, r: bufio.NewReader(c)}
+	d.reply() // greeting
+	return d
+}
+
+func (d *smtpDialog) reply() string {
+	d.t.Helper()
+	d.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var all strings.Builder
+	for {
+		line, err := d.r.ReadString('\n')
+		if err != nil {
+			d.t.Fatalf("reading reply: %v (so far %q)", err, all.String())
+		}
+		all.WriteString(line)
+		if len(line) < 4 || line[3] != '-' {
+			return all.String()
+		}
+	}
+}
+
+func (d *smtpDialog) cmd(line string) string {
+	d.t.Helper()
+	if _, err := io.WriteString(d.conn, line+"\r\n"); err != nil {
+		d.t.Fatal(err)
+	}
+	return d.reply()
+}

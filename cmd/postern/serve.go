@@ -1,0 +1,313 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"gopkg.in/yaml.v3"
+
+	"postern/auth"
+	"postern/configs"
+	"postern/dkim"
+	"postern/queue"
+	"postern/relay"
+	"postern/relay/outbound"
+)
+
+func cmdServe(args []string, stderr io.Writer) error {
+	fs, cfgFlag := newFlags("serve")
+	if pos, err := parseFlags(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return usageErr("serve takes no arguments, got %q", pos)
+	}
+	cfg, err := loadConfig(*cfgFlag)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	return serve(cfg, log)
+}
+
+// server is everything serve starts, so that it can be stopped in order.
+type server struct {
+	cfg    *configs.Config
+	log    *zap.Logger
+	certs  *relay.Certs
+	users  *auth.Store
+	signer atomic.Pointer[dkim.Signer]
+	queue  *queue.Queue
+	smtp   []*relay.Server
+	admin  *http.Server
+	wg     sync.WaitGroup
+}
+
+func serve(cfg *configs.Config, log *zap.Logger) error {
+	s := &server{cfg: cfg, log: log}
+	logEffectiveConfig(cfg, log)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+
+	var err error
+	s.certs, err = relay.LoadCerts(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.DataDir, cfg.Hostname)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	if s.certs.Generated {
+		log.Warn("no tls.cert_file configured: using a self-signed certificate; clients that verify certificates will refuse it",
+			zap.String("hostname", cfg.Hostname))
+	}
+
+	if cfg.Auth.UsersFile != "" {
+		s.users, err = auth.NewStore(cfg.Auth.UsersFile, log)
+		if err != nil {
+			return fmt.Errorf("auth.users_file: %w", err)
+		}
+	}
+
+	if err := s.loadDKIM(); err != nil {
+		return err
+	}
+
+	tlsMode, err := outbound.ParseTLSMode(cfg.Delivery.TLS)
+	if err != nil {
+		return fmt.Errorf("delivery.tls: %w", err)
+	}
+	mx := outbound.New(outbound.Options{
+		Hostname: cfg.Hostname,
+		Resolver: cfg.Delivery.Resolver,
+		Port:     cfg.Delivery.Port,
+		TLS:      tlsMode,
+		Logger:   log,
+	})
+	s.queue, err = queue.Open(queue.Options{
+		Path:      cfg.QueuePath(),
+		SpoolDir:  cfg.SpoolDir(),
+		Deliverer: mx,
+		Workers:   cfg.Delivery.Workers,
+		Retry: queue.Retry{
+			Initial:  cfg.Delivery.Retry.Initial.D(),
+			Max:      cfg.Delivery.Retry.Max.D(),
+			Lifetime: cfg.Delivery.Retry.Lifetime.D(),
+		},
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Bind every listener before serving any, so a port in use is a clean
+	// start-up error rather than a half-running server.
+	type bound struct {
+		srv *relay.Server
+		l   net.Listener
+	}
+	var listeners []bound
+	closeAll := func() {
+		for _, b := range listeners {
+			b.l.Close()
+		}
+	}
+	for _, l := range []struct {
+		kind relay.Kind
+		addr string
+	}{
+		{relay.Submission, cfg.Listen.Submission},
+		{relay.Submissions, cfg.Listen.Submissions},
+		{relay.TrustedRelay, cfg.Listen.Relay},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			closeAll()
+			s.queue.Close(context.Background())
+			return fmt.Errorf("listen.%s: %w", l.kind, err)
+		}
+		srv := relay.NewServer(relay.Options{
+			Kind:            l.kind,
+			Hostname:        cfg.Hostname,
+			TLS:             s.certs.Config(),
+			MaxMessageBytes: int64(cfg.Limits.MaxMessageSize),
+			MaxRecipients:   cfg.Limits.MaxRecipients,
+			Trusted:         cfg.TrustedPrefixes(),
+			Auth:            s.authenticator(),
+			Queue:           s.queue,
+			Signer:          s.currentSigner,
+			Logger:          log,
+		})
+		listeners = append(listeners, bound{srv, ln})
+		s.smtp = append(s.smtp, srv)
+		log.Info("listening", zap.String("listener", l.kind.String()), zap.Stringer("addr", ln.Addr()))
+	}
+	var adminLn net.Listener
+	if cfg.Listen.Admin != "" {
+		adminLn, err = net.Listen("tcp", cfg.Listen.Admin)
+		if err != nil {
+			closeAll()
+			s.queue.Close(context.Background())
+			return fmt.Errorf("listen.admin: %w", err)
+		}
+		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		log.Info("listening", zap.String("listener", "admin"), zap.Stringer("addr", adminLn.Addr()))
+	}
+
+	s.queue.Start()
+	for _, b := range listeners {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := b.srv.Serve(b.l); err != nil {
+				log.Error("listener stopped", zap.Error(err))
+			}
+		}()
+	}
+	if s.admin != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin listener stopped", zap.Error(err))
+			}
+		}()
+	}
+	log.Info("postern started", zap.String("version", version))
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			s.reload()
+			continue
+		}
+		log.Info("stopping", zap.Stringer("signal", sig))
+		break
+	}
+	return s.shutdown()
+}
+
+// shutdown stops in the order that loses nothing: stop accepting and let
+// sessions finish (a session cut off has not had its 250, so the client
+// still holds its message), then let delivery attempts end or keep their
+// lease, then close the queue database.
+func (s *server) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout.D())
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, srv := range s.smtp {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Shutdown(ctx); err != nil {
+				s.log.Warn("sessions cut off at shutdown", zap.Error(err))
+			}
+		}()
+	}
+	if s.admin != nil {
+		s.admin.Shutdown(ctx)
+	}
+	wg.Wait()
+	s.wg.Wait()
+	err := s.queue.Close(ctx)
+	s.log.Info("postern stopped")
+	return err
+}
+
+// reload is SIGHUP: certificate, users and DKIM keys are read again; what
+// fails to load keeps the old version in service.
+func (s *server) reload() {
+	s.log.Info("reloading (SIGHUP)")
+	if err := s.certs.Reload(); err != nil {
+		s.log.Error("keeping the old TLS certificate", zap.Error(err))
+	}
+	if s.users != nil {
+		if err := s.users.Reload(); err != nil {
+			s.log.Error("keeping the old users", zap.Error(err))
+		}
+	}
+	if err := s.loadDKIM(); err != nil {
+		s.log.Error("keeping the old DKIM keys", zap.Error(err))
+	}
+}
+
+func (s *server) loadDKIM() error {
+	keys, warnings, errs := dkim.LoadKeys(dkimKeyConfigs(s.cfg))
+	for _, w := range warnings {
+		s.log.Warn("dkim: " + w)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("dkim: %w", errors.Join(errs...))
+	}
+	s.signer.Store(dkim.NewSigner(keys))
+	for _, k := range keys {
+		s.log.Info("dkim key loaded", zap.String("domain", k.Domain), zap.String("selector", k.Selector), zap.String("algorithm", k.Algorithm))
+	}
+	return nil
+}
+
+func dkimKeyConfigs(cfg *configs.Config) []dkim.KeyConfig {
+	var out []dkim.KeyConfig
+	for _, k := range cfg.DKIM.Keys {
+		out = append(out, dkim.KeyConfig{Domain: k.Domain, Selector: k.Selector, KeyFile: k.KeyFile, SignSubdomains: k.SignSubdomains})
+	}
+	return out
+}
+
+func (s *server) currentSigner() relay.Signer {
+	if sg := s.signer.Load(); sg != nil {
+		return sg
+	}
+	return nil
+}
+
+// authenticator returns the users store as the session's interface, or nil
+// when no users file is configured (only the relay listener runs then).
+func (s *server) authenticator() relay.Authenticator {
+	if s.users == nil {
+		return nil
+	}
+	return s.users
+}
+
+// adminHandler serves liveness and readiness; a later issue adds the queue
+// API and metrics.
+func (s *server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+// logEffectiveConfig logs the configuration in force, so an operator sees
+// what defaults filled in (STYLE habit 11). It holds no secrets: passwords
+// live in the users file, keys in their files.
+func logEffectiveConfig(cfg *configs.Config, log *zap.Logger) {
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		return
+	}
+	log.Info("effective configuration", zap.String("file", cfg.File), zap.String("config", string(out)))
+}

@@ -1,0 +1,736 @@
+// Package configs is postern's configuration: the schema, its defaults, a
+// strict loader and the example files.
+//
+// Loading follows three rules (STYLE habit 11):
+//   - defaults first: every key has a value before the file is read, so a
+//     file only says what differs;
+//   - strict decode: an unknown key is an error, with the nearest known key
+//     as a hint, because a misspelt key silently ignored is a misconfigured
+//     mail server;
+//   - every problem at once: Load returns all errors, each naming the file,
+//     the line and the key, so one run of `postern config check` shows
+//     everything that is wrong.
+package configs
+
+import (
+	_ "embed"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Builtin is the name that selects the embedded default configuration
+// instead of a file (`postern serve --config builtin`).
+const Builtin = "builtin"
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultYAML returns the embedded default configuration file.
+func DefaultYAML() []byte { return append([]byte(nil), defaultYAML...) }
+
+// Config is the whole configuration. The YAML keys are the field tags.
+type Config struct {
+	Hostname string         `yaml:"hostname"`
+	DataDir  string         `yaml:"data_dir"`
+	Log      LogConfig      `yaml:"log"`
+	Listen   ListenConfig   `yaml:"listen"`
+	TLS      TLSConfig      `yaml:"tls"`
+	Auth     AuthConfig     `yaml:"auth"`
+	Relay    RelayConfig    `yaml:"relay"`
+	Limits   LimitsConfig   `yaml:"limits"`
+	Delivery DeliveryConfig `yaml:"delivery"`
+	Timeouts TimeoutsConfig `yaml:"timeouts"`
+	SMTP     SMTPConfig     `yaml:"smtp"`
+	// ListenProxyProtocolFrom lists the networks (load balancers) that may
+	// send a PROXY protocol v1/v2 header on the SMTP listeners; their
+	// connections must, others must not. Empty: PROXY protocol off.
+	ListenProxyProtocolFrom []string    `yaml:"listen_proxy_protocol_from"`
+	DKIM                    DKIMConfig  `yaml:"dkim"`
+	Admin                   AdminConfig `yaml:"admin"`
+	ShutdownTimeout         Duration    `yaml:"shutdown_timeout"`
+
+	// File is the path the configuration was read from, or Builtin.
+	File string `yaml:"-"`
+}
+
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error
+	Format string `yaml:"format"` // console | json
+}
+
+// ListenConfig holds one address per listener; "" disables that listener.
+type ListenConfig struct {
+	Submission  string `yaml:"submission"`  // STARTTLS, AUTH required (RFC 6409)
+	Submissions string `yaml:"submissions"` // implicit TLS, AUTH required (RFC 8314)
+	Relay       string `yaml:"relay"`       // no AUTH, trusted networks only
+	Admin       string `yaml:"admin"`       // HTTP admin and metrics
+}
+
+type AdminConfig struct {
+	// TokenFile holds the bearer token the admin API requires; "" = none
+	// (the listener should then stay on loopback).
+	TokenFile string `yaml:"token_file"`
+}
+
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+type AuthConfig struct {
+	UsersFile string `yaml:"users_file"`
+}
+
+type RelayConfig struct {
+	TrustedNetworks []string `yaml:"trusted_networks"`
+	// AllowedSenderDomains, when not empty, limits the envelope senders the
+	// relay listener accepts to these domains (and <>).
+	AllowedSenderDomains []string `yaml:"allowed_sender_domains"`
+	// AllowedRecipientDomains, when not empty, limits the recipients the
+	// relay listener accepts to these domains.
+	AllowedRecipientDomains []string `yaml:"allowed_recipient_domains"`
+	// DangerouslyTrustTheWholeInternet must be true for a relay listener on
+	// a non-loopback address to trust 0.0.0.0/0 or ::/0: that is an open
+	// relay, and serve refuses it otherwise.
+	DangerouslyTrustTheWholeInternet bool `yaml:"dangerously_trust_the_whole_internet"`
+}
+
+type LimitsConfig struct {
+	MaxMessageSize Size `yaml:"max_message_size"`
+	MaxRecipients  int  `yaml:"max_recipients"`
+	// Per authenticated user; 0 = unlimited.
+	UserMessagesPerHour  int `yaml:"user_messages_per_hour"`
+	UserRecipientsPerDay int `yaml:"user_recipients_per_day"`
+	// Per client IP address (IPv6 grouped by /64); 0 = unlimited.
+	IPMaxConnections       int `yaml:"ip_max_connections"`
+	IPConnectionsPerMinute int `yaml:"ip_connections_per_minute"`
+	// All SMTP listeners together; 0 = unlimited.
+	MaxConnections int `yaml:"max_connections"`
+	// Failed AUTH: after AuthMaxFailures failures from one IP (or for one
+	// user name) within AuthFailureWindow, attempts are delayed, then
+	// refused with 421 for AuthCooldown.
+	AuthMaxFailures   int      `yaml:"auth_max_failures"`
+	AuthFailureWindow Duration `yaml:"auth_failure_window"`
+	AuthCooldown      Duration `yaml:"auth_cooldown"`
+}
+
+// TimeoutsConfig are the server's SMTP timeouts; defaults follow RFC 5321
+// §4.5.3.2.
+type TimeoutsConfig struct {
+	Command Duration `yaml:"command"` // waiting for the next command (§4.5.3.2.7: 5 minutes)
+	Data    Duration `yaml:"data"`    // the whole DATA transfer
+	Idle    Duration `yaml:"idle"`    // a session without a completed transaction
+}
+
+// SMTPConfig holds protocol policy of the inbound side.
+type SMTPConfig struct {
+	// ForbidBareNewline refuses DATA containing a bare CR or LF (521 5.5.2,
+	// as Postfix's smtpd_forbid_bare_newline) from clients outside
+	// BareNewlineExclusions; excluded clients get them turned into CRLF.
+	ForbidBareNewline bool `yaml:"forbid_bare_newline"`
+	// BareNewlineExclusions are networks; the word "trusted_networks"
+	// stands for relay.trusted_networks.
+	BareNewlineExclusions []string `yaml:"bare_newline_exclusions"`
+	// CheckHeaderFrom lists the listeners (submission, submissions) where
+	// the From: and Sender: header addresses must be ones the
+	// authenticated user may send as. Leave a listener out for service
+	// accounts that send on behalf of others.
+	CheckHeaderFrom []string `yaml:"check_header_from"`
+}
+
+type DeliveryConfig struct {
+	Resolver string      `yaml:"resolver"` // host:port; "" = system resolver
+	Port     int         `yaml:"port"`     // TCP port dialed on MX hosts
+	TLS      string      `yaml:"tls"`      // opportunistic | required | disabled
+	Workers  int         `yaml:"workers"`  // concurrent delivery attempts
+	Retry    RetryConfig `yaml:"retry"`
+	// Mode is "deliver" (send) or "capture" (keep every outgoing message
+	// in a Maildir under data_dir/capture instead, for development).
+	Mode string `yaml:"mode"`
+	// Smarthosts are upstream relays, by name.
+	Smarthosts []Smarthost `yaml:"smarthosts"`
+	// DefaultRoute is "mx" (deliver to the recipients' MX hosts) or the
+	// names of smarthosts, tried in order (failover).
+	DefaultRoute NameList `yaml:"default_route"`
+	// Routes are tried in order; the first that matches a message decides.
+	Routes []Route `yaml:"routes"`
+	// DelayWarning is when a sender is told a message is still being
+	// retried (one DSN with Action: delayed); 0 disables.
+	DelayWarning Duration `yaml:"delay_warning"`
+	// KeepFailed is how long a failed message's record (not its body)
+	// stays visible to `postern queue list --state failed`.
+	KeepFailed Duration `yaml:"keep_failed"`
+}
+
+// Smarthost is an upstream relay.
+type Smarthost struct {
+	Name    string `yaml:"name"`
+	Address string `yaml:"address"` // host:port
+	TLS     string `yaml:"tls"`     // starttls | implicit | none
+	// VerifyCertificate is on by default; turning it off still encrypts.
+	VerifyCertificate *bool  `yaml:"verify_certificate"`
+	Username          string `yaml:"username"`
+	// The password comes from a file (first line) or an environment
+	// variable, never from the config itself.
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+}
+
+// Route sends matching messages via smarthosts or straight to MX hosts.
+type Route struct {
+	// A route matches when the recipient's domain is in RecipientDomains
+	// (if set) and the sender's domain is in SenderDomains (if set). A
+	// domain entry ".example.test" also matches its subdomains.
+	RecipientDomains []string `yaml:"recipient_domains"`
+	SenderDomains    []string `yaml:"sender_domains"`
+	// Via is "mx" or smarthost names (failover order).
+	Via NameList `yaml:"via"`
+	// FallbackAfter, with Fallback, sends through the Fallback smarthosts
+	// once a direct (mx) delivery has failed this many times.
+	FallbackAfter int      `yaml:"fallback_after"`
+	Fallback      NameList `yaml:"fallback"`
+}
+
+type RetryConfig struct {
+	Initial  Duration `yaml:"initial"`
+	Max      Duration `yaml:"max"`
+	Lifetime Duration `yaml:"lifetime"`
+}
+
+type DKIMConfig struct {
+	Keys []DKIMKey `yaml:"keys"`
+}
+
+type DKIMKey struct {
+	Domain         string `yaml:"domain"`
+	Selector       string `yaml:"selector"`
+	KeyFile        string `yaml:"key_file"`
+	SignSubdomains bool   `yaml:"sign_subdomains"`
+}
+
+// Default returns the built-in configuration.
+func Default() *Config {
+	c, err := parse(defaultYAML, Builtin, &Config{})
+	if err != nil {
+		panic("configs: embedded default.yaml is invalid: " + err.Error())
+	}
+	return c
+}
+
+// Load reads the configuration from path (or the embedded default when path
+// is Builtin), applies defaults, resolves relative paths against the file's
+// directory and validates everything. The error, if any, is an Errors value
+// listing every problem.
+func Load(path string) (*Config, error) {
+	if path == Builtin {
+		c := Default()
+		return c, c.resolvePaths(".")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Errors{{File: path, Msg: fmt.Sprintf("cannot read: %v", unwrapPathErr(err))}}
+	}
+	c, err := parse(data, path, Default())
+	if err != nil {
+		return c, err
+	}
+	return c, c.resolvePaths(filepath.Dir(path))
+}
+
+func unwrapPathErr(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// parse decodes data over base and validates the result.
+func parse(data []byte, file string, base *Config) (*Config, error) {
+	errs, lines := decodeStrict(data, file, base)
+	base.File = file
+	// Semantic checks run even when some keys failed to decode, so one run
+	// shows everything; a key that already has an error is not blamed twice
+	// (it holds its default now). Each check points at its key's line, or
+	// its nearest parent's.
+	reported := map[string]bool{}
+	for _, e := range errs {
+		reported[e.Key] = true
+	}
+	for _, e := range base.validate() {
+		if reported[e.Key] {
+			continue
+		}
+		for k := e.Key; k != "" && e.Line == 0; k = parentKey(k) {
+			e.Line = lines[k]
+		}
+		errs = append(errs, e)
+	}
+	if len(errs) > 0 {
+		sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
+		return base, errs
+	}
+	return base, nil
+}
+
+// parentKey returns "a.b" for "a.b.c" and "a.b" for "a.b[2]".
+func parentKey(k string) string {
+	if i := strings.LastIndexAny(k, ".["); i >= 0 {
+		return k[:i]
+	}
+	return ""
+}
+
+// resolvePaths makes every relative path relative to dir.
+func (c *Config) resolvePaths(dir string) error {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.DataDir)
+	abs(&c.TLS.CertFile)
+	abs(&c.TLS.KeyFile)
+	abs(&c.Auth.UsersFile)
+	abs(&c.Admin.TokenFile)
+	for i := range c.DKIM.Keys {
+		abs(&c.DKIM.Keys[i].KeyFile)
+	}
+	for i := range c.Delivery.Smarthosts {
+		abs(&c.Delivery.Smarthosts[i].PasswordFile)
+	}
+	return nil
+}
+
+// QueuePath is the queue database file.
+func (c *Config) QueuePath() string { return filepath.Join(c.DataDir, "queue.db") }
+
+// SpoolDir holds large message bodies referenced from the queue.
+func (c *Config) SpoolDir() string { return filepath.Join(c.DataDir, "spool") }
+
+// TrustedPrefixes returns relay.trusted_networks parsed. Valid after Load.
+func (c *Config) TrustedPrefixes() []netip.Prefix { return prefixes(c.Relay.TrustedNetworks, nil) }
+
+// BareNewlineExclusions returns smtp.bare_newline_exclusions parsed, with
+// "trusted_networks" expanded. Valid after Load.
+func (c *Config) BareNewlineExclusions() []netip.Prefix {
+	return prefixes(c.SMTP.BareNewlineExclusions, c.Relay.TrustedNetworks)
+}
+
+// ProxyProtocolFrom returns listen_proxy_protocol_from parsed.
+func (c *Config) ProxyProtocolFrom() []netip.Prefix { return prefixes(c.ListenProxyProtocolFrom, nil) }
+
+// CaptureDir is where delivery.mode capture keeps messages (a Maildir).
+func (c *Config) CaptureDir() string { return filepath.Join(c.DataDir, "capture") }
+
+const trustedNetworksWord = "trusted_networks"
+
+func prefixes(list, trusted []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range list {
+		if s == trustedNetworksWord && trusted != nil {
+			out = append(out, prefixes(trusted, nil)...)
+			continue
+		}
+		if p, err := parsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// NameList is one name or a list of names: `default_route: provider` and
+// `default_route: [provider, backup]` both work.
+type NameList []string
+
+// parsePrefix accepts a CIDR or a bare address (a /32 or /128).
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, err
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+func (c *Config) validate() Errors {
+	var errs Errors
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &Error{File: c.File, Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	if c.Hostname == "" {
+		bad("hostname", "must not be empty: it is the name postern gives in EHLO and Received headers")
+	} else if !validHostname(c.Hostname) || strings.Contains(c.Hostname, "_") {
+		bad("hostname", "%q is not a valid host name (letters, digits, '-' and '.', labels up to 63 characters)", c.Hostname)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty: the queue lives there")
+	}
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "console", "json":
+	default:
+		bad("log.format", "%q is not one of console, json", c.Log.Format)
+	}
+
+	listeners := map[string]string{
+		"listen.submission":  c.Listen.Submission,
+		"listen.submissions": c.Listen.Submissions,
+		"listen.relay":       c.Listen.Relay,
+		"listen.admin":       c.Listen.Admin,
+	}
+	seen := map[string]string{}
+	for _, key := range []string{"listen.submission", "listen.submissions", "listen.relay", "listen.admin"} {
+		addr := listeners[key]
+		if addr == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			bad(key, "%q is not host:port (for example 127.0.0.1:2587; empty disables the listener)", addr)
+			continue
+		}
+		if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+			bad(key, "%q: host must be an IP address or localhost", addr)
+		}
+		if !validPort(port) {
+			bad(key, "%q: port must be a number from 1 to 65535", addr)
+		}
+		if other, dup := seen[addr]; dup {
+			bad(key, "%q is also used by %s", addr, other)
+		}
+		seen[addr] = key
+	}
+	if c.Listen.Submission == "" && c.Listen.Submissions == "" && c.Listen.Relay == "" {
+		bad("listen", "no SMTP listener: set at least one of submission, submissions, relay")
+	}
+
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "cert_file and key_file go together: set both, or neither for a generated self-signed certificate")
+	}
+
+	if c.Auth.UsersFile == "" && (c.Listen.Submission != "" || c.Listen.Submissions != "") {
+		bad("auth.users_file", "must be set when a submission listener is enabled")
+	}
+
+	for i, n := range c.Relay.TrustedNetworks {
+		if _, err := parsePrefix(n); err != nil {
+			bad(fmt.Sprintf("relay.trusted_networks[%d]", i), "%q is not a network (CIDR such as 192.0.2.0/24) or an address", n)
+		}
+	}
+
+	if c.Limits.MaxMessageSize <= 0 {
+		bad("limits.max_message_size", "must be positive (for example 25MiB)")
+	} else if c.Limits.MaxMessageSize > 1<<30 {
+		bad("limits.max_message_size", "%s is over the 1GiB postern supports", c.Limits.MaxMessageSize)
+	}
+	// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+	if c.Limits.MaxRecipients < 1 {
+		bad("limits.max_recipients", "must be at least 1 (RFC 5321 §4.5.3.1.8 recommends 100)")
+	}
+
+	if c.Delivery.Resolver != "" {
+		if _, port, err := net.SplitHostPort(c.Delivery.Resolver); err != nil || !validPort(port) {
+			bad("delivery.resolver", "%q is not host:port (for example 127.0.0.1:53; empty uses the system resolver)", c.Delivery.Resolver)
+		}
+	}
+	if c.Delivery.Port < 1 || c.Delivery.Port > 65535 {
+		bad("delivery.port", "%d is not a port from 1 to 65535", c.Delivery.Port)
+	}
+	switch c.Delivery.TLS {
+	case "opportunistic", "required", "disabled":
+	default:
+		bad("delivery.tls", "%q is not one of opportunistic, required, disabled", c.Delivery.TLS)
+	}
+	if c.Delivery.Workers < 1 || c.Delivery.Workers > 1000 {
+		bad("delivery.workers", "%d is not from 1 to 1000", c.Delivery.Workers)
+	}
+	r := c.Delivery.Retry
+	if r.Initial <= 0 {
+		bad("delivery.retry.initial", "must be positive (for example 1m)")
+	}
+	if r.Max <= 0 {
+		bad("delivery.retry.max", "must be positive (for example 1h)")
+	} else if r.Initial > 0 && r.Max < r.Initial {
+		bad("delivery.retry.max", "%s is shorter than delivery.retry.initial (%s)", r.Max, r.Initial)
+	}
+	if r.Lifetime <= 0 {
+		bad("delivery.retry.lifetime", "must be positive (for example 120h)")
+	}
+	if c.Delivery.DelayWarning < 0 {
+		bad("delivery.delay_warning", "must not be negative (0 disables delay warnings)")
+	}
+	if c.Delivery.KeepFailed < 0 {
+		bad("delivery.keep_failed", "must not be negative (0 removes failed messages at once)")
+	}
+
+	c.validatePolicy(bad)
+	c.validateRouting(bad)
+
+	type sel struct{ d, s string }
+	dkimSeen := map[sel]int{}
+	for i, k := range c.DKIM.Keys {
+		key := fmt.Sprintf("dkim.keys[%d]", i)
+		if k.Domain == "" || !validHostname(k.Domain) {
+			bad(key+".domain", "%q is not a domain name", k.Domain)
+		}
+		if k.Selector == "" || !validHostname(k.Selector) {
+			bad(key+".selector", "%q is not a valid selector (letters, digits, '-' and '.')", k.Selector)
+		}
+		if k.KeyFile == "" {
+			bad(key+".key_file", "must name the private key file")
+		}
+		id := sel{strings.ToLower(k.Domain), strings.ToLower(k.Selector)}
+		if j, dup := dkimSeen[id]; dup {
+			bad(key, "domain %q selector %q is also dkim.keys[%d]", k.Domain, k.Selector, j)
+		}
+		dkimSeen[id] = i
+	}
+
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown_timeout", "must be positive (for example 30s)")
+	}
+	return errs
+}
+
+func validPort(p string) bool {
+	var n int
+	if _, err := fmt.Sscanf(p, "%d", &n); err != nil || fmt.Sprint(n) != p {
+		return false
+	}
+	return n >= 1 && n <= 65535
+}
+
+// validHostname checks RFC 1123 host name syntax, with '_' allowed: DKIM
+// selectors and their domains may carry it (RFC 6376 §3.1); the server's
+// own hostname is checked for '_' separately.
+func validHostname(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Duration is a time.Duration written in Go syntax ("90s", "1h30m").
+type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// validatePolicy checks the keys of the hostile-client defences.
+func (c *Config) validatePolicy(bad func(key, format string, args ...any)) {
+	for _, d := range []struct {
+		key  string
+		list []string
+	}{
+		{"relay.allowed_sender_domains", c.Relay.AllowedSenderDomains},
+		{"relay.allowed_recipient_domains", c.Relay.AllowedRecipientDomains},
+	} {
+		for i, dom := range d.list {
+			if !validHostname(dom) {
+				bad(fmt.Sprintf("%s[%d]", d.key, i), "%q is not a domain name", dom)
+			}
+		}
+	}
+	// No configuration may make postern an open relay by accident: trusting
+	// every address on a listener others can reach needs a loud yes.
+	if c.Listen.Relay != "" && !c.Relay.DangerouslyTrustTheWholeInternet && !loopbackListen(c.Listen.Relay) {
+		for i, n := range c.Relay.TrustedNetworks {
+			if p, err := parsePrefix(n); err == nil && p.Bits() == 0 {
+				bad(fmt.Sprintf("relay.trusted_networks[%d]", i),
+					"%q trusts every address while listen.relay (%s) is reachable from other hosts: that is an open relay (set relay.dangerously_trust_the_whole_internet: true if you really mean it)",
+					n, c.Listen.Relay)
+			}
+		}
+	}
+
+	l := c.Limits
+	for _, f := range []struct {
+		key string
+		v   int
+	}{
+		{"limits.user_messages_per_hour", l.UserMessagesPerHour},
+		{"limits.user_recipients_per_day", l.UserRecipientsPerDay},
+		{"limits.ip_max_connections", l.IPMaxConnections},
+		{"limits.ip_connections_per_minute", l.IPConnectionsPerMinute},
+		{"limits.max_connections", l.MaxConnections},
+		{"limits.auth_max_failures", l.AuthMaxFailures},
+	} {
+		if f.v < 0 {
+			bad(f.key, "must not be negative (0 means no limit)")
+		}
+	}
+	if l.AuthMaxFailures > 0 {
+		if l.AuthFailureWindow <= 0 {
+			bad("limits.auth_failure_window", "must be positive when limits.auth_max_failures is set")
+		}
+		if l.AuthCooldown <= 0 {
+			bad("limits.auth_cooldown", "must be positive when limits.auth_max_failures is set")
+		}
+	}
+	for _, f := range []struct {
+		key string
+		d   Duration
+	}{
+		{"timeouts.command", c.Timeouts.Command},
+		{"timeouts.data", c.Timeouts.Data},
+		{"timeouts.idle", c.Timeouts.Idle},
+	} {
+		if f.d <= 0 {
+			bad(f.key, "must be positive (RFC 5321 §4.5.3.2 suggests minutes, not seconds)")
+		}
+	}
+	for i, n := range c.SMTP.BareNewlineExclusions {
+		if n == trustedNetworksWord {
+			continue
+		}
+		if _, err := parsePrefix(n); err != nil {
+			bad(fmt.Sprintf("smtp.bare_newline_exclusions[%d]", i), "%q is not a network, an address or the word trusted_networks", n)
+		}
+	}
+	for i, l := range c.SMTP.CheckHeaderFrom {
+		if l != "submission" && l != "submissions" {
+			bad(fmt.Sprintf("smtp.check_header_from[%d]", i), "%q is not submission or submissions (the listeners with AUTH)", l)
+		}
+	}
+	for i, n := range c.ListenProxyProtocolFrom {
+		if _, err := parsePrefix(n); err != nil {
+			bad(fmt.Sprintf("listen_proxy_protocol_from[%d]", i), "%q is not a network (CIDR) or an address", n)
+		}
+	}
+}
+
+// loopbackListen reports whether a listen address only accepts local
+// clients.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// validateRouting checks delivery mode, smarthosts and routes.
+func (c *Config) validateRouting(bad func(key, format string, args ...any)) {
+	d := c.Delivery
+	switch d.Mode {
+	case "deliver", "capture":
+	default:
+		bad("delivery.mode", "%q is not deliver or capture", d.Mode)
+	}
+	names := map[string]bool{}
+	for i, h := range d.Smarthosts {
+		key := fmt.Sprintf("delivery.smarthosts[%d]", i)
+		switch {
+		case h.Name == "":
+			bad(key+".name", "must be set (routes refer to smarthosts by name)")
+		case h.Name == "mx":
+			bad(key+".name", `"mx" is reserved for direct delivery`)
+		case names[h.Name]:
+			bad(key+".name", "%q is used by another smarthost", h.Name)
+		}
+		names[h.Name] = true
+		if _, port, err := net.SplitHostPort(h.Address); err != nil || !validPort(port) {
+			bad(key+".address", "%q is not host:port (for example smtp.example.net:587)", h.Address)
+		}
+		switch h.TLS {
+		case "starttls", "implicit", "none":
+		default:
+			bad(key+".tls", "%q is not starttls, implicit or none", h.TLS)
+		}
+		switch {
+		case h.Username != "" && h.PasswordFile == "" && h.PasswordEnv == "":
+			bad(key, "username is set but neither password_file nor password_env is")
+		case h.PasswordFile != "" && h.PasswordEnv != "":
+			bad(key, "password_file and password_env are both set: choose one")
+		case h.Username == "" && (h.PasswordFile != "" || h.PasswordEnv != ""):
+			bad(key+".username", "must be set when a password is")
+		}
+	}
+	checkVia := func(key string, via NameList, allowMX bool) {
+		if len(via) == 0 {
+			bad(key, `must name "mx" or smarthosts`)
+		}
+		for _, n := range via {
+			if n == "mx" {
+				if !allowMX || len(via) > 1 {
+					bad(key, `"mx" cannot be combined with smarthosts here`)
+				}
+				continue
+			}
+			if !names[n] {
+				bad(key, "%q is not a smarthost name (known: %s)", n, strings.Join(smarthostNames(d.Smarthosts), ", "))
+			}
+		}
+	}
+	checkVia("delivery.default_route", d.DefaultRoute, true)
+	for i, r := range d.Routes {
+		key := fmt.Sprintf("delivery.routes[%d]", i)
+		if len(r.RecipientDomains) == 0 && len(r.SenderDomains) == 0 {
+			bad(key, "needs recipient_domains or sender_domains (a catch-all route is delivery.default_route)")
+		}
+		for j, dom := range append(append([]string(nil), r.RecipientDomains...), r.SenderDomains...) {
+			if !validHostname(strings.TrimPrefix(dom, ".")) {
+				bad(fmt.Sprintf("%s domains[%d]", key, j), "%q is not a domain name", dom)
+			}
+		}
+		checkVia(key+".via", r.Via, true)
+		if r.FallbackAfter < 0 {
+			bad(key+".fallback_after", "must not be negative")
+		}
+		if (r.FallbackAfter > 0) != (len(r.Fallback) > 0) {
+			bad(key, "fallback_after and fallback go together")
+		}
+		if len(r.Fallback) > 0 {
+			if len(r.Via) != 1 || r.Via[0] != "mx" {
+				bad(key+".fallback", `a fallback only follows direct delivery (via: mx)`)
+			}
+			checkVia(key+".fallback", r.Fallback, false)
+		}
+	}
+}
+
+func smarthostNames(hs []Smarthost) []string {
+	var out []string
+	for _, h := range hs {
+		out = append(out, h.Name)
+	}
+	if len(out) == 0 {
+		return []string{"none configured"}
+	}
+	return out
+}

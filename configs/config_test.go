@@ -1,0 +1,639 @@
+package configs
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/bad/*.want from the loader's current output")
+
+// writeConfig writes text as postern.yaml in a new temporary directory and
+// returns its path.
+func writeConfig(t testing.TB, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "postern.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// loadErrors loads path and returns its errors, failing the test when Load
+// succeeds or returns anything but Errors.
+func loadErrors(t *testing.T, path string) Errors {
+	t.Helper()
+	_, err := Load(path)
+	if err == nil {
+		t.Fatalf("Load(%s) succeeded, want errors", path)
+	}
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("Load(%s) returned %T (%v), want configs.Errors", path, err, err)
+	}
+	return errs
+}
+
+// defaultsFor is what Load gives for a file at path that sets nothing: the
+// embedded defaults, with their relative paths resolved against the file's
+// directory.
+func defaultsFor(path string) *Config {
+	c := Default()
+	c.File = path
+	c.resolvePaths(filepath.Dir(path))
+	return c
+}
+
+func TestLoadBuiltin(t *testing.T) {
+	c, err := Load(Builtin)
+	if err != nil {
+		t.Fatalf("Load(builtin): %v", err)
+	}
+	// Spelt out rather than compared with Default(), so a change to
+	// default.yaml is a deliberate change to this test too.
+	checks := []struct {
+		key       string
+		got, want any
+	}{
+		{"File", c.File, Builtin},
+		{"hostname", c.Hostname, "localhost"},
+		// Builtin paths are relative to the current directory.
+		{"data_dir", c.DataDir, "data"},
+		{"auth.users_file", c.Auth.UsersFile, filepath.Join("data", "users")},
+		{"log.level", c.Log.Level, "info"},
+		{"log.format", c.Log.Format, "console"},
+		{"listen.submission", c.Listen.Submission, "127.0.0.1:2587"},
+		{"listen.submissions", c.Listen.Submissions, "127.0.0.1:2465"},
+		{"listen.relay", c.Listen.Relay, "127.0.0.1:2525"},
+		{"listen.admin", c.Listen.Admin, "127.0.0.1:8025"},
+		{"tls.cert_file", c.TLS.CertFile, ""},
+		{"tls.key_file", c.TLS.KeyFile, ""},
+		{"relay.trusted_networks", c.Relay.TrustedNetworks, []string{"127.0.0.0/8", "::1/128"}},
+		{"limits.max_message_size", c.Limits.MaxMessageSize, Size(25 << 20)},
+		{"limits.max_recipients", c.Limits.MaxRecipients, 100},
+		{"delivery.resolver", c.Delivery.Resolver, ""},
+		{"delivery.port", c.Delivery.Port, 25},
+		{"delivery.tls", c.Delivery.TLS, "opportunistic"},
+		{"delivery.workers", c.Delivery.Workers, 8},
+		{"delivery.retry.initial", c.Delivery.Retry.Initial.D(), time.Minute},
+		{"delivery.retry.max", c.Delivery.Retry.Max.D(), time.Hour},
+		{"delivery.retry.lifetime", c.Delivery.Retry.Lifetime.D(), 120 * time.Hour},
+		{"dkim.keys", len(c.DKIM.Keys), 0},
+		{"shutdown_timeout", c.ShutdownTimeout.D(), 30 * time.Second},
+	}
+	for _, ch := range checks {
+		if !reflect.DeepEqual(ch.got, ch.want) {
+			t.Errorf("%s = %#v, want %#v", ch.key, ch.got, ch.want)
+		}
+	}
+	if got, want := c.QueuePath(), filepath.Join("data", "queue.db"); got != want {
+		t.Errorf("QueuePath() = %q, want %q", got, want)
+	}
+	if got, want := c.SpoolDir(), filepath.Join("data", "spool"); got != want {
+		t.Errorf("SpoolDir() = %q, want %q", got, want)
+	}
+}
+
+func TestDefaultYAMLIsACopy(t *testing.T) {
+	b := DefaultYAML()
+	for i := range b {
+		b[i] = 'x'
+	}
+	if _, err := Load(Builtin); err != nil {
+		t.Fatalf("changing DefaultYAML's result changed the embedded default: %v", err)
+	}
+}
+
+// A file only says what differs from the defaults.
+func TestLoadPartialFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		change     func(*Config)
+	}{
+		{"empty", "", func(*Config) {}},
+		{"comment only", "# nothing to change\n", func(*Config) {}},
+		{"hostname only", "hostname: mail.example.com\n", func(c *Config) { c.Hostname = "mail.example.com" }},
+		{"empty section keeps its defaults", "delivery:\n", func(*Config) {}},
+		{"one nested key", "delivery:\n  retry:\n    max: 2h\n", func(c *Config) { c.Delivery.Retry.Max = Duration(2 * time.Hour) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.text)
+			got, err := Load(path)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			want := defaultsFor(path)
+			tc.change(want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("Load gave\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope.yaml")
+	errs := loadErrors(t, path)
+	if len(errs) != 1 || errs[0].File != path || !strings.Contains(errs[0].Msg, "cannot read") {
+		t.Errorf("got %q, want one \"cannot read\" error naming %s", errs, path)
+	}
+}
+
+func TestRelativePathsFollowTheConfigFile(t *testing.T) {
+	const text = `
+data_dir: spool/../data
+auth: {users_file: ./users}
+tls: {cert_file: tls/cert.pem, key_file: /etc/ssl/private/key.pem}
+dkim:
+  keys:
+    - {domain: example.com, selector: a, key_file: dkim/a.pem}
+    - {domain: example.com, selector: b, key_file: /etc/dkim/b.pem}
+`
+	check := func(t *testing.T, c *Config, dir string) {
+		t.Helper()
+		for _, p := range []struct{ key, got, want string }{
+			{"data_dir", c.DataDir, filepath.Join(dir, "data")},
+			{"auth.users_file", c.Auth.UsersFile, filepath.Join(dir, "users")},
+			{"tls.cert_file", c.TLS.CertFile, filepath.Join(dir, "tls", "cert.pem")},
+			{"tls.key_file", c.TLS.KeyFile, "/etc/ssl/private/key.pem"},
+			{"dkim.keys[0].key_file", c.DKIM.Keys[0].KeyFile, filepath.Join(dir, "dkim", "a.pem")},
+			{"dkim.keys[1].key_file", c.DKIM.Keys[1].KeyFile, "/etc/dkim/b.pem"},
+		} {
+			if p.got != p.want {
+				t.Errorf("%s = %q, want %q", p.key, p.got, p.want)
+			}
+		}
+	}
+
+	t.Run("absolute config path", func(t *testing.T) {
+		path := writeConfig(t, text)
+		c, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, c, filepath.Dir(path))
+	})
+	t.Run("relative config path", func(t *testing.T) {
+		// The paths stay relative, but to the directory postern runs in,
+		// which is where they will be opened from.
+		path := writeConfig(t, text)
+		t.Chdir(filepath.Dir(filepath.Dir(path)))
+		rel := filepath.Join(filepath.Base(filepath.Dir(path)), "postern.yaml")
+		c, err := Load(rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, c, filepath.Dir(rel))
+	})
+	t.Run("defaults are relative to the file too", func(t *testing.T) {
+		path := writeConfig(t, "hostname: mail.example.com\n")
+		c, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Dir(path)
+		if want := filepath.Join(dir, "data"); c.DataDir != want {
+			t.Errorf("data_dir = %q, want %q", c.DataDir, want)
+		}
+		if want := filepath.Join(dir, "data", "users"); c.Auth.UsersFile != want {
+			t.Errorf("auth.users_file = %q, want %q", c.Auth.UsersFile, want)
+		}
+	})
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Size
+	}{
+		{"25MiB", 25 << 20},
+		{"512KiB", 512 << 10},
+		{"1GiB", 1 << 30},
+		{"1048576", 1 << 20},
+		{"100B", 100},
+		{"0", 0}, // a valid size; the limit check rejects it, not the parser
+		{" 25 MiB ", 25 << 20},
+	} {
+		got, err := ParseSize(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d, nil", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{
+		"25MB",                   // decimal units are not accepted: MB vs MiB is a 5% surprise
+		"25mib",                  // units are case sensitive
+		"-1",                     // negative
+		"-1MiB",                  // negative with a unit
+		"1.5MiB",                 // fractions
+		"",                       // nothing
+		"MiB",                    // a unit without a number
+		"0x10",                   // not decimal
+		"9223372036854775807GiB", // overflows int64
+	} {
+		if got, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", in, got)
+		} else if !strings.Contains(err.Error(), "is not a size") {
+			t.Errorf("ParseSize(%q) error %q does not say what is wrong", in, err)
+		}
+	}
+}
+
+func TestSizeString(t *testing.T) {
+	for _, tc := range []struct {
+		in   Size
+		want string
+	}{
+		{25 << 20, "25MiB"},
+		{512 << 10, "512KiB"},
+		{1 << 30, "1GiB"},
+		{1536 << 20, "1536MiB"},
+		{1<<20 + 1, "1048577"},
+		{1000, "1000"},
+		{0, "0"},
+	} {
+		if got := tc.in.String(); got != tc.want {
+			t.Errorf("Size(%d).String() = %q, want %q", int64(tc.in), got, tc.want)
+		}
+		// What String prints, ParseSize reads back.
+		if back, err := ParseSize(tc.in.String()); err != nil || back != tc.in {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", tc.in.String(), back, err, int64(tc.in))
+		}
+	}
+}
+
+func TestDurationDecode(t *testing.T) {
+	var v struct {
+		D Duration `yaml:"d"`
+	}
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"30s", 30 * time.Second},
+		{"1h30m", 90 * time.Minute},
+		{"120h", 120 * time.Hour},
+		{"250ms", 250 * time.Millisecond},
+		{"0s", 0},
+	} {
+		if err := yaml.Unmarshal([]byte("d: "+tc.in), &v); err != nil || v.D.D() != tc.want {
+			t.Errorf("decode %q = %v, %v; want %v", tc.in, v.D, err, tc.want)
+		}
+		// MarshalYAML prints what UnmarshalYAML reads back.
+		out, err := yaml.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back struct {
+			D Duration `yaml:"d"`
+		}
+		if err := yaml.Unmarshal(out, &back); err != nil || back.D != v.D {
+			t.Errorf("round trip of %v through %q gave %v, %v", v.D, out, back.D, err)
+		}
+	}
+	for _, in := range []string{"60", "5 minutes", "1d", "[1m]", "{m: 1}", "''"} {
+		err := yaml.Unmarshal([]byte("d: "+in), &v)
+		if err == nil {
+			t.Errorf("decode %q succeeded, want an error", in)
+		} else if !strings.Contains(err.Error(), "duration") {
+			t.Errorf("decode %q: error %q does not mention a duration", in, err)
+		}
+	}
+}
+
+func TestTrustedPrefixes(t *testing.T) {
+	c := Default()
+	c.Relay.TrustedNetworks = []string{"10.1.2.3/8", "192.0.2.7", "2001:db8::1", "::ffff:192.0.2.8"}
+	want := []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("192.0.2.7/32"),
+		netip.MustParsePrefix("2001:db8::1/128"),
+		netip.MustParsePrefix("192.0.2.8/32"),
+	}
+	if got := c.TrustedPrefixes(); !slices.Equal(got, want) {
+		t.Errorf("TrustedPrefixes() = %v, want %v", got, want)
+	}
+}
+
+func TestErrorString(t *testing.T) {
+	for _, tc := range []struct {
+		e    Error
+		want string
+	}{
+		{Error{File: "p.yaml", Line: 3, Key: "log.level", Msg: "bad"}, "p.yaml:3: log.level: bad"},
+		{Error{File: "p.yaml", Key: "listen", Msg: "bad"}, "p.yaml: listen: bad"},
+		{Error{File: "p.yaml", Line: 1, Msg: "bad"}, "p.yaml:1: bad"},
+	} {
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("%+v.Error() = %q, want %q", tc.e, got, tc.want)
+		}
+	}
+	es := Errors{{File: "a", Line: 1, Msg: "x"}, {File: "a", Line: 2, Msg: "y"}}
+	if got, want := es.Error(), "a:1: x\na:2: y"; got != want {
+		t.Errorf("Errors.Error() = %q, want %q", got, want)
+	}
+}
+
+// badCases is the matrix of bad configurations (after chasquid's
+// test/t-20-bad_configs): testdata/bad/NAME.yaml is the input and NAME.want
+// the exact output of `Load`, one error a line. Run with -update to rewrite
+// the .want files, then read the diff.
+var badCases = []string{
+	"unknown_top_key",
+	"unknown_nested_key",
+	"unknown_key_no_hint",
+	"wrong_type",
+	"wrong_type_section",
+	"bad_size",
+	"size_too_big",
+	"bad_duration",
+	"bad_listen_address",
+	"duplicate_listen_address",
+	"no_smtp_listener",
+	"cert_without_key",
+	"bad_trusted_network",
+	"bad_log_level",
+	"bad_delivery_tls",
+	"retry_max_below_initial",
+	"dkim_duplicate_selector",
+	"dkim_incomplete_key",
+	"bad_hostname",
+	"not_yaml",
+	"tab_indent",
+	"ini_file",
+	"top_level_list",
+	"top_level_scalar",
+	"several_errors",
+}
+
+func TestBadConfigs(t *testing.T) {
+	// Every file in testdata/bad belongs to a listed case, so a case cannot
+	// be added and forgotten, nor silently dropped.
+	files, err := filepath.Glob(filepath.Join("testdata", "bad", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(f), ".yaml"), ".want")
+		if !slices.Contains(badCases, name) {
+			t.Errorf("%s is not in badCases", f)
+		}
+	}
+
+	for _, name := range badCases {
+		t.Run(name, func(t *testing.T) {
+			// A path relative to the package directory (where go test
+			// runs) keeps the output, and so the golden file, stable.
+			in := "testdata/bad/" + name + ".yaml"
+			golden := "testdata/bad/" + name + ".want"
+			errs := loadErrors(t, in)
+			for i, e := range errs {
+				if e.File != in || e.Msg == "" {
+					t.Errorf("error %d %q: want File %q and a message", i, e, in)
+				}
+				if i > 0 && e.Line < errs[i-1].Line {
+					t.Errorf("error %d (line %d) comes after line %d: not in file order", i, e.Line, errs[i-1].Line)
+				}
+			}
+			got := errs.Error() + "\n"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("Load(%s) errors differ from %s\ngot:\n%s\nwant:\n%s", in, golden, got, want)
+			}
+		})
+	}
+}
+
+// baseline is a complete, valid configuration that sets every key. Each
+// subtest of TestOneThingWrong changes one line of it.
+const baseline = `hostname: mail.example.com
+data_dir: /var/lib/postern
+log:
+  level: info
+  format: json
+listen:
+  submission: 0.0.0.0:587
+  submissions: 0.0.0.0:465
+  relay: 10.0.0.1:25
+  admin: 127.0.0.1:8025
+tls:
+  cert_file: /etc/postern/cert.pem
+  key_file: /etc/postern/key.pem
+auth:
+  users_file: /etc/postern/users
+relay:
+  trusted_networks:
+    - 10.0.0.0/8
+    - 2001:db8::/32
+limits:
+  max_message_size: 50MiB
+  max_recipients: 200
+delivery:
+  resolver: 127.0.0.1:53
+  port: 25
+  tls: required
+  workers: 16
+  retry:
+    initial: 5m
+    max: 2h
+    lifetime: 96h
+dkim:
+  keys:
+    - domain: example.com
+      selector: s2024
+      key_file: /etc/postern/dkim/example.com.pem
+      sign_subdomains: true
+    - domain: example.org
+      selector: s2024
+      key_file: /etc/postern/dkim/example.org.pem
+shutdown_timeout: 1m
+`
+
+// TestOneThingWrong (STYLE habit 9): the baseline loads cleanly; each
+// subtest replaces one line and must get exactly one error, naming the key
+// that changed, at the changed line.
+func TestOneThingWrong(t *testing.T) {
+	t.Run("baseline", func(t *testing.T) {
+		c, err := Load(writeConfig(t, baseline))
+		if err != nil {
+			t.Fatalf("the baseline does not load: %v", err)
+		}
+		if c.Limits.MaxMessageSize != 50<<20 || c.Delivery.Retry.Lifetime.D() != 96*time.Hour ||
+			len(c.DKIM.Keys) != 2 || !c.DKIM.Keys[0].SignSubdomains || c.Relay.TrustedNetworks[1] != "2001:db8::/32" {
+			t.Errorf("the baseline loaded as %+v", c)
+		}
+	})
+
+	for _, tc := range []struct {
+		old, new string // one whole line of baseline, and its replacement
+		key      string // the one error's key
+		line     string // the line the error points at, when not the changed one
+	}{
+		{"hostname: mail.example.com", "hostname: mail..example.com", "hostname", ""},
+		{"hostname: mail.example.com", `hostname: ""`, "hostname", ""},
+		{"hostname: mail.example.com", "hostname: [mail.example.com]", "hostname", ""},
+		{"hostname: mail.example.com", "hostnme: mail.example.com", "hostnme", ""},
+		{"data_dir: /var/lib/postern", `data_dir: ""`, "data_dir", ""},
+		{"  level: info", "  level: trace", "log.level", ""},
+		{"  format: json", "  format: xml", "log.format", ""},
+		{"  format: json", "  fromat: json", "log.fromat", ""},
+		{"  submission: 0.0.0.0:587", "  submission: 0.0.0.0", "listen.submission", ""},
+		{"  submission: 0.0.0.0:587", "  submission: 0.0.0.0:0", "listen.submission", ""},
+		{"  submissions: 0.0.0.0:465", "  submissions: mail.example.com:465", "listen.submissions", ""},
+		{"  relay: 10.0.0.1:25", "  relay: 0.0.0.0:587", "listen.relay", ""},
+		{"  admin: 127.0.0.1:8025", "  admin: 0.0.0.0:465", "listen.admin", ""},
+		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:http", "listen.admin", ""},
+		{"  key_file: /etc/postern/key.pem", `  key_file: ""`, "tls", "tls:"},
+		{"  users_file: /etc/postern/users", `  users_file: ""`, "auth.users_file", ""},
+		{"    - 2001:db8::/32", "    - 2001:db8::/129", "relay.trusted_networks[1]", ""},
+		{"    - 2001:db8::/32", "    - [10.0.0.0/8]", "relay.trusted_networks[1]", ""},
+		{"  max_message_size: 50MiB", "  max_message_size: 50MB", "limits.max_message_size", ""},
+		{"  max_message_size: 50MiB", "  max_message_size: 0", "limits.max_message_size", ""},
+		{"  max_message_size: 50MiB", "  max_message_size: 1025MiB", "limits.max_message_size", ""},
+		{"  max_recipients: 200", "  max_recipients: 0", "limits.max_recipients", ""},
+		{"  max_recipients: 200", "  max_recipients: 2e", "limits.max_recipients", ""},
+		{"  resolver: 127.0.0.1:53", "  resolver: 127.0.0.1", "delivery.resolver", ""},
+		{"  port: 25", "  port: 0", "delivery.port", ""},
+		{"  port: 25", "  port: 65536", "delivery.port", ""},
+		{"  tls: required", "  tls: yes", "delivery.tls", ""},
+		{"  workers: 16", "  workers: 0", "delivery.workers", ""},
+		{"  workers: 16", "  workers: 1001", "delivery.workers", ""},
+		{"    initial: 5m", "    initial: 0s", "delivery.retry.initial", ""},
+		{"    initial: 5m", "    initial: 5", "delivery.retry.initial", ""},
+		{"    max: 2h", "    max: 1m", "delivery.retry.max", ""},
+		{"    max: 2h", "    max: -2h", "delivery.retry.max", ""},
+		{"    lifetime: 96h", "    lifetime: 4d", "delivery.retry.lifetime", ""},
+		{"    lifetime: 96h", "    lifetime: 0s", "delivery.retry.lifetime", ""},
+		{"    - domain: example.org", "    - domain: EXAMPLE.com", "dkim.keys[1]", ""}, // same as keys[0]: case is ignored
+		{"    - domain: example.org", "    - domain: example..org", "dkim.keys[1].domain", ""},
+		{"      selector: s2024\n      key_file: /etc/postern/dkim/example.com.pem", "      selector: s_2024!\n      key_file: /etc/postern/dkim/example.com.pem", "dkim.keys[0].selector", "      selector: s_2024!"},
+		{"      key_file: /etc/postern/dkim/example.org.pem", `      key_file: ""`, "dkim.keys[1].key_file", ""},
+		{"      sign_subdomains: true", "      sign_subdomains: sometimes", "dkim.keys[0].sign_subdomains", ""},
+		{"shutdown_timeout: 1m", "shutdown_timeout: 0s", "shutdown_timeout", ""},
+	} {
+		t.Run(tc.key+"="+strings.TrimSpace(tc.new), func(t *testing.T) {
+			if n := strings.Count(baseline, tc.old+"\n"); n != 1 {
+				t.Fatalf("%q is %d lines of the baseline, want 1", tc.old, n)
+			}
+			text := strings.Replace(baseline, tc.old+"\n", tc.new+"\n", 1)
+			path := writeConfig(t, text)
+			errs := loadErrors(t, path)
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1:\n%v", len(errs), errs)
+			}
+			e := errs[0]
+			if e.Key != tc.key {
+				t.Errorf("error %q names key %q, want %q", e, e.Key, tc.key)
+			}
+			at := tc.line
+			if at == "" {
+				at = tc.new
+			}
+			if want := lineOf(text, at); e.Line != want {
+				t.Errorf("error %q is at line %d, want %d", e, e.Line, want)
+			}
+			if e.File != path {
+				t.Errorf("error %q names file %q, want %q", e, e.File, path)
+			}
+		})
+	}
+
+	// The one case that needs three lines changed.
+	t.Run("listen=no SMTP listener", func(t *testing.T) {
+		text := baseline
+		for _, l := range []string{"  submission: 0.0.0.0:587\n", "  submissions: 0.0.0.0:465\n", "  relay: 10.0.0.1:25\n"} {
+			name, _, _ := strings.Cut(l, ":")
+			text = strings.Replace(text, l, name+": \"\"\n", 1)
+		}
+		errs := loadErrors(t, writeConfig(t, text))
+		if len(errs) != 1 || errs[0].Key != "listen" || errs[0].Line != lineOf(text, "listen:") {
+			t.Errorf("got %q, want one error for key listen at its line", errs)
+		}
+	})
+}
+
+// lineOf returns the 1-based line number at which s (a line or the first
+// of several) starts in text, or 0.
+func lineOf(text, s string) int {
+	first, _, _ := strings.Cut(s, "\n")
+	for i, l := range strings.Split(text, "\n") {
+		if l == first {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+func TestExampleFileLoads(t *testing.T) {
+	// The example shipped next to the loader must stay valid: a reader
+	// copies it first.
+	c, err := Load("postern.example.yaml")
+	if err != nil {
+		t.Fatalf("postern.example.yaml: %v", err)
+	}
+	if c.Hostname == "" {
+		t.Error("postern.example.yaml loaded with no hostname")
+	}
+}
+
+// A key given twice is a mistake whose effect the reader cannot guess. It
+// must be reported like any other problem: one error, at the second line,
+// naming the key, and not lost when the file has other problems too.
+func TestDuplicateKeys(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		want       []string // "LINE KEY" of each error, in order
+	}{
+		{"alone", "hostname: a.example\nhostname: b.example\n", []string{"2 hostname"}},
+		{"nested", "listen:\n  relay: 127.0.0.1:25\n  relay: 127.0.0.1:26\n", []string{"3 listen.relay"}},
+		{"with another error", "limits: {max_message_size: 25MB}\nlimits: {max_recipients: 0}\n",
+			[]string{"1 limits.max_message_size", "2 limits"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := loadErrors(t, writeConfig(t, tc.text))
+			var got []string
+			for _, e := range errs {
+				got = append(got, fmt.Sprintf("%d %s", e.Line, e.Key))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("got errors\n%v\nwant (line key) %q", errs, tc.want)
+			}
+		})
+	}
+}
+
+// yaml.Unmarshal reads the first document only; a second one, which can
+// only be a mistake in a config file, is silently ignored.
+func TestSecondDocumentIsAnError(t *testing.T) {
+	errs := loadErrors(t, writeConfig(t, "hostname: a.example\n---\nhostname: b.example\n"))
+	if len(errs) != 1 || errs[0].Line != 2 {
+		t.Errorf("got %v, want one error at line 2", errs)
+	}
+}
+
+// yaml.v3 leaves "line N: " out of syntax errors on the first line, so the
+// error has no line and keeps yaml.v3's "yaml: " prefix.
+func TestSyntaxErrorOnFirstLine(t *testing.T) {
+	errs := loadErrors(t, writeConfig(t, "\thostname: a.example\n"))
+	if len(errs) != 1 || errs[0].Line != 1 || strings.Contains(errs[0].Msg, "yaml:") {
+		t.Errorf("got %q, want one error at line 1 without yaml.v3's prefix", errs)
+	}
+}

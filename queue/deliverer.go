@@ -1,0 +1,75 @@
+package queue
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Deliverer makes one delivery attempt for a batch of recipients of one
+// message that share a destination domain. The queue defines this interface
+// because the queue consumes it; relay implements it for MX and smarthost
+// delivery.
+//
+// Contract:
+//   - Deliver is called without any queue lock held and may block for the
+//     length of an SMTP transaction; it must honour ctx cancellation.
+//   - It returns exactly one Result per entry of d.Rcpts, in the same order.
+//   - It persists nothing: the queue records the results.
+//   - A Result is Permanent only when the remote answered 5xx (or the
+//     destination is provably undeliverable, such as a null MX, RFC 7505).
+//     Network errors, timeouts, DNS failures and 4xx are Temporary.
+type Deliverer interface {
+	Deliver(ctx context.Context, d *Delivery) []Result
+}
+
+// Delivery is one attempt: one message, recipients at one domain.
+type Delivery struct {
+	ID      string    // queue ID, for logs
+	From    string    // envelope sender; "" is the null reverse-path
+	Rcpts   []string  // recipients, all at Domain
+	Domain  string    // lower-cased recipient domain
+	Attempt int       // 1 for the first attempt
+	Created time.Time // when the message was accepted
+	// Body is the message as stored (headers and body, CRLF line ends).
+	// Open may be called more than once (one per MX tried).
+	Body Body
+}
+
+// Body gives repeatable access to a stored message.
+type Body interface {
+	Size() int64
+	Open() (io.ReadCloser, error)
+}
+
+// Outcome is the fate of one recipient after one attempt.
+type Outcome int
+
+const (
+	Delivered Outcome = iota + 1 // the remote accepted the recipient
+	Temporary                    // retry later with backoff
+	Permanent                    // fail for good (bounce in a later issue)
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Delivered:
+		return "delivered"
+	case Temporary:
+		return "deferred"
+	case Permanent:
+		return "failed"
+	}
+	return "unknown"
+}
+
+// Result is the outcome for one recipient, with the remote's words.
+type Result struct {
+	Outcome Outcome
+	// Reply is the remote's full reply ("550 5.1.1 <b@x>: no such user") or a
+	// description of the local failure ("dial tcp 127.0.0.2:25: connection
+	// refused"); kept for logs, queue inspection and bounces.
+	Reply string
+	// RemoteMTA is the host that gave the reply, if any.
+	RemoteMTA string
+}

@@ -1,0 +1,435 @@
+package queue
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"go.uber.org/zap"
+)
+
+const (
+	// jitterFrac spreads retries by ±10% so that messages deferred
+	// together (a remote outage) do not all come back in the same second.
+	jitterFrac = 0.10
+	// minBackoff is the floor of any wait, whatever Retry says: a
+	// misconfiguration must not turn into a hot loop against a remote.
+	minBackoff = time.Second
+	// maxIdle bounds the dispatcher's sleep, so a wall-clock step (the
+	// schedule is in wall-clock time, timers are monotonic) is noticed
+	// within a minute.
+	maxIdle = time.Minute
+	// errorWait is the pause after a failed lease (disk full, say) before
+	// trying again, unless an Enqueue or a finished attempt wakes it.
+	errorWait = 5 * time.Second
+)
+
+// backoff is the wait after attempt number attempt (1 for the first):
+// Initial doubled per earlier attempt, capped at Max, then scaled by a
+// jitter factor in [1-jitterFrac, 1+jitterFrac) chosen by u in [0,1), and
+// never below minBackoff. The jitter applies after the cap so that capped
+// retries are spread too.
+func (r Retry) backoff(attempt int, u float64) time.Duration {
+	d := r.Initial
+	for i := 1; i < attempt && d < r.Max; i++ {
+		d *= 2
+	}
+	d = min(d, r.Max)
+	d = time.Duration(float64(d) * (1 - jitterFrac + 2*jitterFrac*u))
+	return max(d, minBackoff)
+}
+
+// job is one delivery: recipients of one message at one domain, leased.
+type job struct {
+	id  uint64
+	idx []int // indexes into the record's Rcpts, parallel to d.Rcpts
+	d   *Delivery
+}
+
+// dispatch is the scheduler loop: lease what is due while workers are free,
+// then sleep until the next due time, an Enqueue, a finished attempt, or
+// Close.
+func (q *Queue) dispatch() {
+	defer q.wg.Done()
+	t := time.NewTimer(maxIdle)
+	defer t.Stop()
+	for {
+		// select picks at random among ready cases: check stopping
+		// first so no lease starts once Close has begun.
+		select {
+		case <-q.stopping:
+			return
+		default:
+		}
+		// Go 1.23+ timers: Reset discards a stale expiry, no drain needed.
+		t.Reset(q.dispatchOnce())
+		select {
+		case <-q.stopping:
+			return
+		case <-q.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// dispatchOnce leases due work for the free workers, starts it, and says
+// how long to sleep.
+func (q *Queue) dispatchOnce() time.Duration {
+	q.mu.Lock()
+	free := q.workers - q.busy
+	q.mu.Unlock()
+	if free <= 0 {
+		return maxIdle // a finishing attempt calls notify
+	}
+	now := q.clock()
+	jobs, next, err := q.lease(now, free)
+	if err != nil {
+		q.log.Error("lease", zap.Error(err))
+		return errorWait
+	}
+	for _, j := range jobs {
+		q.wg.Add(1) // the dispatcher's own count keeps wg above zero here
+		go q.run(j)
+	}
+	if next.IsZero() {
+		return maxIdle
+	}
+	return min(max(next.Sub(now), 0), maxIdle)
+}
+
+// lease hands out due recipients of at most limit messages. In one committed
+// transaction it bumps each due recipient's Attempts and sets its
+// NextAttempt to now plus the backoff, before anyone touches the network
+// (house style, habit 2; mox queue.go does the same): if the process dies
+// during the attempt, the recipient is retried after that backoff, with the
+// attempt counted. The leased messages are marked in flight once the
+// transaction has committed.
+//
+// It walks the schedule from its first key and stops at the first key in
+// the future, skipping only messages already in flight (at most Workers of
+// them), so its cost does not depend on how many messages wait.
+//
+// next is the earliest due time among messages not in flight, zero if none.
+func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, err error) {
+	q.dbMu.RLock()
+	defer q.dbMu.RUnlock()
+	if q.closed {
+		return nil, time.Time{}, ErrClosed
+	}
+	leased := make(map[uint64]bool)
+	err = q.db.Update(func(tx *bolt.Tx) error {
+		jobs, next = nil, time.Time{}
+		clear(leased)
+		sched := tx.Bucket(bSchedule)
+		msgs := tx.Bucket(bMessages)
+
+		// Collect first, modify after: bbolt cursors are not valid
+		// across changes to their bucket.
+		var keys [][]byte
+		c := sched.Cursor()
+		for k, _ := c.First(); k != nil && len(keys) < limit; k, _ = c.Next() {
+			if schedTime(k) > now.UnixNano() {
+				break
+			}
+			if !q.isInflight(schedID(k)) {
+				keys = append(keys, bytes.Clone(k))
+			}
+		}
+
+		for _, k := range keys {
+			id := schedID(k)
+			data := msgs.Get(idKey(id))
+			var rec *record
+			if data != nil {
+				var derr error
+				if rec, derr = decodeRecord(data); derr != nil {
+					data = nil
+					q.log.Error("unreadable message left out of the schedule",
+						zap.String("id", formatID(id)), zap.Error(derr))
+				}
+			}
+			if data == nil {
+				// A dangling or unreadable entry would otherwise be
+				// due forever. The message, if any, stays for
+				// inspection with List.
+				if err := sched.Delete(k); err != nil {
+					return err
+				}
+				continue
+			}
+			var due []int
+			for i := range rec.Rcpts {
+				r := &rec.Rcpts[i]
+				if r.State.pending() && !r.NextAttempt.After(now) {
+					r.Attempts++
+					r.LastAttempt = now
+					r.NextAttempt = now.Add(q.retry.backoff(r.Attempts, q.jitter()))
+					due = append(due, i)
+				}
+			}
+			if _, err := save(tx, id, rec); err != nil {
+				return err
+			}
+			if len(due) == 0 {
+				continue // the entry was early; save moved it
+			}
+			var body Body
+			if rec.Spool != "" {
+				body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size}
+			} else {
+				// Copied out: bbolt's bytes are valid only inside
+				// the transaction. One copy per lease, shared by
+				// its deliveries.
+				body = inlineBody(bytes.Clone(tx.Bucket(bBodies).Get(idKey(id))))
+			}
+			jobs = append(jobs, group(id, rec, due, body)...)
+			leased[id] = true
+		}
+
+		c = sched.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if id := schedID(k); !leased[id] && !q.isInflight(id) {
+				next = time.Unix(0, schedTime(k))
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("queue: lease: %w", err)
+	}
+	q.mu.Lock()
+	for _, j := range jobs {
+		q.inflight[j.id]++
+		q.busy++
+	}
+	q.mu.Unlock()
+	return jobs, next, nil
+}
+
+func (q *Queue) isInflight(id uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.inflight[id] > 0
+}
+
+// group makes one job per recipient domain, compared case-insensitively
+// (RFC 5321 §2.4: domain names are case-insensitive; local parts are not
+// touched), in the order the domains first appear.
+func group(id uint64, rec *record, due []int, body Body) []*job {
+	var jobs []*job
+	byDomain := make(map[string]*job)
+	for _, i := range due {
+		r := rec.Rcpts[i]
+		dom := domainOf(r.Address)
+		j := byDomain[dom]
+		if j == nil {
+			j = &job{id: id, d: &Delivery{
+				ID:      formatID(id),
+				From:    rec.Env.From,
+				Domain:  dom,
+				Created: rec.Created,
+				Body:    body,
+			}}
+			byDomain[dom] = j
+			jobs = append(jobs, j)
+		}
+		j.idx = append(j.idx, i)
+		j.d.Rcpts = append(j.d.Rcpts, r.Address)
+		j.d.Attempt = max(j.d.Attempt, r.Attempts)
+	}
+	return jobs
+}
+
+// domainOf is the lower-cased part after the last "@", or "" for an
+// address without one (such as a bare "postmaster").
+func domainOf(addr string) string {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return ""
+	}
+	return strings.ToLower(addr[i+1:])
+}
+
+// run makes one attempt and records its results. The message stays in
+// flight until the results are committed, so it cannot be leased in
+// between.
+func (q *Queue) run(j *job) {
+	defer q.wg.Done()
+	defer q.release(j)
+	// Stopping wins over a free slot (select would choose at random).
+	// A job never attempted keeps its lease and is retried after its
+	// backoff; Attempts counts it, a small price for never losing or
+	// hot-looping a message.
+	select {
+	case <-q.stopping:
+		q.hook(j.id)
+		return
+	default:
+	}
+	select {
+	case q.sem <- struct{}{}:
+	case <-q.stopping:
+		q.hook(j.id)
+		return
+	}
+	results := q.attempt(j)
+	<-q.sem
+	q.record(j, results)
+}
+
+func (q *Queue) release(j *job) {
+	q.mu.Lock()
+	if q.inflight[j.id]--; q.inflight[j.id] <= 0 {
+		delete(q.inflight, j.id)
+	}
+	q.busy--
+	q.mu.Unlock()
+	q.notify()
+}
+
+func (q *Queue) hook(id uint64) {
+	if q.afterResults != nil {
+		q.afterResults(id)
+	}
+}
+
+// attempt calls the Deliverer and returns exactly one result per
+// recipient, whatever the Deliverer did: a panic or a short result list
+// becomes temporary failures, never lost recipients.
+func (q *Queue) attempt(j *job) (results []Result) {
+	defer func() {
+		if r := recover(); r != nil {
+			q.log.Error("deliverer panicked", zap.String("id", j.d.ID), zap.Any("panic", r))
+			results = nil
+			for range j.d.Rcpts {
+				results = append(results, Result{Outcome: Temporary, Reply: fmt.Sprintf("internal error: deliverer panicked: %v", r)})
+			}
+		}
+	}()
+	results = q.deliver.Deliver(q.runCtx, j.d)
+	if len(results) != len(j.d.Rcpts) {
+		q.log.Error("deliverer broke its contract", zap.String("id", j.d.ID),
+			zap.Int("results", len(results)), zap.Int("rcpts", len(j.d.Rcpts)))
+		fixed := make([]Result, len(j.d.Rcpts))
+		for i := range fixed {
+			if i < len(results) {
+				fixed[i] = results[i]
+			} else {
+				fixed[i] = Result{Outcome: Temporary, Reply: "internal error: no result from deliverer"}
+			}
+		}
+		results = fixed
+	}
+	return results
+}
+
+// apply turns one result into the recipient's new state. Anything but
+// Delivered and Permanent counts as Temporary: when in doubt, retry. A
+// Temporary result keeps the NextAttempt set by the lease; if the attempt
+// took longer than its backoff, that time has passed and the next attempt
+// follows at once, with the next, longer backoff already counted.
+//
+// Lifetime is checked only here, on a result: a message is given up at the
+// first temporary failure after it, so it may live up to Lifetime plus one
+// backoff.
+func (q *Queue) apply(r *Recipient, res Result, now, created time.Time) {
+	r.LastReply, r.RemoteMTA = res.Reply, res.RemoteMTA
+	switch {
+	case res.Outcome == Delivered:
+		r.State = StateDelivered
+	case res.Outcome == Permanent:
+		r.State = StateFailed
+	case now.Sub(created) > q.retry.Lifetime:
+		r.State = StateFailed
+		r.LastReply = fmt.Sprintf("retry lifetime %v expired; last reply: %s", q.retry.Lifetime, res.Reply)
+	default:
+		r.State = StateDeferred
+	}
+}
+
+// record commits the results of one attempt, sharing the commit with other
+// workers through db.Batch. If Close gave up waiting, the results are
+// dropped and the lease stands.
+func (q *Queue) record(j *job, results []Result) {
+	defer q.hook(j.id)
+	id := j.d.ID
+	for i, res := range results {
+		q.log.Info("attempt", zap.String("id", id), zap.String("rcpt", j.d.Rcpts[i]),
+			zap.Int("attempt", j.d.Attempt), zap.Stringer("outcome", res.Outcome),
+			zap.String("reply", res.Reply), zap.String("remote", res.RemoteMTA))
+	}
+	now := q.clock()
+	q.dbMu.RLock()
+	if q.closed {
+		q.dbMu.RUnlock()
+		q.log.Warn("attempt cut off by shutdown, lease kept", zap.String("id", id))
+		return
+	}
+	var (
+		final  *Message
+		spool  string
+		states []Recipient
+	)
+	err := q.db.Batch(func(tx *bolt.Tx) error {
+		// May run more than once: reset everything it sets.
+		final, spool, states = nil, "", nil
+		data := tx.Bucket(bMessages).Get(idKey(j.id))
+		if data == nil {
+			return nil // removed meanwhile, by an operator
+		}
+		rec, err := decodeRecord(data)
+		if err != nil {
+			return err
+		}
+		for n, i := range j.idx {
+			q.apply(&rec.Rcpts[i], results[n], now, rec.Created)
+			states = append(states, rec.Rcpts[i])
+		}
+		done, err := save(tx, j.id, rec)
+		if done {
+			final, spool = rec.message(j.id), rec.Spool
+		}
+		return err
+	})
+	q.dbMu.RUnlock()
+	if err != nil {
+		// The lease stands: these recipients are tried again after
+		// their backoff, so a delivered one may be delivered twice,
+		// but none is lost.
+		q.log.Error("record results", zap.String("id", id), zap.Error(err))
+		return
+	}
+	for _, r := range states {
+		switch r.State {
+		case StateDelivered:
+			q.log.Info("delivered", zap.String("id", id), zap.String("rcpt", r.Address),
+				zap.Int("attempt", r.Attempts), zap.String("remote", r.RemoteMTA))
+		case StateDeferred:
+			q.log.Info("deferred", zap.String("id", id), zap.String("rcpt", r.Address),
+				zap.Int("attempt", r.Attempts), zap.Time("next_attempt", r.NextAttempt),
+				zap.String("reply", r.LastReply))
+		case StateFailed:
+			q.log.Info("failed", zap.String("id", id), zap.String("rcpt", r.Address),
+				zap.Int("attempt", r.Attempts), zap.String("reply", r.LastReply))
+		}
+	}
+	if final == nil {
+		return
+	}
+	// After the commit, never before: a crash in between leaves an orphan
+	// file that Open removes, not a record without its body.
+	if spool != "" {
+		if err := os.Remove(filepath.Join(q.spoolDir, spool)); err != nil {
+			q.log.Warn("remove spool file", zap.String("id", id), zap.Error(err))
+		}
+	}
+	q.log.Info("removed", zap.String("id", id))
+	if q.onFinal != nil {
+		q.onFinal(final)
+	}
+}

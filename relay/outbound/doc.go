@@ -1,0 +1,40 @@
+// Package outbound delivers queued messages to the MX hosts of their
+// recipients' domain. MX implements queue.Deliverer: one call is one
+// attempt, one SMTP transaction, one Result per recipient.
+//
+// # Route
+//
+// The MX records of the domain are asked of one DNS server
+// (Options.Resolver) or of those in /etc/resolv.conf, with miekg/dns rather
+// than the Go resolver so that the DNS answer codes stay visible:
+//
+//   - MX records: hosts in preference order, random among equal
+//     preferences (RFC 5321 §5.1), each resolved to its IPv4 then IPv6
+//     addresses;
+//   - NOERROR without MX records: the domain itself is the implicit MX
+//     (RFC 5321 §5.1); without A or AAAA records either, the recipients
+//     fail for good (550 5.1.2);
+//   - NXDOMAIN: Permanent, 550 5.1.2;
+//   - a single MX "." (null MX, RFC 7505): Permanent, 556 5.1.10;
+//   - SERVFAIL, REFUSED, timeouts, unreachable servers: Temporary, 451 4.4.3.
+//
+// Address literals ("[192.0.2.1]") are refused as destinations
+// (Permanent, 550 5.1.2): the submission side should never queue them.
+//
+// # Transaction
+//
+// The addresses are tried in order until one takes the transaction; see
+// MX.Deliver for when the next one is tried. STARTTLS follows Options.TLS
+// (see TLSMode); a failed opportunistic upgrade is retried at once in plain
+// text on the same address.
+//
+// Replies keep the remote's words: Result.Reply is the reply as the server
+// sent it ("550 5.1.1 no such user") and Result.RemoteMTA the MX host name.
+// Only a 5xx from the remote makes a recipient Permanent (and 552 to RCPT
+// does not, RFC 5321 §4.5.3.1.10); network errors, timeouts and 4xx are
+// Temporary. Local failures carry a postern status (package status)
+// written like a reply, with an empty RemoteMTA.
+//
+// Canceling the context closes the connection at once; every connection
+// is closed before Deliver returns, after QUIT when the dialogue allows it.
+package outbound

@@ -1,0 +1,145 @@
+package outbound
+
+import (
+	"errors"
+	"net/textproto"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+)
+
+func TestParseReply(t *testing.T) {
+	tests := []struct {
+		in       string
+		code     int
+		enhanced string
+		lines    []string
+		reply    string
+	}{
+		{"550 5.1.1 no such user", 550, "5.1.1", []string{"no such user"}, "550 5.1.1 no such user"},
+		{"550 5.1.1 no such user\r\n", 550, "5.1.1", []string{"no such user"}, "550 5.1.1 no such user"},
+		{"451 try later", 451, "", []string{"try later"}, "451 try later"},
+		{"250", 250, "", []string{""}, "250"},
+		{"250 2.0.0", 250, "2.0.0", []string{""}, "250 2.0.0"},
+		// The class of the enhanced code contradicts the reply code: the
+		// words stay in the text.
+		{"550 4.1.1 odd", 550, "", []string{"4.1.1 odd"}, "550 4.1.1 odd"},
+		{"550 5.1.1234 long detail", 550, "", []string{"5.1.1234 long detail"}, "550 5.1.1234 long detail"},
+		{"550 5.123.456 x", 550, "5.123.456", []string{"x"}, "550 5.123.456 x"},
+		// Multi-line, enhanced code repeated on every line (RFC 2034 §4).
+		{"550-5.7.1 first\r\n550-5.7.1 second\r\n550 5.7.1 third\r\n", 550, "5.7.1",
+			[]string{"first", "second", "third"}, "550-5.7.1 first 550-5.7.1 second 550 5.7.1 third"},
+		// Multi-line, code only on the first line, LF line ends.
+		{"421-4.3.2 busy\n421 come back later", 421, "4.3.2",
+			[]string{"busy", "come back later"}, "421-4.3.2 busy 421 4.3.2 come back later"},
+	}
+	for _, tt := range tests {
+		e, err := ParseReply(CmdRCPT, tt.in)
+		if err != nil {
+			t.Errorf("ParseReply(%q): %v", tt.in, err)
+			continue
+		}
+		if e.Code != tt.code || e.Enhanced != tt.enhanced || !reflect.DeepEqual(e.Lines, tt.lines) || e.Reply() != tt.reply {
+			t.Errorf("ParseReply(%q) = %d %q %q %q, want %d %q %q %q", tt.in,
+				e.Code, e.Enhanced, e.Lines, e.Reply(), tt.code, tt.enhanced, tt.lines, tt.reply)
+		}
+		if e.Command != CmdRCPT || e.Error() != e.Reply() {
+			t.Errorf("ParseReply(%q): command %q, Error %q", tt.in, e.Command, e.Error())
+		}
+	}
+}
+
+func TestParseReplyErrors(t *testing.T) {
+	for _, in := range []string{
+		"", "55", "abc def", "650 x", "160 x", "5x0 x", "550x", "550-only continuation",
+		"550 a\r\n550 b", // a final line before the end
+		"550-a\r\n451 b", // codes differ
+		"550-a\r\n",      // continuation without a last line
+	} {
+		if e, err := ParseReply(CmdMAIL, in); !errors.Is(err, errBadReply) {
+			t.Errorf("ParseReply(%q) = %+v, %v; want errBadReply", in, e, err)
+		}
+	}
+}
+
+func TestPermanent(t *testing.T) {
+	tests := []struct {
+		cmd  string
+		code int
+		perm bool
+	}{
+		{CmdRCPT, 550, true},
+		{CmdRCPT, 552, false}, // RFC 5321 §4.5.3.1.10
+		{CmdMAIL, 552, true},
+		{CmdEOD, 552, true},
+		{CmdRCPT, 451, false},
+		{CmdConnect, 354, false},
+	}
+	for _, tt := range tests {
+		e := &Error{Command: tt.cmd, Code: tt.code, Lines: []string{"x"}}
+		if e.Permanent() != tt.perm || e.Temporary() == tt.perm {
+			t.Errorf("%s %d: Permanent %v, Temporary %v", tt.cmd, tt.code, e.Permanent(), e.Temporary())
+		}
+	}
+}
+
+// TestRemoteError checks that go-smtp's and textproto's errors become the
+// reply the server sent, and that anything else is not a reply.
+func TestRemoteError(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}, "550 5.1.1 no such user"},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "a\nb"}, "550-5.7.1 a 550 5.7.1 b"},
+		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCodeNotSet, Message: "later"}, "451 later"},
+		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.NoEnhancedCode, Message: "later"}, "451 later"},
+		{&textproto.Error{Code: 421, Msg: "4.3.2 busy\n4.3.2 really"}, "421-4.3.2 busy 421 4.3.2 really"},
+		{&smtp.SMTPError{Code: 999, Message: "weird"}, "999 weird"},
+	}
+	for _, tt := range tests {
+		e := remoteError(CmdRCPT, tt.err)
+		if e == nil || e.Reply() != tt.want {
+			t.Errorf("remoteError(%v) = %v, want %q", tt.err, e, tt.want)
+		}
+	}
+	if e := remoteError(CmdRCPT, errors.New("connection reset")); e != nil {
+		t.Errorf("I/O error became a reply: %v", e)
+	}
+}
+
+// FuzzParseReply checks that ParseReply never panics, that what it accepts
+// is well formed, and that an Error survives a trip through Wire.
+func FuzzParseReply(f *testing.F) {
+	for _, s := range []string{
+		"550 5.1.1 no such user", "250", "250-x\r\n250 y", "421-4.3.2 a\n421 b\n",
+		"550 4.1.1 odd", "550-5.7.1\r\n550 5.7.1", "550 5.1.1 5.1.1 x", "550 a\r\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		e, err := ParseReply(CmdRCPT, in)
+		if err != nil {
+			return
+		}
+		if e.Code < 200 || e.Code > 559 || len(e.Lines) == 0 {
+			t.Fatalf("ParseReply(%q): code %d, %d lines", in, e.Code, len(e.Lines))
+		}
+		if e.Enhanced != "" && !validEnhanced(e.Enhanced, e.Code) {
+			t.Fatalf("ParseReply(%q): enhanced %q with code %d", in, e.Enhanced, e.Code)
+		}
+		if !strings.HasPrefix(e.Reply(), strconv.Itoa(e.Code)) {
+			t.Fatalf("ParseReply(%q): reply %q", in, e.Reply())
+		}
+		again, err := ParseReply(CmdRCPT, e.Wire())
+		if err != nil {
+			t.Fatalf("ParseReply(%q).Wire() = %q does not parse: %v", in, e.Wire(), err)
+		}
+		if !reflect.DeepEqual(again, e) {
+			t.Fatalf("round trip of %q: %+v, then %+v", in, e, again)
+		}
+	})
+}

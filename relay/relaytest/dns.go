@@ -1,0 +1,257 @@
+package relaytest
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// Zone is the content of a test DNS server: records by owner name. Names
+// are case-insensitive and may be written with or without the final dot.
+type Zone map[string]Records
+
+// Records are the records of one name. A name present in the Zone exists
+// (NOERROR, possibly with no data of the asked type); a name absent from it
+// does not (NXDOMAIN).
+type Records struct {
+	MX   []MX
+	A    []string // IPv4 addresses, "127.0.0.2"
+	AAAA []string // IPv6 addresses, "::1"
+	TXT  []string // each string is one TXT record (split into 255-byte chunks)
+	// Rcode, when not zero (dns.RcodeSuccess), is returned instead of any
+	// data: dns.RcodeServerFailure, dns.RcodeRefused...
+	Rcode int
+}
+
+// MX is one MX record. Host "." is the null MX of RFC 7505.
+type MX struct {
+	Pref uint16
+	Host string
+}
+
+// DNS is an in-process DNS server on 127.0.0.1, answering over UDP and TCP
+// on the same port. It is safe to change its records while it serves.
+type DNS struct {
+	udp, tcp *dns.Server
+	addr     string
+
+	mu      sync.Mutex
+	zone    map[string]Records
+	queries int
+}
+
+// NewDNS starts a DNS server serving zone and stops it when the test ends.
+func NewDNS(t testing.TB, zone Zone) *DNS {
+	t.Helper()
+	d, err := StartDNS(zone)
+	if err != nil {
+		t.Fatalf("relaytest: %v", err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
+// StartDNS starts a DNS server serving zone; the caller must Close it.
+func StartDNS(zone Zone) (*DNS, error) {
+	d := &DNS{zone: make(map[string]Records)}
+	for name, rr := range zone {
+		d.zone[canon(name)] = rr
+	}
+	pc, l, err := listenUDPTCP()
+	if err != nil {
+		return nil, err
+	}
+	d.addr = pc.LocalAddr().String()
+	h := dns.HandlerFunc(d.serve)
+	started := make(chan struct{}, 2)
+	notify := func() { started <- struct{}{} }
+	d.udp = &dns.Server{PacketConn: pc, Handler: h, NotifyStartedFunc: notify}
+	d.tcp = &dns.Server{Listener: l, Handler: h, NotifyStartedFunc: notify}
+	go d.udp.ActivateAndServe()
+	go d.tcp.ActivateAndServe()
+	// Shutdown fails on a server that has not started yet: wait for both.
+	<-started
+	<-started
+	return d, nil
+}
+
+// listenUDPTCP binds UDP and TCP on one free port of 127.0.0.1.
+func listenUDPTCP() (net.PacketConn, net.Listener, error) {
+	var last error
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			return pc, l, nil
+		}
+		pc.Close()
+		last = err
+	}
+	return nil, nil, fmt.Errorf("no port free for UDP and TCP: %w", last)
+}
+
+// Addr is the server's "host:port", for a resolver setting.
+func (d *DNS) Addr() string { return d.addr }
+
+// Close stops the server. It may be called more than once.
+func (d *DNS) Close() {
+	d.udp.Shutdown()
+	d.tcp.Shutdown()
+}
+
+// Queries is the number of questions answered so far.
+func (d *DNS) Queries() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries
+}
+
+// Set replaces all records of name.
+func (d *DNS) Set(name string, rr Records) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.zone[canon(name)] = rr
+}
+
+// Delete removes name: it answers NXDOMAIN from now on.
+func (d *DNS) Delete(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.zone, canon(name))
+}
+
+func (d *DNS) update(name string, f func(*Records)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rr := d.zone[canon(name)]
+	f(&rr)
+	d.zone[canon(name)] = rr
+}
+
+// SetMX replaces the MX records of name (creating the name if needed).
+func (d *DNS) SetMX(name string, mx ...MX) {
+	d.update(name, func(r *Records) { r.MX = mx })
+}
+
+// AddMX adds MX records to name.
+func (d *DNS) AddMX(name string, mx ...MX) {
+	d.update(name, func(r *Records) { r.MX = append(append([]MX(nil), r.MX...), mx...) })
+}
+
+// Records returns a copy of name's records, and whether name exists.
+func (d *DNS) Records(name string) (Records, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rr, ok := d.zone[canon(name)]
+	return rr, ok
+}
+
+// SetA replaces the A records of name.
+func (d *DNS) SetA(name string, ips ...string) {
+	d.update(name, func(r *Records) { r.A = ips })
+}
+
+// SetAAAA replaces the AAAA records of name.
+func (d *DNS) SetAAAA(name string, ips ...string) {
+	d.update(name, func(r *Records) { r.AAAA = ips })
+}
+
+// SetTXT replaces the TXT records of name.
+func (d *DNS) SetTXT(name string, txt ...string) {
+	d.update(name, func(r *Records) { r.TXT = txt })
+}
+
+// SetRcode makes every question about name answer rcode (for instance
+// dns.RcodeServerFailure); dns.RcodeSuccess restores normal answers.
+func (d *DNS) SetRcode(name string, rcode int) {
+	d.update(name, func(r *Records) { r.Rcode = rcode })
+}
+
+// SetServFail makes every question about name answer SERVFAIL.
+func (d *DNS) SetServFail(name string) { d.SetRcode(name, dns.RcodeServerFailure) }
+
+func canon(name string) string { return dns.Fqdn(strings.ToLower(name)) }
+
+func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	if len(req.Question) != 1 {
+		m.Rcode = dns.RcodeFormatError
+		w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+
+	d.mu.Lock()
+	d.queries++
+	rr, ok := d.zone[canon(q.Name)]
+	d.mu.Unlock()
+
+	switch {
+	case !ok:
+		m.Rcode = dns.RcodeNameError
+	case rr.Rcode != dns.RcodeSuccess:
+		m.Rcode = rr.Rcode
+	default:
+		m.Answer = answers(q, rr)
+	}
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		size := dns.MinMsgSize
+		if opt := req.IsEdns0(); opt != nil {
+			size = int(opt.UDPSize())
+		}
+		m.Truncate(size)
+	}
+	w.WriteMsg(m)
+}
+
+func answers(q dns.Question, rr Records) []dns.RR {
+	hdr := func(t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 60}
+	}
+	var out []dns.RR
+	switch q.Qtype {
+	case dns.TypeMX:
+		for _, mx := range rr.MX {
+			out = append(out, &dns.MX{Hdr: hdr(dns.TypeMX), Preference: mx.Pref, Mx: dns.Fqdn(mx.Host)})
+		}
+	case dns.TypeA:
+		for _, s := range rr.A {
+			if ip := net.ParseIP(s).To4(); ip != nil {
+				out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: ip})
+			}
+		}
+	case dns.TypeAAAA:
+		for _, s := range rr.AAAA {
+			if ip := net.ParseIP(s); ip != nil && ip.To4() == nil {
+				out = append(out, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: ip})
+			}
+		}
+	case dns.TypeTXT:
+		for _, s := range rr.TXT {
+			out = append(out, &dns.TXT{Hdr: hdr(dns.TypeTXT), Txt: chunk(s, 255)})
+		}
+	}
+	return out
+}
+
+// chunk splits s into the at most n-byte character-strings of a TXT record
+// (RFC 1035 §3.3.14), as DKIM key records longer than 255 bytes need.
+func chunk(s string, n int) []string {
+	var out []string
+	for len(s) > n {
+		out = append(out, s[:n])
+		s = s[n:]
+	}
+	return append(out, s)
+}

@@ -1,0 +1,440 @@
+package relaytest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Commands that FailNext can make fail.
+const (
+	// CmdConnect is the greeting: the receiver answers the new connection
+	// with the failure instead of 220 and closes it.
+	CmdConnect = "CONNECT"
+	// CmdEHLO is the first EHLO or HELO of a connection, and the first after
+	// STARTTLS (go-smtp opens a session at that point).
+	CmdEHLO = "EHLO"
+	CmdMAIL = "MAIL"
+	CmdRCPT = "RCPT"
+	// CmdDATA is the reply after the message content (the final dot); the
+	// receiver reads the whole message before failing it.
+	CmdDATA = "DATA"
+)
+
+// Message is one message a Receiver accepted.
+type Message struct {
+	From       string   // envelope sender, "" for the null reverse-path
+	To         []string // accepted recipients, in RCPT order
+	Data       []byte   // the message as received, dot-unstuffed
+	Opts       smtp.MailOptions
+	Helo       string // the EHLO/HELO name the client gave
+	TLS        bool   // whether the transaction ran over TLS
+	RemoteAddr string
+}
+
+// ReceiverOption configures a Receiver.
+type ReceiverOption func(*receiverConfig)
+
+type receiverConfig struct {
+	tlsNames  []string
+	brokenTLS bool
+	server    []func(*smtp.Server)
+}
+
+// WithSTARTTLS makes the Receiver offer STARTTLS with a fresh self-signed
+// certificate valid for names and for the listening IP address. Clients
+// that should verify it use Receiver.CertPool.
+func WithSTARTTLS(names ...string) ReceiverOption {
+	return func(c *receiverConfig) { c.tlsNames = append(c.tlsNames, names...) }
+}
+
+// WithBrokenTLS makes the Receiver offer STARTTLS and then fail every TLS
+// handshake, as a misconfigured server does.
+func WithBrokenTLS() ReceiverOption {
+	return func(c *receiverConfig) { c.brokenTLS = true }
+}
+
+// WithServer lets the caller adjust the go-smtp server before it starts
+// (EnableSMTPUTF8, MaxMessageBytes, ...). Backend, TLSConfig and ErrorLog
+// belong to the Receiver and should be left alone.
+func WithServer(f func(*smtp.Server)) ReceiverOption {
+	return func(c *receiverConfig) { c.server = append(c.server, f) }
+}
+
+// Receiver is an in-process SMTP server (go-smtp) on a loopback address. It
+// records every message it accepts, fails commands on request, and counts
+// its open connections so tests can prove the client closed them all.
+type Receiver struct {
+	srv  *smtp.Server
+	ln   net.Listener
+	pool *x509.CertPool
+	done chan struct{}
+	once sync.Once
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every change below
+	msgs     []Message
+	open     int // connections accepted and not yet closed
+	accepted int // connections accepted in total
+	rcptFail map[string]*smtp.SMTPError
+	failNext map[string][]failure
+}
+
+type failure struct {
+	err *smtp.SMTPError
+	n   int // remaining uses; < 0 forever
+}
+
+// NewReceiver starts a Receiver on addr ("127.0.0.2:0", or "127.0.0.2:N"
+// with a port from FreePort) and closes it when the test ends.
+func NewReceiver(t testing.TB, addr string, opts ...ReceiverOption) *Receiver {
+	t.Helper()
+	r, err := StartReceiver(addr, opts...)
+	if err != nil {
+		t.Fatalf("relaytest: %v", err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+// StartReceiver starts a Receiver on addr; the caller must Close it.
+func StartReceiver(addr string, opts ...ReceiverOption) (*Receiver, error) {
+	if err := checkLoopbackAddr(addr); err != nil {
+		return nil, err
+	}
+	var cfg receiverConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	r := &Receiver{
+		done:     make(chan struct{}),
+		changed:  make(chan struct{}),
+		rcptFail: make(map[string]*smtp.SMTPError),
+		failNext: make(map[string][]failure),
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	r.ln = &countingListener{Listener: l, r: r}
+
+	r.srv = smtp.NewServer(smtp.BackendFunc(r.newSession))
+	r.srv.Domain = "relaytest.invalid"
+	r.srv.ErrorLog = log.New(io.Discard, "", 0)
+	r.srv.AllowInsecureAuth = true
+	if len(cfg.tlsNames) > 0 || cfg.brokenTLS {
+		names := append(cfg.tlsNames, l.Addr().(*net.TCPAddr).IP.String())
+		if len(cfg.tlsNames) > 0 {
+			r.srv.Domain = cfg.tlsNames[0]
+		}
+		cert, pool, err := SelfSigned(names...)
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		r.pool = pool
+		r.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		if cfg.brokenTLS {
+			r.srv.TLSConfig = &tls.Config{
+				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+					return nil, errors.New("relaytest: broken TLS")
+				},
+			}
+		}
+	}
+	for _, f := range cfg.server {
+		f(r.srv)
+	}
+	go func() {
+		defer close(r.done)
+		r.srv.Serve(r.ln)
+	}()
+	return r, nil
+}
+
+// Addr is the "host:port" the Receiver listens on.
+func (r *Receiver) Addr() string { return r.ln.Addr().String() }
+
+// Port is the TCP port the Receiver listens on.
+func (r *Receiver) Port() int { return r.ln.Addr().(*net.TCPAddr).Port }
+
+// CertPool holds the Receiver's self-signed certificate, for clients that
+// verify it; nil without WithSTARTTLS.
+func (r *Receiver) CertPool() *x509.CertPool { return r.pool }
+
+// Close stops the Receiver and drops its connections. It may be called
+// more than once.
+func (r *Receiver) Close() {
+	r.once.Do(func() {
+		r.srv.Close()
+		r.ln.Close()
+		<-r.done
+	})
+}
+
+// FailRcpt makes every RCPT TO rcpt (compared case-insensitively) answer
+// code and msg until Reset. msg may start with an enhanced status code
+// ("5.1.1 no such user"); without one the reply has none.
+func (r *Receiver) FailRcpt(rcpt string, code int, msg string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rcptFail[strings.ToLower(rcpt)] = Reply(code, msg)
+}
+
+// FailNext makes the next n uses of cmd (one of the Cmd constants) answer
+// code and msg; n < 0 means every use until Reset. Failures queued for the
+// same command apply in the order given.
+func (r *Receiver) FailNext(cmd string, code int, msg string, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cmd = strings.ToUpper(cmd)
+	r.failNext[cmd] = append(r.failNext[cmd], failure{err: Reply(code, msg), n: n})
+}
+
+// Reset clears every failure set by FailRcpt and FailNext.
+func (r *Receiver) Reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.rcptFail)
+	clear(r.failNext)
+}
+
+// Messages returns a copy of the messages accepted so far.
+func (r *Receiver) Messages() []Message {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Message(nil), r.msgs...)
+}
+
+// WaitMessages waits until at least n messages have been accepted and
+// returns them all, or returns ctx's error with those accepted so far.
+func (r *Receiver) WaitMessages(ctx context.Context, n int) ([]Message, error) {
+	var msgs []Message
+	err := r.wait(ctx, func() bool {
+		msgs = append([]Message(nil), r.msgs...)
+		return len(r.msgs) >= n
+	})
+	return msgs, err
+}
+
+// OpenConns is the number of connections currently open.
+func (r *Receiver) OpenConns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.open
+}
+
+// Conns is the number of connections accepted since the start.
+func (r *Receiver) Conns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.accepted
+}
+
+// WaitIdle waits until no connection is open. The server closes its end
+// only after the client has sent QUIT or closed its own end, so a client
+// that leaks its connection makes WaitIdle return ctx's error.
+func (r *Receiver) WaitIdle(ctx context.Context) error {
+	return r.wait(ctx, func() bool { return r.open == 0 })
+}
+
+// wait calls cond under the lock after every change until it holds.
+func (r *Receiver) wait(ctx context.Context, cond func() bool) error {
+	for {
+		r.mu.Lock()
+		ok, ch := cond(), r.changed
+		r.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("relaytest: %w", ctx.Err())
+		}
+	}
+}
+
+// notifyLocked wakes every waiter; r.mu must be held.
+func (r *Receiver) notifyLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// take consumes one queued failure for cmd, or returns nil.
+func (r *Receiver) take(cmd string) *smtp.SMTPError {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q := r.failNext[cmd]
+	if len(q) == 0 {
+		return nil
+	}
+	f := &q[0]
+	err := f.err
+	if f.n > 0 {
+		f.n--
+	}
+	if f.n == 0 {
+		r.failNext[cmd] = q[1:]
+	}
+	return err
+}
+
+// Reply builds the bare *smtp.SMTPError that go-smtp writes as the reply
+// "code msg". A leading enhanced status code in msg ("4.2.2 mailbox full")
+// becomes the reply's enhanced code; without one the reply carries none.
+func Reply(code int, msg string) *smtp.SMTPError {
+	e := &smtp.SMTPError{Code: code, EnhancedCode: smtp.NoEnhancedCode, Message: msg}
+	first, rest, _ := strings.Cut(msg, " ")
+	parts := strings.Split(first, ".")
+	if len(parts) != 3 {
+		return e
+	}
+	var ec smtp.EnhancedCode
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || len(p) > 3 {
+			return e
+		}
+		ec[i] = n
+	}
+	e.EnhancedCode, e.Message = ec, rest
+	return e
+}
+
+func (r *Receiver) newSession(c *smtp.Conn) (smtp.Session, error) {
+	if err := r.take(CmdEHLO); err != nil {
+		return nil, err
+	}
+	return &session{r: r, conn: c}, nil
+}
+
+type session struct {
+	r    *Receiver
+	conn *smtp.Conn
+	from string
+	opts smtp.MailOptions
+	to   []string
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if err := s.r.take(CmdMAIL); err != nil {
+		return err
+	}
+	s.from, s.to = from, nil
+	s.opts = smtp.MailOptions{}
+	if opts != nil {
+		s.opts = *opts
+	}
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if err := s.r.take(CmdRCPT); err != nil {
+		return err
+	}
+	s.r.mu.Lock()
+	err := s.r.rcptFail[strings.ToLower(to)]
+	s.r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *session) Data(body io.Reader) error {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return err
+	}
+	if err := s.r.take(CmdDATA); err != nil {
+		return err
+	}
+	_, isTLS := s.conn.TLSConnectionState()
+	m := Message{
+		From:       s.from,
+		To:         append([]string(nil), s.to...),
+		Data:       b,
+		Opts:       s.opts,
+		Helo:       s.conn.Hostname(),
+		TLS:        isTLS,
+		RemoteAddr: s.conn.Conn().RemoteAddr().String(),
+	}
+	s.r.mu.Lock()
+	s.r.msgs = append(s.r.msgs, m)
+	s.r.notifyLocked()
+	s.r.mu.Unlock()
+	return nil
+}
+
+func (s *session) Reset() {
+	s.from, s.to, s.opts = "", nil, smtp.MailOptions{}
+}
+
+func (s *session) Logout() error { return nil }
+
+// countingListener counts connections and answers CONNECT failures itself,
+// since go-smtp always greets with 220.
+type countingListener struct {
+	net.Listener
+	r *Receiver
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		r := l.r
+		r.mu.Lock()
+		r.open++
+		r.accepted++
+		r.notifyLocked()
+		r.mu.Unlock()
+		cc := &countedConn{Conn: c, r: r}
+		if e := r.take(CmdConnect); e != nil {
+			fmt.Fprintf(cc, "%s\r\n", replyLine(e))
+			cc.Close()
+			continue
+		}
+		return cc, nil
+	}
+}
+
+func replyLine(e *smtp.SMTPError) string {
+	if e.EnhancedCode == smtp.NoEnhancedCode {
+		return fmt.Sprintf("%d %s", e.Code, e.Message)
+	}
+	ec := e.EnhancedCode
+	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, ec[0], ec[1], ec[2], e.Message)
+}
+
+type countedConn struct {
+	net.Conn
+	r    *Receiver
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.r.mu.Lock()
+		c.r.open--
+		c.r.notifyLocked()
+		c.r.mu.Unlock()
+	})
+	return err
+}

@@ -1,0 +1,392 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"postern/auth"
+	"postern/queue"
+	"postern/relay/status"
+)
+
+// Replies postern gives, each tied to the RFC that names it.
+var (
+	// RFC 4954 §6: MAIL before AUTH where AUTH is required. (go-smtp's own
+	// ErrAuthRequired is 502, which says "command not implemented".)
+	errAuthRequired = status.New(530, 7, 0, "Authentication required")
+	// RFC 4954 §6: AUTH attempted before TLS.
+	errEncryptionRequired = status.New(538, 7, 11, "Encryption required for requested authentication mechanism")
+	// RFC 4954 §6: bad user name or password.
+	errAuthFailed = status.New(535, 7, 8, "Authentication credentials invalid")
+	// RFC 4954 §6: temporary failure while checking credentials.
+	errAuthTemp = status.New(454, 7, 0, "Temporary authentication failure")
+	// RFC 4954 §4: AUTH is not available on this listener.
+	errAuthNotOffered = status.New(502, 5, 1, "AUTH not available on this port")
+	errAuthMech       = status.New(504, 5, 4, "Unrecognized authentication type")
+	errAuthMalformed  = status.New(501, 5, 2, "Malformed authentication response")
+	// RFC 3463 §3.8 X.7.1: delivery not authorized; RFC 5321 §3.6.2 554 at
+	// MAIL and 550 at RCPT for relaying denied.
+	errRelayDeniedMail = status.New(554, 7, 1, "Relay access denied")
+	errRelayDeniedRcpt = status.New(550, 7, 1, "Relay access denied")
+	// RFC 3463 §3.8 X.7.1 with 553 (mailbox name not allowed): the user may
+	// not send as this address. No internal detail in the text.
+	errSenderNotAllowed = status.New(553, 7, 1, "Sender address not allowed")
+	// RFC 3463 §3.2 X.1.7 and X.1.3: bad sender / recipient syntax.
+	errBadSender = status.New(501, 1, 7, "Bad sender address syntax")
+	errBadRcpt   = status.New(501, 1, 3, "Bad destination mailbox address syntax")
+	// RFC 3463 §3.4 X.3.1: mail system full (RFC 5321 452).
+	errNoSpace = status.New(452, 3, 1, "Insufficient system storage, try again later")
+	errNoMail  = status.New(503, 5, 1, "Need MAIL command first")
+)
+
+type session struct {
+	srv  *Server
+	conn *smtp.Conn
+	log  *zap.Logger
+	ip   netip.Addr
+
+	user *auth.User // nil until AUTH succeeds
+
+	from    string
+	hasMAIL bool
+	rcpts   []string
+	// DSN parameters (RFC 3461), kept for the queue's bounces.
+	ret, envID string
+	dsn        []queue.RcptDSN
+	anyDSN     bool
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	ip := remoteIP(c.Conn().RemoteAddr())
+	return &session{
+		srv:  s,
+		conn: c,
+		ip:   ip,
+		log:  s.log.With(zap.Stringer("client_ip", ip)),
+	}, nil
+}
+
+func remoteIP(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func (s *session) isTLS() bool {
+	_, ok := s.conn.TLSConnectionState()
+	return ok
+}
+
+func (s *session) trusted() bool {
+	if !s.ip.IsValid() {
+		return false
+	}
+	for _, p := range s.srv.opts.Trusted {
+		if p.Contains(s.ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// AuthMechanisms advertises AUTH only on submission listeners and only
+// over TLS (RFC 4954 §4: no plaintext passwords on an unprotected wire).
+func (s *session) AuthMechanisms() []string {
+	if s.srv.opts.Kind == TrustedRelay || !s.isTLS() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.srv.opts.Kind == TrustedRelay {
+		return nil, errAuthNotOffered.SMTP()
+	}
+	if !s.isTLS() {
+		return nil, errEncryptionRequired.SMTP()
+	}
+	switch mech {
+	case sasl.Plain:
+		return saslReplies{auth.NewPlainServer(s.authenticate)}, nil
+	case sasl.Login:
+		return saslReplies{auth.NewLoginServer(s.authenticate)}, nil
+	}
+	return nil, errAuthMech.SMTP()
+}
+
+// saslReplies gives every SASL error its RFC 4954 §6 reply: go-smtp would
+// send any other error's raw text with 454.
+type saslReplies struct{ sasl.Server }
+
+func (r saslReplies) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := r.Server.Next(response)
+	if err == nil {
+		return challenge, done, nil
+	}
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		return nil, false, se // already a reply (from authenticate)
+	case errors.Is(err, auth.ErrMalformedResponse):
+		return nil, false, errAuthMalformed.SMTP()
+	case errors.Is(err, auth.ErrAuthzidMismatch), errors.Is(err, auth.ErrInvalidCredentials):
+		return nil, false, errAuthFailed.SMTP()
+	}
+	return nil, false, errAuthTemp.SMTP()
+}
+
+func (s *session) authenticate(name, password string) error {
+	u, err := s.srv.opts.Auth.Authenticate(s.srv.ctx, name, password)
+	switch {
+	case err == nil:
+		s.user = u
+		s.log = s.log.With(zap.String("user", u.Name))
+		s.log.Info("authenticated")
+		s.srv.opts.Observer.Reply(235)
+		return nil
+	case errors.Is(err, auth.ErrInvalidCredentials):
+		// The name is what the client typed: log it (for fail2ban), never
+		// the password.
+		s.log.Warn("authentication failed", zap.String("username", name))
+		s.srv.opts.Observer.AuthFailure()
+		s.srv.opts.Observer.Reply(errAuthFailed.Code)
+		return errAuthFailed.SMTP()
+	default:
+		s.log.Error("authentication error", zap.Error(err))
+		return errAuthTemp.SMTP()
+	}
+}
+
+// reply is the choke point for the replies the session decides: it counts
+// the reply and turns err into the bare *smtp.SMTPError go-smtp needs (nil
+// means go-smtp's own success reply, okCode).
+func (s *session) reply(err error, okCode int) error {
+	if err == nil {
+		s.srv.opts.Observer.Reply(okCode)
+		return nil
+	}
+	e := status.From(err).SMTP()
+	s.srv.opts.Observer.Reply(e.Code)
+	return e
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if err := s.mail(from); err != nil {
+		return s.reply(err, 250)
+	}
+	if opts != nil {
+		s.ret, s.envID = string(opts.Return), opts.EnvelopeID
+	}
+	return s.reply(nil, 250)
+}
+
+func (s *session) mail(from string) error {
+	switch s.srv.opts.Kind {
+	case Submission, Submissions:
+		if s.user == nil {
+			return errAuthRequired
+		}
+	case TrustedRelay:
+		if !s.trusted() {
+			s.log.Warn("relay denied", zap.String("from", from))
+			return errRelayDeniedMail
+		}
+	}
+	if from != "" { // "" is the null reverse-path <> (RFC 5321 §4.5.5)
+		a, err := ParseAddress(from)
+		if err != nil {
+			return status.Wrap(err, errBadSender.Code, errBadSender.Subject, errBadSender.Detail, errBadSender.Message)
+		}
+		from = a.String()
+	}
+	if s.user != nil && !s.user.MaySendAs(from) {
+		s.log.Warn("sender not allowed", zap.String("from", from))
+		return errSenderNotAllowed
+	}
+	s.from, s.hasMAIL = from, true
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if err := s.rcpt(to); err != nil {
+		return s.reply(err, 250)
+	}
+	var d queue.RcptDSN
+	if opts != nil {
+		for _, n := range opts.Notify {
+			d.Notify = append(d.Notify, string(n))
+		}
+		if opts.OriginalRecipient != "" {
+			d.ORcpt = strings.ToLower(string(opts.OriginalRecipientType)) + ";" + opts.OriginalRecipient
+		}
+	}
+	s.dsn = append(s.dsn, d)
+	s.anyDSN = s.anyDSN || len(d.Notify) > 0 || d.ORcpt != ""
+	return s.reply(nil, 250)
+}
+
+func (s *session) rcpt(to string) error {
+	if !s.hasMAIL {
+		return errNoMail
+	}
+	// Checked again here so that no path to a recipient skips the relay
+	// decision, whatever MAIL did.
+	if s.srv.opts.Kind == TrustedRelay && !s.trusted() {
+		return errRelayDeniedRcpt
+	}
+	if (s.srv.opts.Kind == Submission || s.srv.opts.Kind == Submissions) && s.user == nil {
+		return errAuthRequired
+	}
+	a, err := ParseAddress(to)
+	if err != nil {
+		return status.Wrap(err, errBadRcpt.Code, errBadRcpt.Subject, errBadRcpt.Detail, errBadRcpt.Message)
+	}
+	s.rcpts = append(s.rcpts, a.String())
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	id, size, err := s.data(r)
+	if err != nil {
+		st := status.From(err)
+		if st.Err != nil || st.Code/100 == 4 {
+			s.log.Warn("message refused", zap.Int("code", st.Code), zap.Error(err))
+		}
+		return s.reply(st, 0)
+	}
+	// The session's logger already carries client_ip and, after AUTH, user.
+	s.log.Info("accepted",
+		zap.String("id", id),
+		zap.String("from", s.from),
+		zap.Int("rcpts", len(s.rcpts)),
+		zap.Int64("size", size))
+	s.srv.opts.Observer.Accepted(s.srv.opts.Kind.String(), size)
+	// go-smtp writes a bare *SMTPError as the reply: this is how the 250
+	// carries the queue ID.
+	return s.reply(&smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}, 0)
+}
+
+func (s *session) data(r io.Reader) (id string, size int64, err error) {
+	if !s.hasMAIL || len(s.rcpts) == 0 {
+		return "", 0, errNoMail
+	}
+	// Read the whole message first: it must be complete before it is
+	// signed, and a client that disconnects mid-DATA must leave nothing in
+	// the queue. Line ends are normalised to CRLF on the way in, so nothing
+	// postern sends contains a bare CR or LF.
+	var body bytes.Buffer
+	if _, err := io.Copy(&body, newCRLFReader(r)); err != nil {
+		return "", 0, err // go-smtp's ErrDataTooLarge is a 552 5.3.4 SMTPError
+	}
+
+	var sig []byte
+	if s.srv.opts.Signer != nil {
+		if signer := s.srv.opts.Signer(); signer != nil {
+			sig, err = signer.Sign(bytes.NewReader(body.Bytes()))
+			if err != nil {
+				// A domain with a key never sends unsigned mail.
+				return "", 0, status.Wrap(err, 451, 3, 0, "Local error in processing, try again later")
+			}
+		}
+	}
+
+	received := s.receivedHeader(time.Now())
+	env := &queue.Envelope{
+		From:     s.from,
+		Rcpts:    append([]string(nil), s.rcpts...),
+		ClientIP: s.ip.String(),
+		Listener: s.srv.opts.Kind.String(),
+		Ret:      s.ret,
+		EnvID:    s.envID,
+	}
+	if s.anyDSN {
+		env.DSN = append([]queue.RcptDSN(nil), s.dsn...)
+	}
+	if s.user != nil {
+		env.User = s.user.Name
+	}
+	size = int64(len(received) + len(sig) + body.Len())
+	id, err = s.srv.opts.Queue.Enqueue(s.srv.ctx, env,
+		io.MultiReader(bytes.NewReader(received), bytes.NewReader(sig), &body))
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EDQUOT) {
+			return "", 0, status.Wrap(err, errNoSpace.Code, errNoSpace.Subject, errNoSpace.Detail, errNoSpace.Message)
+		}
+		return "", 0, err // becomes 451 4.3.0
+	}
+	return id, size, nil
+}
+
+// receivedHeader builds the trace field of RFC 5321 §4.4, with the
+// protocol keyword of RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA).
+func (s *session) receivedHeader(now time.Time) []byte {
+	proto := "ESMTP"
+	if s.isTLS() {
+		proto += "S"
+	}
+	if s.user != nil {
+		proto += "A"
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (postern) with %s",
+		sanitizeHelo(s.conn.Hostname()), s.ip, s.srv.opts.Hostname, proto)
+	if st, ok := s.conn.TLSConnectionState(); ok {
+		fmt.Fprintf(&b, "\r\n\t(%s %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+	}
+	// "for" only with a single recipient: listing several would disclose
+	// Bcc recipients to each other (RFC 5321 §7.2).
+	if len(s.rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0])
+	}
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	return b.Bytes()
+}
+
+// sanitizeHelo keeps the client's HELO name printable and short, since it
+// is copied into a header.
+func sanitizeHelo(h string) string {
+	if len(h) > 255 {
+		h = h[:255]
+	}
+	out := []byte(h)
+	for i, c := range out {
+		if c <= ' ' || c >= 0x7f || c == '(' || c == ')' || c == ';' {
+			out[i] = '_'
+		}
+	}
+	if len(out) == 0 {
+		return "unknown"
+	}
+	return string(out)
+}
+
+func (s *session) Reset() {
+	s.from, s.hasMAIL, s.rcpts = "", false, nil
+	s.ret, s.envID, s.dsn, s.anyDSN = "", "", nil, false
+}
+
+func (s *session) Logout() error { return nil }
+
+// Compile-time checks that session has the methods go-smtp looks for.
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
