@@ -477,8 +477,8 @@ func (c *Config) validate() Errors {
 	if c.Delivery.DelayWarning < 0 {
 		bad("delivery.delay_warning", "must not be negative (0 disables delay warnings)")
 	}
-	if c.Delivery.KeepFailed < 0 {
-		bad("delivery.keep_failed", "must not be negative (0 removes failed messages at once)")
+	if c.Delivery.KeepFailed <= 0 {
+		bad("delivery.keep_failed", "must be positive (for example 168h)")
 	}
 
 	c.validatePolicy(bad)

@@ -57,8 +57,9 @@ func TestPermanentNotRetried(t *testing.T) {
 	if r := final.Rcpts[0]; r.State != StateFailed || r.LastReply != "550 5.1.1 no such user" {
 		t.Errorf("recipient = %+v", r)
 	}
-	if _, err := q.Get(id); !errors.Is(err, ErrNotFound) {
-		t.Errorf("failed message still queued: %v", err)
+	// The record stays to explain the failure, without its body.
+	if m := h.get(id); m.State != StateFailed || m.Rcpts[0].State != StateFailed {
+		t.Errorf("failed record = %+v", m)
 	}
 	// Nothing is left to lease, however late it gets.
 	jobs, next, err := q.lease(t0.Add(1000*time.Hour), 10)
@@ -331,7 +332,7 @@ func TestLogs(t *testing.T) {
 	}
 	want := []string{
 		"attempt b@x.test", "attempt c@x.test", "deferred b@x.test", "failed c@x.test",
-		"attempt b@x.test", "delivered b@x.test", "removed ",
+		"attempt b@x.test", "delivered b@x.test", "final, record kept ",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("log lines:\n got %q\nwant %q", got, want)

@@ -34,6 +34,13 @@ type Delivery struct {
 	// Body is the message as stored (headers and body, CRLF line ends).
 	// Open may be called more than once (one per MX tried).
 	Body Body
+
+	// DSN parameters of RFC 3461 to pass on to a server that offers DSN
+	// (§6.2.1): RET and ENVID of the original MAIL FROM, and NOTIFY and
+	// ORCPT per recipient. DSN is parallel to Rcpts, or nil when no
+	// recipient of the message had DSN parameters.
+	Ret, EnvID string
+	DSN        []RcptDSN
 }
 
 // Body gives repeatable access to a stored message.
@@ -48,7 +55,7 @@ type Outcome int
 const (
 	Delivered Outcome = iota + 1 // the remote accepted the recipient
 	Temporary                    // retry later with backoff
-	Permanent                    // fail for good (bounce in a later issue)
+	Permanent                    // fail for good; the sender gets a DSN
 )
 
 func (o Outcome) String() string {
@@ -72,4 +79,10 @@ type Result struct {
 	Reply string
 	// RemoteMTA is the host that gave the reply, if any.
 	RemoteMTA string
+	// RemoteDSN, for a Delivered result, says the remote advertised DSN
+	// and was given this recipient's NOTIFY and ORCPT: it has taken over
+	// reporting success and delay (RFC 3461 §6.2.2.1), so the queue sends
+	// no success DSN. When false, a recipient that asked for NOTIFY=SUCCESS
+	// gets a "relayed" DSN from the queue (§6.2.2.2).
+	RemoteDSN bool
 }

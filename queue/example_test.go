@@ -42,7 +42,9 @@ func Example() {
 		Path:      filepath.Join(dir, "queue.db"),
 		SpoolDir:  filepath.Join(dir, "spool"),
 		Deliverer: printer{},
-		// Called once the last recipient is final; bounces hook in here.
+		Hostname:  "mail.example.org", // names the MAILER-DAEMON of bounces
+		// Called once the last recipient is final. Bounces need no hook:
+		// the queue queues them itself, in the same commit.
 		OnFinal: func(m *queue.Message) { done <- m },
 	})
 	if err != nil {

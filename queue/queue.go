@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -51,6 +54,13 @@ var (
 	ErrNotFound = errors.New("queue: message not found")
 	// ErrClosed is returned by methods called after Close.
 	ErrClosed = errors.New("queue: closed")
+	// ErrHeld is returned by Retry for a held message: Release it instead.
+	ErrHeld = errors.New("queue: message is held")
+	// ErrNotHeld is returned by Release for a message that is not held.
+	ErrNotHeld = errors.New("queue: message is not held")
+	// ErrFinal is returned by Hold, Retry and Bounce for a message kept
+	// only as a record of its failure: no recipient is pending.
+	ErrFinal = errors.New("queue: message has no pending recipient")
 )
 
 // Retry is the retry schedule. Zero fields take the defaults.
@@ -86,12 +96,28 @@ type Options struct {
 	Logger *zap.Logger
 	// Now is the clock, for tests; nil means time.Now.
 	Now func() time.Time
-	// OnFinal, if set, is called once per message after the commit that
-	// removed it from the queue, with every recipient final (delivered or
-	// failed). It is the hook for bounces (a later issue). It runs on a
-	// delivery worker: it must not block for long. A crash between that
-	// commit and the call loses the call.
+	// OnFinal, if set, is called once per message after the commit in
+	// which its last pending recipient became final (delivered or failed),
+	// with a snapshot of it. Bounces do not need it: the queue makes those
+	// itself, in that same commit. It is a notification for tests and
+	// integrations; it runs on a delivery worker and must not block for
+	// long. A crash between that commit and the call loses the call.
 	OnFinal func(*Message)
+
+	// Hostname names this server in delivery status notifications: the
+	// Reporting-MTA field and the MAILER-DAEMON address they come from.
+	// Default: os.Hostname.
+	Hostname string
+	// DelayWarning is how long after acceptance a recipient still being
+	// retried gets one "delayed" DSN (RFC 3464 §2.3.3), if its NOTIFY asks
+	// for delays or was not given. 0 sends none.
+	DelayWarning time.Duration
+	// KeepFailed is how long the record of a message whose recipients are
+	// all final, at least one of them failed, is kept (without its body) so
+	// operators can see what happened. Default 7 days.
+	KeepFailed time.Duration
+	// Observer receives counts for metrics; nil discards them.
+	Observer Observer
 }
 
 // Envelope is what the session accepted. It is stored JSON-encoded, so
@@ -120,41 +146,92 @@ type RcptDSN struct {
 	ORcpt string `json:"orcpt,omitempty"`
 }
 
-// State is where one recipient stands.
+// State is where one recipient stands, or, for a Message, where the
+// message as a whole stands.
 type State string
 
 const (
 	StateQueued    State = "queued"    // not attempted yet
 	StateDeferred  State = "deferred"  // attempted, failed temporarily, will retry
-	StateDelivered State = "delivered" // final
+	StateDelivered State = "delivered" // final (recipients only)
 	StateFailed    State = "failed"    // final
+	// StateHeld is a message-level state only: Hold took the message out
+	// of the schedule. Its recipients stay queued or deferred.
+	StateHeld State = "held"
 )
 
 func (s State) pending() bool { return s == StateQueued || s == StateDeferred }
 
 // Recipient is the state of one recipient of a queued message.
 type Recipient struct {
-	Address string `json:"addr"`
+	Address string `json:"address"`
 	State   State  `json:"state"`
 	// Attempts counts leased attempts, including one in progress or one
 	// cut off by a crash.
-	Attempts int `json:"attempts,omitempty"`
+	Attempts int `json:"attempts"`
 	// NextAttempt is when the recipient is due (again). While an attempt is
 	// in progress it already holds the time of the retry that follows a
 	// temporary failure.
-	NextAttempt time.Time `json:"next,omitzero"`
-	LastAttempt time.Time `json:"last,omitzero"`
-	LastReply   string    `json:"reply,omitempty"`
-	RemoteMTA   string    `json:"remote,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastReply   string    `json:"last_reply,omitempty"`
+	RemoteMTA   string    `json:"remote_mta,omitempty"`
+
+	// Bookkeeping of the queue, stored but not shown; see storedRcpt.
+	leased, reported, warned, remoteDSN bool
+	status                              string
 }
 
-// Message is a snapshot of a queued message.
+// public is the recipient without the queue's private bookkeeping.
+func (r Recipient) public() Recipient {
+	return Recipient{Address: r.Address, State: r.State, Attempts: r.Attempts, NextAttempt: r.NextAttempt,
+		LastAttempt: r.LastAttempt, LastReply: r.LastReply, RemoteMTA: r.RemoteMTA}
+}
+
+// Message is a snapshot of a queued message, or of the record of a failed
+// one (State StateFailed).
+//
+// Its JSON form, shown by the CLI's --json, has the keys id, from, size,
+// created_at, held, state and recipients; the rest of the envelope is not
+// part of it.
 type Message struct {
-	ID       string
-	Envelope Envelope
-	Created  time.Time
-	Size     int64
-	Rcpts    []Recipient
+	ID       string      `json:"id"`
+	Envelope Envelope    `json:"-"`
+	Created  time.Time   `json:"created_at"`
+	Size     int64       `json:"size"`
+	Held     bool        `json:"held"`
+	State    State       `json:"state"` // held, deferred, queued or failed
+	Rcpts    []Recipient `json:"recipients"`
+}
+
+// messageAlias has Message's fields without its methods.
+type messageAlias Message
+
+// MarshalJSON adds the envelope sender as "from".
+func (m Message) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		*messageAlias
+		From string `json:"from"`
+	}{(*messageAlias)(&m), m.Envelope.From})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes, so a client of the
+// administration API can decode into a Message.
+func (m *Message) UnmarshalJSON(data []byte) error {
+	var v struct {
+		*messageAlias
+		From string `json:"from"`
+	}
+	v.messageAlias = (*messageAlias)(m)
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	m.Envelope.From = v.From
+	m.Envelope.Rcpts = nil
+	for _, r := range m.Rcpts {
+		m.Envelope.Rcpts = append(m.Envelope.Rcpts, r.Address)
+	}
+	return nil
 }
 
 // Queue is the durable outgoing queue. Its methods are safe for concurrent
@@ -169,6 +246,10 @@ type Queue struct {
 	log      *zap.Logger
 	now      func() time.Time
 	onFinal  func(*Message)
+	hostname string
+	warnAge  time.Duration // Options.DelayWarning
+	keep     time.Duration // Options.KeepFailed
+	obs      Observer
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -177,12 +258,15 @@ type Queue struct {
 	dbMu   sync.RWMutex
 	closed bool
 
-	// mu guards inflight and busy. inflight counts unfinished deliveries
-	// per message; a message in it is never leased again (a long attempt
-	// may outlive its backoff). busy is their total.
+	// mu guards inflight, busy and depth. inflight counts unfinished
+	// deliveries per message; a message in it is never leased again (a
+	// long attempt may outlive its backoff). busy is their total. depth
+	// counts messages per message-level State, changed after each commit
+	// by what the commit did, and rebuilt by Open.
 	mu       sync.Mutex
 	inflight map[uint64]int
 	busy     int
+	depth    map[State]int
 
 	kick     chan struct{} // capacity 1: "look at the schedule again"
 	stopping chan struct{} // closed by Close: lease nothing more
@@ -201,6 +285,9 @@ type Queue struct {
 	afterResults func(id uint64)                      // after results are committed or dropped
 }
 
+// Defaults of Options.
+const defaultKeepFailed = 7 * 24 * time.Hour
+
 // Open opens or creates the queue file, creates every bucket, and removes
 // spool files no message refers to (left by a crash during Enqueue). It does
 // not start delivering: call Start.
@@ -217,7 +304,12 @@ func Open(opts Options) (*Queue, error) {
 		log:         opts.Logger,
 		now:         opts.Now,
 		onFinal:     opts.OnFinal,
+		hostname:    opts.Hostname,
+		warnAge:     max(opts.DelayWarning, 0),
+		keep:        opts.KeepFailed,
+		obs:         opts.Observer,
 		inflight:    make(map[uint64]int),
+		depth:       make(map[State]int),
 		kick:        make(chan struct{}, 1),
 		stopping:    make(chan struct{}),
 		jitter:      rand.Float64,
@@ -238,6 +330,22 @@ func Open(opts Options) (*Queue, error) {
 	if q.now == nil {
 		q.now = time.Now
 	}
+	if q.keep <= 0 {
+		q.keep = defaultKeepFailed
+	}
+	if q.obs == nil {
+		q.obs = nopObserver{}
+	}
+	if q.hostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		q.hostname = h
+	}
+	if strings.ContainsAny(q.hostname, " \t\r\n<>@;\"") {
+		return nil, fmt.Errorf("queue: Options.Hostname %q is not a host name", q.hostname)
+	}
 	q.sem = make(chan struct{}, q.workers)
 
 	if err := os.MkdirAll(q.spoolDir, 0o700); err != nil {
@@ -254,6 +362,10 @@ func Open(opts Options) (*Queue, error) {
 	db.MaxBatchSize = batchSize
 
 	if err := q.cleanSpool(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := q.countDepth(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -326,7 +438,9 @@ func (q *Queue) clock() time.Time { return q.now().UTC().Round(0) }
 // it. Concurrent calls share one commit.
 //
 // body is read to EOF. Errors keep their cause: a full or read-only disk
-// satisfies errors.Is(err, syscall.ENOSPC) or errors.Is(err, syscall.EROFS).
+// satisfies errors.Is(err, syscall.ENOSPC) or errors.Is(err, syscall.EROFS)
+// (also when bbolt dropped the errno; see errnoOf). A failed Enqueue leaves
+// nothing behind, and the queue stays usable: a later call may succeed.
 func (q *Queue) Enqueue(ctx context.Context, env *Envelope, body io.Reader) (id string, err error) {
 	if env == nil || len(env.Rcpts) == 0 {
 		return "", errors.New("queue: envelope has no recipients")
@@ -339,31 +453,20 @@ func (q *Queue) Enqueue(ctx context.Context, env *Envelope, body io.Reader) (id 
 		rec.Rcpts[i] = Recipient{Address: a, State: StateQueued, NextAttempt: now}
 	}
 
-	// Read one byte past inlineMax to learn whether the body fits. This
-	// buffer is the only copy of a small body; for a large one it is just
-	// the head of the stream.
-	var buf bytes.Buffer
-	n, err := buf.ReadFrom(io.LimitReader(body, inlineMax+1))
+	inline, spool, size, err := q.store(body)
 	if err != nil {
-		return "", fmt.Errorf("queue: read message: %w", err)
+		return "", err
 	}
-	var inline []byte
-	if n <= inlineMax {
-		inline, rec.Size = buf.Bytes(), n
-	} else {
-		rec.Spool, rec.Size, err = q.writeSpool(buf.Bytes(), body)
-		if err != nil {
-			return "", err
-		}
+	rec.Spool, rec.Size = spool, size
+	if spool != "" {
 		// Disarmed by success: a file that no committed record points
 		// to must go (best effort; Open removes it otherwise).
 		defer func() {
 			if err != nil {
-				os.Remove(filepath.Join(q.spoolDir, rec.Spool))
+				os.Remove(filepath.Join(q.spoolDir, spool))
 			}
 		}()
 	}
-	buf = bytes.Buffer{} // drop the head of a spooled body before the commit wait
 	data, err := marshalRecord(rec)
 	if err != nil {
 		return "", err
@@ -387,10 +490,48 @@ func (q *Queue) Enqueue(ctx context.Context, env *Envelope, body io.Reader) (id 
 	})
 	q.dbMu.RUnlock()
 	if err != nil {
-		return "", fmt.Errorf("queue: commit message: %w", err)
+		q.checkDB(err)
+		return "", fmt.Errorf("queue: commit message: %w", errnoOf(err))
 	}
+	q.count(map[State]int{StateQueued: 1})
 	q.notify()
 	return formatID(n64), nil
+}
+
+// errnoOf restores the errno of a storage error that lost it. bbolt v1.5.0
+// formats the errors of growing its file with %s (DB.grow: "file resize
+// error: %s", "file sync error: %s"), so a full disk at that step no longer
+// satisfies errors.Is(err, syscall.ENOSPC) and the session could not tell
+// it from any other failure. The errno's text is still there; it is matched
+// only for the few errnos the session distinguishes.
+func errnoOf(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return err
+	}
+	for _, e := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EFBIG} {
+		if strings.Contains(err.Error(), e.Error()) {
+			return fmt.Errorf("%w (%w)", err, e)
+		}
+	}
+	return err
+}
+
+// store reads a body to EOF and keeps it: in memory if it is at most
+// inlineMax, otherwise in a new, synced spool file (see writeSpool). It reads
+// one byte past inlineMax to learn which; that buffer is the only copy of a
+// small body, and for a large one just the head of the stream.
+func (q *Queue) store(body io.Reader) (inline []byte, spool string, size int64, err error) {
+	var buf bytes.Buffer
+	n, err := buf.ReadFrom(io.LimitReader(body, inlineMax+1))
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("queue: read message: %w", err)
+	}
+	if n <= inlineMax {
+		return buf.Bytes(), "", n, nil
+	}
+	spool, size, err = q.writeSpool(buf.Bytes(), body)
+	return nil, spool, size, err
 }
 
 // Get returns a snapshot of one message.
@@ -420,9 +561,17 @@ func (q *Queue) Get(id string) (*Message, error) {
 	return m, err
 }
 
-// List returns a snapshot of every queued message, oldest first. It reads
-// the whole queue in one transaction: meant for operators, not hot paths.
-func (q *Queue) List() ([]*Message, error) {
+// Filter selects messages for List.
+type Filter struct {
+	// State is the message-level state to list (StateQueued,
+	// StateDeferred, StateHeld or StateFailed); "" lists all.
+	State State
+}
+
+// List returns a snapshot of every message that f selects, failed records
+// included, oldest first. It reads the whole queue in one transaction:
+// meant for operators, not hot paths.
+func (q *Queue) List(f Filter) ([]*Message, error) {
 	q.dbMu.RLock()
 	defer q.dbMu.RUnlock()
 	if q.closed {
@@ -436,7 +585,9 @@ func (q *Queue) List() ([]*Message, error) {
 			if err != nil {
 				return fmt.Errorf("queue: message %s: %w", formatID(id), err)
 			}
-			ms = append(ms, rec.message(id))
+			if f.State == "" || rec.state() == f.State {
+				ms = append(ms, rec.message(id))
+			}
 			return nil
 		})
 	})

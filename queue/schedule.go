@@ -2,8 +2,8 @@ package queue
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -86,9 +86,11 @@ func (q *Queue) dispatchOnce() time.Duration {
 		return maxIdle // a finishing attempt calls notify
 	}
 	now := q.clock()
+	q.purge(now)
 	jobs, next, err := q.lease(now, free)
 	if err != nil {
 		q.log.Error("lease", zap.Error(err))
+		q.checkDB(err)
 		return errorWait
 	}
 	for _, j := range jobs {
@@ -164,14 +166,19 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 			var due []int
 			for i := range rec.Rcpts {
 				r := &rec.Rcpts[i]
+				// No attempt of this message is in flight (checked
+				// above), so leased is exactly "handed out now": this
+				// also clears a flag left by a crash.
+				r.leased = false
 				if r.State.pending() && !r.NextAttempt.After(now) {
 					r.Attempts++
 					r.LastAttempt = now
 					r.NextAttempt = now.Add(q.retry.backoff(r.Attempts, q.jitter()))
+					r.leased = true
 					due = append(due, i)
 				}
 			}
-			if _, err := save(tx, id, rec); err != nil {
+			if _, err := save(tx, id, rec, now, q.keep); err != nil {
 				return err
 			}
 			if len(due) == 0 {
@@ -234,12 +241,21 @@ func group(id uint64, rec *record, due []int, body Body) []*job {
 				Domain:  dom,
 				Created: rec.Created,
 				Body:    body,
+				Ret:     rec.Env.Ret,
+				EnvID:   rec.Env.EnvID,
 			}}
 			byDomain[dom] = j
 			jobs = append(jobs, j)
 		}
 		j.idx = append(j.idx, i)
 		j.d.Rcpts = append(j.d.Rcpts, r.Address)
+		if rec.Env.DSN != nil {
+			var p RcptDSN
+			if i < len(rec.Env.DSN) {
+				p = rec.Env.DSN[i]
+			}
+			j.d.DSN = append(j.d.DSN, p)
+		}
 		j.d.Attempt = max(j.d.Attempt, r.Attempts)
 	}
 	return jobs
@@ -277,7 +293,9 @@ func (q *Queue) run(j *job) {
 		q.hook(j.id)
 		return
 	}
+	start := time.Now()
 	results := q.attempt(j)
+	q.obs.AttemptDuration(time.Since(start))
 	<-q.sem
 	q.record(j, results)
 }
@@ -342,10 +360,12 @@ func (q *Queue) apply(r *Recipient, res Result, now, created time.Time) {
 	switch {
 	case res.Outcome == Delivered:
 		r.State = StateDelivered
+		r.remoteDSN = res.RemoteDSN
 	case res.Outcome == Permanent:
 		r.State = StateFailed
 	case now.Sub(created) > q.retry.Lifetime:
 		r.State = StateFailed
+		r.status = statusExpired
 		r.LastReply = fmt.Sprintf("retry lifetime %v expired; last reply: %s", q.retry.Lifetime, res.Reply)
 	default:
 		r.State = StateDeferred
@@ -353,8 +373,11 @@ func (q *Queue) apply(r *Recipient, res Result, now, created time.Time) {
 }
 
 // record commits the results of one attempt, sharing the commit with other
-// workers through db.Batch. If Close gave up waiting, the results are
-// dropped and the lease stands.
+// workers through db.Batch, together with the DSN the results call for, if
+// any (see modify). If Close gave up waiting, the results are dropped and
+// the lease stands. Results are dropped too for a message an operator
+// deleted meanwhile, and for recipients an operator bounced meanwhile; a
+// message held meanwhile records them and stays held.
 func (q *Queue) record(j *job, results []Result) {
 	defer q.hook(j.id)
 	id := j.d.ID
@@ -364,72 +387,89 @@ func (q *Queue) record(j *job, results []Result) {
 			zap.String("reply", res.Reply), zap.String("remote", res.RemoteMTA))
 	}
 	now := q.clock()
-	q.dbMu.RLock()
-	if q.closed {
-		q.dbMu.RUnlock()
+	out, err := q.modify(j.id, true, now, func(rec *record) error {
+		changed := false
+		for n, i := range j.idx {
+			r := &rec.Rcpts[i]
+			if !r.State.pending() {
+				continue // bounced by an operator during the attempt
+			}
+			r.leased = false
+			q.apply(r, results[n], now, rec.Created)
+			changed = true
+		}
+		if !changed {
+			return errNoChange
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, ErrClosed):
 		q.log.Warn("attempt cut off by shutdown, lease kept", zap.String("id", id))
 		return
-	}
-	var (
-		final  *Message
-		spool  string
-		states []Recipient
-	)
-	err := q.db.Batch(func(tx *bolt.Tx) error {
-		// May run more than once: reset everything it sets.
-		final, spool, states = nil, "", nil
-		data := tx.Bucket(bMessages).Get(idKey(j.id))
-		if data == nil {
-			return nil // removed meanwhile, by an operator
-		}
-		rec, err := decodeRecord(data)
-		if err != nil {
-			return err
-		}
-		for n, i := range j.idx {
-			q.apply(&rec.Rcpts[i], results[n], now, rec.Created)
-			states = append(states, rec.Rcpts[i])
-		}
-		done, err := save(tx, j.id, rec)
-		if done {
-			final, spool = rec.message(j.id), rec.Spool
-		}
-		return err
-	})
-	q.dbMu.RUnlock()
-	if err != nil {
+	case errors.Is(err, ErrNotFound):
+		q.log.Info("results dropped: message deleted meanwhile", zap.String("id", id))
+		return
+	case err != nil:
 		// The lease stands: these recipients are tried again after
 		// their backoff, so a delivered one may be delivered twice,
 		// but none is lost.
 		q.log.Error("record results", zap.String("id", id), zap.Error(err))
 		return
+	case out == nil:
+		q.log.Info("results dropped: recipients bounced meanwhile", zap.String("id", id))
+		return
 	}
-	for _, r := range states {
+	var delivered, deferred, failed int
+	for _, i := range j.idx {
+		if !out.before.Rcpts[i].State.pending() {
+			continue
+		}
+		r := out.after.Rcpts[i]
 		switch r.State {
 		case StateDelivered:
+			delivered++
 			q.log.Info("delivered", zap.String("id", id), zap.String("rcpt", r.Address),
 				zap.Int("attempt", r.Attempts), zap.String("remote", r.RemoteMTA))
 		case StateDeferred:
+			deferred++
 			q.log.Info("deferred", zap.String("id", id), zap.String("rcpt", r.Address),
 				zap.Int("attempt", r.Attempts), zap.Time("next_attempt", r.NextAttempt),
 				zap.String("reply", r.LastReply))
 		case StateFailed:
+			failed++
 			q.log.Info("failed", zap.String("id", id), zap.String("rcpt", r.Address),
 				zap.Int("attempt", r.Attempts), zap.String("reply", r.LastReply))
 		}
 	}
-	if final == nil {
-		return
+	q.observe(delivered, deferred, failed)
+	if out.saved.final {
+		q.final(j.id, out.after)
 	}
-	// After the commit, never before: a crash in between leaves an orphan
-	// file that Open removes, not a record without its body.
-	if spool != "" {
-		if err := os.Remove(filepath.Join(q.spoolDir, spool)); err != nil {
-			q.log.Warn("remove spool file", zap.String("id", id), zap.Error(err))
-		}
+}
+
+func (q *Queue) observe(delivered, deferred, failed int) {
+	if delivered > 0 {
+		q.obs.Delivered(delivered)
 	}
-	q.log.Info("removed", zap.String("id", id))
+	if deferred > 0 {
+		q.obs.Deferred(deferred)
+	}
+	if failed > 0 {
+		q.obs.Failed(failed)
+	}
+}
+
+// final logs that a message has no pending recipient left and calls
+// OnFinal.
+func (q *Queue) final(id uint64, rec *record) {
+	if rec.state() == StateFailed {
+		q.log.Info("final, record kept", zap.String("id", formatID(id)),
+			zap.Time("purge_at", time.Unix(0, rec.Purge).UTC()))
+	} else {
+		q.log.Info("removed", zap.String("id", formatID(id)))
+	}
 	if q.onFinal != nil {
-		q.onFinal(final)
+		q.onFinal(rec.message(id))
 	}
 }

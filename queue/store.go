@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -17,8 +18,9 @@ var (
 	bBodies   = []byte("bodies")
 	bSpool    = []byte("spool")
 	bSchedule = []byte("schedule")
+	bPurge    = []byte("purge")
 
-	allBuckets = [][]byte{bMeta, bMessages, bBodies, bSpool, bSchedule}
+	allBuckets = [][]byte{bMeta, bMessages, bBodies, bSpool, bSchedule, bPurge}
 
 	keyVersion = []byte("version")
 )
@@ -59,9 +61,9 @@ func parseID(s string) (uint64, error) {
 	return id, nil
 }
 
-// schedKey is a schedule entry: the time first, so a cursor walks entries
-// in due order, then the id, so two messages due at the same nanosecond get
-// distinct keys.
+// schedKey is a schedule (or purge) entry: the time first, so a cursor
+// walks entries in time order, then the id, so two messages due at the same
+// nanosecond get distinct keys.
 func schedKey(unixNano int64, id uint64) []byte {
 	k := make([]byte, 16)
 	binary.BigEndian.PutUint64(k[:8], uint64(unixNano))
@@ -73,7 +75,7 @@ func schedTime(k []byte) int64 { return int64(binary.BigEndian.Uint64(k[:8])) }
 func schedID(k []byte) uint64  { return binary.BigEndian.Uint64(k[8:16]) }
 
 // record is what the messages bucket stores, JSON-encoded so later issues
-// can add fields (DSN parameters, REQUIRETLS...) without a migration.
+// can add fields without a migration.
 type record struct {
 	// Env is the envelope as accepted, with Rcpts left empty: the
 	// addresses live in Rcpts below, once.
@@ -81,16 +83,77 @@ type record struct {
 	Created time.Time `json:"created"`
 	Size    int64     `json:"size"`
 	// Spool is the body's file name in SpoolDir; "" means the body is in
-	// the bodies bucket.
+	// the bodies bucket (or, once the message is final, gone).
 	Spool string `json:"spool,omitempty"`
 	// Next is the time part of this message's schedule key, kept so the key
-	// can be found and deleted without a scan; 0 when nothing is pending.
-	Next  int64       `json:"next,omitempty"`
+	// can be found and deleted without a scan; 0 when the message has no
+	// schedule entry (nothing pending, or held).
+	Next int64 `json:"next,omitempty"`
+	// Held is set by Hold: the message has no schedule entry, so it is
+	// never leased, until Release.
+	Held bool `json:"held,omitempty"`
+	// Purge is the time part of the purge key of a final message kept to
+	// explain its failures (Options.KeepFailed); 0 for any other.
+	Purge int64       `json:"purge,omitempty"`
 	Rcpts []Recipient `json:"rcpts"`
 }
 
+// storedRcpt is a Recipient as the messages bucket stores it. The public
+// Recipient has the JSON names operators see (snake_case, --json); these
+// short names are the storage format, which must not change with them. It
+// also carries the queue's private per-recipient bookkeeping.
+type storedRcpt struct {
+	Address     string    `json:"addr"`
+	State       State     `json:"state"`
+	Attempts    int       `json:"attempts,omitempty"`
+	NextAttempt time.Time `json:"next,omitzero"`
+	LastAttempt time.Time `json:"last,omitzero"`
+	LastReply   string    `json:"reply,omitempty"`
+	RemoteMTA   string    `json:"remote,omitempty"`
+
+	// Leased: handed to a Deliverer by the last lease and no result
+	// recorded since. Reports wait while a sibling is leased, so that
+	// recipients failing in the same lease share one DSN.
+	Leased bool `json:"leased,omitempty"`
+	// Reported: the final state has been dealt with by the DSN logic
+	// (reported, or not to be reported).
+	Reported bool `json:"reported,omitempty"`
+	// Warned: a delay DSN was sent for this recipient.
+	Warned bool `json:"warned,omitempty"`
+	// RemoteDSN: the server that accepted it took over DSN duty.
+	RemoteDSN bool `json:"remote_dsn,omitempty"`
+	// Status is an enhanced status code the queue decided itself (expiry,
+	// administrator bounce); "" means taken from the reply.
+	Status string `json:"status,omitempty"`
+}
+
+func toStored(r Recipient) storedRcpt {
+	return storedRcpt{r.Address, r.State, r.Attempts, r.NextAttempt, r.LastAttempt, r.LastReply, r.RemoteMTA,
+		r.leased, r.reported, r.warned, r.remoteDSN, r.status}
+}
+
+func fromStored(s storedRcpt) Recipient {
+	return Recipient{Address: s.Address, State: s.State, Attempts: s.Attempts, NextAttempt: s.NextAttempt,
+		LastAttempt: s.LastAttempt, LastReply: s.LastReply, RemoteMTA: s.RemoteMTA,
+		leased: s.Leased, reported: s.Reported, warned: s.Warned, remoteDSN: s.RemoteDSN, status: s.Status}
+}
+
+// recordAlias has record's fields without its methods, so the wire struct
+// below can embed it and shadow Rcpts (encoding/json: the shallower field
+// wins).
+type recordAlias record
+
+type recordWire struct {
+	*recordAlias
+	Rcpts []storedRcpt `json:"rcpts"`
+}
+
 func marshalRecord(rec *record) ([]byte, error) {
-	data, err := json.Marshal(rec)
+	w := recordWire{recordAlias: (*recordAlias)(rec), Rcpts: make([]storedRcpt, len(rec.Rcpts))}
+	for i, r := range rec.Rcpts {
+		w.Rcpts[i] = toStored(r)
+	}
+	data, err := json.Marshal(w)
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode record: %w", err)
 	}
@@ -99,15 +162,29 @@ func marshalRecord(rec *record) ([]byte, error) {
 
 func decodeRecord(data []byte) (*record, error) {
 	rec := new(record)
+	w := recordWire{recordAlias: (*recordAlias)(rec)}
 	// json.Unmarshal copies every string out of data, so nothing refers to
 	// bbolt's memory map after the transaction ends.
-	if err := json.Unmarshal(data, rec); err != nil {
+	if err := json.Unmarshal(data, &w); err != nil {
 		return nil, err
 	}
-	if len(rec.Rcpts) == 0 {
+	if len(w.Rcpts) == 0 {
 		return nil, fmt.Errorf("record has no recipients")
 	}
+	rec.Rcpts = make([]Recipient, len(w.Rcpts))
+	for i, s := range w.Rcpts {
+		rec.Rcpts[i] = fromStored(s)
+	}
 	return rec, nil
+}
+
+// clone is a deep copy, so a snapshot can be changed without touching the
+// original.
+func (r *record) clone() *record {
+	c := *r
+	c.Rcpts = slices.Clone(r.Rcpts)
+	c.Env.DSN = slices.Clone(r.Env.DSN)
+	return &c
 }
 
 func (r *record) message(id uint64) *Message {
@@ -116,13 +193,44 @@ func (r *record) message(id uint64) *Message {
 		Envelope: r.Env,
 		Created:  r.Created,
 		Size:     r.Size,
-		Rcpts:    append([]Recipient(nil), r.Rcpts...),
+		Held:     r.Held,
+		State:    r.state(),
+		Rcpts:    make([]Recipient, len(r.Rcpts)),
 	}
 	m.Envelope.Rcpts = make([]string, len(r.Rcpts))
 	for i, rc := range r.Rcpts {
 		m.Envelope.Rcpts[i] = rc.Address
+		m.Rcpts[i] = rc.public()
 	}
 	return m
+}
+
+// state is the message-level state: held, then deferred, then queued, then
+// failed (final, kept for KeepFailed). "" means final without failure: such
+// a record is deleted, never stored.
+func (r *record) state() State {
+	var queued, deferred, failed bool
+	for _, rc := range r.Rcpts {
+		switch rc.State {
+		case StateQueued:
+			queued = true
+		case StateDeferred:
+			deferred = true
+		case StateFailed:
+			failed = true
+		}
+	}
+	switch {
+	case r.Held && (queued || deferred):
+		return StateHeld
+	case deferred:
+		return StateDeferred
+	case queued:
+		return StateQueued
+	case failed:
+		return StateFailed
+	}
+	return ""
 }
 
 // nextDue is the earliest NextAttempt among pending recipients, and false
@@ -164,41 +272,96 @@ func insert(tx *bolt.Tx, data, inline []byte, spool string, next int64) (uint64,
 	return id, nil
 }
 
-// save writes rec back and moves its schedule entry to its earliest pending
-// NextAttempt. If nothing is pending it deletes the message instead and
-// reports final; the caller removes the spool file after the commit.
-func save(tx *bolt.Tx, id uint64, rec *record) (final bool, err error) {
+// saved is what save did beyond writing the record.
+type saved struct {
+	final bool   // no recipient is pending any more
+	spool string // spool file to remove after the commit, "" if none
+}
+
+// save writes rec back and keeps the indexes in step with it:
+//   - pending and not held: the schedule entry sits at the earliest
+//     NextAttempt;
+//   - held: no schedule entry;
+//   - final with a failed recipient: the body goes, the record stays with
+//     a purge entry at now+keep, so operators can see what failed;
+//   - final without failure: the message goes entirely.
+//
+// The caller removes saved.spool after the commit, never before: a crash
+// in between leaves an orphan file that Open removes, not a record without
+// its body.
+func save(tx *bolt.Tx, id uint64, rec *record, now time.Time, keep time.Duration) (saved, error) {
+	var out saved
 	k := idKey(id)
 	sched := tx.Bucket(bSchedule)
 	next, pending := rec.nextDue()
-	if rec.Next != 0 && (!pending || next.UnixNano() != rec.Next) {
+	want := int64(0)
+	if pending && !rec.Held {
+		want = next.UnixNano()
+	}
+	if rec.Next != 0 && rec.Next != want {
 		if err := sched.Delete(schedKey(rec.Next, id)); err != nil {
-			return false, err
+			return out, err
 		}
 	}
+	if want != 0 && want != rec.Next {
+		if err := sched.Put(schedKey(want, id), []byte{}); err != nil {
+			return out, err
+		}
+	}
+	rec.Next = want
 	if !pending {
-		for _, b := range [][]byte{bMessages, bBodies} {
-			if err := tx.Bucket(b).Delete(k); err != nil {
-				return false, err
+		out.final = true
+		if rec.Purge == 0 { // not final before: its body is still here
+			if err := tx.Bucket(bBodies).Delete(k); err != nil {
+				return out, err
+			}
+			if rec.Spool != "" {
+				if err := tx.Bucket(bSpool).Delete([]byte(rec.Spool)); err != nil {
+					return out, err
+				}
+				out.spool, rec.Spool = rec.Spool, ""
 			}
 		}
-		if rec.Spool != "" {
-			if err := tx.Bucket(bSpool).Delete([]byte(rec.Spool)); err != nil {
-				return false, err
+		if rec.state() != StateFailed {
+			return out, tx.Bucket(bMessages).Delete(k)
+		}
+		if rec.Purge == 0 {
+			rec.Purge = now.Add(keep).UnixNano()
+			if err := tx.Bucket(bPurge).Put(schedKey(rec.Purge, id), []byte{}); err != nil {
+				return out, err
 			}
 		}
-		rec.Next = 0
-		return true, nil
 	}
-	if next.UnixNano() != rec.Next {
-		rec.Next = next.UnixNano()
-		if err := sched.Put(schedKey(rec.Next, id), []byte{}); err != nil {
-			return false, err
-		}
-	}
-	data, err := json.Marshal(rec)
+	data, err := marshalRecord(rec)
 	if err != nil {
-		return false, err
+		return out, err
 	}
-	return false, tx.Bucket(bMessages).Put(k, data)
+	return out, tx.Bucket(bMessages).Put(k, data)
+}
+
+// remove deletes a message and every index entry of it; the caller removes
+// the returned spool file after the commit.
+func remove(tx *bolt.Tx, id uint64, rec *record) (spool string, err error) {
+	k := idKey(id)
+	for _, b := range [][]byte{bMessages, bBodies} {
+		if err := tx.Bucket(b).Delete(k); err != nil {
+			return "", err
+		}
+	}
+	if rec.Next != 0 {
+		if err := tx.Bucket(bSchedule).Delete(schedKey(rec.Next, id)); err != nil {
+			return "", err
+		}
+	}
+	if rec.Purge != 0 {
+		if err := tx.Bucket(bPurge).Delete(schedKey(rec.Purge, id)); err != nil {
+			return "", err
+		}
+	}
+	if rec.Spool != "" {
+		if err := tx.Bucket(bSpool).Delete([]byte(rec.Spool)); err != nil {
+			return "", err
+		}
+	}
+	return rec.Spool, nil
 }

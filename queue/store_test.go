@@ -211,7 +211,7 @@ func TestEnqueueFailureLeavesNothing(t *testing.T) {
 			if files := spoolFiles(t, h.spoolDir()); len(files) != 0 {
 				t.Errorf("spool files left: %v", files)
 			}
-			if ms, err := q.List(); err != nil || len(ms) != 0 {
+			if ms, err := q.List(Filter{}); err != nil || len(ms) != 0 {
 				t.Errorf("List = %d messages, %v", len(ms), err)
 			}
 		})
@@ -324,7 +324,7 @@ func TestConcurrentEnqueue(t *testing.T) {
 			t.Fatalf("Get(%s): %v", id, err)
 		}
 	}
-	ms, err := q.List()
+	ms, err := q.List(Filter{})
 	if err != nil || len(ms) != writers*each || len(seen) != writers*each {
 		t.Fatalf("List = %d messages (%v), ids %d", len(ms), err, len(seen))
 	}
@@ -357,7 +357,7 @@ func TestClosedQueue(t *testing.T) {
 	if _, err := q.Enqueue(context.Background(), &Envelope{Rcpts: []string{"a@b"}}, strings.NewReader("x")); !errors.Is(err, ErrClosed) {
 		t.Errorf("Enqueue after Close = %v", err)
 	}
-	if _, err := q.List(); !errors.Is(err, ErrClosed) {
+	if _, err := q.List(Filter{}); !errors.Is(err, ErrClosed) {
 		t.Errorf("List after Close = %v", err)
 	}
 }

@@ -1,0 +1,403 @@
+package queue
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"go.uber.org/zap"
+
+	"postern/queue/dsn"
+)
+
+// This file turns state changes into delivery status notifications and
+// commits the two together (see "Bounces" in doc.go).
+
+var (
+	// errNoChange, from a change function, leaves the message as it was.
+	errNoChange = errors.New("queue: nothing to change")
+	// errStale means the message changed between composing its DSN and
+	// the commit, so the DSN composed may be the wrong one: compose again.
+	errStale = errors.New("queue: message changed while its DSN was composed")
+)
+
+// maxStale bounds how often modify composes again. Only a concurrent
+// change to the same message (a sibling delivery, an operator) makes a
+// try stale; several in a row mean something is wrong.
+const maxStale = 5
+
+// adminBounceReply is the LastReply, and the DSN diagnostic, of a
+// recipient failed by Bounce.
+const adminBounceReply = "5.0.0 message bounced by the administrator"
+
+// Enhanced status codes the queue decides itself (RFC 3463).
+const (
+	statusExpired = "5.4.7" // X.4.7 delivery time expired
+	statusAdmin   = "5.0.0" // X.0.0 other undefined status
+)
+
+// notify is a recipient's NOTIFY parameter (RFC 3461 §4.1), decoded.
+type notify struct{ given, success, failure, delay bool }
+
+func (r *record) notify(i int) notify {
+	var n notify
+	if i >= len(r.Env.DSN) {
+		return n
+	}
+	for _, v := range r.Env.DSN[i].Notify {
+		n.given = true
+		switch strings.ToUpper(v) {
+		case "SUCCESS":
+			n.success = true
+		case "FAILURE":
+			n.failure = true
+		case "DELAY":
+			n.delay = true
+		}
+		// NEVER sets nothing: given, and nothing wanted.
+	}
+	return n
+}
+
+// Absent NOTIFY means "FAILURE" and, at the MTA's choice, "DELAY"
+// (RFC 3461 §4.1); postern reports both.
+func (n notify) wantFailure() bool { return !n.given || n.failure }
+func (n notify) wantDelay() bool   { return !n.given || n.delay }
+func (n notify) wantSuccess() bool { return n.success }
+
+// planItem is one recipient to report on in a DSN.
+type planItem struct {
+	idx    int
+	action dsn.Action
+}
+
+// plan decides what a message's DSN, if any, reports after a change, and
+// marks those recipients in rec as reported (or warned). It depends only
+// on rec, now and the options, so running it again on the same record
+// gives the same plan: modify relies on that.
+//
+// While a recipient of the message is leased (its attempt has not been
+// recorded yet), plan waits, so that recipients failing in the same lease
+// at different domains share one DSN: the last result recorded reports
+// them all. A recipient whose lease was lost in a crash holds reports back
+// until it is leased and recorded again (one backoff at most).
+func (q *Queue) plan(rec *record, now time.Time) []planItem {
+	for _, r := range rec.Rcpts {
+		if r.leased && r.State.pending() {
+			return nil
+		}
+	}
+	// Never report on a message with the null reverse-path (RFC 5321
+	// §4.5.5, RFC 3461 §6.2): that is how bounce loops are avoided.
+	null := rec.Env.From == ""
+	warnDue := q.warnAge > 0 && now.Sub(rec.Created) >= q.warnAge
+	var items []planItem
+	for i := range rec.Rcpts {
+		r := &rec.Rcpts[i]
+		n := rec.notify(i)
+		switch {
+		case r.State == StateFailed && !r.reported:
+			r.reported = true
+			if !null && n.wantFailure() {
+				items = append(items, planItem{i, dsn.Failed})
+			}
+		case r.State == StateDelivered && !r.reported:
+			r.reported = true
+			// A server that took over DSN duty reports success itself
+			// (RFC 3461 §6.2.2.1); otherwise "relayed" tells the
+			// sender no further report will come (§6.2.2.2).
+			if !null && n.wantSuccess() && !r.remoteDSN {
+				items = append(items, planItem{i, dsn.Relayed})
+			}
+		case r.State == StateDeferred && !r.warned && warnDue && !null && n.wantDelay():
+			r.warned = true
+			items = append(items, planItem{i, dsn.Delayed})
+		}
+	}
+	return items
+}
+
+// pendingDSN is a composed DSN waiting for its commit.
+type pendingDSN struct {
+	data   []byte // the record
+	inline []byte // the body, or nil if spooled
+	spool  string // spool file name, "" if inline
+	next   int64
+}
+
+// discard removes the spool file of a DSN that was not committed.
+func (q *Queue) discard(d *pendingDSN) {
+	if d != nil && d.spool != "" {
+		os.Remove(filepath.Join(q.spoolDir, d.spool))
+	}
+}
+
+// composeDSN writes the DSN for items of rec (message id) and stores it as
+// a new message would be stored, short of the commit: in memory, or in a
+// synced spool file when it is large (RET=FULL of a large message). It
+// reads the original outside any transaction: inline is the body copied out
+// of bbolt, or nil when it is in rec.Spool.
+func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []byte, now time.Time) (*pendingDSN, error) {
+	rep := &dsn.Report{
+		ReportingMTA: q.hostname,
+		Sender:       rec.Env.From,
+		Date:         now,
+		MessageID:    fmt.Sprintf("%s.%d.dsn@%s", formatID(id), now.UnixNano(), q.hostname),
+		EnvelopeID:   rec.Env.EnvID,
+		ArrivalDate:  rec.Created,
+	}
+	if strings.EqualFold(rec.Env.Ret, "FULL") {
+		rep.Return = dsn.Full
+	}
+	for _, it := range items {
+		r := rec.Rcpts[it.idx]
+		dr := dsn.Recipient{
+			FinalRecipient: r.Address,
+			Action:         it.action,
+			Status:         r.status,
+			RemoteMTA:      r.RemoteMTA,
+			Diagnostic:     r.LastReply,
+		}
+		if it.idx < len(rec.Env.DSN) {
+			dr.OriginalRecipient = rec.Env.DSN[it.idx].ORcpt
+		}
+		if r.Attempts > 0 {
+			dr.LastAttempt = r.LastAttempt
+		}
+		if it.action == dsn.Delayed {
+			dr.WillRetryUntil = rec.Created.Add(q.retry.Lifetime)
+		}
+		rep.Recipients = append(rep.Recipients, dr)
+	}
+	if rec.Spool != "" {
+		f, err := os.Open(filepath.Join(q.spoolDir, rec.Spool))
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			return nil, errStale // deleted meanwhile; modify finds out
+		case err != nil:
+			q.log.Warn("DSN without the original: cannot open it", zap.String("id", formatID(id)), zap.Error(err))
+		default:
+			defer f.Close()
+			rep.Original = f
+		}
+	} else {
+		rep.Original = bytes.NewReader(inline)
+	}
+	body, spool, size, err := q.storeDSN(rep)
+	if err != nil && rep.Original != nil {
+		// A DSN that cannot say everything still beats none, and
+		// a failure here would otherwise drop the results and
+		// repeat the attempt: try once more without the original
+		// (which may also make it small enough for memory).
+		q.log.Warn("DSN without the original", zap.String("id", formatID(id)), zap.Error(err))
+		rep.Original = nil
+		body, spool, size, err = q.storeDSN(rep)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: compose DSN: %w", err)
+	}
+	drec := &record{
+		Created: now,
+		Size:    size,
+		Spool:   spool,
+		Next:    now.UnixNano(),
+		Rcpts:   []Recipient{{Address: rec.Env.From, State: StateQueued, NextAttempt: now}},
+	}
+	data, err := marshalRecord(drec)
+	if err != nil {
+		d := &pendingDSN{spool: spool}
+		q.discard(d)
+		return nil, err
+	}
+	return &pendingDSN{data: data, inline: body, spool: spool, next: drec.Next}, nil
+}
+
+// storeDSN composes rep straight into store, which keeps a small DSN in
+// memory and spools a large one. The composing goroutine is waited for, so
+// it never outlives the file it reads.
+func (q *Queue) storeDSN(rep *dsn.Report) (inline []byte, spool string, size int64, err error) {
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pw.CloseWithError(dsn.Compose(pw, rep))
+	}()
+	inline, spool, size, err = q.store(pr)
+	pr.Close() // unblocks Compose if store stopped early
+	<-done
+	return inline, spool, size, err
+}
+
+// changed is what one committed modify did.
+type changed struct {
+	before, after *record // after holds the record even if it was deleted
+	saved         saved
+	dsn           uint64 // id of the DSN queued, 0 if none
+	reported      []planItem
+}
+
+// modify is the one read-modify-write path for a message whose change may
+// call for a DSN. change edits the record; it may run several times on
+// fresh copies, so it must have no side effects; errNoChange from it leaves
+// the message alone (modify then returns nil, nil).
+//
+// The order is what makes the DSN exactly-once (see doc.go, "Bounces"):
+//
+//  1. change and plan run on a snapshot in a read transaction, and the
+//     DSN, if one is due, is composed and stored (in memory or a synced
+//     spool file) outside any transaction;
+//  2. one write transaction runs change and plan again on the current
+//     record; if the plan differs from the one composed (a concurrent
+//     change), nothing is written and modify starts over; otherwise the
+//     record, with its recipients marked as reported, and the DSN are
+//     committed together.
+//
+// batch shares the commit with other writers through db.Batch.
+func (q *Queue) modify(id uint64, batch bool, now time.Time, change func(*record) error) (*changed, error) {
+	for range maxStale {
+		out, err := q.modifyOnce(id, batch, now, change)
+		if !errors.Is(err, errStale) {
+			return out, err
+		}
+	}
+	return nil, fmt.Errorf("queue: message %s: %w", formatID(id), errStale)
+}
+
+func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*record) error) (*changed, error) {
+	get := func(tx *bolt.Tx) (*record, error) {
+		data := tx.Bucket(bMessages).Get(idKey(id))
+		if data == nil {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, formatID(id))
+		}
+		rec, err := decodeRecord(data)
+		if err != nil {
+			return nil, fmt.Errorf("queue: message %s: %w", formatID(id), err)
+		}
+		return rec, nil
+	}
+
+	// 1. Predict.
+	var (
+		snap   *record
+		items  []planItem
+		inline []byte
+	)
+	q.dbMu.RLock()
+	if q.closed {
+		q.dbMu.RUnlock()
+		return nil, ErrClosed
+	}
+	err := q.db.View(func(tx *bolt.Tx) error {
+		rec, err := get(tx)
+		if err != nil {
+			return err
+		}
+		if err := change(rec); err != nil {
+			return err
+		}
+		snap, items = rec, q.plan(rec, now)
+		if len(items) > 0 && rec.Spool == "" {
+			inline = bytes.Clone(tx.Bucket(bBodies).Get(idKey(id)))
+		}
+		return nil
+	})
+	q.dbMu.RUnlock()
+	if errors.Is(err, errNoChange) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var d *pendingDSN
+	if len(items) > 0 {
+		if d, err = q.composeDSN(id, snap, items, inline, now); err != nil {
+			return nil, err
+		}
+	}
+
+	// 2. Commit.
+	q.dbMu.RLock()
+	if q.closed {
+		q.dbMu.RUnlock()
+		q.discard(d)
+		return nil, ErrClosed
+	}
+	var out *changed
+	commit := func(tx *bolt.Tx) error {
+		out = nil // may run more than once
+		rec, err := get(tx)
+		if err != nil {
+			return err
+		}
+		before := rec.clone()
+		if err := change(rec); err != nil {
+			return err
+		}
+		if got := q.plan(rec, now); !slices.Equal(got, items) {
+			return errStale
+		}
+		sv, err := save(tx, id, rec, now, q.keep)
+		if err != nil {
+			return err
+		}
+		o := &changed{before: before, after: rec, saved: sv, reported: items}
+		if d != nil {
+			if o.dsn, err = insert(tx, d.data, d.inline, d.spool, d.next); err != nil {
+				return err
+			}
+		}
+		out = o
+		return nil
+	}
+	if batch {
+		err = q.db.Batch(commit)
+	} else {
+		err = q.db.Update(commit)
+	}
+	q.dbMu.RUnlock()
+	if err != nil {
+		q.discard(d)
+		if errors.Is(err, errNoChange) {
+			return nil, nil
+		}
+		q.checkDB(err)
+		return nil, err
+	}
+	q.committed(id, out)
+	return out, nil
+}
+
+// committed does what follows a commit by modify: counters, the spool file
+// of a message that became final, the DSN's log line and wake-up.
+func (q *Queue) committed(id uint64, out *changed) {
+	// Built step by step: a literal with two equal keys keeps the last.
+	delta := map[State]int{}
+	delta[out.before.state()]--
+	delta[out.after.state()]++
+	if out.dsn != 0 {
+		delta[StateQueued]++
+	}
+	q.count(delta)
+	if out.saved.spool != "" {
+		if err := os.Remove(filepath.Join(q.spoolDir, out.saved.spool)); err != nil {
+			q.log.Warn("remove spool file", zap.String("id", formatID(id)), zap.Error(err))
+		}
+	}
+	if out.dsn != 0 {
+		var actions []string
+		for _, it := range out.reported {
+			actions = append(actions, out.after.Rcpts[it.idx].Address+"="+string(it.action))
+		}
+		q.log.Info("dsn queued", zap.String("id", formatID(id)), zap.String("dsn_id", formatID(out.dsn)),
+			zap.String("to", out.after.Env.From), zap.Strings("recipients", actions))
+		q.obs.Bounced()
+		q.notify()
+	}
+}
