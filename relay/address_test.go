@@ -34,7 +34,9 @@ func TestParseAddress(t *testing.T) {
 		{"Alice@EXAMPLE.Test", Address{"Alice", "example.test"}}, // local part keeps its case
 		{"alice+tag@example.test", Address{"alice+tag", "example.test"}},
 		{"first.last@mail.sub.example.test", Address{"first.last", "mail.sub.example.test"}},
-		{"!#$%&'*+-/=?^_`{|}~@example.test", Address{"!#$%&'*+-/=?^_`{|}~", "example.test"}},
+		{"#$&'*+-/=?^_`{|}~@example.test", Address{"#$&'*+-/=?^_`{|}~", "example.test"}},
+		{"a@xn--bcher-kva.example", Address{"a", "xn--bcher-kva.example"}}, // an A-label
+		{"a@123.example", Address{"a", "123.example"}},
 		{"a@x-y.example", Address{"a", "x-y.example"}},
 		{"1@123.example", Address{"1", "123.example"}},
 		{long(64) + "@example.test", Address{long(64), "example.test"}},
@@ -81,6 +83,13 @@ func TestParseAddress(t *testing.T) {
 		{"a@exämple.test", errAddrDomain},
 		{"a@" + long(64) + ".test", errAddrDomain},
 		{"a@192.0.2.1]", errAddrDomain},
+		{"a@192.0.2.1", errAddrDomain}, // all-numeric top label
+		{"a@example.123", errAddrDomain},
+		{"a@ab--cd.example", errAddrDomain}, // reserved label
+		{"a@xn--.example", errAddrDomain},
+		{"user%other.example@example.test", errAddrRoute},
+		{"other.example!user@example.test", errAddrRoute},
+		{"a!b%c@example.test", errAddrRoute},
 	}
 	for _, tt := range invalid {
 		got, err := ParseAddress(tt.in)

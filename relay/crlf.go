@@ -35,7 +35,8 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 				c.cr = false
 				p[n] = '\n'
 				n++
-				continue
+				// Return err with this LF: bufio.Reader reports an
+				// error only once, so reading on would lose it.
 			}
 			return n, err
 		}

@@ -69,7 +69,6 @@ func TestCRLFReaderError(t *testing.T) {
 // a reader whose error is not sticky gets its error swallowed and the
 // stream continues as if nothing had happened.
 func TestCRLFReaderErrorAfterCR(t *testing.T) {
-	t.Skip("known bug in crlf.go: an error right after a bare CR is dropped; remove this Skip with the fix")
 	// TimeoutReader fails its second read only; the third read succeeds.
 	r := iotest.TimeoutReader(io.MultiReader(strings.NewReader("a\r"), strings.NewReader("b")))
 	got, err := io.ReadAll(newCRLFReader(r))

@@ -55,8 +55,6 @@ func TestObserver(t *testing.T) {
 		data         bool
 		replies      []int
 		authFailures int
-		// knownBug marks cases the current code gets wrong; see the report.
-		knownBug string
 	}{
 		{name: "accepted message", steps: concat(ehloTLS, []step{authAlice}, mail), data: true,
 			replies: []int{235, 250, 250, 501, 250}},
@@ -80,27 +78,20 @@ func TestObserver(t *testing.T) {
 
 		{name: "authzid of another user", steps: concat(ehloTLS, []step{
 			{send: "AUTH PLAIN " + plainIR("bob", "alice", "secret"), code: 535, enh: "5.7.8"},
-		}), replies: []int{535}, authFailures: 1,
-			knownBug: "the authzid refusal is decided in saslReplies.Next, which neither counts the failure nor reports the reply"},
+		}), replies: []int{535}, authFailures: 1},
 		{name: "authenticator failure", steps: concat(ehloTLS, []step{
 			{send: "AUTH PLAIN " + plainIR("", "broken", "x"), code: 454, enh: "4.7.0"},
-		}), replies: []int{454},
-			knownBug: "authenticate's default case does not call Observer.Reply(454)"},
+		}), replies: []int{454}},
 		{name: "malformed response", steps: concat(ehloTLS, []step{
 			{send: "AUTH PLAIN " + b64("no separators"), code: 501, enh: "5.5.2"},
-		}), replies: []int{501},
-			knownBug: "saslReplies.Next maps the error without calling Observer.Reply"},
+		}), replies: []int{501}},
 		{name: "AUTH refused by the session", steps: []step{
 			{send: "EHLO client.test", code: 250},
 			{send: "AUTH PLAIN " + plainIR("", "alice", "secret"), code: 538, enh: "5.7.11"},
-		}, replies: []int{538},
-			knownBug: "Session.Auth returns errEncryptionRequired, errAuthNotOffered and errAuthMech without Observer.Reply"},
+		}, replies: []int{538}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.knownBug != "" {
-				t.Skip("known bug: " + tt.knownBug + "; remove this Skip with the fix")
-			}
 			t.Parallel()
 			obs := &recorder{}
 			q := &fakeQueue{err: tt.queueErr}

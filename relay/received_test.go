@@ -119,7 +119,6 @@ func TestReceivedHeader(t *testing.T) {
 // TestReceivedHeaderIPv6: the client's address is written as an address
 // literal, which for IPv6 carries the "IPv6:" tag (RFC 5321 §4.1.3).
 func TestReceivedHeaderIPv6(t *testing.T) {
-	t.Skip("known bug in session.go receivedHeader: IPv6 clients are written [::1], not [IPv6:::1]; remove this Skip with the fix")
 	l, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Skipf("no IPv6 loopback: %v", err)

@@ -11,9 +11,11 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -106,8 +108,20 @@ type Options struct {
 	Observer Observer
 
 	// Timeouts per command and for the whole DATA transfer. Defaults follow
-	// RFC 5321 §4.5.3.2: the server waits 5 minutes for a command.
+	// RFC 5321 §4.5.3.2: the server waits 5 minutes for a command
+	// (§4.5.3.2.7) and a client 10 minutes for the reply to the final dot
+	// (§4.5.3.2.6), which bounds a whole transfer from our side too.
 	CommandTimeout time.Duration
+	DataTimeout    time.Duration
+	// IdleTimeout closes a session that has not completed a transaction
+	// for this long (counted from the connection, then from each accepted
+	// message): a client may not hold a connection open by sending NOOPs
+	// or nothing. 0: only CommandTimeout applies.
+	IdleTimeout time.Duration
+
+	// Policy is the anti-abuse policy, shared by the listeners of one
+	// server; nil enforces nothing.
+	Policy *Policy
 }
 
 // Server is one SMTP listener.
@@ -119,6 +133,14 @@ type Server struct {
 	// stuck in Enqueue or Authenticate does not hold up the exit forever.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// go-smtp's Serve does not notice an earlier Shutdown, and its Close
+	// does nothing after Shutdown, so the Server keeps its listeners and
+	// connections itself.
+	mu     sync.Mutex
+	closed bool
+	lns    []net.Listener
+	conns  map[net.Conn]struct{}
 }
 
 // NewServer builds a listener's server. It does not listen yet.
@@ -132,6 +154,13 @@ func NewServer(opts Options) *Server {
 	if opts.CommandTimeout == 0 {
 		opts.CommandTimeout = 5 * time.Minute
 	}
+	if opts.DataTimeout == 0 {
+		opts.DataTimeout = 10 * time.Minute
+	}
+	if opts.Policy == nil {
+		opts.Policy = &Policy{}
+	}
+	opts.Policy.init()
 	s := &Server{opts: opts, log: opts.Logger.With(zap.String("listener", opts.Kind.String()))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
@@ -158,16 +187,36 @@ func NewServer(opts Options) *Server {
 }
 
 // Serve accepts connections on l until Shutdown. For Submissions, l is
-// wrapped in TLS here.
+// wrapped in TLS here. After Shutdown, Serve closes l and returns nil.
+//
+// Below go-smtp (and below TLS), l is wrapped in a guardListener that reads
+// PROXY headers and applies the connection limits: a refused connection
+// costs an accept, a few bytes and a close, never a session or a handshake.
 func (s *Server) Serve(l net.Listener) error {
+	tl := newGuardListener(l, s)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		tl.Close()
+		return nil
+	}
+	s.lns = append(s.lns, tl)
+	s.mu.Unlock()
+	l = tl
 	if s.opts.Kind == Submissions {
 		l = tls.NewListener(l, s.opts.TLS)
 	}
 	err := s.smtp.Serve(l)
-	if err == smtp.ErrServerClosed {
+	if err == smtp.ErrServerClosed || s.isClosed() && errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 // Shutdown stops listening and waits for open sessions to end, until ctx
@@ -175,10 +224,28 @@ func (s *Server) Serve(l net.Listener) error {
 // off before its 250 has not been acknowledged, so nothing is lost: the
 // client still holds the message.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	lns := s.lns
+	s.mu.Unlock()
+	// go-smtp closes only the listeners its Serve has registered; one
+	// whose Serve is just starting would run on.
+	for _, l := range lns {
+		l.Close()
+	}
 	err := s.smtp.Shutdown(ctx)
 	s.cancel()
 	if err != nil {
-		s.smtp.Close()
+		// go-smtp's Close is a no-op once Shutdown has run.
+		s.mu.Lock()
+		conns := make([]net.Conn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
 	}
 	return err
 }

@@ -2,7 +2,9 @@ package relay
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -49,13 +51,20 @@ var (
 	// RFC 3463 §3.4 X.3.1: mail system full (RFC 5321 452).
 	errNoSpace = status.New(452, 3, 1, "Insufficient system storage, try again later")
 	errNoMail  = status.New(503, 5, 1, "Need MAIL command first")
+	// Too many failed AUTH attempts: RFC 3463 §3.8 X.7.0 with 421, after
+	// which the server closes the connection (RFC 5321 §3.8).
+	errAuthCooldown = status.New(421, 7, 0, "Too many failed authentications, try again later")
+	// The DATA time limit passed: RFC 3463 §3.5 X.4.2 "Bad connection",
+	// as go-smtp's own idle timeout reply, and the channel closes.
+	errDataTimeout = status.New(421, 4, 2, "Timeout during DATA, closing connection")
 )
 
 type session struct {
 	srv  *Server
 	conn *smtp.Conn
+	tc   *trackedConn // nil only for connections not from Serve (tests)
 	log  *zap.Logger
-	ip   netip.Addr
+	ip   netip.Addr // the client's, from the PROXY header when there is one
 
 	user *auth.User // nil until AUTH succeeds
 
@@ -73,10 +82,25 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return &session{
 		srv:  s,
 		conn: c,
+		tc:   trackedOf(c.Conn()),
 		ip:   ip,
 		log:  s.log.With(zap.Stringer("client_ip", ip)),
 	}, nil
 }
+
+func (s *session) policy() *Policy { return s.srv.opts.Policy }
+
+// closeAfterReply makes the next reply the session's last (421 and 521
+// replies, RFC 5321 §3.8: the server closes the channel after them).
+func (s *session) closeAfterReply() {
+	if s.tc != nil {
+		s.tc.closeAfterReply()
+	}
+}
+
+// clientKey is the client's network as the limits and the AUTH throttle
+// count it.
+func (s *session) clientKey() string { return clientKey(s.ip).String() }
 
 func remoteIP(a net.Addr) netip.Addr {
 	if ta, ok := a.(*net.TCPAddr); ok {
@@ -118,56 +142,101 @@ func (s *session) AuthMechanisms() []string {
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	if s.srv.opts.Kind == TrustedRelay {
-		return nil, errAuthNotOffered.SMTP()
+		return nil, s.reply(errAuthNotOffered, 0)
 	}
 	if !s.isTLS() {
-		return nil, errEncryptionRequired.SMTP()
+		return nil, s.reply(errEncryptionRequired, 0)
+	}
+	// A network in its cool-down is refused before it sends credentials.
+	if v := s.policy().AuthThrottle.Check(s.clientKey(), ""); v.Refuse {
+		return nil, s.reply(s.authRefused("", v), 0)
 	}
 	switch mech {
 	case sasl.Plain:
-		return saslReplies{auth.NewPlainServer(s.authenticate)}, nil
+		return saslReplies{auth.NewPlainServer(s.authenticate), s}, nil
 	case sasl.Login:
-		return saslReplies{auth.NewLoginServer(s.authenticate)}, nil
+		return saslReplies{auth.NewLoginServer(s.authenticate), s}, nil
 	}
-	return nil, errAuthMech.SMTP()
+	return nil, s.reply(errAuthMech, 0)
 }
 
 // saslReplies gives every SASL error its RFC 4954 §6 reply: go-smtp would
 // send any other error's raw text with 454.
-type saslReplies struct{ sasl.Server }
+// It is also where every outcome of the exchange is reported to the
+// Observer, once.
+type saslReplies struct {
+	sasl.Server
+	s *session
+}
 
 func (r saslReplies) Next(response []byte) ([]byte, bool, error) {
 	challenge, done, err := r.Server.Next(response)
 	if err == nil {
+		if done {
+			r.s.srv.opts.Observer.Reply(235)
+		}
 		return challenge, done, nil
 	}
 	var se *smtp.SMTPError
 	switch {
 	case errors.As(err, &se):
-		return nil, false, se // already a reply (from authenticate)
+		// already a reply (from authenticate)
 	case errors.Is(err, auth.ErrMalformedResponse):
-		return nil, false, errAuthMalformed.SMTP()
+		se = errAuthMalformed.SMTP()
 	case errors.Is(err, auth.ErrAuthzidMismatch), errors.Is(err, auth.ErrInvalidCredentials):
-		return nil, false, errAuthFailed.SMTP()
+		se = errAuthFailed.SMTP()
+	default:
+		se = errAuthTemp.SMTP()
 	}
-	return nil, false, errAuthTemp.SMTP()
+	if se.Code == errAuthFailed.Code {
+		r.s.srv.opts.Observer.AuthFailure()
+	}
+	r.s.srv.opts.Observer.Reply(se.Code)
+	return nil, false, se
+}
+
+// authRefused logs the one line per refused attempt that fail2ban matches
+// (README "Security": `auth refused.*"client_ip": ?"<HOST>"`) and returns
+// the 421 that ends the session.
+func (s *session) authRefused(name string, v auth.Verdict) *status.Error {
+	s.log.Warn("auth refused", zap.String("username", name), zap.String("by", v.By),
+		zap.Duration("retry_after", v.RetryAfter.Round(time.Second)))
+	s.closeAfterReply()
+	return errAuthCooldown
 }
 
 func (s *session) authenticate(name, password string) error {
+	th := s.policy().AuthThrottle
+	client := s.clientKey()
+	v := th.Check(client, name)
+	if v.Refuse {
+		return s.authRefused(name, v).SMTP()
+	}
+	if v.Delay > 0 {
+		// Before the check, so that the delay says nothing about the
+		// answer (see auth.Throttle).
+		s.log.Warn("auth delayed", zap.String("username", name), zap.String("by", v.By), zap.Duration("delay", v.Delay))
+		t := time.NewTimer(v.Delay)
+		select {
+		case <-t.C:
+		case <-s.srv.ctx.Done():
+			t.Stop()
+			return errAuthTemp.SMTP()
+		}
+	}
 	u, err := s.srv.opts.Auth.Authenticate(s.srv.ctx, name, password)
 	switch {
 	case err == nil:
+		th.Success(client, name)
 		s.user = u
 		s.log = s.log.With(zap.String("user", u.Name))
 		s.log.Info("authenticated")
-		s.srv.opts.Observer.Reply(235)
 		return nil
 	case errors.Is(err, auth.ErrInvalidCredentials):
+		th.Failure(client, name)
 		// The name is what the client typed: log it (for fail2ban), never
 		// the password.
 		s.log.Warn("authentication failed", zap.String("username", name))
-		s.srv.opts.Observer.AuthFailure()
-		s.srv.opts.Observer.Reply(errAuthFailed.Code)
 		return errAuthFailed.SMTP()
 	default:
 		s.log.Error("authentication error", zap.Error(err))
@@ -221,6 +290,21 @@ func (s *session) mail(from string) error {
 		s.log.Warn("sender not allowed", zap.String("from", from))
 		return errSenderNotAllowed
 	}
+	pol := s.policy()
+	if s.srv.opts.Kind == TrustedRelay && len(pol.RelaySenderDomains) > 0 && from != "" {
+		if _, dom, _ := strings.Cut(from, "@"); !domainIn(dom, pol.RelaySenderDomains) {
+			s.log.Warn("sender domain not allowed on the relay listener", zap.String("from", from))
+			return errSenderNotAllowed
+		}
+	}
+	// The message is counted here, so that a user over the limit hears it
+	// before sending the body.
+	if s.user != nil {
+		if wait := pol.users.take(s.user.Name, false, time.Now()); wait > 0 {
+			s.log.Warn("message rate limit", zap.Duration("wait", wait))
+			return rateLimited("Message", pol.UserMessages, wait)
+		}
+	}
 	s.from, s.hasMAIL = from, true
 	return nil
 }
@@ -259,12 +343,29 @@ func (s *session) rcpt(to string) error {
 	if err != nil {
 		return status.Wrap(err, errBadRcpt.Code, errBadRcpt.Subject, errBadRcpt.Detail, errBadRcpt.Message)
 	}
+	pol := s.policy()
+	if s.srv.opts.Kind == TrustedRelay && len(pol.RelayRecipientDomains) > 0 && !domainIn(a.Domain, pol.RelayRecipientDomains) {
+		s.log.Warn("recipient domain not allowed on the relay listener", zap.String("rcpt", a.String()))
+		return errRelayDeniedRcpt
+	}
+	if s.user != nil {
+		if wait := pol.users.take(s.user.Name, true, time.Now()); wait > 0 {
+			s.log.Warn("recipient rate limit", zap.Duration("wait", wait))
+			return rateLimited("Recipient", pol.UserRecipients, wait)
+		}
+	}
 	s.rcpts = append(s.rcpts, a.String())
 	return nil
 }
 
 func (s *session) Data(r io.Reader) error {
+	if s.tc != nil {
+		s.tc.beginData(time.Now().Add(s.srv.opts.DataTimeout))
+	}
 	id, size, err := s.data(r)
+	if s.tc != nil {
+		s.tc.endData(err == nil, s.srv.opts.IdleTimeout)
+	}
 	if err != nil {
 		st := status.From(err)
 		if st.Err != nil || st.Code/100 == 4 {
@@ -290,17 +391,49 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	}
 	// Read the whole message first: it must be complete before it is
 	// signed, and a client that disconnects mid-DATA must leave nothing in
-	// the queue. Line ends are normalised to CRLF on the way in, so nothing
-	// postern sends contains a bare CR or LF.
+	// the queue. Bare CR and LF are refused or turned into CRLF on the way
+	// in (newline.go), so nothing postern sends contains one.
+	pol := s.policy()
+	var in io.Reader
+	if pol.ForbidBareNewline && !inPrefixes(s.ip, pol.BareNewlineExclusions) {
+		in = &bareNewlineGuard{r: r}
+	} else {
+		in = newCRLFReader(r)
+	}
 	var body bytes.Buffer
-	if _, err := io.Copy(&body, newCRLFReader(r)); err != nil {
+	if _, err := io.Copy(&body, in); err != nil {
+		if errors.Is(err, errBareFound) {
+			// go-smtp reads the rest of the DATA before it replies, so
+			// the client hears the 521; then the connection closes.
+			s.closeAfterReply()
+			return "", 0, status.Wrap(err, errBareNewline.Code, errBareNewline.Subject, errBareNewline.Detail, errBareNewline.Message)
+		}
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			// The DATA (or idle) limit passed mid-transfer: the
+			// client is too slow to keep the connection.
+			s.closeAfterReply()
+			return "", 0, status.Wrap(err, errDataTimeout.Code, errDataTimeout.Subject, errDataTimeout.Detail, errDataTimeout.Message)
+		}
 		return "", 0, err // go-smtp's ErrDataTooLarge is a 552 5.3.4 SMTPError
+	}
+
+	now := time.Now()
+	msg := editHeader(body.Bytes(), pol.FixHeaders, now, s.messageID)
+	if pol.MaxReceived > 0 && msg.received > pol.MaxReceived {
+		return "", 0, status.Wrap(fmt.Errorf("%d Received fields", msg.received),
+			errMailLoop.Code, errMailLoop.Subject, errMailLoop.Detail, errMailLoop.Message)
+	}
+	if s.user != nil && pol.checksHeaderFrom(s.srv.opts.Kind) {
+		if err := checkHeaderFrom(msg, s.user); err != nil {
+			s.log.Warn("header sender not allowed", zap.Strings("from", msg.from), zap.Strings("sender", msg.sender), zap.Error(err))
+			return "", 0, status.Wrap(err, errHeaderFrom.Code, errHeaderFrom.Subject, errHeaderFrom.Detail, errHeaderFrom.Message)
+		}
 	}
 
 	var sig []byte
 	if s.srv.opts.Signer != nil {
 		if signer := s.srv.opts.Signer(); signer != nil {
-			sig, err = signer.Sign(bytes.NewReader(body.Bytes()))
+			sig, err = signer.Sign(msg.Reader())
 			if err != nil {
 				// A domain with a key never sends unsigned mail.
 				return "", 0, status.Wrap(err, 451, 3, 0, "Local error in processing, try again later")
@@ -308,7 +441,7 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 		}
 	}
 
-	received := s.receivedHeader(time.Now())
+	received := s.receivedHeader(now)
 	env := &queue.Envelope{
 		From:     s.from,
 		Rcpts:    append([]string(nil), s.rcpts...),
@@ -323,9 +456,9 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	if s.user != nil {
 		env.User = s.user.Name
 	}
-	size = int64(len(received) + len(sig) + body.Len())
+	size = int64(len(received) + len(sig) + msg.Len())
 	id, err = s.srv.opts.Queue.Enqueue(s.srv.ctx, env,
-		io.MultiReader(bytes.NewReader(received), bytes.NewReader(sig), &body))
+		io.MultiReader(bytes.NewReader(received), bytes.NewReader(sig), msg.Reader()))
 	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EDQUOT) {
 			return "", 0, status.Wrap(err, errNoSpace.Code, errNoSpace.Subject, errNoSpace.Detail, errNoSpace.Message)
@@ -346,8 +479,13 @@ func (s *session) receivedHeader(now time.Time) []byte {
 		proto += "A"
 	}
 	var b bytes.Buffer
+	// RFC 5321 §4.1.3: an IPv6 address literal is tagged "IPv6:".
+	lit := s.ip.String()
+	if s.ip.Is6() {
+		lit = "IPv6:" + lit
+	}
 	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (postern) with %s",
-		sanitizeHelo(s.conn.Hostname()), s.ip, s.srv.opts.Hostname, proto)
+		sanitizeHelo(s.conn.Hostname()), lit, s.srv.opts.Hostname, proto)
 	if st, ok := s.conn.TLSConnectionState(); ok {
 		fmt.Fprintf(&b, "\r\n\t(%s %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
 	}
@@ -360,15 +498,32 @@ func (s *session) receivedHeader(now time.Time) []byte {
 	return b.Bytes()
 }
 
+// messageID makes a Message-ID for a message that has none (RFC 5322
+// §3.6.4: unique; a random left part and our host name on the right).
+func (s *session) messageID() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails (Go 1.24+)
+	host := s.srv.opts.Hostname
+	if host == "" {
+		host = "postern.invalid"
+	}
+	return "<" + hex.EncodeToString(b[:]) + "@" + host + ">"
+}
+
 // sanitizeHelo keeps the client's HELO name printable and short, since it
 // is copied into a header.
 func sanitizeHelo(h string) string {
 	if len(h) > 255 {
 		h = h[:255]
 	}
+	// Keep what a domain or address literal may hold; anything else (a
+	// quote, a backslash, a parenthesis) could open a quoted string or a
+	// comment that swallows the rest of the field.
 	out := []byte(h)
 	for i, c := range out {
-		if c <= ' ' || c >= 0x7f || c == '(' || c == ')' || c == ';' {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '-' || c == '_' || c == ':' || c == '[' || c == ']'
+		if !ok {
 			out[i] = '_'
 		}
 	}
