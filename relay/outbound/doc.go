@@ -1,6 +1,7 @@
-// Package outbound delivers queued messages to the MX hosts of their
-// recipients' domain. MX implements queue.Deliverer: one call is one
-// attempt, one SMTP transaction, one Result per recipient.
+// Package outbound delivers queued messages: to the MX hosts of their
+// recipients' domain (MX), through upstream relays (Smarthost, Failover),
+// or either way by rule (Router). Each implements queue.Deliverer: one
+// call is one attempt, one SMTP transaction, one Result per recipient.
 //
 // # Route
 //
@@ -34,6 +35,24 @@
 // does not, RFC 5321 §4.5.3.1.10); network errors, timeouts and 4xx are
 // Temporary. Local failures carry a postern status (package status)
 // written like a reply, with an empty RemoteMTA.
+//
+// # Smarthosts and routes
+//
+// A Smarthost is one upstream relay at a fixed address: STARTTLS (never
+// opportunistic), implicit TLS or none, the certificate verified for its
+// host name unless configured otherwise, and AUTH PLAIN or LOGIN when a
+// username is set, over TLS only. A Failover tries several in order; see
+// its documentation for when the next one is tried and why a refused
+// password is retried rather than bounced. A Router picks MX delivery or
+// smarthosts per delivery by recipient and sender domain, with an optional
+// fallback to smarthosts after N direct attempts.
+//
+// # DSN
+//
+// When the server offers DSN, the RET and ENVID of the original MAIL FROM
+// and each recipient's NOTIFY and ORCPT are passed on (RFC 3461 §6.2.1)
+// and Result.RemoteDSN is set for the recipients it accepted: it reports
+// from then on.
 //
 // Canceling the context closes the connection at once; every connection
 // is closed before Deliver returns, after QUIT when the dialogue allows it.

@@ -15,6 +15,7 @@ const (
 	CmdConnect  = "CONNECT" // the greeting after the TCP connection opens
 	CmdEHLO     = "EHLO"    // EHLO, or HELO when the server knows no EHLO
 	CmdSTARTTLS = "STARTTLS"
+	CmdAUTH     = "AUTH" // AUTH and its SASL exchange (RFC 4954)
 	CmdMAIL     = "MAIL FROM"
 	CmdRCPT     = "RCPT TO"
 	CmdDATA     = "DATA"        // the 354 go-ahead

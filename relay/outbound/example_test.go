@@ -65,3 +65,38 @@ func ExampleMX_Deliver() {
 	// [you@example.test]
 	// failed 556 5.1.10 Recipient address has null MX
 }
+
+// Send everything through two smarthosts in failover order: the first is
+// down, so the second takes the message within the same attempt.
+func ExampleFailover() {
+	down, err := relaytest.StartReceiver("127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	downAddr := down.Addr()
+	down.Close() // nothing listens there any more
+	backup, err := relaytest.StartReceiver("127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer backup.Close()
+
+	var hosts outbound.Failover
+	for _, c := range []outbound.SmarthostConfig{
+		{Name: "provider", Address: downAddr, TLS: outbound.NoTLS},
+		{Name: "backup", Address: backup.Addr(), TLS: outbound.NoTLS},
+	} {
+		h, err := outbound.NewSmarthost(c, outbound.Options{Hostname: "postern.example.org"})
+		if err != nil {
+			panic(err)
+		}
+		hosts = append(hosts, h)
+	}
+	results := hosts.Deliver(context.Background(), &queue.Delivery{
+		ID: "1", From: "me@example.org", Rcpts: []string{"you@example.test"},
+		Domain: "example.test", Body: stringBody("Subject: hello\r\n\r\nHi.\r\n"),
+	})
+	fmt.Println(results[0].Outcome, results[0].RemoteMTA)
+	// Output:
+	// delivered 127.0.0.1 (smarthost backup)
+}

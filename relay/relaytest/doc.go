@@ -1,7 +1,9 @@
 // Package relaytest provides real in-process peers for tests of SMTP
 // delivery, in the spirit of net/http/httptest: a DNS server that answers
 // from an in-memory zone, SMTP receivers that record what they get and fail
-// on command, self-signed certificates, and free loopback ports.
+// on command (and, as smarthosts, may require AUTH and record the
+// credentials they were given), self-signed certificates, and free
+// loopback ports.
 //
 // Everything listens on loopback addresses only (127.0.0.0/8, ::1) and is
 // stopped by t.Cleanup, so a test never leaves a peer behind and never sends

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -38,8 +39,10 @@ type Message struct {
 	To         []string // accepted recipients, in RCPT order
 	Data       []byte   // the message as received, dot-unstuffed
 	Opts       smtp.MailOptions
-	Helo       string // the EHLO/HELO name the client gave
-	TLS        bool   // whether the transaction ran over TLS
+	RcptOpts   []smtp.RcptOptions // parallel to To; zero values where none were given
+	AuthUser   string             // the user name of a successful AUTH, "" without one
+	Helo       string             // the EHLO/HELO name the client gave
+	TLS        bool               // whether the transaction ran over TLS
 	RemoteAddr string
 }
 
@@ -49,7 +52,42 @@ type ReceiverOption func(*receiverConfig)
 type receiverConfig struct {
 	tlsNames  []string
 	brokenTLS bool
+	implicit  bool
+	auth      *Credentials
 	server    []func(*smtp.Server)
+}
+
+// Credentials are a user name and password AUTH can give.
+type Credentials struct {
+	Username, Password string
+}
+
+// AuthAttempt is one AUTH exchange a Receiver saw.
+type AuthAttempt struct {
+	Mech     string // PLAIN or LOGIN
+	Username string
+	Password string
+	TLS      bool // whether it ran over TLS
+	OK       bool // whether the Receiver accepted it
+}
+
+// WithAuth makes the Receiver offer AUTH PLAIN and LOGIN, accept only the
+// given user name and password (SetAuth changes them), and refuse MAIL
+// before a successful AUTH with 530 5.7.0 (RFC 4954 §6). Every exchange is
+// recorded (Auths). With WithSTARTTLS, AUTH is offered only after TLS, as
+// real providers do; without, it is offered in plain text too.
+func WithAuth(username, password string) ReceiverOption {
+	return func(c *receiverConfig) { c.auth = &Credentials{username, password} }
+}
+
+// WithImplicitTLS makes the Receiver speak TLS from the first byte (port
+// 465, RFC 8314), with a fresh self-signed certificate valid for names and
+// the listening IP address; clients that verify it use CertPool.
+func WithImplicitTLS(names ...string) ReceiverOption {
+	return func(c *receiverConfig) {
+		c.implicit = true
+		c.tlsNames = append(c.tlsNames, names...)
+	}
 }
 
 // WithSTARTTLS makes the Receiver offer STARTTLS with a fresh self-signed
@@ -89,6 +127,8 @@ type Receiver struct {
 	accepted int // connections accepted in total
 	rcptFail map[string]*smtp.SMTPError
 	failNext map[string][]failure
+	auth     *Credentials // nil: no AUTH
+	auths    []AuthAttempt
 }
 
 type failure struct {
@@ -128,12 +168,17 @@ func StartReceiver(addr string, opts ...ReceiverOption) (*Receiver, error) {
 		return nil, err
 	}
 	r.ln = &countingListener{Listener: l, r: r}
+	r.auth = cfg.auth
 
 	r.srv = smtp.NewServer(smtp.BackendFunc(r.newSession))
 	r.srv.Domain = "relaytest.invalid"
 	r.srv.ErrorLog = log.New(io.Discard, "", 0)
 	r.srv.AllowInsecureAuth = true
-	if len(cfg.tlsNames) > 0 || cfg.brokenTLS {
+	if cfg.implicit && cfg.brokenTLS {
+		l.Close()
+		return nil, errors.New("relaytest: WithImplicitTLS and WithBrokenTLS do not go together")
+	}
+	if len(cfg.tlsNames) > 0 || cfg.brokenTLS || cfg.implicit {
 		names := append(cfg.tlsNames, l.Addr().(*net.TCPAddr).IP.String())
 		if len(cfg.tlsNames) > 0 {
 			r.srv.Domain = cfg.tlsNames[0]
@@ -152,6 +197,15 @@ func StartReceiver(addr string, opts ...ReceiverOption) (*Receiver, error) {
 				},
 			}
 		}
+	}
+	if cfg.auth != nil && r.srv.TLSConfig != nil {
+		r.srv.AllowInsecureAuth = false
+	}
+	if cfg.implicit {
+		// Connections are counted (and CONNECT failures answered, in
+		// plain text) before the handshake.
+		r.ln = tls.NewListener(r.ln, r.srv.TLSConfig)
+		r.srv.TLSConfig = nil // no STARTTLS inside TLS
 	}
 	for _, f := range cfg.server {
 		f(r.srv)
@@ -208,6 +262,20 @@ func (r *Receiver) Reset() {
 	defer r.mu.Unlock()
 	clear(r.rcptFail)
 	clear(r.failNext)
+}
+
+// SetAuth changes the credentials a Receiver made WithAuth accepts.
+func (r *Receiver) SetAuth(username, password string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.auth = &Credentials{username, password}
+}
+
+// Auths returns the AUTH exchanges seen so far, in order.
+func (r *Receiver) Auths() []AuthAttempt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]AuthAttempt(nil), r.auths...)
 }
 
 // Messages returns a copy of the messages accepted so far.
@@ -317,22 +385,43 @@ func (r *Receiver) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if err := r.take(CmdEHLO); err != nil {
 		return nil, err
 	}
-	return &session{r: r, conn: c}, nil
+	s := &session{r: r, conn: c}
+	r.mu.Lock()
+	withAuth := r.auth != nil
+	r.mu.Unlock()
+	if withAuth {
+		return &authSession{s}, nil
+	}
+	return s, nil
 }
 
 type session struct {
-	r    *Receiver
-	conn *smtp.Conn
-	from string
-	opts smtp.MailOptions
-	to   []string
+	r        *Receiver
+	conn     *smtp.Conn
+	from     string
+	opts     smtp.MailOptions
+	to       []string
+	rcptOpts []smtp.RcptOptions
+	authUser string // after a successful AUTH
 }
+
+// errAuthRequired is RFC 4954 §6's reply to MAIL before AUTH.
+var errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+
+// errAuthFailed is RFC 4954 §6's reply to wrong credentials.
+var errAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err := s.r.take(CmdMAIL); err != nil {
 		return err
 	}
-	s.from, s.to = from, nil
+	s.r.mu.Lock()
+	needAuth := s.r.auth != nil
+	s.r.mu.Unlock()
+	if needAuth && s.authUser == "" {
+		return errAuthRequired
+	}
+	s.from, s.to, s.rcptOpts = from, nil, nil
 	s.opts = smtp.MailOptions{}
 	if opts != nil {
 		s.opts = *opts
@@ -340,7 +429,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err := s.r.take(CmdRCPT); err != nil {
 		return err
 	}
@@ -351,7 +440,73 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return err
 	}
 	s.to = append(s.to, to)
+	var o smtp.RcptOptions
+	if opts != nil {
+		o = *opts
+	}
+	s.rcptOpts = append(s.rcptOpts, o)
 	return nil
+}
+
+// authSession is a session that offers AUTH (WithAuth).
+type authSession struct{ *session }
+
+func (s *authSession) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+
+func (s *authSession) Auth(mech string) (sasl.Server, error) {
+	check := func(mech string) func(user, pass string) error {
+		return func(user, pass string) error {
+			_, isTLS := s.conn.TLSConnectionState()
+			r := s.r
+			r.mu.Lock()
+			ok := r.auth != nil && user == r.auth.Username && pass == r.auth.Password
+			r.auths = append(r.auths, AuthAttempt{Mech: mech, Username: user, Password: pass, TLS: isTLS, OK: ok})
+			r.notifyLocked()
+			r.mu.Unlock()
+			if !ok {
+				return errAuthFailed
+			}
+			s.authUser = user
+			return nil
+		}
+	}
+	switch mech {
+	case sasl.Plain:
+		c := check(sasl.Plain)
+		return sasl.NewPlainServer(func(identity, user, pass string) error {
+			if identity != "" && identity != user {
+				return errAuthFailed
+			}
+			return c(user, pass)
+		}), nil
+	case sasl.Login:
+		return &loginServer{check: check(sasl.Login)}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// loginServer is the server side of AUTH LOGIN, which go-sasl lacks: two
+// base64 prompts, "Username:" and "Password:" (draft-murchison-sasl-login).
+type loginServer struct {
+	step  int
+	user  string
+	check func(user, pass string) error
+}
+
+func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		l.step = 1
+		if resp == nil { // no initial response: ask for the user name
+			return []byte("Username:"), false, nil
+		}
+		fallthrough
+	case 1:
+		l.user, l.step = string(resp), 2
+		return []byte("Password:"), false, nil
+	default:
+		return nil, true, l.check(l.user, string(resp))
+	}
 }
 
 func (s *session) Data(body io.Reader) error {
@@ -368,6 +523,8 @@ func (s *session) Data(body io.Reader) error {
 		To:         append([]string(nil), s.to...),
 		Data:       b,
 		Opts:       s.opts,
+		RcptOpts:   append([]smtp.RcptOptions(nil), s.rcptOpts...),
+		AuthUser:   s.authUser,
 		Helo:       s.conn.Hostname(),
 		TLS:        isTLS,
 		RemoteAddr: s.conn.Conn().RemoteAddr().String(),
@@ -380,7 +537,7 @@ func (s *session) Data(body io.Reader) error {
 }
 
 func (s *session) Reset() {
-	s.from, s.to, s.opts = "", nil, smtp.MailOptions{}
+	s.from, s.to, s.opts, s.rcptOpts = "", nil, smtp.MailOptions{}, nil
 }
 
 func (s *session) Logout() error { return nil }

@@ -1,6 +1,7 @@
 package relaytest_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 
@@ -231,6 +233,11 @@ func TestReceiverWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The greeting comes after the receiver has counted the connection:
+	// Dial alone may return before the server side has accepted it.
+	if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
 	// An open connection keeps WaitIdle waiting until its context ends.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -306,5 +313,87 @@ func TestReply(t *testing.T) {
 		if got := relaytest.Reply(tt.code, tt.msg); *got != tt.want {
 			t.Errorf("Reply(%d, %q) = %+v, want %+v", tt.code, tt.msg, *got, tt.want)
 		}
+	}
+}
+
+func TestReceiverAuth(t *testing.T) {
+	r := relaytest.NewReceiver(t, "127.0.0.2:0", relaytest.WithSTARTTLS("smtp.example.test"), relaytest.WithAuth("u", "right"))
+	dial := func(t *testing.T) *smtp.Client {
+		t.Helper()
+		c, err := smtp.DialStartTLS(r.Addr(), &tls.Config{ServerName: "smtp.example.test", RootCAs: r.CertPool()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	t.Run("AUTH only after TLS", func(t *testing.T) {
+		c, err := smtp.Dial(r.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Hello("client.test")
+		if ok, _ := c.Extension("AUTH"); ok {
+			t.Error("AUTH offered before STARTTLS")
+		}
+	})
+	t.Run("MAIL before AUTH gets 530", func(t *testing.T) {
+		if err := dial(t).Mail("a@x.test", nil); code(err) != 530 {
+			t.Errorf("MAIL without AUTH: %v", err)
+		}
+	})
+	for _, mech := range []struct {
+		name string
+		c    func(user, pass string) sasl.Client
+	}{
+		{"PLAIN", func(u, p string) sasl.Client { return sasl.NewPlainClient("", u, p) }},
+		{"LOGIN", sasl.NewLoginClient},
+	} {
+		t.Run(mech.name, func(t *testing.T) {
+			if err := dial(t).Auth(mech.c("u", "wrong")); code(err) != 535 {
+				t.Errorf("wrong password: %v", err)
+			}
+			c := dial(t)
+			if err := c.Auth(mech.c("u", "right")); err != nil {
+				t.Fatalf("right password: %v", err)
+			}
+			if err := c.SendMail("a@x.test", []string{"b@y.test"}, strings.NewReader("Subject: t\r\n\r\nbody\r\n")); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	want := []relaytest.AuthAttempt{
+		{"PLAIN", "u", "wrong", true, false}, {"PLAIN", "u", "right", true, true},
+		{"LOGIN", "u", "wrong", true, false}, {"LOGIN", "u", "right", true, true},
+	}
+	if got := r.Auths(); !slices.Equal(got, want) {
+		t.Errorf("Auths() = %+v\nwant %+v", got, want)
+	}
+	msgs := r.Messages()
+	if len(msgs) != 2 || msgs[0].AuthUser != "u" {
+		t.Errorf("messages = %+v", msgs)
+	}
+	r.SetAuth("u", "new")
+	if err := dial(t).Auth(sasl.NewPlainClient("", "u", "right")); code(err) != 535 {
+		t.Errorf("old password after SetAuth: %v", err)
+	}
+}
+
+func TestReceiverImplicitTLS(t *testing.T) {
+	r := relaytest.NewReceiver(t, "127.0.0.2:0", relaytest.WithImplicitTLS("smtp.example.test"))
+	c, err := smtp.DialTLS(r.Addr(), &tls.Config{ServerName: "smtp.example.test", RootCAs: r.CertPool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		t.Error("STARTTLS offered inside implicit TLS")
+	}
+	if err := c.SendMail("a@x.test", []string{"b@y.test"}, strings.NewReader("Subject: t\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if m := r.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Errorf("messages = %+v", m)
 	}
 }

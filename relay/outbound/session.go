@@ -1,0 +1,539 @@
+package outbound
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"postern/queue"
+	"postern/relay/status"
+)
+
+// client is what MX and Smarthost share: one SMTP session with one server,
+// from the TCP connection to QUIT.
+type client struct {
+	opts Options
+	log  *zap.Logger
+}
+
+// peer is one server to try and how to talk to it.
+type peer struct {
+	addr string // "host:port" dialed
+	// host is the name the certificate must be valid for: the MX host,
+	// or the host part of the smarthost's address.
+	host string
+	kind string // log field naming the server: "mx" or "smarthost"
+	name string // its value: the MX host, or the smarthost's name
+	mta  string // Result.RemoteMTA
+	// route names the rule that chose this server, for the log; "" when
+	// the deliverer was called directly.
+	route string
+
+	mode     TLSMode // STARTTLS policy (ignored with implicit)
+	implicit bool    // TLS from the first byte (RFC 8314 §3.3)
+	verify   bool    // verify the certificate for host against Options.RootCAs
+	auth     *credentials
+
+	// failover makes the session report a definite failure of every
+	// recipient as an error, so that the caller tries the next server in
+	// the same attempt: a 4xx to MAIL (always), and, when this is set,
+	// 4xx to every RCPT or to DATA, where the server has said it did not
+	// take the message.
+	failover bool
+}
+
+// credentials are what AUTH sends. The password is a secret, which prints
+// as a mask: it must never reach a log line, even through %+v.
+type credentials struct {
+	username string
+	password secret
+}
+
+type secret string
+
+func (secret) String() string   { return "********" }
+func (secret) GoString() string { return `"********"` }
+
+// errTLSFailed marks a STARTTLS exchange or handshake that failed.
+var errTLSFailed = errors.New("STARTTLS failed")
+
+// Local statuses of the session.
+var (
+	// Non-ASCII envelope addresses need SMTPUTF8 (RFC 6531 §3.2); X.6.7
+	// "Non-ASCII addresses not permitted for that sender/recipient".
+	errNoSMTPUTF8 = status.New(553, 6, 7, "non-ASCII address and the server does not offer SMTPUTF8")
+	// RFC 3207 with a Required policy; X.7.10 "Encryption needed".
+	errNoSTARTTLS = status.New(451, 7, 10, "STARTTLS required but not offered")
+	// A username is configured but the server offers no mechanism we
+	// speak: RFC 3463 X.7.8 "Authentication credentials invalid" is the
+	// nearest; temporary, because the configuration is what is wrong.
+	errNoAuthMech = status.New(451, 7, 8, "smarthost does not offer AUTH PLAIN or LOGIN")
+	// Never send a password over a connection without TLS (RFC 4954 §4
+	// leaves it to the client; a smarthost password is worth more than
+	// one message). X.7.10 "Encryption needed".
+	errClearAuth = status.New(451, 7, 10, "refusing to send the smarthost password without TLS")
+)
+
+// session runs one connection to p: the prelude (greeting, EHLO,
+// STARTTLS or implicit TLS, AUTH), then one transaction. A nil error means
+// the results are final for this attempt; an error means the next server
+// (MX address or smarthost) should be tried.
+func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (results []queue.Result, err error) {
+	var usedTLS bool
+	var mech string
+	var reply string // the reply that ended the session, for the log
+	defer func() {
+		fields := []zap.Field{
+			zap.String("id", d.ID), zap.String(p.kind, p.name), zap.String("addr", p.addr),
+			zap.Int("attempt", d.Attempt), zap.Bool("tls", usedTLS),
+		}
+		if p.route != "" {
+			fields = append(fields, zap.String("route", p.route))
+		}
+		if p.auth != nil {
+			// The user name, never the password.
+			fields = append(fields, zap.String("auth_user", p.auth.username), zap.String("auth_mech", mech))
+		}
+		if err != nil {
+			reply = err.Error()
+		} else {
+			fields = append(fields, zap.String("outcomes", summary(results)))
+		}
+		c.log.Info("delivery attempt", append(fields, zap.String("reply", reply))...)
+	}()
+
+	dialer := net.Dialer{Timeout: c.opts.DialTimeout}
+	// After a cancellation the errors below are the effects of closing
+	// the connection; the cause goes first.
+	ioErr := func(err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("%w (%v)", cerr, err)
+		}
+		return err
+	}
+	raw, err := dialer.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return nil, ioErr(err)
+	}
+	defer raw.Close()
+	// Closing the connection is the only way to interrupt a blocked read
+	// or write; every step below then fails with an I/O error.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+
+	conn := raw
+	if p.implicit {
+		tc := tls.Client(raw, c.tlsConfig(p))
+		raw.SetDeadline(time.Now().Add(c.opts.CommandTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			// RFC 3463 §3.8: X.7.5 "Cryptographic failure".
+			return nil, ioErr(status.Wrap(err, 451, 7, 5, "TLS with "+p.host+" failed"))
+		}
+		raw.SetDeadline(time.Time{})
+		conn, usedTLS = tc, true
+	}
+	mode := p.mode
+	if p.implicit {
+		mode = Disabled // no STARTTLS inside TLS
+	}
+	conn, upgraded, err := c.prelude(ctx, conn, p, mode)
+	if err != nil {
+		return nil, ioErr(err)
+	}
+	usedTLS = usedTLS || upgraded
+	sc := smtp.NewClient(conn)
+	sc.CommandTimeout = c.opts.CommandTimeout
+	sc.SubmissionTimeout = c.opts.DataTimeout
+	defer sc.Close()
+	if err := sc.Hello(c.opts.Hostname); err != nil {
+		return nil, remoteOr(CmdEHLO, err, ioErr)
+	}
+
+	if p.auth != nil {
+		if mech, err = c.authenticate(sc, p, usedTLS); err != nil {
+			sc.Quit()
+			return nil, ioErr(err)
+		}
+	}
+
+	utf8 := !isASCII(d.From)
+	for _, r := range d.Rcpts {
+		utf8 = utf8 || !isASCII(r)
+	}
+	if ok, _ := sc.Extension("SMTPUTF8"); utf8 && !ok {
+		sc.Quit()
+		return nil, errNoSMTPUTF8
+	}
+	remoteDSN, _ := sc.Extension("DSN")
+
+	results = make([]queue.Result, len(d.Rcpts))
+	set := func(idx []int, o queue.Outcome, r string) {
+		for _, i := range idx {
+			results[i] = queue.Result{Outcome: o, Reply: r, RemoteMTA: p.mta}
+		}
+		reply = r
+	}
+	all := make([]int, len(d.Rcpts))
+	for i := range all {
+		all[i] = i
+	}
+
+	mailOpts, mailFull := mailOptions(d)
+	mailOpts.Size, mailOpts.UTF8 = d.Body.Size(), utf8
+	if err := sc.Mail(d.From, mailOpts); err != nil {
+		re := remoteError(CmdMAIL, err)
+		if re == nil {
+			return nil, ioErr(err)
+		}
+		// RFC 4954 §6: 530 5.7.0 "Authentication required". From a
+		// smarthost that is our configuration, not the sender: retry.
+		if re.Temporary() || p.kind == kindSmarthost && re.Code == 530 {
+			sc.Quit()
+			return nil, re
+		}
+		// The sender is refused for good: no other server will think
+		// otherwise.
+		set(all, queue.Permanent, re.Reply())
+		sc.Quit()
+		return results, nil
+	}
+
+	var accepted []int
+	passed := make([]bool, len(d.Rcpts)) // DSN parameters given in full
+	var lastTemp *Error
+	for i, rcpt := range d.Rcpts {
+		opts, full := rcptOptions(d, i)
+		passed[i] = full && mailFull
+		err := sc.Rcpt(rcpt, opts)
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		re := remoteError(CmdRCPT, err)
+		if re == nil {
+			// The connection is broken: every recipient without a reply
+			// yet, accepted ones included, is deferred.
+			set(unanswered(results), queue.Temporary, ioErr(err).Error())
+			return results, nil
+		}
+		if re.Temporary() {
+			lastTemp = re
+		}
+		set([]int{i}, outcome(re), re.Reply())
+	}
+	if len(accepted) == 0 {
+		sc.Quit()
+		if p.failover && lastTemp != nil && allTemporary(results) {
+			return nil, lastTemp
+		}
+		return results, nil
+	}
+
+	body, err := d.Body.Open()
+	if err != nil {
+		set(accepted, queue.Temporary, status.Wrap(err, 451, 3, 0, "cannot read the queued message").Error())
+		sc.Quit()
+		return results, nil
+	}
+	defer body.Close()
+	w, err := sc.Data()
+	if err != nil {
+		re := remoteError(CmdDATA, err)
+		if re == nil {
+			set(accepted, queue.Temporary, ioErr(err).Error())
+			return results, nil
+		}
+		sc.Quit()
+		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
+			return nil, re
+		}
+		set(accepted, outcome(re), re.Reply())
+		return results, nil
+	}
+	conn.SetWriteDeadline(time.Now().Add(c.opts.DataTimeout))
+	if _, err := io.Copy(w, body); err != nil {
+		// No final dot is sent: closing the connection makes the server
+		// drop the partial message (RFC 5321 §3.8).
+		set(accepted, queue.Temporary, ioErr(err).Error())
+		return results, nil
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		re := remoteError(CmdEOD, err)
+		if re == nil {
+			// The final dot went out and no reply came: the server may
+			// have the message. Never try another server now (a
+			// duplicate is worse than a delay); the queue retries later.
+			set(accepted, queue.Temporary, ioErr(err).Error())
+			return results, nil
+		}
+		sc.Quit()
+		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
+			return nil, re
+		}
+		set(accepted, outcome(re), re.Reply())
+		return results, nil
+	}
+	set(accepted, queue.Delivered, fromText(CmdEOD, 250, resp.StatusText).Reply())
+	if remoteDSN {
+		// RFC 3461 §6.2.1: the remote offered DSN and got every parameter
+		// of these recipients, so it reports from now on.
+		for _, i := range accepted {
+			results[i].RemoteDSN = passed[i]
+		}
+	}
+	sc.Quit()
+	return results, nil
+}
+
+// allTemporary reports whether every result is Temporary.
+func allTemporary(results []queue.Result) bool {
+	for _, r := range results {
+		if r.Outcome != queue.Temporary {
+			return false
+		}
+	}
+	return true
+}
+
+// allTemporaryBut reports whether every result outside idx is Temporary
+// (those in idx have no result yet).
+func allTemporaryBut(results []queue.Result, idx []int) bool {
+	skip := make(map[int]bool, len(idx))
+	for _, i := range idx {
+		skip[i] = true
+	}
+	for i, r := range results {
+		if !skip[i] && r.Outcome != queue.Temporary {
+			return false
+		}
+	}
+	return true
+}
+
+// authenticate runs AUTH with the first mechanism both sides know, PLAIN
+// before LOGIN, and only over TLS. Every failure, a 535 included, comes
+// back as an error: the caller treats it as temporary, since a refused
+// password says the configuration is wrong, not the message.
+func (c *client) authenticate(sc *smtp.Client, p peer, usedTLS bool) (string, error) {
+	if !usedTLS {
+		return "", errClearAuth
+	}
+	var a sasl.Client
+	var mech string
+	switch {
+	case sc.SupportsAuth(sasl.Plain):
+		mech, a = sasl.Plain, sasl.NewPlainClient("", p.auth.username, string(p.auth.password))
+	case sc.SupportsAuth(sasl.Login):
+		mech, a = sasl.Login, sasl.NewLoginClient(p.auth.username, string(p.auth.password))
+	default:
+		return "", errNoAuthMech
+	}
+	if err := sc.Auth(a); err != nil {
+		if re := remoteError(CmdAUTH, err); re != nil {
+			c.log.Warn("smarthost refused our credentials",
+				zap.String("smarthost", p.name), zap.String("auth_user", p.auth.username),
+				zap.String("auth_mech", mech), zap.String("reply", re.Reply()))
+			return mech, re
+		}
+		return mech, err
+	}
+	return mech, nil
+}
+
+// tlsConfig is the client TLS configuration for p. Certificates are
+// verified for p.host against Options.RootCAs (nil: the system roots)
+// when p.verify says so; otherwise the connection is encrypted without
+// authenticating the server.
+func (c *client) tlsConfig(p peer) *tls.Config {
+	cfg := &tls.Config{ServerName: p.host, MinVersion: tls.VersionTLS12}
+	if p.verify {
+		cfg.RootCAs = c.opts.RootCAs
+	} else {
+		cfg.InsecureSkipVerify = true
+	}
+	return cfg
+}
+
+// prelude reads the greeting and, unless mode is Disabled, sends EHLO and
+// upgrades with STARTTLS when offered. go-smtp's client has no StartTLS of
+// its own in v0.25.1 (only NewClientStartTLS, which fails when STARTTLS is
+// not offered), so this part of the dialogue is done here, and the
+// connection is handed to go-smtp with the greeting put back in front of
+// it: go-smtp then reads the real greeting and sends its own EHLO, which
+// after STARTTLS RFC 3207 §4.2 requires anyway (in plain text it repeats
+// ours, which RFC 5321 §4.1.4 allows).
+//
+// Reading the greeting here also tells a greeting failure from an EHLO one.
+func (c *client) prelude(ctx context.Context, raw net.Conn, p peer, mode TLSMode) (net.Conn, bool, error) {
+	raw.SetDeadline(time.Now().Add(c.opts.CommandTimeout))
+	defer raw.SetDeadline(time.Time{})
+	br := bufio.NewReader(raw)
+	tp := textproto.NewReader(br)
+
+	code, msg, err := tp.ReadResponse(220)
+	if err != nil {
+		return nil, false, remoteOr(CmdConnect, err, nil)
+	}
+	greeting := fromText(CmdConnect, code, msg).Wire()
+	handover := func(c net.Conn, r io.Reader) net.Conn {
+		return &greetedConn{Conn: c, r: io.MultiReader(strings.NewReader(greeting), r)}
+	}
+	if mode == Disabled {
+		return handover(raw, br), false, nil
+	}
+
+	if _, err := fmt.Fprintf(raw, "EHLO %s\r\n", c.opts.Hostname); err != nil {
+		return nil, false, err
+	}
+	_, msg, err = tp.ReadResponse(250)
+	if err != nil {
+		re := remoteError(CmdEHLO, err)
+		if re != nil && re.Code/100 == 5 && mode == Opportunistic {
+			// No ESMTP, hence no STARTTLS: go-smtp retries with HELO.
+			return handover(raw, br), false, nil
+		}
+		return nil, false, remoteOr(CmdEHLO, err, nil)
+	}
+	if !offers(msg, "STARTTLS") {
+		if mode == Required {
+			return nil, false, errNoSTARTTLS
+		}
+		return handover(raw, br), false, nil
+	}
+
+	tlsFail := func(err error) error {
+		if mode == Required {
+			// RFC 3463 §3.8: X.7.5 "Cryptographic failure".
+			return status.Wrap(err, 451, 7, 5, "TLS with "+p.host+" failed")
+		}
+		return fmt.Errorf("%w: %w", errTLSFailed, err)
+	}
+	if _, err := io.WriteString(raw, "STARTTLS\r\n"); err != nil {
+		return nil, false, err
+	}
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		if re := remoteError(CmdSTARTTLS, err); re != nil {
+			return nil, false, tlsFail(re)
+		}
+		return nil, false, err
+	}
+	// Anything the server sent after its 220 arrived before the handshake,
+	// in plain text, where an attacker may have injected it (the STARTTLS
+	// command injection of CVE-2011-0411): refuse to go on.
+	if br.Buffered() > 0 {
+		return nil, false, tlsFail(errors.New("unexpected data after the STARTTLS reply"))
+	}
+	tc := tls.Client(raw, c.tlsConfig(p))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, false, tlsFail(err)
+	}
+	return handover(tc, tc), true, nil
+}
+
+// greetedConn is a connection whose reads start with a greeting already
+// read from it.
+type greetedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *greetedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// offers reports whether an EHLO reply's text (lines joined by "\n", the
+// first being the greeting) lists the extension ext.
+func offers(ehlo, ext string) bool {
+	lines := strings.Split(ehlo, "\n")
+	for _, l := range lines[1:] {
+		kw, _, _ := strings.Cut(l, " ")
+		if strings.EqualFold(kw, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+// failAll gives every one of n recipients the failure err: Permanent when
+// err is a permanent local status (a null MX, an address literal),
+// Temporary otherwise, and always Temporary once ctx has ended.
+func failAll(ctx context.Context, n int, err error, mta string) []queue.Result {
+	o := queue.Temporary
+	var se *status.Error
+	if errors.As(err, &se) && se.Permanent() {
+		o = queue.Permanent
+	}
+	if ctx.Err() != nil {
+		o = queue.Temporary
+	}
+	results := make([]queue.Result, n)
+	for i := range results {
+		results[i] = queue.Result{Outcome: o, Reply: err.Error(), RemoteMTA: mta}
+	}
+	return results
+}
+
+// remoteOr returns err as an *Error when it is a reply to command, or else
+// the I/O error, passed through ioErr when not nil.
+func remoteOr(command string, err error, ioErr func(error) error) error {
+	if re := remoteError(command, err); re != nil {
+		return re
+	}
+	if ioErr != nil {
+		return ioErr(err)
+	}
+	return err
+}
+
+// outcome is the fate of recipients given a remote error reply.
+func outcome(e *Error) queue.Outcome {
+	if e.Permanent() {
+		return queue.Permanent
+	}
+	return queue.Temporary
+}
+
+// unanswered lists the recipients without a result yet.
+func unanswered(results []queue.Result) []int {
+	var idx []int
+	for i, r := range results {
+		if r.Outcome == 0 {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// summary counts outcomes for the log: "delivered=2 deferred=1".
+func summary(results []queue.Result) string {
+	n := map[queue.Outcome]int{}
+	for _, r := range results {
+		n[r.Outcome]++
+	}
+	var parts []string
+	for _, o := range []queue.Outcome{queue.Delivered, queue.Temporary, queue.Permanent} {
+		if n[o] > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", o, n[o]))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
