@@ -254,6 +254,7 @@ func unwrapPathErr(err error) error {
 func parse(data []byte, file string, base *Config) (*Config, error) {
 	errs, lines := decodeStrict(data, file, base)
 	base.File = file
+	base.fillListDefaults()
 	// Semantic checks run even when some keys failed to decode, so one run
 	// shows everything; a key that already has an error is not blamed twice
 	// (it holds its default now). Each check points at its key's line, or
@@ -276,6 +277,16 @@ func parse(data []byte, file string, base *Config) (*Config, error) {
 		return base, errs
 	}
 	return base, nil
+}
+
+// fillListDefaults gives list items the defaults a YAML default file cannot
+// (it has no items to put them on).
+func (c *Config) fillListDefaults() {
+	for i := range c.Delivery.Smarthosts {
+		if c.Delivery.Smarthosts[i].TLS == "" {
+			c.Delivery.Smarthosts[i].TLS = "starttls" // RFC 8314 would prefer implicit; port 587 speaks STARTTLS
+		}
+	}
 }
 
 // parentKey returns "a.b" for "a.b.c" and "a.b" for "a.b[2]".
@@ -679,6 +690,9 @@ func (c *Config) validateRouting(bad func(key, format string, args ...any)) {
 			bad(key, "password_file and password_env are both set: choose one")
 		case h.Username == "" && (h.PasswordFile != "" || h.PasswordEnv != ""):
 			bad(key+".username", "must be set when a password is")
+		}
+		if h.Username != "" && h.TLS == "none" {
+			bad(key+".tls", "none would send the password in clear text: use starttls or implicit")
 		}
 	}
 	checkVia := func(key string, via NameList, allowMX bool) {
