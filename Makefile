@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Real peers the integration tests drive: swaks (client), Postfix's
 # smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier).
-DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl
+DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy
 
 # Fuzz targets run briefly by `make test` and at length by `make fuzz`.
 FUZZTIME      ?= 3s
@@ -40,6 +40,7 @@ deps:
 	@missing=""; \
 	command -v swaks >/dev/null || missing="$$missing swaks"; \
 	perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null || missing="$$missing libnet-ssleay-perl"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	/usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null || missing="$$missing python3-dkim python3-nacl"; \
 	if [ -n "$$missing" ]; then \
@@ -67,8 +68,41 @@ fuzz:
 		done; \
 	done
 
-bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# Benchmarks: first the in-package Go benchmarks (queue, DKIM, SMTP session),
+# then the side-by-side run of the built binary against Postfix on this
+# machine (cmd/postern/bench_test.go, build tag `bench`; it explains how
+# Postfix and OpenDKIM are isolated). The table goes to stdout and to
+# bin/bench-results.md. Knobs: BENCH_REPS=N repetitions per cell (default 3,
+# medians reported), BENCH_QUICK=1 (one repetition, small counts: a smoke
+# test, not a measurement), BENCH_DIR (scratch parent, default /var/spool;
+# on the disk being measured, not tmpfs, and not world-writable, or OpenDKIM
+# refuses its config). Needs root, for Postfix.
+bench: build bench-deps
+	$(GO) test -run '^$$' -bench . -benchmem ./queue/ ./dkim/ ./relay/...
+	BENCH_BIN=$(abspath $(BIN)) BENCH_OUT=$(abspath bin/bench-results.md) \
+	BENCH_COMMAND="make bench" \
+		$(GO) test -tags bench -run '^TestBenchVsPostfix$$' -count=1 -timeout 4h -v ./cmd/postern/
+
+# Installs what `make bench` drives when missing: Postfix (the contender and
+# smtp-source/smtp-sink), OpenDKIM (Postfix's usual signer) and openssl (its
+# Ed25519 key). Postfix is preseeded to "No configuration", so the system's
+# own instance is neither configured nor started.
+BENCH_DEB_PACKAGES := postfix opendkim opendkim-tools openssl
+
+bench-deps:
+	@missing=""; \
+	[ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/smtp-sink ] && [ -x /usr/lib/postfix/sbin/master ] || missing="$$missing postfix"; \
+	[ -x /usr/sbin/opendkim ] || missing="$$missing opendkim"; \
+	command -v opendkim-genkey >/dev/null || missing="$$missing opendkim-tools"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing benchmark peers:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_DEB_PACKAGES) >/dev/null || \
+		{ echo "could not install the benchmark peers ($(BENCH_DEB_PACKAGES))" >&2; exit 1; }; \
+	fi
 
 clean:
 	rm -rf bin

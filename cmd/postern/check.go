@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"postern/auth"
 	"postern/configs"
 	"postern/dkim"
+	"postern/relay/outbound"
 )
 
 // cmdConfigCheck validates the configuration and everything it points to
@@ -71,12 +73,37 @@ func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 	} else {
 		warnings = append(warnings, "tls: no certificate configured; serve will use a self-signed one")
 	}
+	p, w := checkSmarthostPasswords(cfg)
+	problems, warnings = append(problems, p...), append(warnings, w...)
 	_, w, errs := dkim.LoadKeys(dkimKeyConfigs(cfg))
 	for _, e := range errs {
 		problems = append(problems, fmt.Sprintf("%s: %v", cfg.File, e))
 	}
 	for _, s := range w {
 		warnings = append(warnings, "dkim: "+s)
+	}
+	return problems, warnings
+}
+
+// checkSmarthostPasswords reads every smarthost password file as serve
+// will. An unset password_env is only a warning here: the variable may
+// well be set in serve's environment (a systemd unit) and not in the
+// shell running the check; serve itself refuses to start without it.
+func checkSmarthostPasswords(cfg *configs.Config) (problems, warnings []string) {
+	for i, h := range cfg.Delivery.Smarthosts {
+		if h.Username == "" {
+			continue
+		}
+		switch {
+		case h.PasswordFile != "":
+			if _, err := outbound.ReadPasswordFile(h.PasswordFile); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: delivery.smarthosts[%d].password_file: %v", cfg.File, i, err))
+			}
+		case h.PasswordEnv != "":
+			if v, ok := os.LookupEnv(h.PasswordEnv); !ok || v == "" {
+				warnings = append(warnings, fmt.Sprintf("delivery.smarthosts[%d].password_env: %s is not set here; serve will refuse to start without it", i, h.PasswordEnv))
+			}
+		}
 	}
 	return problems, warnings
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -203,5 +204,62 @@ func TestConfigCheckNamesBrokenDKIMKey(t *testing.T) {
 	// serve refuses to start with it, too.
 	if out, err := exec.CommandContext(ctxTimeout(t, 20*time.Second), binPath, "serve", "--config", in.cfgPath).CombinedOutput(); err == nil || !strings.Contains(string(out), "broken.key") {
 		t.Errorf("serve with a broken key: err=%v\n%s", err, out)
+	}
+}
+
+// TestDKIMReloadKeepsOldKeyOnError: SIGHUP with a broken key file keeps
+// the old key in service (and says why); SIGHUP with a good new key swaps
+// it in.
+func TestDKIMReloadKeepsOldKeyOnError(t *testing.T) {
+	t.Parallel()
+	keyDir := t.TempDir()
+	file, name, oldRecord := keygen(t, keyDir, "reload.test", "s1", "ed25519")
+
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.0.2")
+	rcv := w.receiver("127.0.0.2")
+	cfg := w.config()
+	cfg.Extra = fmt.Sprintf("dkim:\n  keys:\n    - {domain: reload.test, selector: s1, key_file: %s}\n", file)
+	in := newInstance(t, cfg)
+	in.start()
+
+	send := func(subject string) []byte {
+		t.Helper()
+		msg := strings.Replace(swaksData, "alice@example.test", "alice@reload.test", 1)
+		msg = strings.Replace(msg, "Subject: e2e", "Subject: "+subject, 1)
+		n := len(rcv.Messages())
+		if out, err := swaks(t, "--server", in.cfg.Relay, "--from", "alice@reload.test", "--to", "bob@dest.test", "--data", msg); err != nil {
+			t.Fatalf("swaks: %v\n%s", err, out)
+		}
+		msgs, err := rcv.WaitMessages(ctxTimeout(t, 20*time.Second), n+1)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, in.logs.String())
+		}
+		return msgs[n].Data
+	}
+
+	// A broken key file: the reload fails, the old key keeps signing.
+	os.Remove(file)
+	os.WriteFile(file, []byte("not a key\n"), 0o600)
+	in.cmd.Process.Signal(syscall.SIGHUP)
+	in.waitLog(10*time.Second, func(e logEntry) bool { return e.isMsg("keeping the old DKIM keys") })
+	if got := dkimpy(t, map[string]string{name: oldRecord}, send("after bad reload")); strings.Join(got, " ") != "pass" {
+		t.Fatalf("after a failed reload the old key should still sign: dkimpy %q", got)
+	}
+
+	// A good new key: the reload swaps it in.
+	os.Remove(file)
+	_, _, newRecord := keygen(t, keyDir, "reload.test", "s1", "ed25519")
+	in.cmd.Process.Signal(syscall.SIGHUP)
+	// The first "dkim key loaded" is from the start; wait for the second.
+	loaded := 0
+	in.waitLog(10*time.Second, func(e logEntry) bool {
+		if e.isMsg("dkim key loaded") {
+			loaded++
+		}
+		return loaded == 2
+	})
+	if got := dkimpy(t, map[string]string{name: newRecord}, send("after good reload")); strings.Join(got, " ") != "pass" {
+		t.Fatalf("after a good reload the new key should sign: dkimpy %q", got)
 	}
 }

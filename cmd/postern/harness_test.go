@@ -70,12 +70,14 @@ type instance struct {
 // testConfig is what varies between tests; everything else is fixed.
 type testConfig struct {
 	Submission, Submissions, Relay string // listen addresses ("" = off)
+	Admin                          string // admin API address ("" = off)
 	Trusted                        []string
 	Resolver                       string
 	DeliveryPort                   int
 	DeliveryTLS                    string
 	RetryInitial, RetryMax         string
 	Lifetime                       string
+	DelayWarning                   string // delivery.delay_warning ("" = 0s, off)
 	Extra                          string // more YAML appended verbatim
 }
 
@@ -101,7 +103,7 @@ listen:
   submission: %q
   submissions: %q
   relay: %q
-  admin: ""
+  admin: %q
 auth: {users_file: users}
 relay: {trusted_networks: %s}
 limits: {max_message_size: 10MiB, max_recipients: 100}
@@ -110,10 +112,11 @@ delivery:
   port: %d
   tls: %s
   retry: {initial: %s, max: %s, lifetime: %s}
+  delay_warning: %s
 shutdown_timeout: 10s
-%s`, filepath.Join(dir, "data"), c.Submission, c.Submissions, c.Relay, trusted,
+%s`, filepath.Join(dir, "data"), c.Submission, c.Submissions, c.Relay, c.Admin, trusted,
 		c.Resolver, c.DeliveryPort, or(c.DeliveryTLS, "opportunistic"),
-		or(c.RetryInitial, "300ms"), or(c.RetryMax, "2s"), or(c.Lifetime, "1h"), c.Extra)
+		or(c.RetryInitial, "300ms"), or(c.RetryMax, "2s"), or(c.Lifetime, "1h"), or(c.DelayWarning, "0s"), c.Extra)
 }
 
 // newInstance writes a config into a fresh directory; start runs it.
@@ -272,6 +275,7 @@ func (l *logBuffer) all(f func(logEntry) bool) []logEntry {
 }
 
 // wait blocks until an entry matches f, the process exits, or timeout.
+// f runs with the buffer locked: it must not call back into the buffer.
 func (l *logBuffer) wait(exited <-chan struct{}, timeout time.Duration, f func(logEntry) bool) (logEntry, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()

@@ -32,8 +32,14 @@ Usage:
   postern user passwd NAME  [--config FILE]
   postern user del NAME     [--config FILE]
   postern user list         [--config FILE]
+  postern queue list     [--state S] [--json] [--config FILE]   the queue, like mailq
+  postern queue show ID  [--json] [--config FILE]
+  postern queue retry ID|--all     [--config FILE]
+  postern queue hold|release|delete|bounce ID  [--config FILE]
   postern dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits 2048] [--out FILE]
   postern dkim dns       [--config FILE]   print the DNS TXT record of every configured key
+  postern sendmail [FLAGS] [RCPT...]       sendmail's interface: submit standard input
+  postern mailq          [--config FILE]   print the queue (as postern queue list)
   postern version
 
 --config: a YAML file, or "builtin" for the built-in default. Without it,
@@ -48,7 +54,7 @@ const (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	os.Exit(run(argv(os.Args), os.Stdin, os.Stdout, os.Stderr))
 }
 
 // errUsage marks an error in the command line itself.
@@ -124,12 +130,22 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		return cmdUser(s, r, stdin, stdout, stderr)
+	case "queue":
+		s, r, err := sub()
+		if err != nil {
+			return err
+		}
+		return cmdQueue(s, r, stdout, stderr)
 	case "dkim":
 		s, r, err := sub()
 		if err != nil {
 			return err
 		}
 		return cmdDKIM(s, r, stdout, stderr)
+	case "sendmail":
+		return cmdSendmail(rest, stdin, stdout, stderr)
+	case "mailq":
+		return cmdQueue("list", rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "postern", version)
 		return nil

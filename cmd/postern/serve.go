@@ -21,8 +21,8 @@ import (
 	"postern/configs"
 	"postern/dkim"
 	"postern/queue"
+	"postern/queue/admin"
 	"postern/relay"
-	"postern/relay/outbound"
 )
 
 func cmdServe(args []string, stderr io.Writer) error {
@@ -46,15 +46,19 @@ func cmdServe(args []string, stderr io.Writer) error {
 
 // server is everything serve starts, so that it can be stopped in order.
 type server struct {
-	cfg    *configs.Config
-	log    *zap.Logger
-	certs  *relay.Certs
-	users  *auth.Store
-	signer atomic.Pointer[dkim.Signer]
-	queue  *queue.Queue
-	smtp   []*relay.Server
-	admin  *http.Server
-	wg     sync.WaitGroup
+	cfg     *configs.Config
+	log     *zap.Logger
+	certs   *relay.Certs
+	users   *auth.Store
+	signer  atomic.Pointer[dkim.Signer]
+	queue   *queue.Queue
+	smtp    []*relay.Server
+	admin   *http.Server
+	metrics *admin.Metrics
+	// ready is true between start-up and the beginning of shutdown
+	// (/readyz).
+	ready atomic.Bool
+	wg    sync.WaitGroup
 }
 
 func serve(cfg *configs.Config, log *zap.Logger) error {
@@ -85,18 +89,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err := s.loadDKIM(); err != nil {
 		return err
 	}
-
-	tlsMode, err := outbound.ParseTLSMode(cfg.Delivery.TLS)
+	adminToken, err := readAdminToken(cfg.Admin.TokenFile)
 	if err != nil {
-		return fmt.Errorf("delivery.tls: %w", err)
+		return err
 	}
-	mx := outbound.New(outbound.Options{
-		Hostname: cfg.Hostname,
-		Resolver: cfg.Delivery.Resolver,
-		Port:     cfg.Delivery.Port,
-		TLS:      tlsMode,
-		Logger:   log,
-	})
+	s.metrics = admin.NewMetrics()
+
+	mx, err := newDeliverer(cfg, log)
+	if err != nil {
+		return err
+	}
 	s.queue, err = queue.Open(queue.Options{
 		Path:      cfg.QueuePath(),
 		SpoolDir:  cfg.SpoolDir(),
@@ -107,11 +109,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			Max:      cfg.Delivery.Retry.Max.D(),
 			Lifetime: cfg.Delivery.Retry.Lifetime.D(),
 		},
-		Logger: log,
+		Hostname:     cfg.Hostname,
+		DelayWarning: cfg.Delivery.DelayWarning.D(),
+		KeepFailed:   cfg.Delivery.KeepFailed.D(),
+		Observer:     s.metrics,
+		Logger:       log,
 	})
 	if err != nil {
 		return err
 	}
+	s.metrics.WatchQueue(s.queue)
 
 	// Bind every listener before serving any, so a port in use is a clean
 	// start-up error rather than a half-running server.
@@ -153,6 +160,11 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			Queue:           s.queue,
 			Signer:          s.currentSigner,
 			Logger:          log,
+			Observer:        s.metrics,
+			CommandTimeout:  cfg.Timeouts.Command.D(),
+			DataTimeout:     cfg.Timeouts.Data.D(),
+			IdleTimeout:     cfg.Timeouts.Idle.D(),
+			Policy:          relayPolicy(cfg),
 		})
 		listeners = append(listeners, bound{srv, ln})
 		s.smtp = append(s.smtp, srv)
@@ -166,7 +178,14 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			s.queue.Close(context.Background())
 			return fmt.Errorf("listen.admin: %w", err)
 		}
-		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.admin = &http.Server{
+			Handler: admin.NewHandler(admin.Options{
+				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics, Logger: log,
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+		}
 		log.Info("listening", zap.String("listener", "admin"), zap.Stringer("addr", adminLn.Addr()))
 	}
 
@@ -189,11 +208,13 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			}
 		}()
 	}
-	log.Info("postern started", zap.String("version", version))
-
+	// Signals are caught before "started" is announced: a SIGHUP sent right
+	// after that line must reload, not kill the process.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	s.ready.Store(true)
+	log.Info("postern started", zap.String("version", version))
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			s.reload()
@@ -210,6 +231,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 // still holds its message), then let delivery attempts end or keep their
 // lease, then close the queue database.
 func (s *server) shutdown() error {
+	s.ready.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout.D())
 	defer cancel()
 	var wg sync.WaitGroup
@@ -288,17 +310,12 @@ func (s *server) authenticator() relay.Authenticator {
 	return s.users
 }
 
-// adminHandler serves liveness and readiness; a later issue adds the queue
-// API and metrics.
-func (s *server) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ready\n")
-	})
-	return mux
+// readiness is /readyz: listeners up and the queue open.
+func (s *server) readiness() error {
+	if !s.ready.Load() {
+		return errors.New("starting or shutting down")
+	}
+	return nil
 }
 
 // logEffectiveConfig logs the configuration in force, so an operator sees

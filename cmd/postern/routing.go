@@ -1,0 +1,121 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"postern/configs"
+	"postern/queue"
+	"postern/relay/capture"
+	"postern/relay/outbound"
+)
+
+// newDeliverer translates the delivery section of the config into the
+// queue's Deliverer: a capture Maildir in capture mode, otherwise a router
+// over MX delivery and the configured smarthosts. Smarthost passwords are
+// read here, once: an unreadable password file or an unset variable stops
+// serve with the key's name.
+func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error) {
+	dc := cfg.Delivery
+	if dc.Mode == "capture" {
+		m, err := capture.New(cfg.CaptureDir(), capture.Options{Hostname: cfg.Hostname, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("delivery.mode capture: %w", err)
+		}
+		log.Warn("delivery.mode is capture: messages are kept in a Maildir and never sent", zap.String("dir", m.Dir()))
+		return m, nil
+	}
+
+	tlsMode, err := outbound.ParseTLSMode(dc.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("delivery.tls: %w", err)
+	}
+	opts := outbound.Options{
+		Hostname: cfg.Hostname,
+		Resolver: dc.Resolver,
+		Port:     dc.Port,
+		TLS:      tlsMode,
+		Logger:   log,
+	}
+	mx := outbound.New(opts)
+
+	hosts := map[string]*outbound.Smarthost{}
+	var errs []error
+	for i, sh := range dc.Smarthosts {
+		key := fmt.Sprintf("delivery.smarthosts[%d]", i)
+		t, err := outbound.ParseSmarthostTLS(sh.TLS)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s.tls: %w", key, err))
+			continue
+		}
+		h, err := outbound.NewSmarthost(outbound.SmarthostConfig{
+			Name:               sh.Name,
+			Address:            sh.Address,
+			TLS:                t,
+			InsecureSkipVerify: sh.VerifyCertificate != nil && !*sh.VerifyCertificate,
+			Username:           sh.Username,
+			PasswordFile:       sh.PasswordFile,
+			PasswordEnv:        sh.PasswordEnv,
+		}, opts)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+			continue
+		}
+		hosts[sh.Name] = h
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	// The config loader has checked every name; an unknown one here is
+	// still an error, never a nil smarthost.
+	path := func(key string, names configs.NameList) outbound.Path {
+		if len(names) == 1 && names[0] == "mx" {
+			return outbound.Path{MX: mx}
+		}
+		var f outbound.Failover
+		for _, n := range names {
+			h := hosts[n]
+			if h == nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a smarthost name", key, n))
+				continue
+			}
+			f = append(f, h)
+		}
+		return outbound.Path{Smarthosts: f}
+	}
+	var routes []outbound.Route
+	for i, r := range dc.Routes {
+		key := fmt.Sprintf("delivery.routes[%d]", i)
+		rt := outbound.Route{
+			Name:             fmt.Sprintf("routes[%d]", i),
+			RecipientDomains: r.RecipientDomains,
+			SenderDomains:    r.SenderDomains,
+			Via:              path(key+".via", r.Via),
+			FallbackAfter:    r.FallbackAfter,
+		}
+		if len(r.Fallback) > 0 {
+			rt.Fallback = path(key+".fallback", r.Fallback)
+		}
+		routes = append(routes, rt)
+	}
+	def := path("delivery.default_route", dc.DefaultRoute)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	router, err := outbound.NewRouter(routes, def)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: %w", err)
+	}
+	for _, rt := range routes {
+		fields := []zap.Field{zap.String("route", rt.Name), zap.Strings("recipient_domains", rt.RecipientDomains),
+			zap.Strings("sender_domains", rt.SenderDomains), zap.Stringer("via", rt.Via)}
+		if rt.FallbackAfter > 0 {
+			fields = append(fields, zap.Int("fallback_after", rt.FallbackAfter), zap.Stringer("fallback", rt.Fallback))
+		}
+		log.Info("route", fields...)
+	}
+	log.Info("route", zap.String("route", outbound.DefaultRouteName), zap.Stringer("via", def))
+	return router, nil
+}
