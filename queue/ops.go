@@ -373,6 +373,5 @@ func (q *Queue) checkDB(err error) {
 		q.log.Error("reopen queue file", zap.Error(oerr))
 		return
 	}
-	db.MaxBatchDelay, db.MaxBatchSize = batchDelay, batchSize
 	q.db = db
 }

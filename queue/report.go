@@ -259,7 +259,7 @@ type changed struct {
 //     record, with its recipients marked as reported, and the DSN are
 //     committed together.
 //
-// batch shares the commit with other writers through db.Batch.
+// batch shares the commit with other writers (Queue.batch).
 func (q *Queue) modify(id uint64, batch bool, now time.Time, change func(*record) error) (*changed, error) {
 	for range maxStale {
 		out, err := q.modifyOnce(id, batch, now, change)
@@ -357,7 +357,7 @@ func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*re
 		return nil
 	}
 	if batch {
-		err = q.db.Batch(commit)
+		err = q.batch(commit)
 	} else {
 		err = q.db.Update(commit)
 	}

@@ -186,7 +186,7 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 			}
 			var body Body
 			if rec.Spool != "" {
-				body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size}
+				body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size, prefix: bytes.Clone(rec.Prefix)}
 			} else {
 				// Copied out: bbolt's bytes are valid only inside
 				// the transaction. One copy per lease, shared by

@@ -127,9 +127,21 @@ func (b inlineBody) Open() (io.ReadCloser, error) {
 // spoolBody is a body in a spool file, opened anew for each reader and
 // never read whole into memory.
 type spoolBody struct {
-	path string
-	size int64
+	path   string
+	size   int64  // of the whole message, prefix included
+	prefix []byte // record.Prefix
 }
 
-func (b spoolBody) Size() int64                  { return b.size }
-func (b spoolBody) Open() (io.ReadCloser, error) { return os.Open(b.path) }
+func (b spoolBody) Size() int64 { return b.size }
+func (b spoolBody) Open() (io.ReadCloser, error) {
+	f, err := os.Open(b.path)
+	if err != nil || len(b.prefix) == 0 {
+		return f, err
+	}
+	return prefixed{io.MultiReader(bytes.NewReader(b.prefix), f), f}, nil
+}
+
+type prefixed struct {
+	io.Reader
+	io.Closer
+}

@@ -85,6 +85,11 @@ type record struct {
 	// Spool is the body's file name in SpoolDir; "" means the body is in
 	// the bodies bucket (or, once the message is final, gone).
 	Spool string `json:"spool,omitempty"`
+	// Prefix is the start of a spooled message that was only known after
+	// its body (the Received and DKIM-Signature fields, which the session
+	// computes while the body streams to the spool file): the message is
+	// Prefix followed by the file. Inline bodies hold their prefix.
+	Prefix []byte `json:"prefix,omitempty"`
 	// Next is the time part of this message's schedule key, kept so the key
 	// can be found and deleted without a scan; 0 when the message has no
 	// schedule entry (nothing pending, or held).

@@ -1,0 +1,94 @@
+package queue
+
+import (
+	bolt "go.etcd.io/bbolt"
+)
+
+// maxCommitBatch bounds how many writers share one transaction, so that a
+// burst cannot make one commit (and the latency of everyone in it)
+// arbitrarily large.
+const maxCommitBatch = 128
+
+// commitReq is one writer waiting for its function to be committed.
+type commitReq struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// batch commits fn in a write transaction shared with whatever other
+// writers are waiting (group commit): concurrent sessions pay for one
+// fsync together, and each caller returns only once the transaction
+// holding its change is on disk.
+//
+// Unlike bbolt's DB.Batch, it never waits on a timer. A lone writer is
+// committed at once (DB.Batch would hold it for MaxBatchDelay first, which
+// caps a single SMTP session at a few hundred messages a second); writers
+// that arrive while a commit is running form the next batch, so batches grow
+// exactly as large as the load makes them.
+//
+// As with DB.Batch, fn may run more than once: when one function of a batch
+// fails, the transaction is rolled back, that caller gets its error and
+// every other function is run again in a transaction of its own. So fn must
+// have no effect outside tx (or reset what it sets on entry).
+//
+// The caller holds q.dbMu shared, so q.db cannot be swapped underneath.
+func (q *Queue) batch(fn func(*bolt.Tx) error) error {
+	req := &commitReq{fn: fn, done: make(chan error, 1)}
+	q.commits <- req
+	return <-req.done
+}
+
+// commitLoop runs the shared transactions, one at a time, until commits
+// is closed.
+func (q *Queue) commitLoop() {
+	defer close(q.commitsDone)
+	batch := make([]*commitReq, 0, maxCommitBatch)
+	for req := range q.commits {
+		batch = append(batch[:0], req)
+	drain:
+		for len(batch) < maxCommitBatch {
+			select {
+			case r, ok := <-q.commits:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		q.runBatch(batch)
+	}
+}
+
+func (q *Queue) runBatch(batch []*commitReq) {
+	failed := -1
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		for i, r := range batch {
+			if err := r.fn(tx); err != nil {
+				failed = i
+				return err
+			}
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+		for _, r := range batch {
+			r.done <- nil
+		}
+	case failed < 0 || len(batch) == 1:
+		// The commit itself failed (a full disk): nobody's change is on
+		// disk, and trying again one by one would only fail again.
+		for _, r := range batch {
+			r.done <- err
+		}
+	default:
+		batch[failed].done <- err
+		for i, r := range batch {
+			if i != failed {
+				r.done <- q.db.Update(r.fn)
+			}
+		}
+	}
+}
