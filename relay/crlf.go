@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bufio"
 	"io"
 )
 
@@ -9,62 +8,69 @@ import (
 // alone. Mail on the wire must use CRLF line ends (RFC 5321 §2.3.8), and a
 // message postern relays must never contain a bare CR or LF: some receivers
 // treat those as line ends, which is what SMTP smuggling exploits.
+//
+// It works on chunks, not bytes: the trusted relay listener, where legacy
+// programs send bare LF, is also where the bulk of the mail comes in, so
+// this is on the hot path of every message from it.
 type crlfReader struct {
-	r       *bufio.Reader
-	pending []byte // output produced but not yet returned
-	cr      bool   // the last byte read was a CR
-	buf     [2]byte
+	r   io.Reader
+	in  []byte // raw chunk read from r
+	out []byte // converted bytes not returned yet (a view into obuf)
+	buf []byte // backing store of out: at most twice a chunk
+	cr  bool   // the last raw byte was a CR
+	err error  // from r, returned once out is drained
 }
 
+const crlfChunk = 16 << 10
+
 func newCRLFReader(r io.Reader) *crlfReader {
-	return &crlfReader{r: bufio.NewReaderSize(r, 32<<10)}
+	return &crlfReader{r: r, in: make([]byte, crlfChunk), buf: make([]byte, 0, 2*crlfChunk+1)}
 }
 
 func (c *crlfReader) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		if len(c.pending) > 0 {
-			m := copy(p[n:], c.pending)
-			c.pending = c.pending[m:]
-			n += m
-			continue
+	for len(c.out) == 0 {
+		if c.err != nil {
+			return 0, c.err
 		}
-		b, err := c.r.ReadByte()
+		n, err := c.r.Read(c.in)
+		c.out = c.convert(c.in[:n])
 		if err != nil {
-			if c.cr { // a bare CR at the very end: its CR is already out
+			if err == io.EOF && c.cr {
+				// A bare CR at the very end: its CR is already out.
+				c.out = append(c.out, '\n')
 				c.cr = false
-				p[n] = '\n'
-				n++
-				// Return err with this LF: bufio.Reader reports an
-				// error only once, so reading on would lose it.
 			}
-			return n, err
-		}
-		switch {
-		case b == '\n' && c.cr:
-			c.cr = false
-			p[n] = '\n'
-			n++
-		case b == '\n':
-			c.buf = [2]byte{'\r', '\n'}
-			c.pending = c.buf[1:2]
-			p[n] = '\r'
-			n++
-		case c.cr: // bare CR followed by something else
-			c.cr = false
-			if err := c.r.UnreadByte(); err != nil {
-				return n, err
-			}
-			p[n] = '\n'
-			n++
-		case b == '\r':
-			c.cr = true
-			p[n] = '\r'
-			n++
-		default:
-			p[n] = b
-			n++
+			c.err = err
 		}
 	}
+	n := copy(p, c.out)
+	c.out = c.out[n:]
 	return n, nil
+}
+
+// convert rewrites one chunk into c.buf. A CR at the end of a chunk is
+// settled by the first byte of the next one.
+func (c *crlfReader) convert(chunk []byte) []byte {
+	out := c.buf[:0]
+	for _, b := range chunk {
+		switch {
+		case c.cr && b == '\n':
+			out = append(out, '\n')
+			c.cr = false
+			continue
+		case c.cr:
+			out = append(out, '\n') // complete the bare CR
+			c.cr = false
+		}
+		switch b {
+		case '\r':
+			out = append(out, '\r')
+			c.cr = true
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, b)
+		}
+	}
+	return out
 }

@@ -22,11 +22,16 @@ type memQueue struct {
 	msgs []string
 }
 
-func (q *memQueue) Enqueue(_ context.Context, env *queue.Envelope, body io.Reader) (string, error) {
+func (q *memQueue) EnqueuePrefixed(_ context.Context, env *queue.Envelope, body io.Reader, prefix func() ([]byte, error)) (string, error) {
 	b, err := io.ReadAll(body)
 	if err != nil {
 		return "", err
 	}
+	p, err := prefix()
+	if err != nil {
+		return "", err
+	}
+	b = append(p, b...)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.msgs = append(q.msgs, string(b))

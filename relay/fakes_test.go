@@ -39,7 +39,7 @@ type fakeQueue struct {
 
 var _ relay.Enqueuer = (*fakeQueue)(nil)
 
-func (q *fakeQueue) Enqueue(_ context.Context, env *queue.Envelope, body io.Reader) (string, error) {
+func (q *fakeQueue) EnqueuePrefixed(_ context.Context, env *queue.Envelope, body io.Reader, prefix func() ([]byte, error)) (string, error) {
 	// Read the body even when failing, as a real queue would have started
 	// writing it before the disk filled up.
 	b, err := io.ReadAll(body)
@@ -49,6 +49,11 @@ func (q *fakeQueue) Enqueue(_ context.Context, env *queue.Envelope, body io.Read
 	if q.err != nil {
 		return "", q.err
 	}
+	p, err := prefix()
+	if err != nil {
+		return "", err
+	}
+	b = append(p, b...)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.envs = append(q.envs, *env)

@@ -52,7 +52,9 @@ func (k Kind) String() string {
 // Enqueuer stores a message durably. Enqueue returns only once the message
 // is synced to disk; its error keeps the cause (errors.Is ENOSPC, EROFS).
 type Enqueuer interface {
-	Enqueue(ctx context.Context, env *queue.Envelope, body io.Reader) (id string, err error)
+	// EnqueuePrefixed stores prefix() followed by body; prefix is called
+	// once body has been read to EOF (see queue.EnqueuePrefixed).
+	EnqueuePrefixed(ctx context.Context, env *queue.Envelope, body io.Reader, prefix func() ([]byte, error)) (id string, err error)
 }
 
 // Authenticator checks a user name and password. A wrong pair returns an

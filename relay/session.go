@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/tls"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -389,10 +391,13 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	if !s.hasMAIL || len(s.rcpts) == 0 {
 		return "", 0, errNoMail
 	}
-	// Read the whole message first: it must be complete before it is
-	// signed, and a client that disconnects mid-DATA must leave nothing in
-	// the queue. Bare CR and LF are refused or turned into CRLF on the way
-	// in (newline.go), so nothing postern sends contains one.
+	// The message streams from the client to the queue: only its header
+	// section is held in memory (it must be checked and edited before
+	// anything is stored), and the body goes through the DKIM signer into
+	// the queue's inline buffer or spool file as it arrives. A client that
+	// disconnects mid-DATA, or an error on the way, leaves nothing in the
+	// queue. Bare CR and LF are refused or turned into CRLF on the way in
+	// (newline.go), so nothing postern sends contains one.
 	pol := s.policy()
 	var in io.Reader
 	if pol.ForbidBareNewline && !inPrefixes(s.ip, pol.BareNewlineExclusions) {
@@ -400,25 +405,14 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	} else {
 		in = newCRLFReader(r)
 	}
-	var body bytes.Buffer
-	if _, err := io.Copy(&body, in); err != nil {
-		if errors.Is(err, errBareFound) {
-			// go-smtp reads the rest of the DATA before it replies, so
-			// the client hears the 521; then the connection closes.
-			s.closeAfterReply()
-			return "", 0, status.Wrap(err, errBareNewline.Code, errBareNewline.Subject, errBareNewline.Detail, errBareNewline.Message)
-		}
-		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-			// The DATA (or idle) limit passed mid-transfer: the
-			// client is too slow to keep the connection.
-			s.closeAfterReply()
-			return "", 0, status.Wrap(err, errDataTimeout.Code, errDataTimeout.Subject, errDataTimeout.Detail, errDataTimeout.Message)
-		}
-		return "", 0, err // go-smtp's ErrDataTooLarge is a 552 5.3.4 SMTPError
+	br := bufio.NewReaderSize(in, 32<<10)
+	hdr, err := readHeaderSection(br)
+	if err != nil {
+		return "", 0, s.dataError(err)
 	}
 
 	now := time.Now()
-	msg := editHeader(body.Bytes(), pol.FixHeaders, now, s.messageID)
+	msg := editHeader(hdr, pol.FixHeaders, now, s.messageID)
 	if pol.MaxReceived > 0 && msg.received > pol.MaxReceived {
 		return "", 0, status.Wrap(fmt.Errorf("%d Received fields", msg.received),
 			errMailLoop.Code, errMailLoop.Subject, errMailLoop.Detail, errMailLoop.Message)
@@ -427,17 +421,6 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 		if err := checkHeaderFrom(msg, s.user); err != nil {
 			s.log.Warn("header sender not allowed", zap.Strings("from", msg.from), zap.Strings("sender", msg.sender), zap.Error(err))
 			return "", 0, status.Wrap(err, errHeaderFrom.Code, errHeaderFrom.Subject, errHeaderFrom.Detail, errHeaderFrom.Message)
-		}
-	}
-
-	var sig []byte
-	if s.srv.opts.Signer != nil {
-		if signer := s.srv.opts.Signer(); signer != nil {
-			sig, err = signer.Sign(msg.Reader())
-			if err != nil {
-				// A domain with a key never sends unsigned mail.
-				return "", 0, status.Wrap(err, 451, 3, 0, "Local error in processing, try again later")
-			}
 		}
 	}
 
@@ -456,16 +439,139 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	if s.user != nil {
 		env.User = s.user.Name
 	}
-	size = int64(len(received) + len(sig) + msg.Len())
-	id, err = s.srv.opts.Queue.Enqueue(s.srv.ctx, env,
-		io.MultiReader(bytes.NewReader(received), bytes.NewReader(sig), msg.Reader()))
-	if err != nil {
-		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EDQUOT) {
-			return "", 0, status.Wrap(err, errNoSpace.Code, errNoSpace.Subject, errNoSpace.Detail, errNoSpace.Message)
-		}
-		return "", 0, err // becomes 451 4.3.0
+
+	body := &countingReader{r: io.MultiReader(msg.Reader(), br)}
+	var signer Signer
+	if s.srv.opts.Signer != nil {
+		signer = s.srv.opts.Signer()
 	}
-	return id, size, nil
+	src, prefix, stop := signWhileReading(body, signer, received)
+	defer stop()
+	id, err = s.srv.opts.Queue.EnqueuePrefixed(s.srv.ctx, env, src, prefix)
+	if err != nil {
+		return "", 0, s.dataError(err)
+	}
+	return id, int64(len(received)) + body.n + int64(stop()), nil
+}
+
+// signWhileReading returns the message as src for the queue to read, and
+// the prefix function the queue calls at the end of it: the Received field
+// and, with a signer, the DKIM signatures computed from the very bytes the
+// queue read (a tee into the signer, through a pipe, so the message is
+// never held whole). stop ends the signer if the queue stopped early and
+// returns the length of the signatures; it may be called more than once.
+func signWhileReading(body io.Reader, signer Signer, received []byte) (src io.Reader, prefix func() ([]byte, error), stop func() int) {
+	if signer == nil {
+		return body, func() ([]byte, error) { return received, nil }, func() int { return 0 }
+	}
+	pr, pw := io.Pipe()
+	type result struct {
+		sig []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sig, err := signer.Sign(pr)
+		// Sign may stop reading early (no key for this domain): keep
+		// draining, or the tee would block the queue.
+		io.Copy(io.Discard, pr)
+		done <- result{sig, err}
+	}()
+	var (
+		once sync.Once
+		res  result
+	)
+	finish := func(err error) {
+		once.Do(func() {
+			pw.CloseWithError(err)
+			res = <-done
+		})
+	}
+	prefix = func() ([]byte, error) {
+		finish(nil) // the queue has read everything: the signer sees EOF
+		if res.err != nil {
+			// A domain with a key never sends unsigned mail.
+			return nil, status.Wrap(res.err, 451, 3, 0, "Local error in processing, try again later")
+		}
+		return append(append([]byte(nil), received...), res.sig...), nil
+	}
+	stop = func() int {
+		finish(errAborted)
+		return len(res.sig)
+	}
+	return io.TeeReader(body, pw), prefix, stop
+}
+
+var errAborted = errors.New("message not queued")
+
+// dataError gives an error met while reading or queueing a message its
+// reply.
+func (s *session) dataError(err error) error {
+	switch {
+	case errors.Is(err, errBareFound):
+		// go-smtp reads the rest of the DATA before it replies, so the
+		// client hears the 521; then the connection closes.
+		s.closeAfterReply()
+		return status.Wrap(err, errBareNewline.Code, errBareNewline.Subject, errBareNewline.Detail, errBareNewline.Message)
+	case errors.Is(err, errHeaderTooLarge):
+		return status.Wrap(err, errHeaderSize.Code, errHeaderSize.Subject, errHeaderSize.Detail, errHeaderSize.Message)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EDQUOT):
+		return status.Wrap(err, errNoSpace.Code, errNoSpace.Subject, errNoSpace.Detail, errNoSpace.Message)
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		// The DATA (or idle) limit passed mid-transfer: the client is too
+		// slow to keep the connection.
+		s.closeAfterReply()
+		return status.Wrap(err, errDataTimeout.Code, errDataTimeout.Subject, errDataTimeout.Detail, errDataTimeout.Message)
+	}
+	return err // go-smtp's ErrDataTooLarge is a 552 5.3.4 SMTPError; others become 451 4.3.0
+}
+
+// maxHeaderBytes bounds the header section, the only part of a message
+// held in memory while it streams. Real headers are a few KiB; Postfix
+// stops reading headers at 100 KiB.
+const maxHeaderBytes = 1 << 20
+
+var (
+	errHeaderTooLarge = errors.New("header section over 1 MiB")
+	// RFC 3463 §3.4 X.3.4: message too big for system.
+	errHeaderSize = status.New(552, 3, 4, "Message header section too large")
+)
+
+// readHeaderSection reads the header section and the empty line after it
+// (or the whole message, if it has no empty line and is short).
+func readHeaderSection(br *bufio.Reader) ([]byte, error) {
+	var hdr []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		hdr = append(hdr, line...)
+		if len(hdr) > maxHeaderBytes {
+			return nil, errHeaderTooLarge
+		}
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue // a long line: keep reading it
+		case err == io.EOF:
+			return hdr, nil
+		case err != nil:
+			return nil, err
+		}
+		if len(line) == 2 && line[0] == '\r' || len(line) == 1 {
+			return hdr, nil // the empty line that ends the header section
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // receivedHeader builds the trace field of RFC 5321 §4.4, with the
