@@ -79,7 +79,8 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			zap.String("hostname", cfg.Hostname))
 	}
 
-	if cfg.Auth.UsersFile != "" {
+	// Users matter only where AUTH is offered.
+	if cfg.Auth.UsersFile != "" && (cfg.Listen.Submission != "" || cfg.Listen.Submissions != "") {
 		s.users, err = auth.NewStore(cfg.Auth.UsersFile, log)
 		if err != nil {
 			return fmt.Errorf("auth.users_file: %w", err)
