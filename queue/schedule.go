@@ -104,7 +104,7 @@ func (q *Queue) dispatchOnce() time.Duration {
 }
 
 // lease hands out due recipients of at most limit messages. In one committed
-// transaction it bumps each due recipient's Attempts and sets its
+// transaction (shared with other writers, see batch) it bumps each due recipient's Attempts and sets its
 // NextAttempt to now plus the backoff, before anyone touches the network
 // (house style, habit 2; mox queue.go does the same): if the process dies
 // during the attempt, the recipient is retried after that backoff, with the
@@ -123,7 +123,12 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 		return nil, time.Time{}, ErrClosed
 	}
 	leased := make(map[uint64]bool)
-	err = q.db.Update(func(tx *bolt.Tx) error {
+	// Through the group-commit loop: the lease shares its commit (and
+	// fsync) with the enqueues and results waiting at the same moment
+	// instead of queueing behind them for a transaction of its own. The
+	// function may run twice (see batch): it starts from scratch, and
+	// its only effects outside tx are log lines and jitter draws.
+	err = q.batch(func(tx *bolt.Tx) error {
 		jobs, next = nil, time.Time{}
 		clear(leased)
 		sched := tx.Bucket(bSchedule)

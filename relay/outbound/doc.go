@@ -54,6 +54,27 @@
 // and Result.RemoteDSN is set for the recipients it accepted: it reports
 // from then on.
 //
-// Canceling the context closes the connection at once; every connection
-// is closed before Deliver returns, after QUIT when the dialogue allows it.
+// # Connections
+//
+// A connection whose transaction ended cleanly (the final reply to DATA,
+// or a refused MAIL) is kept open for the next delivery to the same
+// destination (MX host address, or smarthost, with the same TLS policy)
+// for Options.IdleTimeout, and checked with NOOP before it is used again;
+// one that fails before its MAIL is accepted is replaced by a new one in
+// the same attempt. At most Options.MaxConnsPerHost connections are open
+// to one destination at once; further deliveries wait for one. See
+// pool.go. Close (on MX, Smarthost, Failover, Router) closes the idle
+// connections; call it after the queue has stopped.
+//
+// Canceling the context closes the connection at once. A connection that
+// is not kept is closed before Deliver returns, after QUIT when the
+// dialogue allows it.
+//
+// PIPELINING (RFC 2920) is not used: go-smtp's client sends each command
+// and waits for its reply, and its connection is not reachable from
+// outside, so pipelining would mean writing MAIL, RCPT and DATA ourselves,
+// parameters (SIZE, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT in xtext and
+// utf-8-addr forms) included, and reading replies from under go-smtp.
+// With connection reuse a transaction is five round trips (NOOP, MAIL,
+// RCPT, DATA, the message); pipelining would make it three.
 package outbound

@@ -42,6 +42,9 @@ func ExampleMX_Deliver() {
 		Resolver: dns.Addr(),
 		Port:     rx.Port(),
 	})
+	// Connections are kept for the next delivery to the same host; Close
+	// closes them.
+	defer mx.Close()
 	body := stringBody("Subject: hello\r\n\r\nHi.\r\n")
 	results := mx.Deliver(context.Background(), &queue.Delivery{
 		ID:     "1",
@@ -92,6 +95,7 @@ func ExampleFailover() {
 		}
 		hosts = append(hosts, h)
 	}
+	defer hosts.Close()
 	results := hosts.Deliver(context.Background(), &queue.Delivery{
 		ID: "1", From: "me@example.org", Rcpts: []string{"you@example.test"},
 		Domain: "example.test", Body: stringBody("Subject: hello\r\n\r\nHi.\r\n"),

@@ -56,6 +56,20 @@ type Options struct {
 	// Logger gets one line per session (MX address or smarthost tried);
 	// nil logs nothing.
 	Logger *zap.Logger
+
+	// IdleTimeout is how long a connection is kept open after a
+	// transaction, waiting for the next delivery to the same destination;
+	// default DefaultIdleTimeout. Negative: every session has a
+	// connection of its own, closed after QUIT.
+	IdleTimeout time.Duration
+	// MaxConnsPerHost caps the connections open at once to one
+	// destination (an MX host address or a smarthost), parked ones
+	// included; deliveries beyond it wait for one to come free. Default
+	// DefaultMaxConnsPerHost.
+	MaxConnsPerHost int
+	// MaxIdlePerHost caps the connections kept open, idle, per
+	// destination; default MaxConnsPerHost.
+	MaxIdlePerHost int
 }
 
 // MX delivers messages to the MX hosts of the recipients' domain.
@@ -73,9 +87,17 @@ func New(opts Options) *MX {
 		opts.Port = DefaultPort
 	}
 	return &MX{
-		client: client{opts: opts, log: opts.Logger},
+		client: newClient(opts),
 		res:    &resolver{server: opts.Resolver, shuffle: rand.Shuffle},
 	}
+}
+
+// Close closes the connections kept open for reuse and waits until they
+// are. Deliveries still running close theirs when they end; a Deliver
+// after Close works, without reuse. Call it once the queue is closed.
+func (m *MX) Close() error {
+	m.pool.close()
+	return nil
 }
 
 // withDefaults fills in the zero fields of opts that every deliverer
@@ -98,6 +120,15 @@ func (opts Options) withDefaults() Options {
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.MaxConnsPerHost <= 0 {
+		opts.MaxConnsPerHost = DefaultMaxConnsPerHost
+	}
+	if opts.MaxIdlePerHost <= 0 {
+		opts.MaxIdlePerHost = opts.MaxConnsPerHost
 	}
 	return opts
 }

@@ -97,7 +97,11 @@ func (e *env) deliverer(o outbound.Options) *outbound.MX {
 	o.Resolver = e.dns.Addr()
 	o.Port = e.port
 	o.Hostname = "postern.test"
-	return outbound.New(o)
+	m := outbound.New(o)
+	// Before checkIdle (cleanups run last first): parked connections
+	// are closed by Close, not by Deliver.
+	e.t.Cleanup(func() { m.Close() })
+	return m
 }
 
 func (e *env) delivery(domain string, rcpts ...string) *queue.Delivery {
@@ -569,29 +573,47 @@ func TestDeliverCancel(t *testing.T) {
 
 // TestDeliverNoLeak runs many deliveries of every kind against the same
 // receivers and checks that all connections are closed afterwards.
+// TestDeliverNoLeak runs deliveries that end every way (TLS failure,
+// EHLO 421, MAIL 451, RCPT 550, DATA 554, success) and checks that no
+// connection stays open: without reuse once Deliver returns, with reuse
+// once Close returns.
 func TestDeliverNoLeak(t *testing.T) {
-	e := newEnv(t)
-	r1 := e.receiver("127.0.0.2", relaytest.WithBrokenTLS())
-	r2 := e.receiver("127.0.0.3", relaytest.WithSTARTTLS("mx2.example.test"))
-	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
-	e.mx("example.test", 20, "mx2.example.test", "127.0.0.3")
-	r1.FailRcpt("gone@example.test", 550, "5.1.1 no")
-	r1.FailNext(relaytest.CmdMAIL, 451, "4.3.0 later", 3)
-	r1.FailNext(relaytest.CmdDATA, 554, "5.7.1 no", 2)
-	r2.FailNext(relaytest.CmdEHLO, 421, "4.7.0 no", 2)
-	m := e.deliverer(outbound.Options{})
-	for range 10 {
-		m.Deliver(context.Background(), e.delivery("example.test", "b@example.test", "gone@example.test"))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-	defer cancel()
-	for _, r := range []*relaytest.Receiver{r1, r2} {
-		if err := r.WaitIdle(ctx); err != nil {
-			t.Fatalf("%s: %d connections open: %v", r.Addr(), r.OpenConns(), err)
-		}
-	}
-	if r1.Conns()+r2.Conns() < 10 {
-		t.Errorf("only %d connections for 10 deliveries", r1.Conns()+r2.Conns())
+	for _, tt := range []struct {
+		name  string
+		idle  time.Duration
+		close bool
+	}{
+		{"without reuse", -1, false},
+		{"with reuse, after Close", time.Hour, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			r1 := e.receiver("127.0.0.2", relaytest.WithBrokenTLS())
+			r2 := e.receiver("127.0.0.3", relaytest.WithSTARTTLS("mx2.example.test"))
+			e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+			e.mx("example.test", 20, "mx2.example.test", "127.0.0.3")
+			r1.FailRcpt("gone@example.test", 550, "5.1.1 no")
+			r1.FailNext(relaytest.CmdMAIL, 451, "4.3.0 later", 3)
+			r1.FailNext(relaytest.CmdDATA, 554, "5.7.1 no", 2)
+			r2.FailNext(relaytest.CmdEHLO, 421, "4.7.0 no", 2)
+			m := e.deliverer(outbound.Options{IdleTimeout: tt.idle})
+			for range 10 {
+				m.Deliver(context.Background(), e.delivery("example.test", "b@example.test", "gone@example.test"))
+			}
+			if tt.close {
+				m.Close()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+			defer cancel()
+			for _, r := range []*relaytest.Receiver{r1, r2} {
+				if err := r.WaitIdle(ctx); err != nil {
+					t.Fatalf("%s: %d connections open: %v", r.Addr(), r.OpenConns(), err)
+				}
+			}
+			if !tt.close && r1.Conns()+r2.Conns() < 10 {
+				t.Errorf("only %d connections for 10 deliveries", r1.Conns()+r2.Conns())
+			}
+		})
 	}
 }
 

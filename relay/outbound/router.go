@@ -131,6 +131,33 @@ func (r *Router) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 	return p.deliver(ctx, d, name)
 }
 
+// Close closes the connections kept open for reuse by every path of the
+// router (see MX.Close). Call it once the queue is closed.
+func (r *Router) Close() error {
+	done := map[any]bool{}
+	for _, p := range append([]Path{r.def}, r.paths()...) {
+		if p.MX != nil && !done[p.MX] {
+			done[p.MX] = true
+			p.MX.Close()
+		}
+		for _, h := range p.Smarthosts {
+			if !done[h] {
+				done[h] = true
+				h.Close()
+			}
+		}
+	}
+	return nil
+}
+
+func (r *Router) paths() []Path {
+	var ps []Path
+	for _, rt := range r.routes {
+		ps = append(ps, rt.Via, rt.Fallback)
+	}
+	return ps
+}
+
 // MatchDomain reports whether domain is in list, where an entry
 // ".example.test" stands for example.test and all its subdomains.
 // Case and a final dot are ignored; the empty domain matches nothing.

@@ -111,6 +111,7 @@ func TestRouterDelivers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { h.Close() })
 	mx := e.deliverer(outbound.Options{Logger: log})
 	r, err := outbound.NewRouter([]outbound.Route{
 		{Name: "routes[0]", RecipientDomains: []string{"relayed.test"}, Via: outbound.Path{Smarthosts: outbound.Failover{h}}},

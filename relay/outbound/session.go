@@ -25,6 +25,11 @@ import (
 type client struct {
 	opts Options
 	log  *zap.Logger
+	pool *pool
+}
+
+func newClient(opts Options) client {
+	return client{opts: opts, log: opts.Logger, pool: newPool(opts)}
 }
 
 // peer is one server to try and how to talk to it.
@@ -51,6 +56,19 @@ type peer struct {
 	// 4xx to every RCPT or to DATA, where the server has said it did not
 	// take the message.
 	failover bool
+}
+
+// key names the destination of p in the connection pool: one server
+// address, reached one way (TLS mode, certificate name and verification)
+// as one identity. Connections of different keys are never mixed: a
+// connection opened without verifying the certificate must not carry a
+// delivery that requires it.
+func (p peer) key() string {
+	user := ""
+	if p.auth != nil {
+		user = p.auth.username
+	}
+	return fmt.Sprintf("%s|%s|%s|%s|%d|%t|%t|%s", p.kind, p.name, p.addr, p.host, p.mode, p.implicit, p.verify, user)
 }
 
 // credentials are what AUTH sends. The password is a secret, which prints
@@ -85,26 +103,62 @@ var (
 	errClearAuth = status.New(451, 7, 10, "refusing to send the smarthost password without TLS")
 )
 
-// session runs one connection to p: the prelude (greeting, EHLO,
-// STARTTLS or implicit TLS, AUTH), then one transaction. A nil error means
-// the results are final for this attempt; an error means the next server
-// (MX address or smarthost) should be tried.
-func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (results []queue.Result, err error) {
-	var usedTLS bool
-	var mech string
-	var reply string // the reply that ended the session, for the log
+// session runs one transaction with p, on a connection parked by an
+// earlier session when there is one (see pool.go), or else on a new one:
+// the prelude (greeting, EHLO, STARTTLS or implicit TLS, AUTH), then the
+// transaction. A nil error means the results are final for this attempt;
+// an error means the next server (MX address or smarthost) should be
+// tried.
+//
+// A parked connection that turns out dead before the server has accepted
+// MAIL (the remote closed it meanwhile, or answers 421) costs nothing: the
+// transaction is run again at once on a new connection. Nothing was
+// started, so nothing can be duplicated.
+func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) ([]queue.Result, error) {
+	key := p.key()
+	fresh := false
+	for {
+		results, err, stale := c.sessionOnce(ctx, d, p, key, fresh)
+		if !stale || ctx.Err() != nil {
+			return results, err
+		}
+		fresh = true
+	}
+}
+
+// use is how one session ended, as far as its connection is concerned.
+type use struct {
+	reused bool // the connection was parked by an earlier session
+	// keep: the dialogue ended on a reply and no transaction is open, so
+	// the connection may carry the next one.
+	keep bool
+	// stale: a reused connection failed before MAIL was accepted in a
+	// way that says it was dead: an I/O error or 421.
+	stale bool
+	reply string // the reply that ended the session, for the log
+}
+
+func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key string, fresh bool) (results []queue.Result, err error, stale bool) {
+	var cn *conn
+	var u use
 	defer func() {
 		fields := []zap.Field{
 			zap.String("id", d.ID), zap.String(p.kind, p.name), zap.String("addr", p.addr),
-			zap.Int("attempt", d.Attempt), zap.Bool("tls", usedTLS),
+			zap.Int("attempt", d.Attempt), zap.Bool("tls", cn != nil && cn.usedTLS),
+			zap.Bool("reused", u.reused),
 		}
 		if p.route != "" {
 			fields = append(fields, zap.String("route", p.route))
 		}
 		if p.auth != nil {
 			// The user name, never the password.
+			mech := ""
+			if cn != nil {
+				mech = cn.mech
+			}
 			fields = append(fields, zap.String("auth_user", p.auth.username), zap.String("auth_mech", mech))
 		}
+		reply := u.reply
 		if err != nil {
 			reply = err.Error()
 		} else {
@@ -113,66 +167,141 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 		c.log.Info("delivery attempt", append(fields, zap.String("reply", reply))...)
 	}()
 
-	dialer := net.Dialer{Timeout: c.opts.DialTimeout}
-	// After a cancellation the errors below are the effects of closing
-	// the connection; the cause goes first.
-	ioErr := func(err error) error {
-		if cerr := ctx.Err(); cerr != nil {
-			return fmt.Errorf("%w (%v)", cerr, err)
-		}
-		return err
-	}
-	raw, err := dialer.DialContext(ctx, "tcp", p.addr)
+	cn, u.reused, err = c.acquire(ctx, p, key, fresh)
 	if err != nil {
-		return nil, ioErr(err)
+		return nil, err, false
 	}
-	defer raw.Close()
 	// Closing the connection is the only way to interrupt a blocked read
 	// or write; every step below then fails with an I/O error.
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	defer stop()
+	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	cn.uses++
+	results, err = c.transact(ctx, d, p, cn, &u)
+	if !stop() {
+		u.keep = false // closed by the cancellation
+	}
+	c.pool.put(key, cn, u.keep)
+	return results, err, u.reused && u.stale
+}
 
-	conn := raw
+// acquire returns a connection to p in a slot of the pool: a parked one
+// that still answers NOOP (reused true), or a new one. A parked connection
+// is checked with NOOP rather than RSET (RFC 5321 §4.1.1.5): only
+// connections whose transaction is over are parked (the final reply to
+// DATA clears the server's buffers, §4.1.1.4), so there is nothing to
+// reset, and go-smtp's Reset makes its next MAIL send EHLO again, one more
+// round trip (and on some servers the loss of a completed AUTH).
+func (c *client) acquire(ctx context.Context, p peer, key string, fresh bool) (*conn, bool, error) {
+	cn, err := c.pool.get(ctx, key, fresh)
+	if err != nil {
+		return nil, false, err // ctx's
+	}
+	if cn != nil {
+		stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+		err := cn.sc.Noop()
+		if stop() && err == nil {
+			return cn, true, nil
+		}
+		// Dead (the server's idle timeout, most likely): dial again in
+		// the same slot.
+		c.log.Debug("parked connection failed its check", zap.String(p.kind, p.name),
+			zap.String("addr", p.addr), zap.Error(err))
+		cn.sc.Close()
+		cn.raw.Close()
+	}
+	cn, err = c.dial(ctx, p)
+	if err != nil {
+		c.pool.put(key, nil, false)
+		return nil, false, err
+	}
+	return cn, false, nil
+}
+
+// ioErr puts ctx's error before err once ctx has ended: the errors of a
+// cancelled session are the effects of closing its connection.
+func ioErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	return err
+}
+
+// dial opens a connection to p and runs its prelude: greeting, EHLO,
+// STARTTLS or implicit TLS, AUTH.
+func (c *client) dial(ctx context.Context, p peer) (_ *conn, err error) {
+	dialer := net.Dialer{Timeout: c.opts.DialTimeout}
+	raw, err := dialer.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return nil, ioErr(ctx, err)
+	}
+	cn := &conn{raw: raw, nc: raw, created: c.pool.now()}
+	defer func() {
+		if err != nil {
+			if cn.sc != nil {
+				cn.sc.Close()
+			}
+			raw.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer func() {
+		if !stop() && err == nil {
+			err = ioErr(ctx, net.ErrClosed)
+		}
+	}()
+
 	if p.implicit {
 		tc := tls.Client(raw, c.tlsConfig(p))
 		raw.SetDeadline(time.Now().Add(c.opts.CommandTimeout))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			// RFC 3463 §3.8: X.7.5 "Cryptographic failure".
-			return nil, ioErr(status.Wrap(err, 451, 7, 5, "TLS with "+p.host+" failed"))
+			return nil, ioErr(ctx, status.Wrap(err, 451, 7, 5, "TLS with "+p.host+" failed"))
 		}
 		raw.SetDeadline(time.Time{})
-		conn, usedTLS = tc, true
+		cn.nc, cn.usedTLS = tc, true
 	}
 	mode := p.mode
 	if p.implicit {
 		mode = Disabled // no STARTTLS inside TLS
 	}
-	conn, upgraded, err := c.prelude(ctx, conn, p, mode)
+	nc, upgraded, err := c.prelude(ctx, cn.nc, p, mode)
 	if err != nil {
-		return nil, ioErr(err)
+		return nil, ioErr(ctx, err)
 	}
-	usedTLS = usedTLS || upgraded
-	sc := smtp.NewClient(conn)
-	sc.CommandTimeout = c.opts.CommandTimeout
-	sc.SubmissionTimeout = c.opts.DataTimeout
-	defer sc.Close()
-	if err := sc.Hello(c.opts.Hostname); err != nil {
-		return nil, remoteOr(CmdEHLO, err, ioErr)
+	cn.nc, cn.usedTLS = nc, cn.usedTLS || upgraded
+	cn.sc = smtp.NewClient(nc)
+	cn.sc.CommandTimeout = c.opts.CommandTimeout
+	cn.sc.SubmissionTimeout = c.opts.DataTimeout
+	if err := cn.sc.Hello(c.opts.Hostname); err != nil {
+		return nil, remoteOr(CmdEHLO, err, func(err error) error { return ioErr(ctx, err) })
 	}
-
 	if p.auth != nil {
-		if mech, err = c.authenticate(sc, p, usedTLS); err != nil {
-			sc.Quit()
-			return nil, ioErr(err)
+		if cn.mech, err = c.authenticate(cn.sc, p, cn.usedTLS); err != nil {
+			cn.sc.Quit()
+			return nil, ioErr(ctx, err)
 		}
 	}
+	return cn, nil
+}
+
+// transact runs one transaction on cn and says in u how it left the
+// connection.
+func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *conn, u *use) (results []queue.Result, err error) {
+	sc := cn.sc
+	// ended records the server's reply to the last command sent: the
+	// connection may be kept if it was a reply other than 421 and open
+	// says no transaction is left open. An I/O error (re nil) leaves it
+	// broken.
+	ended := func(re *Error, open bool) {
+		u.keep = re != nil && re.Code != 421 && !open
+	}
+	ioFail := func(err error) error { return ioErr(ctx, err) }
 
 	utf8 := !isASCII(d.From)
 	for _, r := range d.Rcpts {
 		utf8 = utf8 || !isASCII(r)
 	}
 	if ok, _ := sc.Extension("SMTPUTF8"); utf8 && !ok {
-		sc.Quit()
+		u.keep = true // nothing was sent
 		return nil, errNoSMTPUTF8
 	}
 	remoteDSN, _ := sc.Extension("DSN")
@@ -182,7 +311,7 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 		for _, i := range idx {
 			results[i] = queue.Result{Outcome: o, Reply: r, RemoteMTA: p.mta}
 		}
-		reply = r
+		u.reply = r
 	}
 	all := make([]int, len(d.Rcpts))
 	for i := range all {
@@ -193,19 +322,21 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 	mailOpts.Size, mailOpts.UTF8 = d.Body.Size(), utf8
 	if err := sc.Mail(d.From, mailOpts); err != nil {
 		re := remoteError(CmdMAIL, err)
+		ended(re, false)
+		if re == nil || re.Code == 421 {
+			u.stale = true
+		}
 		if re == nil {
-			return nil, ioErr(err)
+			return nil, ioFail(err)
 		}
 		// RFC 4954 §6: 530 5.7.0 "Authentication required". From a
 		// smarthost that is our configuration, not the sender: retry.
 		if re.Temporary() || p.kind == kindSmarthost && re.Code == 530 {
-			sc.Quit()
 			return nil, re
 		}
 		// The sender is refused for good: no other server will think
 		// otherwise.
 		set(all, queue.Permanent, re.Reply())
-		sc.Quit()
 		return results, nil
 	}
 
@@ -224,7 +355,7 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 		if re == nil {
 			// The connection is broken: every recipient without a reply
 			// yet, accepted ones included, is deferred.
-			set(unanswered(results), queue.Temporary, ioErr(err).Error())
+			set(unanswered(results), queue.Temporary, ioFail(err).Error())
 			return results, nil
 		}
 		if re.Temporary() {
@@ -233,7 +364,8 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 		set([]int{i}, outcome(re), re.Reply())
 	}
 	if len(accepted) == 0 {
-		sc.Quit()
+		// MAIL was accepted: a transaction is open. RSET would close
+		// it, but see acquire: QUIT instead.
 		if p.failover && lastTemp != nil && allTemporary(results) {
 			return nil, lastTemp
 		}
@@ -243,7 +375,6 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 	body, err := d.Body.Open()
 	if err != nil {
 		set(accepted, queue.Temporary, status.Wrap(err, 451, 3, 0, "cannot read the queued message").Error())
-		sc.Quit()
 		return results, nil
 	}
 	defer body.Close()
@@ -251,40 +382,40 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 	if err != nil {
 		re := remoteError(CmdDATA, err)
 		if re == nil {
-			set(accepted, queue.Temporary, ioErr(err).Error())
+			set(accepted, queue.Temporary, ioFail(err).Error())
 			return results, nil
 		}
-		sc.Quit()
 		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
 			return nil, re
 		}
 		set(accepted, outcome(re), re.Reply())
 		return results, nil
 	}
-	conn.SetWriteDeadline(time.Now().Add(c.opts.DataTimeout))
+	cn.nc.SetWriteDeadline(time.Now().Add(c.opts.DataTimeout))
 	if _, err := io.Copy(w, body); err != nil {
 		// No final dot is sent: closing the connection makes the server
 		// drop the partial message (RFC 5321 §3.8).
-		set(accepted, queue.Temporary, ioErr(err).Error())
+		set(accepted, queue.Temporary, ioFail(err).Error())
 		return results, nil
 	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
 		re := remoteError(CmdEOD, err)
+		ended(re, false)
 		if re == nil {
 			// The final dot went out and no reply came: the server may
 			// have the message. Never try another server now (a
 			// duplicate is worse than a delay); the queue retries later.
-			set(accepted, queue.Temporary, ioErr(err).Error())
+			set(accepted, queue.Temporary, ioFail(err).Error())
 			return results, nil
 		}
-		sc.Quit()
 		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
 			return nil, re
 		}
 		set(accepted, outcome(re), re.Reply())
 		return results, nil
 	}
+	u.keep = true
 	set(accepted, queue.Delivered, fromText(CmdEOD, 250, resp.StatusText).Reply())
 	if remoteDSN {
 		// RFC 3461 §6.2.1: the remote offered DSN and got every parameter
@@ -293,7 +424,6 @@ func (c *client) session(ctx context.Context, d *queue.Delivery, p peer) (result
 			results[i].RemoteDSN = passed[i]
 		}
 	}
-	sc.Quit()
 	return results, nil
 }
 

@@ -116,8 +116,14 @@ func NewSmarthost(cfg SmarthostConfig, opts Options) (*Smarthost, error) {
 		h.auth = &credentials{username: cfg.Username, password: secret(pw)}
 	}
 	opts = opts.withDefaults()
-	h.client = client{opts: opts, log: opts.Logger}
+	h.client = newClient(opts)
 	return h, nil
+}
+
+// Close closes the connections kept open for reuse; see MX.Close.
+func (h *Smarthost) Close() error {
+	h.pool.close()
+	return nil
 }
 
 // password reads the password cfg points to.
@@ -239,6 +245,15 @@ func (f Failover) deliver(ctx context.Context, d *queue.Delivery, route string) 
 		last, lastMTA = err, h.RemoteMTA()
 	}
 	return failAll(ctx, len(d.Rcpts), last, lastMTA)
+}
+
+// Close closes the connections every smarthost keeps for reuse; see
+// MX.Close.
+func (f Failover) Close() error {
+	for _, h := range f {
+		h.Close()
+	}
+	return nil
 }
 
 // Names lists the smarthosts' names, for logs.

@@ -49,6 +49,7 @@ func (e *env) smarthost(name string, r *relaytest.Receiver, cfg outbound.Smartho
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.t.Cleanup(func() { h.Close() })
 	return h
 }
 
@@ -158,6 +159,7 @@ func TestSmarthostSTARTTLSAuth(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				t.Cleanup(func() { h.Close() })
 			}
 			d := e.delivery("example.test", "b@example.test")
 			got := h.Deliver(context.Background(), d)
@@ -275,6 +277,7 @@ func TestFailover(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				t.Cleanup(func() { h.Close() })
 				return h
 			}
 			f := outbound.Failover{mk("one", "127.0.0.2"), mk("two", "127.0.0.3")}
@@ -308,6 +311,7 @@ func TestFailoverAllDown(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { h.Close() })
 		f = append(f, h)
 	}
 	got := f.Deliver(context.Background(), e.delivery("example.test", "b@example.test", "c@example.test"))

@@ -1,0 +1,301 @@
+package outbound_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"postern/queue"
+	"postern/relay/outbound"
+	"postern/relay/relaytest"
+)
+
+// TestReuse: consecutive deliveries to one domain share one connection,
+// for MX and smarthost delivery alike, and still get a transaction each.
+func TestReuse(t *testing.T) {
+	const n = 5
+	t.Run("mx", func(t *testing.T) {
+		e := newEnv(t)
+		r := e.receiver("127.0.0.2")
+		e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+		m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
+		for i := range n {
+			check(t, m.Deliver(context.Background(), e.delivery("example.test", fmt.Sprintf("b%d@example.test", i))),
+				want{queue.Delivered, "250 ", "mx1.example.test"})
+		}
+		if got := len(r.Messages()); got != n {
+			t.Errorf("receiver got %d messages, want %d", got, n)
+		}
+		if got := r.Conns(); got != 1 {
+			t.Errorf("%d connections for %d deliveries, want 1", got, n)
+		}
+	})
+	t.Run("smarthost", func(t *testing.T) {
+		e := newEnv(t)
+		r := e.receiver("127.0.0.2")
+		h, err := outbound.NewSmarthost(outbound.SmarthostConfig{
+			Name: "provider", Address: net.JoinHostPort("127.0.0.2", strconv.Itoa(e.port)), TLS: outbound.NoTLS,
+		}, outbound.Options{Hostname: "postern.test", IdleTimeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		for range n {
+			check(t, h.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
+				want{queue.Delivered, "250 ", "127.0.0.2 (smarthost provider)"})
+		}
+		if got := r.Conns(); got != 1 {
+			t.Errorf("%d connections for %d deliveries, want 1", got, n)
+		}
+	})
+}
+
+// TestReuseAfterRefusal: a transaction that ends on a refusal (MAIL 550,
+// DATA's final reply 554) leaves a connection that can carry the next
+// one; a transaction left open (every RCPT refused) does not.
+func TestReuseAfterRefusal(t *testing.T) {
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
+	deliver := func(w want) {
+		t.Helper()
+		check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")), w)
+	}
+	r.FailNext(relaytest.CmdMAIL, 550, "5.7.1 sender refused", 1)
+	deliver(want{queue.Permanent, "550 5.7.1 sender refused", "mx1.example.test"})
+	r.FailNext(relaytest.CmdDATA, 554, "5.6.0 content refused", 1)
+	deliver(want{queue.Permanent, "554 5.6.0 content refused", "mx1.example.test"})
+	deliver(want{queue.Delivered, "250 ", "mx1.example.test"})
+	if got := r.Conns(); got != 1 {
+		t.Errorf("%d connections, want 1", got)
+	}
+	r.FailNext(relaytest.CmdRCPT, 550, "5.1.1 no such user", 1)
+	deliver(want{queue.Permanent, "550 5.1.1 no such user", "mx1.example.test"})
+	deliver(want{queue.Delivered, "250 ", "mx1.example.test"})
+	if got := r.Conns(); got != 2 {
+		t.Errorf("%d connections, want 2: one closed with its transaction open, one new", got)
+	}
+}
+
+// TestReuseNotAcrossDestinations: a connection is reused only for its own
+// destination: the same address reached under another MX name (whose
+// certificate would be checked for another name) gets its own.
+func TestReuseNotAcrossDestinations(t *testing.T) {
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2")
+	e.mx("one.test", 10, "mx.one.test", "127.0.0.2")
+	e.mx("two.test", 10, "mx.two.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
+	for _, dom := range []string{"one.test", "two.test", "one.test", "two.test"} {
+		check(t, m.Deliver(context.Background(), e.delivery(dom, "b@"+dom)), want{queue.Delivered, "250 ", "mx." + dom})
+	}
+	// Two MX names on one address: two destinations (the certificate
+	// name differs), each reused once.
+	if got := r.Conns(); got != 2 {
+		t.Errorf("%d connections, want 2", got)
+	}
+}
+
+// TestIdleTimeout: a parked connection is closed once it has been idle for
+// IdleTimeout, without Close; the next delivery dials again.
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{IdleTimeout: 20 * time.Millisecond})
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	if err := r.WaitIdle(ctx); err != nil {
+		t.Fatalf("the parked connection was not closed by its idle timeout: %v", err)
+	}
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "c@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	if got := r.Conns(); got != 2 {
+		t.Errorf("%d connections, want 2", got)
+	}
+}
+
+// TestReuseDeadConnection: a parked connection the server has closed fails
+// its check, and the delivery goes through on a new connection, in the
+// same attempt, without a failure.
+func TestReuseDeadConnection(t *testing.T) {
+	e := newEnv(t)
+	addr := net.JoinHostPort("127.0.0.2", strconv.Itoa(e.port))
+	r1 := e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	// The server restarts: it drops the parked connection.
+	r1.Close()
+	r2 := relaytest.NewReceiver(t, addr)
+	e.rx["127.0.0.2"] = r2
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "c@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	if got := len(r2.Messages()); got != 1 {
+		t.Errorf("the new server got %d messages, want 1", got)
+	}
+}
+
+// TestReuseMAIL421: a parked connection whose MAIL gets 421 ("closing the
+// channel", RFC 5321 §3.8) is retried at once on a new connection: nothing
+// was started, so it counts as no failure.
+func TestReuseMAIL421(t *testing.T) {
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	r.FailNext(relaytest.CmdMAIL, 421, "4.7.0 too many messages on this connection", 1)
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "c@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	if got := r.Conns(); got != 2 {
+		t.Errorf("%d connections, want 2", got)
+	}
+	// On a new connection a 421 is an answer: the next MX would be tried,
+	// and here there is none.
+	r.FailNext(relaytest.CmdMAIL, 421, "4.7.0 go away", 2)
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "d@example.test")),
+		want{queue.Temporary, "421 4.7.0 go away", "mx1.example.test"})
+}
+
+// gatedBody is a message whose reading waits for open to be closed.
+// Each Open sends on opened, when it is not nil.
+type gatedBody struct {
+	data   []byte
+	open   chan struct{}
+	opened chan struct{}
+}
+
+func (b *gatedBody) Size() int64 { return int64(len(b.data)) }
+func (b *gatedBody) Open() (io.ReadCloser, error) {
+	if b.opened != nil {
+		b.opened <- struct{}{}
+	}
+	<-b.open
+	return io.NopCloser(bytes.NewReader(b.data)), nil
+}
+
+// TestMaxConnsPerHost: with more concurrent deliveries than the cap, the
+// excess waits for a connection instead of opening one, and every
+// delivery still goes through.
+func TestMaxConnsPerHost(t *testing.T) {
+	const max, n = 2, 8
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour, MaxConnsPerHost: max})
+	gate := &gatedBody{data: []byte(msgText), open: make(chan struct{})}
+	var wg sync.WaitGroup
+	results := make([][]queue.Result, n)
+	for i := range n {
+		wg.Go(func() {
+			d := e.delivery("example.test", fmt.Sprintf("b%d@example.test", i))
+			d.Body = gate
+			results[i] = m.Deliver(context.Background(), d)
+		})
+	}
+	// The first max deliveries hold their connections (their bodies are
+	// not readable yet); the others must be waiting, not connected.
+	deadline := time.Now().Add(waitLimit)
+	for outbound.Waiting(m) != n-max {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d deliveries waiting for a connection, want %d; the server has %d open",
+				outbound.Waiting(m), n-max, r.OpenConns())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := r.OpenConns(); got > max {
+		t.Errorf("%d connections open, cap %d", got, max)
+	}
+	close(gate.open)
+	wg.Wait()
+	for _, res := range results {
+		check(t, res, want{queue.Delivered, "250 ", "mx1.example.test"})
+	}
+	if got := r.Conns(); got > max {
+		t.Errorf("%d connections opened in all, cap %d", got, max)
+	}
+	m.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	if err := r.WaitIdle(ctx); err != nil {
+		t.Errorf("after Close: %v", err)
+	}
+}
+
+// TestMaxConnsCancel: a delivery waiting for a connection slot gives up
+// when its context ends, with every recipient Temporary.
+func TestMaxConnsCancel(t *testing.T) {
+	e := newEnv(t)
+	e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{MaxConnsPerHost: 1})
+	gate := &gatedBody{data: []byte(msgText), open: make(chan struct{}), opened: make(chan struct{}, 1)}
+	done := make(chan []queue.Result)
+	go func() {
+		d := e.delivery("example.test", "b@example.test")
+		d.Body = gate
+		done <- m.Deliver(context.Background(), d)
+	}()
+	<-gate.opened // the first delivery holds the only slot
+	ctx, cancel := context.WithCancel(context.Background())
+	second := make(chan []queue.Result)
+	go func() { second <- m.Deliver(ctx, e.delivery("example.test", "c@example.test")) }()
+	deadline := time.Now().Add(waitLimit)
+	for outbound.Waiting(m) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second delivery never waited for the slot")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	check(t, <-second, want{queue.Temporary, "context canceled", "mx1.example.test"})
+	close(gate.open)
+	check(t, <-done, want{queue.Delivered, "250 ", "mx1.example.test"})
+}
+
+// TestRouterClose: Router.Close closes the parked connections of every
+// path.
+func TestRouterClose(t *testing.T) {
+	e := newEnv(t)
+	relayRx := e.receiver("127.0.0.3")
+	mxRx := e.receiver("127.0.0.2")
+	e.mx("direct.test", 10, "mx1.direct.test", "127.0.0.2")
+	h, err := outbound.NewSmarthost(outbound.SmarthostConfig{
+		Name: "provider", Address: net.JoinHostPort("127.0.0.3", strconv.Itoa(e.port)), TLS: outbound.NoTLS,
+	}, outbound.Options{Hostname: "postern.test", IdleTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mx := outbound.New(outbound.Options{Resolver: e.dns.Addr(), Port: e.port, IdleTimeout: time.Hour})
+	r, err := outbound.NewRouter([]outbound.Route{
+		{Name: "routes[0]", RecipientDomains: []string{"relayed.test"}, Via: outbound.Path{Smarthosts: outbound.Failover{h}}},
+	}, outbound.Path{MX: mx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Deliver(context.Background(), e.delivery("relayed.test", "b@relayed.test"))
+	r.Deliver(context.Background(), e.delivery("direct.test", "c@direct.test"))
+	if relayRx.OpenConns() != 1 || mxRx.OpenConns() != 1 {
+		t.Fatalf("open connections: smarthost %d, MX %d; want 1 each, parked", relayRx.OpenConns(), mxRx.OpenConns())
+	}
+	r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	for _, rx := range []*relaytest.Receiver{relayRx, mxRx} {
+		if err := rx.WaitIdle(ctx); err != nil {
+			t.Errorf("%s after Close: %v", rx.Addr(), err)
+		}
+	}
+}
