@@ -46,15 +46,18 @@ func cmdServe(args []string, stderr io.Writer) error {
 
 // server is everything serve starts, so that it can be stopped in order.
 type server struct {
-	cfg     *configs.Config
-	log     *zap.Logger
-	certs   *relay.Certs
-	users   *auth.Store
-	signer  atomic.Pointer[dkim.Signer]
-	queue   *queue.Queue
-	smtp    []*relay.Server
-	admin   *http.Server
-	metrics *admin.Metrics
+	cfg    *configs.Config
+	log    *zap.Logger
+	certs  *relay.Certs
+	users  *auth.Store
+	signer atomic.Pointer[dkim.Signer]
+	queue  *queue.Queue
+	// deliverer keeps idle connections to MX hosts and smarthosts; it is
+	// closed after the queue, when no attempt can use it any more.
+	deliverer queue.Deliverer
+	smtp      []*relay.Server
+	admin     *http.Server
+	metrics   *admin.Metrics
 	// ready is true between start-up and the beginning of shutdown
 	// (/readyz).
 	ready atomic.Bool
@@ -100,6 +103,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	s.deliverer = mx
 	s.queue, err = queue.Open(queue.Options{
 		Path:      cfg.QueuePath(),
 		SpoolDir:  cfg.SpoolDir(),
@@ -251,6 +255,9 @@ func (s *server) shutdown() error {
 	wg.Wait()
 	s.wg.Wait()
 	err := s.queue.Close(ctx)
+	if c, ok := s.deliverer.(io.Closer); ok {
+		c.Close()
+	}
 	s.log.Info("postern stopped")
 	return err
 }
