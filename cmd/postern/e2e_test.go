@@ -133,28 +133,9 @@ func TestSubmitAndDeliverByteForByte(t *testing.T) {
 // receiver that is not ours.
 func TestDeliverToSmtpSink(t *testing.T) {
 	t.Parallel()
-	sink, err := exec.LookPath("smtp-sink")
-	if err != nil {
-		sink = "/usr/sbin/smtp-sink"
-	}
-	if _, err := os.Stat(sink); err != nil {
-		t.Fatal("smtp-sink (Debian package postfix) is not installed: run `make deps`")
-	}
 	w := newWorld(t)
 	w.mx("dest.test", "127.0.0.3")
-	// smtp-sink runs as nobody (it refuses to run as root), so its dump
-	// directory must be reachable by nobody: t.TempDir's parent is not.
-	dump, err := os.MkdirTemp("", "postern-sink-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dump) })
-	os.Chmod(dump, 0o777)
-	cmd := exec.Command(sink, "-u", "nobody", "-d", filepath.Join(dump, "%Y%m%d%H%M%S."), fmt.Sprintf("127.0.0.3:%d", w.port), "10")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	dump := startSmtpSink(t, fmt.Sprintf("127.0.0.3:%d", w.port))
 
 	in := newInstance(t, w.config())
 	in.start()

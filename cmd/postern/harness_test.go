@@ -368,3 +368,30 @@ func (d *smtpDialog) cmd(line string) string {
 	}
 	return d.reply()
 }
+
+// startSmtpSink runs Postfix's smtp-sink on addr, dumping each message into
+// a file of the directory it returns, and stops it when the test ends.
+func startSmtpSink(t testing.TB, addr string) string {
+	t.Helper()
+	sink, err := exec.LookPath("smtp-sink")
+	if err != nil {
+		sink = "/usr/sbin/smtp-sink"
+	}
+	if _, err := os.Stat(sink); err != nil {
+		t.Fatal("smtp-sink (Debian package postfix) is not installed: run `make deps`")
+	}
+	// smtp-sink runs as nobody (it refuses to run as root), so its dump
+	// directory must be reachable by nobody: t.TempDir's parent is not.
+	dump, err := os.MkdirTemp("", "postern-sink-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dump) })
+	os.Chmod(dump, 0o777)
+	cmd := exec.Command(sink, "-u", "nobody", "-d", filepath.Join(dump, "%Y%m%d%H%M%S."), addr, "10")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return dump
+}

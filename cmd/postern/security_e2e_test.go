@@ -419,26 +419,9 @@ const secForged = "MAIL FROM:<evil@evil.test>\r\nRCPT TO:<victim@dest.test>\r\nD
 // run a second transaction if postern passed one on.
 func TestSmugglingE2E(t *testing.T) {
 	t.Parallel()
-	sink, err := exec.LookPath("smtp-sink")
-	if err != nil {
-		sink = "/usr/sbin/smtp-sink"
-	}
-	if _, err := os.Stat(sink); err != nil {
-		t.Fatal("smtp-sink (Debian package postfix) is not installed: run `make deps`")
-	}
 	w := newWorld(t)
 	w.mx("dest.test", "127.0.0.3")
-	dump, err := os.MkdirTemp("", "postern-sink-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dump) })
-	os.Chmod(dump, 0o777)
-	cmd := exec.Command(sink, "-u", "nobody", "-d", filepath.Join(dump, "%Y%m%d%H%M%S."), fmt.Sprintf("127.0.0.3:%d", w.port), "10")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	dump := startSmtpSink(t, fmt.Sprintf("127.0.0.3:%d", w.port))
 
 	cfg := w.config()
 	cfg.Trusted = []string{"127.0.0.1/32"} // and so bare_newline_exclusions
