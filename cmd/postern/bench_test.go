@@ -424,6 +424,7 @@ func newBenchEnv(t *testing.T, o benchOptions) *benchEnv {
 		"dest.test":    {MX: []relaytest.MX{{Pref: 10, Host: "mx.dest.test"}}},
 		"mx.dest.test": {A: []string{benchSinkIP}},
 	})
+	e.dns.SetTTL(300) // a real zone's TTL, so postern's DNS cache behaves as in production
 	e.sink = e.startSink()
 
 	keys := filepath.Join(scratch, "keys")

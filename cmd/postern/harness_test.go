@@ -44,15 +44,30 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freeAddr returns 127.0.0.1:<a port free now>.
+var (
+	issuedMu sync.Mutex
+	issued   = map[string]bool{}
+)
+
+// freeAddr returns 127.0.0.1:<a port free now>, never the same one twice
+// in this test binary: the kernel may hand a just-closed port out again,
+// and two listeners of one config on one port is a config error.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	issuedMu.Lock()
+	defer issuedMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !issued[addr] {
+			issued[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // instance is one running postern process.

@@ -34,6 +34,9 @@ type resolver struct {
 	server string // "host:port"; "" reads resolvConf at each lookup
 	// shuffle randomizes equal MX preferences (rand.Shuffle); tests replace it.
 	shuffle func(n int, swap func(i, j int))
+	// cache keeps answers for their TTL and merges concurrent identical
+	// questions (dnscache.go); its zero value is ready.
+	cache dnsCache
 }
 
 // servers lists the DNS servers to ask, in order. resolv.conf is read at
@@ -60,14 +63,40 @@ func (r *resolver) servers() ([]string, error) {
 // query asks for name's records of qtype. It returns the answer for
 // NOERROR (possibly with no records: NODATA), errNXDomain for NXDOMAIN, and
 // another error for everything else (SERVFAIL, REFUSED, timeouts), after
-// trying each server in turn.
+// trying each server in turn. Answers and NXDOMAIN come from r.cache while
+// their TTL lasts (see answerTTL); the records are shared between callers
+// and must not be modified.
 func (r *resolver) query(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
+	k := dnsKey{name: dns.Fqdn(strings.ToLower(name)), qtype: qtype}
+	return r.cache.get(ctx, k, func(ctx context.Context) ([]dns.RR, time.Duration, error) {
+		resp, err := r.ask(ctx, k.name, qtype)
+		if err != nil {
+			return nil, 0, err
+		}
+		return fromResponse(resp, qtype)
+	})
+}
+
+// fromResponse is what query returns for resp, a NOERROR or NXDOMAIN
+// response to a question of type qtype, with how long it may be cached.
+func fromResponse(resp *dns.Msg, qtype uint16) ([]dns.RR, time.Duration, error) {
+	ttl := answerTTL(resp, qtype)
+	if resp.Rcode == dns.RcodeNameError {
+		return nil, ttl, errNXDomain
+	}
+	return resp.Answer, ttl, nil
+}
+
+// ask asks the servers in turn for name's records of qtype and returns the
+// first NOERROR or NXDOMAIN response; other rcodes and network errors make
+// it try the next server, and the last of them is returned.
+func (r *resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
 	servers, err := r.servers()
 	if err != nil {
 		return nil, err
 	}
 	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
+	m.SetQuestion(name, qtype)
 	m.SetEdns0(1232, false) // the DNS Flag Day 2020 size: no fragmented UDP
 	var last error
 	for _, s := range servers {
@@ -78,10 +107,8 @@ func (r *resolver) query(ctx context.Context, name string, qtype uint16) ([]dns.
 		switch {
 		case err != nil:
 			last = err
-		case resp.Rcode == dns.RcodeSuccess:
-			return resp.Answer, nil
-		case resp.Rcode == dns.RcodeNameError:
-			return nil, errNXDomain
+		case resp.Rcode == dns.RcodeSuccess, resp.Rcode == dns.RcodeNameError:
+			return resp, nil
 		default:
 			last = fmt.Errorf("%s from %s", dns.RcodeToString[resp.Rcode], s)
 		}

@@ -5,6 +5,11 @@
 //
 // # Route
 //
+// Answers are cached for their TTL (at most 5 minutes; NXDOMAIN and NODATA
+// by the SOA minimum, at most 1 minute, not at all without an SOA);
+// failures never are. Concurrent identical lookups share one query. See
+// dnscache.go.
+//
 // The MX records of the domain are asked of one DNS server
 // (Options.Resolver) or of those in /etc/resolv.conf, with miekg/dns rather
 // than the Go resolver so that the DNS answer codes stay visible:

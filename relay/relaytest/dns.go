@@ -36,6 +36,12 @@ type MX struct {
 
 // DNS is an in-process DNS server on 127.0.0.1, answering over UDP and TCP
 // on the same port. It is safe to change its records while it serves.
+//
+// Its answers carry TTL 0 unless SetTTL says otherwise, so that a caching
+// resolver asks again at every lookup and tests may change records between
+// deliveries. Negative answers (NXDOMAIN, and NOERROR without data) carry
+// an SOA record in the authority section whose TTL and MINIMUM are that
+// same TTL, as RFC 2308 §3 asks of a real server.
 type DNS struct {
 	udp, tcp *dns.Server
 	addr     string
@@ -43,6 +49,7 @@ type DNS struct {
 	mu      sync.Mutex
 	zone    map[string]Records
 	queries int
+	ttl     uint32
 }
 
 // NewDNS starts a DNS server serving zone and stops it when the test ends.
@@ -113,6 +120,16 @@ func (d *DNS) Queries() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.queries
+}
+
+// SetTTL sets the TTL, in seconds, of the answers given from now on,
+// negative ones included (see DNS). A benchmark sets a realistic one
+// (300, say) so that a caching resolver behaves as it would against a real
+// zone; 0, the default, means "do not cache".
+func (d *DNS) SetTTL(seconds uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ttl = seconds
 }
 
 // Set replaces all records of name.
@@ -195,15 +212,20 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	d.mu.Lock()
 	d.queries++
 	rr, ok := d.zone[canon(q.Name)]
+	ttl := d.ttl
 	d.mu.Unlock()
 
 	switch {
 	case !ok:
 		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{soa(q.Name, ttl)}
 	case rr.Rcode != dns.RcodeSuccess:
 		m.Rcode = rr.Rcode
 	default:
-		m.Answer = answers(q, rr)
+		m.Answer = answers(q, rr, ttl)
+		if len(m.Answer) == 0 {
+			m.Ns = []dns.RR{soa(q.Name, ttl)}
+		}
 	}
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 		size := dns.MinMsgSize
@@ -215,9 +237,25 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	w.WriteMsg(m)
 }
 
-func answers(q dns.Question, rr Records) []dns.RR {
+// soa is the SOA record of a negative answer about name (RFC 2308 §3):
+// resolvers cache the negative answer for the lesser of its TTL and its
+// MINIMUM (§5). The test server has no zones, so the owner is name's last
+// label ("test." for "a.example.test."), standing for the zone's apex.
+func soa(name string, ttl uint32) dns.RR {
+	apex := ""
+	if labels := dns.SplitDomainName(name); len(labels) > 0 {
+		apex = labels[len(labels)-1]
+	}
+	return &dns.SOA{
+		Hdr: dns.RR_Header{Name: dns.Fqdn(apex), Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
+		Ns:  dns.Fqdn("ns." + apex), Mbox: dns.Fqdn("hostmaster." + apex),
+		Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: ttl,
+	}
+}
+
+func answers(q dns.Question, rr Records, ttl uint32) []dns.RR {
 	hdr := func(t uint16) dns.RR_Header {
-		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 60}
+		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
 	}
 	var out []dns.RR
 	switch q.Qtype {
