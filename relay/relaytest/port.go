@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -13,9 +14,11 @@ import (
 // Receivers can share it on different addresses. It fails the test when no
 // such port is found.
 //
-// The port is free when FreePort returns; another process may still take it
-// before the caller listens. On a test machine that race is rare, and the
-// caller's listen then fails loudly rather than misbehaving.
+// The port is free when FreePort returns, and FreePort never returns the
+// same port twice in one process: parallel tests often pick a port long
+// before they listen on it (an MX that comes up later in the test), and
+// another test must not be handed it meanwhile. Another process may still
+// take it; the caller's listen then fails loudly rather than misbehaving.
 func FreePort(t testing.TB, ips ...string) int {
 	t.Helper()
 	port, err := freePort(ips...)
@@ -25,7 +28,14 @@ func FreePort(t testing.TB, ips ...string) int {
 	return port
 }
 
+var (
+	issuedMu sync.Mutex
+	issued   = map[int]bool{}
+)
+
 func freePort(ips ...string) (int, error) {
+	issuedMu.Lock()
+	defer issuedMu.Unlock()
 	if len(ips) == 0 {
 		ips = []string{"127.0.0.1"}
 	}
@@ -56,7 +66,8 @@ func freePort(ips ...string) (int, error) {
 		for _, h := range held {
 			h.Close()
 		}
-		if ok {
+		if ok && !issued[port] {
+			issued[port] = true
 			return port, nil
 		}
 	}
