@@ -55,7 +55,7 @@ var tokenRE = regexp.MustCompile(`X-Crash-Token: (\d+-\d+)`)
 func TestCrashLosesNothing(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.4") // down until the end
+	w.mx("dest.test", "127.0.2.4") // down until the end
 	cfg := w.config()
 	cfg.RetryInitial, cfg.RetryMax = "200ms", "500ms"
 	in := newInstance(t, cfg)
@@ -112,7 +112,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	}
 	t.Logf("%d messages acknowledged across %d SIGKILL cycles", want, cycles)
 
-	rcv := w.receiver("127.0.0.4")
+	rcv := w.receiver("127.0.2.4")
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		got := map[string]int{}

@@ -36,7 +36,7 @@ func mountTmpfs(t *testing.T, dir, size string) {
 func TestFullDiskGets452AndRecovers(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.4") // down: everything stays queued
+	w.mx("dest.test", "127.0.2.4") // down: everything stays queued
 	cfg := w.config()
 	cfg.Admin = freeAddr(t)
 	cfg.RetryInitial, cfg.RetryMax = "1h", "1h"
@@ -90,7 +90,7 @@ func TestFullDiskGets452AndRecovers(t *testing.T) {
 		t.Fatalf("after space returned: %v\n%s\n%s", err, out, in.logs.String())
 	}
 	// Nothing accepted before was lost: every one is delivered.
-	rcv := w.receiver("127.0.0.4")
+	rcv := w.receiver("127.0.2.4")
 	if out, err := in.postern("", "queue", "retry", "--all"); err != nil {
 		t.Fatalf("queue retry --all: %v\n%s", err, out)
 	}

@@ -100,8 +100,8 @@ func TestDKIMSignedMailVerifiesWithDkimpy(t *testing.T) {
 	}
 
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	rcv := w.receiver("127.0.0.2")
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
 	cfg := w.config()
 	cfg.Extra = yamlKeys.String()
 	in := newInstance(t, cfg)
@@ -216,8 +216,8 @@ func TestDKIMReloadKeepsOldKeyOnError(t *testing.T) {
 	file, name, oldRecord := keygen(t, keyDir, "reload.test", "s1", "ed25519")
 
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	rcv := w.receiver("127.0.0.2")
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
 	cfg := w.config()
 	cfg.Extra = fmt.Sprintf("dkim:\n  keys:\n    - {domain: reload.test, selector: s1, key_file: %s}\n", file)
 	in := newInstance(t, cfg)

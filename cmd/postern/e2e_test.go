@@ -22,7 +22,10 @@ import (
 )
 
 // world is a small Internet on loopback: a DNS server and MX receivers at
-// 127.0.0.x on one shared port (postern dials every MX on delivery.port).
+// 127.0.2.x on one shared port (postern dials every MX on delivery.port).
+// The other packages' tests, run in parallel processes by `go test ./...`,
+// use 127.0.0.x: a port this package picks early and listens on only later
+// (an MX that comes up mid-test) cannot be taken by them.
 type world struct {
 	t    testing.TB
 	dns  *relaytest.DNS
@@ -34,7 +37,7 @@ func newWorld(t testing.TB) *world {
 	return &world{
 		t:    t,
 		dns:  relaytest.NewDNS(t, relaytest.Zone{}),
-		port: relaytest.FreePort(t, "127.0.0.2", "127.0.0.3", "127.0.0.4"),
+		port: relaytest.FreePort(t, "127.0.2.2", "127.0.2.3", "127.0.2.4"),
 	}
 }
 
@@ -92,8 +95,8 @@ var queuedRE = regexp.MustCompile(`250 2\.0\.0 OK: queued as ([0-9A-F]+)`)
 func TestSubmitAndDeliverByteForByte(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	rcv := w.receiver("127.0.0.2")
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
 	in := newInstance(t, w.config())
 	in.addUser("alice@example.test", "correct horse")
 	in.start()
@@ -134,8 +137,8 @@ func TestSubmitAndDeliverByteForByte(t *testing.T) {
 func TestDeliverToSmtpSink(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.3")
-	dump := startSmtpSink(t, fmt.Sprintf("127.0.0.3:%d", w.port))
+	w.mx("dest.test", "127.0.2.3")
+	dump := startSmtpSink(t, fmt.Sprintf("127.0.2.3:%d", w.port))
 
 	in := newInstance(t, w.config())
 	in.start()
@@ -258,8 +261,8 @@ func hasID(id, msg string) func(logEntry) bool {
 func TestRemote451IsRetriedThenDelivered(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	rcv := w.receiver("127.0.0.2")
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
 	rcv.FailNext(relaytest.CmdRCPT, 451, "4.3.0 try again later", 1)
 	in := newInstance(t, w.config())
 	in.start()
@@ -277,8 +280,8 @@ func TestRemote451IsRetriedThenDelivered(t *testing.T) {
 func TestRemote550IsNotRetried(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	rcv := w.receiver("127.0.0.2")
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
 	rcv.FailRcpt("nobody@dest.test", 550, "5.1.1 no such user here")
 	in := newInstance(t, w.config())
 	in.start()
@@ -297,12 +300,12 @@ func TestRemote550IsNotRetried(t *testing.T) {
 func TestUnreachableMXIsRetried(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.4") // nothing listens there yet
+	w.mx("dest.test", "127.0.2.4") // nothing listens there yet
 	in := newInstance(t, w.config())
 	in.start()
 	id := relayOne(t, in, "bob@dest.test")
 	in.waitLog(20*time.Second, hasID(id, "deferred"))
-	rcv := w.receiver("127.0.0.4")
+	rcv := w.receiver("127.0.2.4")
 	if _, err := rcv.WaitMessages(ctxTimeout(t, 30*time.Second), 1); err != nil {
 		t.Fatalf("not delivered once the MX came up: %v\n%s", err, in.logs.String())
 	}
@@ -311,8 +314,8 @@ func TestUnreachableMXIsRetried(t *testing.T) {
 func TestSecondMXUsedWhenFirstIsDown(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.4", "127.0.0.3") // pref 10 down, pref 20 up
-	rcv := w.receiver("127.0.0.3")
+	w.mx("dest.test", "127.0.2.4", "127.0.2.3") // pref 10 down, pref 20 up
+	rcv := w.receiver("127.0.2.3")
 	in := newInstance(t, w.config())
 	in.start()
 	id := relayOne(t, in, "bob@dest.test")
@@ -344,7 +347,7 @@ func TestNullMXFailsAtOnce(t *testing.T) {
 func TestQueuedMessageSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.4") // down while the message is accepted
+	w.mx("dest.test", "127.0.2.4") // down while the message is accepted
 	cfg := w.config()
 	cfg.RetryInitial, cfg.RetryMax = "1s", "1s"
 	in := newInstance(t, cfg)
@@ -353,7 +356,7 @@ func TestQueuedMessageSurvivesRestart(t *testing.T) {
 	in.waitLog(20*time.Second, hasID(id, "deferred"))
 	in.stop()
 
-	rcv := w.receiver("127.0.0.4")
+	rcv := w.receiver("127.0.2.4")
 	in.start()
 	msgs, err := rcv.WaitMessages(ctxTimeout(t, 30*time.Second), 1)
 	if err != nil {

@@ -68,15 +68,15 @@ func parseDSN(t testing.TB, data []byte) report {
 	}
 }
 
-// bounceWorld: dest.test's MX (127.0.0.2) refuses nobody@dest.test with a
-// 550; sender.test's MX (127.0.0.3) receives the bounces.
+// bounceWorld: dest.test's MX (127.0.2.2) refuses nobody@dest.test with a
+// 550; sender.test's MX (127.0.2.3) receives the bounces.
 func bounceWorld(t *testing.T) (*world, *relaytest.Receiver, *relaytest.Receiver) {
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	w.mx("sender.test", "127.0.0.3")
-	dest := w.receiver("127.0.0.2")
+	w.mx("dest.test", "127.0.2.2")
+	w.mx("sender.test", "127.0.2.3")
+	dest := w.receiver("127.0.2.2")
 	dest.FailRcpt("nobody@dest.test", 550, "5.1.1 <nobody@dest.test>: no such user here")
-	return w, dest, w.receiver("127.0.0.3")
+	return w, dest, w.receiver("127.0.2.3")
 }
 
 func TestBounceReachesSender(t *testing.T) {
@@ -237,9 +237,9 @@ func queueList(t testing.TB, in *instance, args ...string) []queueItem {
 func TestDelayWarningArrivesOnce(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.4") // never up
-	w.mx("sender.test", "127.0.0.3")
-	senderMX := w.receiver("127.0.0.3")
+	w.mx("dest.test", "127.0.2.4") // never up
+	w.mx("sender.test", "127.0.2.3")
+	senderMX := w.receiver("127.0.2.3")
 	cfg := w.config()
 	cfg.DelayWarning = "1s"
 	cfg.RetryInitial, cfg.RetryMax = "200ms", "400ms"
@@ -271,7 +271,7 @@ func TestDelayWarningArrivesOnce(t *testing.T) {
 func TestQueueCommands(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.4") // down for now
+	w.mx("dest.test", "127.0.2.4") // down for now
 	cfg := w.config()
 	cfg.Admin = freeAddr(t)
 	cfg.RetryInitial, cfg.RetryMax = "1h", "1h" // nothing retries unless told to
@@ -312,7 +312,7 @@ func TestQueueCommands(t *testing.T) {
 		t.Fatalf("queue delete: %v\n%s", err, out)
 	}
 
-	rcv := w.receiver("127.0.0.4")
+	rcv := w.receiver("127.0.2.4")
 	if out, err := in.postern("", "queue", "retry", "--all"); err != nil {
 		t.Fatalf("queue retry --all: %v\n%s", err, out)
 	}

@@ -87,8 +87,8 @@ func noPasswordLogged(t *testing.T, in *instance, pw string) {
 func TestSmarthostSTARTTLSAuthE2E(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	mxRx := w.receiver("127.0.0.2")
-	w.mx("dest.test", "127.0.0.2")
+	mxRx := w.receiver("127.0.2.2")
+	w.mx("dest.test", "127.0.2.2")
 	sh, addr := smarthostRx(t, e2ePass)
 	in := newInstance(t, w.config())
 	setDelivery(t, in, fmt.Sprintf(`
@@ -220,10 +220,10 @@ default_route: provider
 func TestRouteByRecipientDomainE2E(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	w.mx("relayed.test", "127.0.0.3")
-	mxRx := w.receiver("127.0.0.2")
-	relayedMX := w.receiver("127.0.0.3") // must stay untouched
+	w.mx("dest.test", "127.0.2.2")
+	w.mx("relayed.test", "127.0.2.3")
+	mxRx := w.receiver("127.0.2.2")
+	relayedMX := w.receiver("127.0.2.3") // must stay untouched
 	sh := relaytest.NewReceiver(t, "127.0.0.1:0")
 	in := newInstance(t, w.config())
 	setDelivery(t, in, fmt.Sprintf(`
@@ -279,8 +279,8 @@ routes:
 func TestCaptureModeE2E(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.0.2")
-	rcv := w.receiver("127.0.0.2")
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
 	in := newInstance(t, w.config())
 	setDelivery(t, in, "mode: capture\n")
 	in.start()

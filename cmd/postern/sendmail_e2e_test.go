@@ -280,8 +280,8 @@ func currentUser(t *testing.T) string {
 func TestSendmailDelivers(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("example.org", "127.0.0.2")
-	rcv := w.receiver("127.0.0.2")
+	w.mx("example.org", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
 	in := newInstance(t, w.config())
 	in.start()
 	// A symlink named sendmail, as /usr/sbin/sendmail would be.
