@@ -25,7 +25,9 @@ import (
 // 127.0.2.x on one shared port (postern dials every MX on delivery.port).
 // The other packages' tests, run in parallel processes by `go test ./...`,
 // use 127.0.0.x: a port this package picks early and listens on only later
-// (an MX that comes up mid-test) cannot be taken by them.
+// (an MX that comes up mid-test) cannot be taken by them. Clients that bind
+// their own source address use 127.0.3.x, so that their ephemeral ports
+// never land on an MX port picked but not yet listened on.
 type world struct {
 	t    testing.TB
 	dns  *relaytest.DNS

@@ -264,7 +264,7 @@ func TestRelayTrickCorpus(t *testing.T) {
 			return ehlo(secDial(t, "127.0.0.1", in.cfg.Relay, false))
 		}},
 		{"relay from an untrusted address", func(t *testing.T) *secClient {
-			return ehlo(secDial(t, "127.0.2.2", in.cfg.Relay, false))
+			return ehlo(secDial(t, "127.0.3.2", in.cfg.Relay, false))
 		}},
 	}
 	var mu sync.Mutex
@@ -432,8 +432,8 @@ func TestSmugglingE2E(t *testing.T) {
 	accepted := 0
 	for _, p := range secPayloads {
 		body := secBody + "line one" + p.wire + secForged
-		// An authenticated client at 127.0.2.2, outside the exclusions.
-		c := secSubmitter(t, in, "127.0.2.2", "alice@example.test", "correct horse")
+		// An authenticated client at 127.0.3.2, outside the exclusions.
+		c := secSubmitter(t, in, "127.0.3.2", "alice@example.test", "correct horse")
 		c.must("MAIL FROM:<alice@example.test>", "250 ")
 		c.must("RCPT TO:<bob@dest.test>", "250 ")
 		r := c.data(body)
@@ -497,11 +497,11 @@ func TestAuthBruteForceE2E(t *testing.T) {
 	in.start()
 
 	// Alice's usual address has logged in before.
-	secSubmitter(t, in, "127.0.2.3", "alice@example.test", "correct horse").must("QUIT", "221 ")
+	secSubmitter(t, in, "127.0.3.3", "alice@example.test", "correct horse").must("QUIT", "221 ")
 
 	var replies []string
 	for range 20 {
-		c := secDial(t, "127.0.2.2", in.cfg.Submission, false)
+		c := secDial(t, "127.0.3.2", in.cfg.Submission, false)
 		c.must("EHLO attacker.test", "250")
 		c.startTLS()
 		c.must("EHLO attacker.test", "250")
@@ -518,15 +518,15 @@ func TestAuthBruteForceE2E(t *testing.T) {
 	if strings.Join(replies, ",") != strings.Join(want, ",") {
 		t.Errorf("replies to 20 wrong passwords:\n got %q\nwant %q", replies, want)
 	}
-	delayed := in.logs.all(func(e logEntry) bool { return e.isMsg("auth delayed") && e.str("client_ip") == "127.0.2.2" })
+	delayed := in.logs.all(func(e logEntry) bool { return e.isMsg("auth delayed") && e.str("client_ip") == "127.0.3.2" })
 	// zap writes durations in seconds in JSON.
 	if len(delayed) != 2 || fmt.Sprint(delayed[0]["delay"]) != "1" || fmt.Sprint(delayed[1]["delay"]) != "2" {
 		t.Errorf("auth delayed lines: %v", delayed)
 	}
 
-	c := secSubmitter(t, in, "127.0.2.3", "alice@example.test", "correct horse")
+	c := secSubmitter(t, in, "127.0.3.3", "alice@example.test", "correct horse")
 	c.must("MAIL FROM:<alice@example.test>", "250 ")
-	for _, e := range in.logs.all(func(e logEntry) bool { return e.str("client_ip") == "127.0.2.3" }) {
+	for _, e := range in.logs.all(func(e logEntry) bool { return e.str("client_ip") == "127.0.3.3" }) {
 		if e.isMsg("auth delayed") || e.isMsg("auth refused") {
 			t.Errorf("the owner's address was slowed: %v", e)
 		}
@@ -537,7 +537,7 @@ func TestAuthBruteForceE2E(t *testing.T) {
 	for _, line := range strings.Split(in.logs.String(), "\n") {
 		if m := re.FindStringSubmatch(line); m != nil {
 			hits++
-			if m[1] != "127.0.2.2" {
+			if m[1] != "127.0.3.2" {
 				t.Errorf("fail2ban would ban %s for: %s", m[1], line)
 			}
 		}
@@ -585,9 +585,9 @@ func TestConnectionLimitE2E(t *testing.T) {
 	in := newInstance(t, cfg)
 	secOverride(t, in, "limits: {ip_max_connections: 2}")
 	in.start()
-	secDial(t, "127.0.2.2", in.cfg.Relay, false)
-	secDial(t, "127.0.2.2", in.cfg.Submission, false) // limits count across listeners
-	c := secConnect(t, "127.0.2.2", in.cfg.Relay)
+	secDial(t, "127.0.3.2", in.cfg.Relay, false)
+	secDial(t, "127.0.3.2", in.cfg.Submission, false) // limits count across listeners
+	c := secConnect(t, "127.0.3.2", in.cfg.Relay)
 	line, _ := bufio.NewReader(c).ReadString('\n')
 	if !strings.HasPrefix(line, "421 4.7.0 ") {
 		t.Errorf("third connection from one address: %q, want 421 4.7.0", line)
@@ -608,7 +608,7 @@ func TestIdleConnectionsE2E(t *testing.T) {
 	in.start()
 	idle := make([]net.Conn, 500)
 	for i := range idle {
-		idle[i] = secConnect(t, "127.0.2.4", in.cfg.Submission)
+		idle[i] = secConnect(t, "127.0.3.4", in.cfg.Submission)
 	}
 	out, err := submit(t, in, "PLAIN", "alice@example.test", "correct horse", "alice@example.test", "bob@dest.test")
 	if err != nil || !queuedRE.MatchString(out) {
