@@ -284,7 +284,7 @@ func (s *session) mail(from string) error {
 	if from != "" { // "" is the null reverse-path <> (RFC 5321 §4.5.5)
 		a, err := ParseAddress(from)
 		if err != nil {
-			return status.Wrap(err, errBadSender.Code, errBadSender.Subject, errBadSender.Detail, errBadSender.Message)
+			return errBadSender.With(err)
 		}
 		from = a.String()
 	}
@@ -343,7 +343,7 @@ func (s *session) rcpt(to string) error {
 	}
 	a, err := ParseAddress(to)
 	if err != nil {
-		return status.Wrap(err, errBadRcpt.Code, errBadRcpt.Subject, errBadRcpt.Detail, errBadRcpt.Message)
+		return errBadRcpt.With(err)
 	}
 	pol := s.policy()
 	if s.srv.opts.Kind == TrustedRelay && len(pol.RelayRecipientDomains) > 0 && !domainIn(a.Domain, pol.RelayRecipientDomains) {
@@ -414,13 +414,12 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	now := time.Now()
 	msg := editHeader(hdr, pol.FixHeaders, now, s.messageID)
 	if pol.MaxReceived > 0 && msg.received > pol.MaxReceived {
-		return "", 0, status.Wrap(fmt.Errorf("%d Received fields", msg.received),
-			errMailLoop.Code, errMailLoop.Subject, errMailLoop.Detail, errMailLoop.Message)
+		return "", 0, errMailLoop.With(fmt.Errorf("%d Received fields", msg.received))
 	}
 	if s.user != nil && pol.checksHeaderFrom(s.srv.opts.Kind) {
 		if err := checkHeaderFrom(msg, s.user); err != nil {
 			s.log.Warn("header sender not allowed", zap.Strings("from", msg.from), zap.Strings("sender", msg.sender), zap.Error(err))
-			return "", 0, status.Wrap(err, errHeaderFrom.Code, errHeaderFrom.Subject, errHeaderFrom.Detail, errHeaderFrom.Message)
+			return "", 0, errHeaderFrom.With(err)
 		}
 	}
 
@@ -491,7 +490,7 @@ func signWhileReading(body io.Reader, signer Signer, received []byte) (src io.Re
 		finish(nil) // the queue has read everything: the signer sees EOF
 		if res.err != nil {
 			// A domain with a key never sends unsigned mail.
-			return nil, status.Wrap(res.err, 451, 3, 0, "Local error in processing, try again later")
+			return nil, status.Internal.With(res.err)
 		}
 		return append(append([]byte(nil), received...), res.sig...), nil
 	}
@@ -512,17 +511,17 @@ func (s *session) dataError(err error) error {
 		// go-smtp reads the rest of the DATA before it replies, so the
 		// client hears the 521; then the connection closes.
 		s.closeAfterReply()
-		return status.Wrap(err, errBareNewline.Code, errBareNewline.Subject, errBareNewline.Detail, errBareNewline.Message)
+		return errBareNewline.With(err)
 	case errors.Is(err, errHeaderTooLarge):
-		return status.Wrap(err, errHeaderSize.Code, errHeaderSize.Subject, errHeaderSize.Detail, errHeaderSize.Message)
+		return errHeaderSize.With(err)
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EDQUOT):
-		return status.Wrap(err, errNoSpace.Code, errNoSpace.Subject, errNoSpace.Detail, errNoSpace.Message)
+		return errNoSpace.With(err)
 	}
 	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 		// The DATA (or idle) limit passed mid-transfer: the client is too
 		// slow to keep the connection.
 		s.closeAfterReply()
-		return status.Wrap(err, errDataTimeout.Code, errDataTimeout.Subject, errDataTimeout.Detail, errDataTimeout.Message)
+		return errDataTimeout.With(err)
 	}
 	return err // go-smtp's ErrDataTooLarge is a 552 5.3.4 SMTPError; others become 451 4.3.0
 }

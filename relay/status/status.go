@@ -39,6 +39,14 @@ func Wrap(err error, code, subject, detail int, msg string) *Error {
 	return &Error{Code: code, Subject: subject, Detail: detail, Message: msg, Err: err}
 }
 
+// With returns a copy of e carrying cause for the log: the same reply,
+// with the reason it was given.
+func (e *Error) With(cause error) *Error {
+	c := *e
+	c.Err = cause
+	return &c
+}
+
 // Class is the class digit of the enhanced code, derived from the reply
 // code: 2 for success, 4 for temporary, 5 for permanent (RFC 3463 §3.1).
 func (e *Error) Class() int {

@@ -140,3 +140,15 @@ func TestToSMTP(t *testing.T) {
 		t.Errorf("ToSMTP(plain error) = %+v", se)
 	}
 }
+
+func TestWithKeepsTheReply(t *testing.T) {
+	cause := errors.New("disk on fire")
+	e := status.New(452, 3, 1, "Insufficient system storage")
+	w := e.With(cause)
+	if w.Code != 452 || w.Enhanced() != "4.3.1" || w.Message != e.Message || !errors.Is(w, cause) {
+		t.Fatalf("With = %+v", w)
+	}
+	if e.Err != nil {
+		t.Fatal("With changed the shared reply")
+	}
+}
