@@ -343,3 +343,29 @@ func TestDSNWithoutOriginal(t *testing.T) {
 		t.Error("no log line for the missing original")
 	}
 }
+
+// TestBounceWhenSpoolFileIsGone: a failure of a spooled message whose
+// file has disappeared (an operator, a disk error) is still recorded and
+// reported, without the original, instead of being retried for ever.
+func TestBounceWhenSpoolFileIsGone(t *testing.T) {
+	h := newHarness(t)
+	h.fake.on("b@x.test", 1, Permanent, "550 5.1.1 no such user")
+	q := h.open()
+	big := "Subject: big\r\n\r\n" + strings.Repeat("x", inlineMax+1)
+	id, err := q.Enqueue(context.Background(), &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test"}}, strings.NewReader(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _ := os.ReadDir(h.spoolDir())
+	if len(files) != 1 {
+		t.Fatalf("%d spool files, want the message's one", len(files))
+	}
+	os.Remove(filepath.Join(h.spoolDir(), files[0].Name()))
+	h.step()
+	if m := h.get(id); m.State != StateFailed {
+		t.Fatalf("message state %s after a 550, want failed", m.State)
+	}
+	if n := len(h.dsns()); n != 1 {
+		t.Fatalf("%d DSNs, want 1", n)
+	}
+}

@@ -178,12 +178,13 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 	}
 	if rec.Spool != "" {
 		f, err := os.Open(filepath.Join(q.spoolDir, rec.Spool))
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			return nil, errStale // deleted meanwhile; modify finds out
-		case err != nil:
+		// A missing file is not taken for a deleted message: if the
+		// message was deleted meanwhile, modify finds that out when it
+		// commits; if its file is gone for another reason, a DSN without
+		// the original still beats retrying the results forever.
+		if err != nil {
 			q.log.Warn("DSN without the original: cannot open it", zap.String("id", formatID(id)), zap.Error(err))
-		default:
+		} else {
 			defer f.Close()
 			rep.Original = f
 		}
