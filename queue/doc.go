@@ -16,7 +16,7 @@
 //	messages  id → JSON record: envelope, created, size, spool file name,
 //	          held flag, per-recipient state and DSN bookkeeping, and the
 //	          times of its schedule and purge entries
-//	bodies    id → message bytes, for bodies of at most inlineMax (64 KiB)
+//	bodies    id → message bytes, for bodies of at most inlineMax (256 KiB)
 //	spool     spool file name → id, so orphan files are found at Open
 //	          without reading every message
 //	schedule  next-attempt (8-byte big-endian unix nanoseconds) ‖ id → ""
@@ -47,9 +47,9 @@
 //     new file in SpoolDir, fsynced, and the directory fsynced so the file's
 //     name is durable too.
 //  2. One bbolt transaction, shared with concurrent callers through
-//     db.Batch (group commit), allocates the id and writes the record, the
-//     inline body or the spool index entry, and the schedule entry. bbolt
-//     fsyncs on commit (NoSync stays false).
+//     Queue.batch (group commit, commit.go), allocates the id and writes
+//     the record, the inline body or the spool index entry, and the
+//     schedule entry. bbolt fsyncs on commit (NoSync stays false).
 //  3. Only then does Enqueue return the id, and only then may the session
 //     answer 250.
 //
@@ -100,8 +100,8 @@
 //  2. Outside any transaction, compose the DSN, reading the original, and
 //     store it as Enqueue stores a body: in memory, or in a new spool file,
 //     synced.
-//  3. In one write transaction (shared with other writers through db.Batch
-//     for delivery results), apply the change to the current record and
+//  3. In one write transaction (shared with other writers through
+//     Queue.batch for delivery results), apply the change to the current record and
 //     plan again. If the plan differs from step 1's (a concurrent change to
 //     the same message), nothing is written, a spooled DSN is removed, and
 //     the whole sequence starts over. Otherwise the record, marked

@@ -78,7 +78,7 @@ type Retry struct {
 type Options struct {
 	// Path is the bbolt file, for example data_dir/queue.db.
 	Path string
-	// SpoolDir holds bodies larger than 64 KiB. Default: a directory
+	// SpoolDir holds bodies larger than inlineMax (256 KiB). Default: a directory
 	// "spool" next to Path.
 	SpoolDir string
 	// Deliverer makes delivery attempts. It may be nil when the queue is
@@ -479,7 +479,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		if spool != "" {
 			rec.Prefix = p
 		} else {
-			inline = append(p, inline...)
+			inline = append(p[:len(p):len(p)], inline...) // never into the caller's array
 		}
 	}
 	if spool != "" {

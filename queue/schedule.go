@@ -104,7 +104,8 @@ func (q *Queue) dispatchOnce() time.Duration {
 }
 
 // lease hands out due recipients of at most limit messages. In one committed
-// transaction (shared with other writers, see batch) it bumps each due recipient's Attempts and sets its
+// transaction (shared with other writers, see batch) it bumps each due
+// recipient's Attempts and sets its
 // NextAttempt to now plus the backoff, before anyone touches the network
 // (house style, habit 2; mox queue.go does the same): if the process dies
 // during the attempt, the recipient is retried after that backoff, with the
@@ -122,6 +123,32 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 	if q.closed {
 		return nil, time.Time{}, ErrClosed
 	}
+	// Most wake-ups (one follows every attempt) find nothing due: answer
+	// those from a read transaction, so that an empty lease costs no
+	// commit and no fsync (bbolt syncs even a commit that changed nothing).
+	anyDue := false
+	err = q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bSchedule).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if q.isInflight(schedID(k)) {
+				continue // at most Workers of these
+			}
+			if schedTime(k) <= now.UnixNano() {
+				anyDue = true
+			} else {
+				next = time.Unix(0, schedTime(k))
+			}
+			return nil
+		}
+		return nil
+	})
+	if err != nil || !anyDue {
+		if err != nil {
+			err = fmt.Errorf("queue: lease: %w", err)
+		}
+		return nil, next, err
+	}
+
 	leased := make(map[uint64]bool)
 	// Through the group-commit loop: the lease shares its commit (and
 	// fsync) with the enqueues and results waiting at the same moment
@@ -191,7 +218,7 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 			}
 			var body Body
 			if rec.Spool != "" {
-				body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size, prefix: bytes.Clone(rec.Prefix)}
+				body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size, prefix: rec.Prefix}
 			} else {
 				// Copied out: bbolt's bytes are valid only inside
 				// the transaction. One copy per lease, shared by
@@ -378,7 +405,7 @@ func (q *Queue) apply(r *Recipient, res Result, now, created time.Time) {
 }
 
 // record commits the results of one attempt, sharing the commit with other
-// workers through db.Batch, together with the DSN the results call for, if
+// workers through q.batch, together with the DSN the results call for, if
 // any (see modify). If Close gave up waiting, the results are dropped and
 // the lease stands. Results are dropped too for a message an operator
 // deleted meanwhile, and for recipients an operator bounced meanwhile; a

@@ -252,7 +252,7 @@ func (r *record) nextDue() (time.Time, bool) {
 }
 
 // insert stores a new message in tx and returns its id. It runs inside
-// db.Batch, which may call it more than once: it only touches tx, and the id
+// Queue.batch, which may call it more than once: it only touches tx, and the id
 // it allocates is rolled back with any transaction that does not commit.
 func insert(tx *bolt.Tx, data, inline []byte, spool string, next int64) (uint64, error) {
 	msgs := tx.Bucket(bMessages)
