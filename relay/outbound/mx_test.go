@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -710,5 +711,38 @@ func TestDeliverCommandTimeout(t *testing.T) {
 	check(t, got, want{queue.Temporary, "", "mx1.example.test"})
 	if !strings.Contains(got[0].Reply, "timeout") {
 		t.Errorf("reply %q", got[0].Reply)
+	}
+}
+
+// truncatedBody yields the start of a message, then fails: a disk error
+// in the middle of reading a spooled message.
+type truncatedBody struct{}
+
+func (truncatedBody) Size() int64 { return 100 }
+func (truncatedBody) Open() (io.ReadCloser, error) {
+	return io.NopCloser(io.MultiReader(strings.NewReader("Subject: cut\r\n\r\nthe first part"),
+		iotest.ErrReader(errors.New("disk on fire")))), nil
+}
+
+// TestDeliverBodyErrorMidData: a message that fails half-way through DATA
+// is never delivered cut short (the final dot must not follow it, and QUIT
+// would write one), and is deferred to be sent whole later.
+func TestDeliverBodyErrorMidData(t *testing.T) {
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	d := e.delivery("example.test", "b@example.test")
+	d.Body = truncatedBody{}
+	got := e.deliverer(outbound.Options{}).Deliver(context.Background(), d)
+	if got[0].Outcome != queue.Temporary {
+		t.Fatalf("outcome %v, want deferred", got[0].Outcome)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	if err := r.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.Messages()); n != 0 {
+		t.Fatalf("the receiver accepted %d cut-short message(s)", n)
 	}
 }

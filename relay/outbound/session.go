@@ -72,11 +72,15 @@ func (p peer) key() string {
 }
 
 // credentials are what AUTH sends. The password is a secret, which prints
-// as a mask: it must never reach a log line, even through %+v.
+// as a mask; fmt does not call String on unexported fields, so credentials
+// itself masks it too: it must never reach a log line, even through %+v.
 type credentials struct {
 	username string
 	password secret
 }
+
+func (c credentials) String() string   { return c.username + ":********" }
+func (c credentials) GoString() string { return c.String() }
 
 type secret string
 
@@ -393,8 +397,12 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 	}
 	cn.nc.SetWriteDeadline(time.Now().Add(c.opts.DataTimeout))
 	if _, err := io.Copy(w, body); err != nil {
-		// No final dot is sent: closing the connection makes the server
-		// drop the partial message (RFC 5321 §3.8).
+		// The final dot must never follow a partial message, or the
+		// server would accept it cut short (and the retry would send it
+		// again). QUIT would write that dot: textproto ends an open DATA
+		// before any next command. So the TCP connection is closed first,
+		// which makes the server drop the partial message (RFC 5321 §3.8).
+		cn.raw.Close()
 		set(accepted, queue.Temporary, ioFail(err).Error())
 		return results, nil
 	}
