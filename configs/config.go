@@ -529,6 +529,10 @@ func validPort(p string) bool {
 	return n >= 1 && n <= 65535
 }
 
+// ValidDomain reports whether s is a domain name or DKIM selector as the
+// config accepts them (for the CLI, which checks its flags the same way).
+func ValidDomain(s string) bool { return validHostname(s) }
+
 // validHostname checks RFC 1123 host name syntax, with '_' allowed: DKIM
 // selectors and their domains may carry it (RFC 6376 §3.1); the server's
 // own hostname is checked for '_' separately.
@@ -717,9 +721,14 @@ func (c *Config) validateRouting(bad func(key, format string, args ...any)) {
 		if len(r.RecipientDomains) == 0 && len(r.SenderDomains) == 0 {
 			bad(key, "needs recipient_domains or sender_domains (a catch-all route is delivery.default_route)")
 		}
-		for j, dom := range append(append([]string(nil), r.RecipientDomains...), r.SenderDomains...) {
-			if !validHostname(strings.TrimPrefix(dom, ".")) {
-				bad(fmt.Sprintf("%s domains[%d]", key, j), "%q is not a domain name", dom)
+		for _, l := range []struct {
+			key  string
+			list []string
+		}{{".recipient_domains", r.RecipientDomains}, {".sender_domains", r.SenderDomains}} {
+			for j, dom := range l.list {
+				if !validHostname(strings.TrimPrefix(dom, ".")) {
+					bad(fmt.Sprintf("%s%s[%d]", key, l.key, j), "%q is not a domain name", dom)
+				}
 			}
 		}
 		checkVia(key+".via", r.Via, true)

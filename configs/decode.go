@@ -125,6 +125,11 @@ func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int,
 			fail(n.Line, path, "has no value (write \"\" for an empty one, or remove the key to keep the default)")
 			return
 		}
+		// yaml.v3 truncates 587.9 into an int field without a word.
+		if n.Tag == "!!float" && (t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64) {
+			fail(n.Line, path, "%s is not a whole number", n.Value)
+			return
+		}
 		if err := n.Decode(reflect.New(t).Interface()); err != nil {
 			fail(n.Line, path, "%s", friendlyTypeError(stripLine(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "))))
 		}
@@ -177,6 +182,12 @@ func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int,
 		}
 		for i, item := range n.Content {
 			p := fmt.Sprintf("%s[%d]", path, i)
+			// An empty item ("- " or ~) would vanish and shift the
+			// index of every later error.
+			if item.Kind == yaml.ScalarNode && item.Tag == "!!null" && t.Elem().Kind() == reflect.Struct {
+				fail(item.Line, p, "empty list item")
+				continue
+			}
 			lines[p] = item.Line
 			walk(item, t.Elem(), p, file, lines, errs)
 		}
@@ -240,6 +251,7 @@ func friendlyTypeError(msg string) string {
 		"cannot unmarshal !!map", "cannot use a mapping",
 		"cannot unmarshal !!seq", "cannot use a list",
 		"cannot unmarshal !!int", "cannot use the number",
+		"cannot unmarshal !!float", "cannot use the number",
 		"cannot unmarshal !!bool", "cannot use the boolean",
 		"into int", "as a whole number",
 		"into string", "as text",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"postern/auth"
 	"postern/configs"
@@ -28,6 +29,10 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 	}
 	var problems []string
 	cfg, err := configs.Load(path)
+	// The files the config names are checked too, unless the config could
+	// not be read as a whole (the defaults standing in for it would be
+	// checked instead) or its DKIM keys are already reported as wrong.
+	checkFiles, checkDKIM := true, true
 	if err != nil {
 		var errs configs.Errors
 		if !errors.As(err, &errs) || cfg == nil {
@@ -35,10 +40,15 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 		}
 		for _, e := range errs {
 			problems = append(problems, e.Error())
+			checkFiles = checkFiles && e.Key != ""
+			checkDKIM = checkDKIM && !strings.HasPrefix(e.Key, "dkim")
 		}
 	}
 	var warnings []string
-	if cfg != nil {
+	if cfg != nil && checkFiles {
+		if !checkDKIM {
+			cfg.DKIM.Keys = nil
+		}
 		p, w := checkReferencedFiles(cfg)
 		problems = append(problems, p...)
 		warnings = append(warnings, w...)
@@ -72,6 +82,9 @@ func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 		}
 	} else {
 		warnings = append(warnings, "tls: no certificate configured; serve will use a self-signed one")
+	}
+	if _, err := readAdminToken(cfg.Admin.TokenFile); err != nil {
+		problems = append(problems, fmt.Sprintf("%s: %v", cfg.File, err))
 	}
 	p, w := checkSmarthostPasswords(cfg)
 	problems, warnings = append(problems, p...), append(warnings, w...)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 
+	"postern/configs"
 	"postern/dkim"
 )
 
@@ -26,7 +27,7 @@ func cmdDKIMKeygen(args []string, stdout io.Writer) error {
 	selector := fs.String("selector", "", "selector (s=)")
 	alg := fs.String("algorithm", "rsa", "rsa or ed25519")
 	bits := fs.Int("bits", 2048, "RSA key size")
-	out := fs.String("out", "", "private key file (default SELECTOR.DOMAIN.key)")
+	out := fs.String("out", "", "private key file (default DOMAIN.SELECTOR.key)")
 	if pos, err := parseFlags(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -34,6 +35,17 @@ func cmdDKIMKeygen(args []string, stdout io.Writer) error {
 	}
 	if *domain == "" || *selector == "" {
 		return usageErr("dkim keygen needs --domain and --selector")
+	}
+	// Checked as config check will, before a key is written for a record
+	// that could never be published.
+	if !configs.ValidDomain(*domain) {
+		return usageErr("dkim keygen: --domain %q is not a domain name", *domain)
+	}
+	if !configs.ValidDomain(*selector) {
+		return usageErr("dkim keygen: --selector %q is not a valid selector (letters, digits, '-', '.')", *selector)
+	}
+	if *alg != "rsa" && *alg != "ed25519" {
+		return usageErr("dkim keygen: --algorithm %q is not rsa or ed25519", *alg)
 	}
 	if *out == "" {
 		*out = *domain + "." + *selector + ".key"

@@ -56,6 +56,10 @@ func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
 	case sub == "retry" && all:
 	case sub != "list" && len(pos) != 1:
 		return usageErr("queue %s needs one message ID", sub)
+	case sub != "list" && pos[0] == "":
+		// An empty ID would make the path /api/queue//retry, which the
+		// router cleans into /api/queue/retry: retry everything.
+		return usageErr("queue %s: the message ID is empty", sub)
 	}
 	cfg, err := loadConfig(*cfgFlag)
 	if err != nil {
@@ -157,6 +161,9 @@ func newAdminClient(cfg *configs.Config) (*adminClient, error) {
 			// Never through an HTTP proxy from the environment: the
 			// request carries the admin token.
 			Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: adminTimeout}).DialContext},
+			// Never follow a redirect: the API sends none, and a
+			// cleaned-up path could turn one action into another.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 	}
 	token, err := readAdminToken(cfg.Admin.TokenFile)
@@ -183,6 +190,13 @@ func readAdminToken(path string) (string, error) {
 	token := strings.TrimSpace(string(b))
 	if token == "" {
 		return "", fmt.Errorf("admin.token_file: %s is empty", path)
+	}
+	// It travels in an HTTP header: a token no client could send would
+	// lock everyone out of the API.
+	for _, r := range token {
+		if r <= ' ' || r == 0x7f || r > '~' {
+			return "", fmt.Errorf("admin.token_file: %s: the token must be one line of printable ASCII without spaces", path)
+		}
 	}
 	return token, nil
 }
