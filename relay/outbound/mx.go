@@ -40,7 +40,8 @@ type Options struct {
 	// Hostname is the name given in EHLO; default os.Hostname.
 	Hostname string
 	// Resolver is the "host:port" of the DNS server to ask; "" uses the
-	// nameservers of /etc/resolv.conf, read at each delivery.
+	// nameservers of /etc/resolv.conf, read when the DNS cache has no
+	// answer.
 	Resolver string
 	// Port is the TCP port dialed on MX hosts; default 25.
 	Port int
@@ -53,8 +54,9 @@ type Options struct {
 	// reply (and the greeting), DataTimeout the sending of the message and
 	// the reply to it. See the Default constants.
 	DialTimeout, CommandTimeout, DataTimeout time.Duration
-	// Logger gets one line per session (MX address or smarthost tried);
-	// nil logs nothing.
+	// Logger gets one line per session (MX address or smarthost tried),
+	// and lines for MX lookups, refused AUTH and parked connections; nil
+	// logs nothing.
 	Logger *zap.Logger
 
 	// IdleTimeout is how long a connection is kept open after a

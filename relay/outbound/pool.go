@@ -62,7 +62,6 @@ type conn struct {
 	usedTLS bool
 	mech    string // the AUTH mechanism used, "" without AUTH
 	created time.Time
-	uses    int // transactions started on it, this one included
 
 	// Set while parked, under pool.mu.
 	idle *time.Timer

@@ -178,7 +178,6 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 	// Closing the connection is the only way to interrupt a blocked read
 	// or write; every step below then fails with an I/O error.
 	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
-	cn.uses++
 	results, err = c.transact(ctx, d, p, cn, &u)
 	if !stop() {
 		u.keep = false // closed by the cancellation
@@ -370,7 +369,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 	if len(accepted) == 0 {
 		// MAIL was accepted: a transaction is open. RSET would close
 		// it, but see acquire: QUIT instead.
-		if p.failover && lastTemp != nil && allTemporary(results) {
+		if p.failover && lastTemp != nil && allTemporaryBut(results, nil) {
 			return nil, lastTemp
 		}
 		return results, nil
@@ -433,16 +432,6 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		}
 	}
 	return results, nil
-}
-
-// allTemporary reports whether every result is Temporary.
-func allTemporary(results []queue.Result) bool {
-	for _, r := range results {
-		if r.Outcome != queue.Temporary {
-			return false
-		}
-	}
-	return true
 }
 
 // allTemporaryBut reports whether every result outside idx is Temporary
