@@ -49,15 +49,18 @@ var (
 	issued   = map[string]bool{}
 )
 
-// freeAddr returns 127.0.0.1:<a port free now>, never the same one twice
+// freeAddr returns 127.0.4.1:<a port free now>, never the same one twice
 // in this test binary: the kernel may hand a just-closed port out again,
-// and two listeners of one config on one port is a config error.
+// and two listeners of one config on one port is a config error. Not
+// 127.0.0.1: the ports picked there are in the ephemeral range, and the
+// outgoing connections of other packages' tests (run in parallel
+// processes) take ports on 127.0.0.1 from it; none binds 127.0.4.1.
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	issuedMu.Lock()
 	defer issuedMu.Unlock()
 	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", "127.0.4.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
