@@ -47,6 +47,14 @@ const (
 	// timeout, Close): a server that does not answer is dropped rather
 	// than holding up shutdown for CommandTimeout.
 	quitTimeout = 5 * time.Second
+	// checkAfter is how long a connection may sit parked and still be
+	// used without a NOOP first (see acquire). A server drops an idle
+	// client after minutes (RFC 5321 §4.5.3.2.7 asks for at least 5), not
+	// within a second; and if one does, MAIL fails in a way session
+	// recognises, and the transaction runs again on a new connection.
+	// The check is a round trip per message, as much as MAIL itself, on
+	// exactly the busy queues that reuse connections most.
+	checkAfter = time.Second
 )
 
 // conn is one SMTP connection past its prelude (greeting, EHLO, STARTTLS,
@@ -64,7 +72,8 @@ type conn struct {
 	created time.Time
 
 	// Set while parked, under pool.mu.
-	idle *time.Timer
+	idle   *time.Timer
+	parked time.Time // when it was last parked
 }
 
 // close ends the connection politely: QUIT (bounded by timeout), then
@@ -180,6 +189,7 @@ func (p *pool) put(key string, c *conn, keep bool) {
 	if c != nil && keep && p.idleTimeout >= 0 && !p.closed && len(d.idle) < p.maxIdle &&
 		p.now().Sub(c.created) < maxConnAge {
 		d.idle = append(d.idle, c)
+		c.parked = p.now()
 		c.idle = time.AfterFunc(p.idleTimeout, func() { p.expire(key, c) })
 		p.wake(d)
 		p.mu.Unlock()

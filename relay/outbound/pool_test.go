@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"postern/queue"
 	"postern/relay/outbound"
 	"postern/relay/relaytest"
@@ -124,25 +127,50 @@ func TestIdleTimeout(t *testing.T) {
 	}
 }
 
-// TestReuseDeadConnection: a parked connection the server has closed fails
-// its check, and the delivery goes through on a new connection, in the
-// same attempt, without a failure.
+// TestReuseDeadConnection: a parked connection the server has closed is
+// noticed, and the delivery goes through on a new connection, in the same
+// attempt, without a failure. Used within checkAfter of parking, the
+// connection is not checked first: its MAIL fails, and the transaction
+// starts over. Parked longer, it is checked with NOOP, which fails instead.
 func TestReuseDeadConnection(t *testing.T) {
-	e := newEnv(t)
-	addr := net.JoinHostPort("127.0.0.2", strconv.Itoa(e.port))
-	r1 := e.receiver("127.0.0.2")
-	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
-	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
-	check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
-		want{queue.Delivered, "250 ", "mx1.example.test"})
-	// The server restarts: it drops the parked connection.
-	r1.Close()
-	r2 := relaytest.NewReceiver(t, addr)
-	e.rx["127.0.0.2"] = r2
-	check(t, m.Deliver(context.Background(), e.delivery("example.test", "c@example.test")),
-		want{queue.Delivered, "250 ", "mx1.example.test"})
-	if got := len(r2.Messages()); got != 1 {
-		t.Errorf("the new server got %d messages, want 1", got)
+	for _, tt := range []struct {
+		name     string
+		idle     time.Duration
+		wantLogs map[string]int // message → lines at Info and above, or Debug
+	}{
+		{"unchecked", 0, map[string]int{"delivery attempt": 3, "parked connection failed its check": 0}},
+		{"checked", 2 * time.Second, map[string]int{"delivery attempt": 2, "parked connection failed its check": 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			addr := net.JoinHostPort("127.0.0.2", strconv.Itoa(e.port))
+			r1 := e.receiver("127.0.0.2")
+			e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+			core, logs := observer.New(zap.DebugLevel)
+			m := e.deliverer(outbound.Options{IdleTimeout: time.Hour, Logger: zap.New(core)})
+			var mu sync.Mutex
+			now := time.Now()
+			outbound.SetClock(m, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+			check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
+				want{queue.Delivered, "250 ", "mx1.example.test"})
+			// The server restarts: it drops the parked connection.
+			r1.Close()
+			r2 := relaytest.NewReceiver(t, addr)
+			e.rx["127.0.0.2"] = r2
+			mu.Lock()
+			now = now.Add(tt.idle)
+			mu.Unlock()
+			check(t, m.Deliver(context.Background(), e.delivery("example.test", "c@example.test")),
+				want{queue.Delivered, "250 ", "mx1.example.test"})
+			if got := len(r2.Messages()); got != 1 {
+				t.Errorf("the new server got %d messages, want 1", got)
+			}
+			for msg, n := range tt.wantLogs {
+				if got := logs.FilterMessage(msg).Len(); got != n {
+					t.Errorf("%d %q lines, want %d; logs: %v", got, msg, n, logs.All())
+				}
+			}
+		})
 	}
 }
 

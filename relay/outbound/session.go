@@ -187,8 +187,10 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 }
 
 // acquire returns a connection to p in a slot of the pool: a parked one
-// that still answers NOOP (reused true), or a new one. A parked connection
-// is checked with NOOP rather than RSET (RFC 5321 §4.1.1.5): only
+// (reused true), or a new one. A connection parked for more than
+// checkAfter must answer NOOP first; one parked less is taken as it is, and
+// if it has died after all, session sees it fail at MAIL and starts over on
+// a new connection. The check is NOOP rather than RSET (RFC 5321 §4.1.1.5): only
 // connections whose transaction is over are parked (the final reply to
 // DATA clears the server's buffers, §4.1.1.4), so there is nothing to
 // reset, and go-smtp's Reset makes its next MAIL send EHLO again, one more
@@ -197,6 +199,9 @@ func (c *client) acquire(ctx context.Context, p peer, key string, fresh bool) (*
 	cn, err := c.pool.get(ctx, key, fresh)
 	if err != nil {
 		return nil, false, err // ctx's
+	}
+	if cn != nil && c.pool.now().Sub(cn.parked) < checkAfter {
+		return cn, true, nil
 	}
 	if cn != nil {
 		stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
