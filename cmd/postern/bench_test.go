@@ -87,6 +87,9 @@ const (
 	benchHelo      = "client.bench.test"
 )
 
+// errBenchSkipped marks the Postfix samples that BENCH_ONLY=postern left out.
+var errBenchSkipped = errors.New("skipped (BENCH_ONLY)")
+
 // benchOptions are the environment knobs.
 type benchOptions struct {
 	reps    int
@@ -95,6 +98,22 @@ type benchOptions struct {
 	out     string // results file
 	command string // how the run was started, for the results file
 	dir     string // scratch parent
+	cells   []string // BENCH_CELLS: run only cells whose name contains one of these
+	profile string   // BENCH_PROFILE: directory for postern CPU profiles, one per run
+	only    string   // BENCH_ONLY=postern: skip Postfix (for profiling; no ratios)
+}
+
+// wants reports whether the cell filter keeps the cell.
+func (o benchOptions) wants(name string) bool {
+	if len(o.cells) == 0 {
+		return true
+	}
+	for _, c := range o.cells {
+		if strings.Contains(name, c) {
+			return true
+		}
+	}
+	return false
 }
 
 func benchOptionsFromEnv(t *testing.T) benchOptions {
@@ -115,12 +134,20 @@ func benchOptionsFromEnv(t *testing.T) benchOptions {
 			*p = v
 		}
 	}
+	if v := os.Getenv("BENCH_CELLS"); v != "" {
+		o.cells = strings.Split(v, ",")
+	}
+	o.profile = os.Getenv("BENCH_PROFILE")
+	o.only = os.Getenv("BENCH_ONLY")
+	if o.only != "" && o.only != "postern" {
+		t.Fatalf("BENCH_ONLY=%q: the only value is postern", o.only)
+	}
 	o.command = os.Getenv("BENCH_COMMAND")
 	if o.command == "" {
 		o.command = "go test -tags bench -run '^TestBenchVsPostfix$' -v ./cmd/postern/"
 	}
 	var knobs []string
-	for _, k := range []string{"BENCH_REPS", "BENCH_QUICK", "BENCH_DIR"} {
+	for _, k := range []string{"BENCH_REPS", "BENCH_QUICK", "BENCH_DIR", "BENCH_CELLS", "BENCH_ONLY"} {
 		if v := os.Getenv(k); v != "" {
 			knobs = append(knobs, k+"="+v)
 		}
@@ -192,8 +219,15 @@ func TestBenchVsPostfix(t *testing.T) {
 		postern, postfx []benchSample
 	}
 	runGrid := func(cells []benchCell, dkim string) []row {
-		pf := e.startPostfix(dkim)
-		defer pf.stop()
+		cells = slices.DeleteFunc(slices.Clone(cells), func(c benchCell) bool { return !o.wants(c.name) })
+		if len(cells) == 0 {
+			return nil
+		}
+		var pf *benchPostfix
+		if o.only == "" {
+			pf = e.startPostfix(dkim)
+			defer pf.stop()
+		}
 		var rows []row
 		for _, c := range cells {
 			r := row{c: c}
@@ -201,6 +235,10 @@ func TestBenchVsPostfix(t *testing.T) {
 				s := e.runPostern(c)
 				t.Logf("%-32s rep %d postern: %s", c.name, rep, s)
 				r.postern = append(r.postern, s)
+				if pf == nil {
+					r.postfx = append(r.postfx, benchSample{err: errBenchSkipped})
+					continue
+				}
 				s = e.runPostfix(pf, c)
 				t.Logf("%-32s rep %d Postfix: %s", c.name, rep, s)
 				r.postfx = append(r.postfx, s)
@@ -228,7 +266,7 @@ func TestBenchVsPostfix(t *testing.T) {
 		memCell = benchCell{name: "10 MiB, 20 sessions (quick)", size: 10 << 20, sessions: 20, msgs: 20}
 	}
 	var mem []benchSample
-	for rep := 1; rep <= o.reps; rep++ {
+	for rep := 1; rep <= o.reps && o.wants(memCell.name); rep++ {
 		s := e.runPostern(memCell)
 		t.Logf("%-32s rep %d postern: %s", memCell.name, rep, s)
 		mem = append(mem, s)
@@ -250,14 +288,16 @@ func TestBenchVsPostfix(t *testing.T) {
 			benchRatio(pa, fa, perr, ferr), benchRatio(pe, fe, perr, ferr),
 			benchLat(pp50, pp99, perr), benchLat(fp50, fp99, ferr), benchMiB(prss, perr))
 	}
-	ma, me, mp50, mp99, mrss, merr := benchSummarize(mem)
-	fmt.Fprintf(&tbl, "| %s (postern only) | %s | %s | – | – | – | – | %s | – | %s |\n", memCell.name,
-		benchRate(ma, merr), benchRate(me, merr), benchLat(mp50, mp99, merr), benchMiB(mrss, merr))
+	if len(mem) > 0 {
+		ma, me, mp50, mp99, mrss, merr := benchSummarize(mem)
+		fmt.Fprintf(&tbl, "| %s (postern only) | %s | %s | – | – | – | – | %s | – | %s |\n", memCell.name,
+			benchRate(ma, merr), benchRate(me, merr), benchLat(mp50, mp99, merr), benchMiB(mrss, merr))
+	}
 
 	var errs []string
 	for _, r := range rows {
 		for _, s := range append(append([]benchSample(nil), r.postern...), r.postfx...) {
-			if s.err != nil {
+			if s.err != nil && !errors.Is(s.err, errBenchSkipped) {
 				errs = append(errs, fmt.Sprintf("- %s: %v", r.c.name, s.err))
 			}
 		}
@@ -700,6 +740,11 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 	defer logf.Close()
 	cmd := exec.Command(e.o.bin, "serve", "--config", cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if e.o.profile != "" {
+		prof := filepath.Join(e.o.profile, fmt.Sprintf("postern-%03d.pprof", e.seq))
+		cmd.Env = append(os.Environ(), "POSTERN_CPUPROFILE="+prof)
+		e.t.Logf("CPU profile: %s", prof)
+	}
 	p := e.start("postern", cmd, syscall.SIGKILL, false)
 	defer p.stop()
 	tg := benchTarget{name: "postern", addr: data["Listen"].(string), proc: p, logTip: logf.Name()}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,7 +42,28 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync()
+	if f := os.Getenv("POSTERN_CPUPROFILE"); f != "" {
+		// For profiling the daemon under load (make bench, BENCH_PROFILE):
+		// the profile covers start-up to shutdown.
+		stop, err := startCPUProfile(f)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	return serve(cfg, log)
+}
+
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("POSTERN_CPUPROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("POSTERN_CPUPROFILE: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // server is everything serve starts, so that it can be stopped in order.
