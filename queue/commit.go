@@ -62,6 +62,7 @@ func (q *Queue) commitLoop() {
 }
 
 func (q *Queue) runBatch(batch []*commitReq) {
+	q.batches.Add(1)
 	failed := -1
 	err := q.db.Update(func(tx *bolt.Tx) error {
 		for i, r := range batch {

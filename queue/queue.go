@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -238,6 +239,7 @@ type Queue struct {
 	// closed when the loop has stopped.
 	commits     chan *commitReq
 	commitsDone chan struct{}
+	batches     atomic.Int64 // shared transactions run, for tests
 	path        string
 	spoolDir    string
 	deliver     Deliverer
@@ -267,6 +269,9 @@ type Queue struct {
 	inflight map[uint64]int
 	busy     int
 	depth    map[State]int
+	// accepting is true from Start until Close begins: Enqueue may hand
+	// a message straight to a worker (handoff.go).
+	accepting bool
 
 	kick     chan struct{} // capacity 1: "look at the schedule again"
 	stopping chan struct{} // closed by Close: lease nothing more
@@ -280,7 +285,7 @@ type Queue struct {
 	closeErr  error
 
 	// Test hooks.
-	jitter       func() float64                       // uniform in [0,1)
+	jitter       func() float64                       // uniform in [0,1); called concurrently (Enqueue)
 	createSpool  func(path string) (spoolFile, error) // os.OpenFile by default
 	afterResults func(id uint64)                      // after results are committed or dropped
 }
@@ -491,34 +496,65 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 			}
 		}()
 	}
-	data, err := marshalRecord(rec)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	if err := ctx.Err(); err != nil {
+	// A free worker takes the message as soon as it is committed (see
+	// handoff.go); otherwise the dispatcher leases it.
+	handOff := q.reserve()
+	if handOff {
+		q.leaseNew(rec, now)
+	}
+	data, err := marshalRecord(rec)
+	if err != nil {
+		if handOff {
+			q.unreserve()
+		}
 		return "", err
 	}
 
 	q.dbMu.RLock()
 	if q.closed {
 		q.dbMu.RUnlock()
+		if handOff {
+			q.unreserve()
+		}
 		return "", ErrClosed
 	}
 	var n64 uint64
+	undo := func() {}
 	err = q.batch(func(tx *bolt.Tx) error {
 		// batch may run this more than once; only the run in the
-		// committed transaction leaves its id in n64.
+		// committed transaction leaves its id in n64 and its mark in
+		// inflight.
+		undo()
+		undo = func() {}
 		var err error
 		n64, err = insert(tx, data, inline, rec.Spool, rec.Next)
+		if err == nil && handOff {
+			undo = q.markInflight(n64, jobCount(env.Rcpts))
+		}
 		return err
 	})
 	q.dbMu.RUnlock()
 	if err != nil {
+		undo()
+		if handOff {
+			q.unreserve()
+		}
 		q.checkDB(err)
 		return "", fmt.Errorf("queue: commit message: %w", errnoOf(err))
 	}
 	q.count(map[State]int{StateQueued: 1})
-	q.notify()
+	if handOff {
+		var body Body = inlineBody(inline)
+		if rec.Spool != "" {
+			body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size, prefix: rec.Prefix}
+		}
+		q.handOff(n64, rec, body)
+	} else {
+		q.notify()
+	}
 	return formatID(n64), nil
 }
 
@@ -632,6 +668,9 @@ func (q *Queue) Start() {
 		default:
 		}
 		q.wg.Add(1)
+		q.mu.Lock()
+		q.accepting = true
+		q.mu.Unlock()
 		go q.dispatch()
 	})
 }
@@ -646,6 +685,9 @@ func (q *Queue) Close(ctx context.Context) error {
 		// Taking startOnce makes a concurrent Start either finish first
 		// (its dispatcher is then in wg) or never start.
 		q.startOnce.Do(func() {})
+		q.mu.Lock()
+		q.accepting = false // before wg.Wait: see reserve
+		q.mu.Unlock()
 		close(q.stopping)
 		done := make(chan struct{})
 		go func() { q.wg.Wait(); close(done) }()

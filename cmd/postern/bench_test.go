@@ -94,10 +94,10 @@ var errBenchSkipped = errors.New("skipped (BENCH_ONLY)")
 type benchOptions struct {
 	reps    int
 	quick   bool
-	bin     string // postern binary (BENCH_BIN, else the one TestMain built)
-	out     string // results file
-	command string // how the run was started, for the results file
-	dir     string // scratch parent
+	bin     string   // postern binary (BENCH_BIN, else the one TestMain built)
+	out     string   // results file
+	command string   // how the run was started, for the results file
+	dir     string   // scratch parent
 	cells   []string // BENCH_CELLS: run only cells whose name contains one of these
 	profile string   // BENCH_PROFILE: directory for postern CPU profiles, one per run
 	only    string   // BENCH_ONLY=postern: skip Postfix (for profiling; no ratios)
