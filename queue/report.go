@@ -260,8 +260,20 @@ type changed struct {
 //     record, with its recipients marked as reported, and the DSN are
 //     committed together.
 //
+// Step 2 is tried once first on its own, predicting no DSN: when none is
+// due, which is the common case, that is the whole of modify, one decoding
+// of the record in one transaction; when one is, nothing is written and
+// the two steps follow.
+//
 // batch shares the commit with other writers (Queue.batch).
 func (q *Queue) modify(id uint64, batch bool, now time.Time, change func(*record) error) (*changed, error) {
+	// Optimistic first: most changes (a delivery without NOTIFY=SUCCESS,
+	// a deferral) call for no DSN, and step 2 finds that out by itself,
+	// without the read transaction and the second decoding of step 1.
+	out, err := q.commitChange(id, batch, now, change, nil, nil)
+	if !errors.Is(err, errStale) {
+		return out, err
+	}
 	for range maxStale {
 		out, err := q.modifyOnce(id, batch, now, change)
 		if !errors.Is(err, errStale) {
@@ -271,19 +283,21 @@ func (q *Queue) modify(id uint64, batch bool, now time.Time, change func(*record
 	return nil, fmt.Errorf("queue: message %s: %w", formatID(id), errStale)
 }
 
-func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*record) error) (*changed, error) {
-	get := func(tx *bolt.Tx) (*record, error) {
-		data := tx.Bucket(bMessages).Get(idKey(id))
-		if data == nil {
-			return nil, fmt.Errorf("%w: %s", ErrNotFound, formatID(id))
-		}
-		rec, err := decodeRecord(data)
-		if err != nil {
-			return nil, fmt.Errorf("queue: message %s: %w", formatID(id), err)
-		}
-		return rec, nil
+// getRecord reads and decodes message id in tx.
+func getRecord(tx *bolt.Tx, id uint64) (*record, error) {
+	data := tx.Bucket(bMessages).Get(idKey(id))
+	if data == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, formatID(id))
 	}
+	rec, err := decodeRecord(data)
+	if err != nil {
+		return nil, fmt.Errorf("queue: message %s: %w", formatID(id), err)
+	}
+	return rec, nil
+}
 
+// modifyOnce is steps 1 and 2 of modify.
+func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*record) error) (*changed, error) {
 	// 1. Predict.
 	var (
 		snap   *record
@@ -296,7 +310,7 @@ func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*re
 		return nil, ErrClosed
 	}
 	err := q.db.View(func(tx *bolt.Tx) error {
-		rec, err := get(tx)
+		rec, err := getRecord(tx, id)
 		if err != nil {
 			return err
 		}
@@ -322,27 +336,49 @@ func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*re
 			return nil, err
 		}
 	}
-
 	// 2. Commit.
+	return q.commitChange(id, batch, now, change, items, d)
+}
+
+// commitChange is step 2 of modify: change and plan on the current record,
+// and the commit of the record and of d, the DSN composed for items, if
+// the plan is still items; errStale if it is not.
+//
+// What stops it before anything is written (the message is gone, change
+// refuses, the plan changed) does not fail a shared transaction: the
+// function returns nil with nothing written, so the other writers in the
+// batch commit as they are instead of being rolled back and run again one
+// by one (see batch), and the reason is returned here afterwards.
+func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*record) error, items []planItem, d *pendingDSN) (*changed, error) {
 	q.dbMu.RLock()
 	if q.closed {
 		q.dbMu.RUnlock()
 		q.discard(d)
 		return nil, ErrClosed
 	}
-	var out *changed
+	var (
+		out  *changed
+		soft error // the reason nothing was written
+	)
+	stop := func(err error) error {
+		soft = err
+		if batch {
+			return nil
+		}
+		return err // a transaction of its own: roll back, no fsync
+	}
 	commit := func(tx *bolt.Tx) error {
-		out = nil // may run more than once
-		rec, err := get(tx)
+		out, soft = nil, nil // may run more than once
+		rec, err := getRecord(tx, id)
 		if err != nil {
-			return err
+			return stop(err)
 		}
 		before := rec.clone()
 		if err := change(rec); err != nil {
-			return err
+			return stop(err)
 		}
 		if got := q.plan(rec, now); !slices.Equal(got, items) {
-			return errStale
+			return stop(errStale)
 		}
 		sv, err := save(tx, id, rec, now, q.keep)
 		if err != nil {
@@ -357,22 +393,27 @@ func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*re
 		out = o
 		return nil
 	}
+	var err error
 	if batch {
 		err = q.batch(commit)
 	} else {
 		err = q.db.Update(commit)
 	}
 	q.dbMu.RUnlock()
-	if err != nil {
-		q.discard(d)
-		if errors.Is(err, errNoChange) {
-			return nil, nil
-		}
+	switch {
+	case err == nil && soft == nil:
+		q.committed(id, out)
+		return out, nil
+	case soft != nil:
+		err = soft
+	default:
 		q.checkDB(err)
-		return nil, err
 	}
-	q.committed(id, out)
-	return out, nil
+	q.discard(d)
+	if errors.Is(err, errNoChange) {
+		return nil, nil
+	}
+	return nil, err
 }
 
 // committed does what follows a commit by modify: counters, the spool file

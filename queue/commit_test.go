@@ -1,0 +1,73 @@
+package queue
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// TestModifyStopsWithoutFailingTheBatch: a change that stops before writing
+// (the message is gone, or change says there is nothing to do) returns its
+// reason to its caller but does not roll back the transaction it shares:
+// the other writers in the batch are committed once, not run again one by
+// one.
+func TestModifyStopsWithoutFailingTheBatch(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		id      func(h *harness) uint64
+		change  func(*record) error
+		wantErr error
+	}{
+		{"message gone", func(*harness) uint64 { return 999 }, func(*record) error { return nil }, ErrNotFound},
+		{"no change", func(h *harness) uint64 {
+			id, _ := parseID(h.enqueue("a@x.test", "m\r\n", "b@y.test"))
+			return id
+		}, func(*record) error { return errNoChange }, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			q := h.open()
+			id := tt.id(h)
+
+			// Hold the commit loop so that both writers below form
+			// the next batch.
+			hold, held := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			go q.batch(func(*bolt.Tx) error { once.Do(func() { close(held) }); <-hold; return nil })
+			<-held
+			var mu sync.Mutex
+			runs := 0
+			other := make(chan error, 1)
+			go func() {
+				other <- q.batch(func(*bolt.Tx) error { mu.Lock(); runs++; mu.Unlock(); return nil })
+			}()
+			// The other writer first: senders blocked on the loop's
+			// channel are served in order, so its function runs before
+			// modify's in the batch, and would be run again if modify's
+			// failed the transaction. The pauses only make the order
+			// likely.
+			time.Sleep(50 * time.Millisecond)
+			mod := make(chan error, 1)
+			go func() {
+				_, err := q.modify(id, true, t0, tt.change)
+				mod <- err
+			}()
+			time.Sleep(50 * time.Millisecond)
+			close(hold)
+			if err := <-mod; !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
+				t.Errorf("modify: %v, want %v", err, tt.wantErr)
+			}
+			if err := <-other; err != nil {
+				t.Errorf("the other writer: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if runs != 1 {
+				t.Errorf("the other writer's function ran %d times, want 1", runs)
+			}
+		})
+	}
+}
