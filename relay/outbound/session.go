@@ -400,7 +400,14 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		return results, nil
 	}
 	cn.nc.SetWriteDeadline(time.Now().Add(c.opts.DataTimeout))
-	if _, err := io.Copy(w, body); err != nil {
+	// The content goes straight onto the connection (go-smtp's writer
+	// has flushed the DATA command), its last line break through w, which
+	// then ends it (see dotstuff.go).
+	tail, err := stuffData(cn.nc, body)
+	if err == nil {
+		_, err = w.Write(tail)
+	}
+	if err != nil {
 		// The final dot must never follow a partial message, or the
 		// server would accept it cut short (and the retry would send it
 		// again). QUIT would write that dot: textproto ends an open DATA
