@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"io"
 )
 
@@ -49,28 +50,44 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 }
 
 // convert rewrites one chunk into c.buf. A CR at the end of a chunk is
-// settled by the first byte of the next one.
+// settled by the first byte of the next one. Lines already ending in CRLF,
+// nearly all of them, are copied whole: two IndexByte scans a line instead
+// of a decision a byte.
 func (c *crlfReader) convert(chunk []byte) []byte {
 	out := c.buf[:0]
-	for _, b := range chunk {
-		switch {
-		case c.cr && b == '\n':
-			out = append(out, '\n')
+	for len(chunk) > 0 {
+		if c.cr {
 			c.cr = false
-			continue
-		case c.cr:
-			out = append(out, '\n') // complete the bare CR
-			c.cr = false
+			out = append(out, '\n') // the CR's LF, or the one a bare CR lacks
+			if chunk[0] == '\n' {
+				chunk = chunk[1:]
+				continue
+			}
 		}
-		switch b {
-		case '\r':
-			out = append(out, '\r')
+		lf := bytes.IndexByte(chunk, '\n')
+		line := chunk
+		if lf >= 0 {
+			line = chunk[:lf]
+		}
+		if cr := bytes.IndexByte(line, '\r'); cr >= 0 && cr != lf-1 {
+			// A CR that does not end this line (or that ends the
+			// chunk): settled on the next round.
+			out = append(out, chunk[:cr+1]...)
 			c.cr = true
-		case '\n':
-			out = append(out, '\r', '\n')
-		default:
-			out = append(out, b)
+			chunk = chunk[cr+1:]
+			continue
 		}
+		switch {
+		case lf < 0:
+			out = append(out, chunk...)
+			return out
+		case lf > 0 && chunk[lf-1] == '\r':
+			out = append(out, chunk[:lf+1]...)
+		default: // a bare LF
+			out = append(out, line...)
+			out = append(out, '\r', '\n')
+		}
+		chunk = chunk[lf+1:]
 	}
 	return out
 }
