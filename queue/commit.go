@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"time"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -9,10 +11,15 @@ import (
 // arbitrarily large.
 const maxCommitBatch = 128
 
+// lazyWait is how long the commit loop holds a batch made only of lazy
+// writers (see batchLazy) for a writer that is waiting on its commit.
+const lazyWait = 2 * time.Millisecond
+
 // commitReq is one writer waiting for its function to be committed.
 type commitReq struct {
 	fn   func(*bolt.Tx) error
 	done chan error
+	lazy bool
 }
 
 // batch commits fn in a write transaction shared with whatever other
@@ -38,27 +45,77 @@ func (q *Queue) batch(fn func(*bolt.Tx) error) error {
 	return <-req.done
 }
 
+// batchLazy is batch for a write nobody is waiting on: the results of a
+// delivery attempt. Its commit may wait up to lazyWait for a writer that
+// someone is waiting on, an SMTP session's enqueue above all, and then
+// share its fsync. With one session sending, each message's results used
+// to take a commit of their own, between that session's enqueues; now
+// they ride along with the next one.
+//
+// Waiting costs no safety: until the results are on disk the lease
+// stands, exactly as during the attempt. A crash in between makes a
+// delivered recipient be delivered again (as a crash between the remote's
+// reply and any commit would), and any other retried after its backoff.
+func (q *Queue) batchLazy(fn func(*bolt.Tx) error) error {
+	req := &commitReq{fn: fn, done: make(chan error, 1), lazy: true}
+	q.commits <- req
+	return <-req.done
+}
+
 // commitLoop runs the shared transactions, one at a time, until commits
 // is closed.
 func (q *Queue) commitLoop() {
 	defer close(q.commitsDone)
 	batch := make([]*commitReq, 0, maxCommitBatch)
+	wait := time.NewTimer(q.lazyWait)
+	wait.Stop()
 	for req := range q.commits {
 		batch = append(batch[:0], req)
-	drain:
-		for len(batch) < maxCommitBatch {
-			select {
-			case r, ok := <-q.commits:
-				if !ok {
-					break drain
+		lazy := req.lazy
+		open := q.drain(&batch, &lazy)
+		if lazy && open && len(batch) < maxCommitBatch {
+			// Nobody waits on this batch yet: give a writer who does
+			// a moment to join.
+			wait.Reset(q.lazyWait)
+		hold:
+			for len(batch) < maxCommitBatch {
+				select {
+				case r, ok := <-q.commits:
+					if !ok {
+						break hold
+					}
+					batch = append(batch, r)
+					if !r.lazy {
+						q.drain(&batch, &lazy)
+						break hold
+					}
+				case <-wait.C:
+					break hold
 				}
-				batch = append(batch, r)
-			default:
-				break drain
 			}
+			wait.Stop()
 		}
 		q.runBatch(batch)
 	}
+}
+
+// drain adds the writers already waiting to batch, without blocking, and
+// clears lazy if one of them is not lazy. It reports false once commits is
+// closed.
+func (q *Queue) drain(batch *[]*commitReq, lazy *bool) bool {
+	for len(*batch) < maxCommitBatch {
+		select {
+		case r, ok := <-q.commits:
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, r)
+			*lazy = *lazy && r.lazy
+		default:
+			return true
+		}
+	}
+	return true
 }
 
 func (q *Queue) runBatch(batch []*commitReq) {

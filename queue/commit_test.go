@@ -71,3 +71,41 @@ func TestModifyStopsWithoutFailingTheBatch(t *testing.T) {
 		})
 	}
 }
+
+// TestLazyWriterWaitsForAWaitedOne: the results of an attempt (a lazy
+// writer) are held until a writer someone waits on arrives, and the two
+// share one commit; alone, they are committed after lazyWait.
+func TestLazyWriterWaitsForAWaitedOne(t *testing.T) {
+	t.Run("shared", func(t *testing.T) {
+		h := newHarness(t)
+		h.opts = func(o *Options) { o.lazyWait = time.Hour }
+		q := h.open()
+		commits := commitCount(q)
+		lazy := make(chan error, 1)
+		go func() { lazy <- q.batchLazy(func(*bolt.Tx) error { return nil }) }()
+		select {
+		case err := <-lazy:
+			t.Fatalf("the lazy writer was committed alone (%v)", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		h.enqueue("a@x.test", "m\r\n", "b@y.test")
+		if err := <-lazy; err != nil {
+			t.Fatal(err)
+		}
+		if n := commits(); n != 1 {
+			t.Errorf("%d commits, want 1 shared by both writers", n)
+		}
+	})
+	t.Run("alone", func(t *testing.T) {
+		h := newHarness(t)
+		h.opts = func(o *Options) { o.lazyWait = time.Millisecond }
+		q := h.open()
+		commits := commitCount(q)
+		if err := q.batchLazy(func(*bolt.Tx) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if n := commits(); n != 1 {
+			t.Errorf("%d commits, want 1", n)
+		}
+	})
+}

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -115,6 +116,9 @@ type Options struct {
 	KeepFailed time.Duration
 	// Observer receives counts for metrics; nil discards them.
 	Observer Observer
+
+	// lazyWait replaces the constant of that name when set (tests).
+	lazyWait time.Duration
 }
 
 // Envelope is what the session accepted. It is stored JSON-encoded, so
@@ -239,7 +243,8 @@ type Queue struct {
 	// closed when the loop has stopped.
 	commits     chan *commitReq
 	commitsDone chan struct{}
-	batches     atomic.Int64 // shared transactions run, for tests
+	batches     atomic.Int64  // shared transactions run, for tests
+	lazyWait    time.Duration // see batchLazy; a test hook
 	path        string
 	spoolDir    string
 	deliver     Deliverer
@@ -371,6 +376,7 @@ func Open(opts Options) (*Queue, error) {
 		return nil, err
 	}
 	q.runCtx, q.cancel = context.WithCancel(context.Background())
+	q.lazyWait = cmp.Or(opts.lazyWait, lazyWait)
 	q.commits = make(chan *commitReq)
 	q.commitsDone = make(chan struct{})
 	go q.commitLoop()

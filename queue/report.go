@@ -265,7 +265,8 @@ type changed struct {
 // of the record in one transaction; when one is, nothing is written and
 // the two steps follow.
 //
-// batch shares the commit with other writers (Queue.batch).
+// batch shares the commit with other writers, as a lazy writer
+// (Queue.batchLazy): record, for the results of attempts, is its one user.
 func (q *Queue) modify(id uint64, batch bool, now time.Time, change func(*record) error) (*changed, error) {
 	// Optimistic first: most changes (a delivery without NOTIFY=SUCCESS,
 	// a deferral) call for no DSN, and step 2 finds that out by itself,
@@ -395,7 +396,8 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 	}
 	var err error
 	if batch {
-		err = q.batch(commit)
+		// Only the results of attempts come this way: see batchLazy.
+		err = q.batchLazy(commit)
 	} else {
 		err = q.db.Update(commit)
 	}
