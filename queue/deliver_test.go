@@ -321,6 +321,13 @@ func TestLogs(t *testing.T) {
 					t.Errorf("attempt line lacks %s: %v", k, f)
 				}
 			}
+			if e.Level != zapcore.DebugLevel {
+				t.Errorf("attempt line at %s, want debug", e.Level)
+			}
+		case "delivered":
+			if f["reply"] != "250 2.0.0 ok" || f["remote"] != "mx.test" {
+				t.Errorf("delivered line: reply %v, remote %v; want the remote's reply and name", f["reply"], f["remote"])
+			}
 		case "deferred":
 			if _, ok := f["next_attempt"]; !ok {
 				t.Errorf("deferred line lacks next_attempt: %v", f)

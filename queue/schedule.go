@@ -413,8 +413,11 @@ func (q *Queue) apply(r *Recipient, res Result, now, created time.Time) {
 func (q *Queue) record(j *job, results []Result) {
 	defer q.hook(j.id)
 	id := j.d.ID
+	// At debug level: the lines below (delivered, deferred, failed) say
+	// the same once the results are recorded, and the deliverer logs each
+	// session; this one also shows results that are then dropped.
 	for i, res := range results {
-		q.log.Info("attempt", zap.String("id", id), zap.String("rcpt", j.d.Rcpts[i]),
+		q.log.Debug("attempt", zap.String("id", id), zap.String("rcpt", j.d.Rcpts[i]),
 			zap.Int("attempt", j.d.Attempt), zap.Stringer("outcome", res.Outcome),
 			zap.String("reply", res.Reply), zap.String("remote", res.RemoteMTA))
 	}
@@ -462,7 +465,8 @@ func (q *Queue) record(j *job, results []Result) {
 		case StateDelivered:
 			delivered++
 			q.log.Info("delivered", zap.String("id", id), zap.String("rcpt", r.Address),
-				zap.Int("attempt", r.Attempts), zap.String("remote", r.RemoteMTA))
+				zap.Int("attempt", r.Attempts), zap.String("remote", r.RemoteMTA),
+				zap.String("reply", r.LastReply))
 		case StateDeferred:
 			deferred++
 			q.log.Info("deferred", zap.String("id", id), zap.String("rcpt", r.Address),
