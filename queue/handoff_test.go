@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"errors"
-	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -156,12 +155,13 @@ func TestHandOffRollback(t *testing.T) {
 	}
 	id := <-enq
 	h.wait(1)
-	q.mu.Lock()
-	busy, inflight := q.busy, maps.Clone(q.inflight)
-	q.mu.Unlock()
-	if busy != 0 || len(inflight) != 0 {
-		t.Errorf("after the attempt: busy %d, in flight %v; want 0, none", busy, inflight)
-	}
+	// The worker lets go of its slot and mark just after its results are
+	// recorded.
+	eventually(t, "no worker slot or in-flight mark left", func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.busy == 0 && len(q.inflight) == 0
+	})
 	if _, err := q.Get(id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get(%s) after delivery: %v, want ErrNotFound", id, err)
 	}
