@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"io"
+	"sync"
 )
 
 // crlfReader turns every bare LF and bare CR into CRLF and leaves CRLF
@@ -26,6 +27,23 @@ const crlfChunk = 16 << 10
 
 func newCRLFReader(r io.Reader) *crlfReader {
 	return &crlfReader{r: r, in: make([]byte, crlfChunk), buf: make([]byte, 0, 2*crlfChunk+1)}
+}
+
+// crlfReaders keeps crlfReaders (48 KiB of buffers each) for reuse, one
+// per message being received.
+var crlfReaders = sync.Pool{New: func() any { return newCRLFReader(nil) }}
+
+// getCRLFReader returns a crlfReader over r from the pool; putCRLFReader
+// gives it back once nothing reads it any more.
+func getCRLFReader(r io.Reader) *crlfReader {
+	c := crlfReaders.Get().(*crlfReader)
+	c.r = r
+	return c
+}
+
+func putCRLFReader(c *crlfReader) {
+	*c = crlfReader{in: c.in, buf: c.buf[:0]}
+	crlfReaders.Put(c)
 }
 
 func (c *crlfReader) Read(p []byte) (int, error) {

@@ -125,3 +125,21 @@ func FuzzCRLFReader(f *testing.F) {
 		}
 	})
 }
+
+// TestCRLFReaderReuse: a reader given back to the pool mid-stream (a bare
+// CR pending, an error kept, output not drained) starts the next message
+// clean.
+func TestCRLFReaderReuse(t *testing.T) {
+	c := getCRLFReader(io.MultiReader(strings.NewReader("a\r"), iotest.ErrReader(errors.New("cut"))))
+	p := make([]byte, 1)
+	c.Read(p)
+	putCRLFReader(c)
+	for range 3 { // whichever reader the pool hands out
+		c := getCRLFReader(strings.NewReader("b\nc\r\n"))
+		got, err := io.ReadAll(c)
+		putCRLFReader(c)
+		if err != nil || string(got) != "b\r\nc\r\n" {
+			t.Fatalf("after reuse: %q, %v", got, err)
+		}
+	}
+}

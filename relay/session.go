@@ -403,9 +403,17 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	if pol.ForbidBareNewline && !inPrefixes(s.ip, pol.BareNewlineExclusions) {
 		in = &bareNewlineGuard{r: r}
 	} else {
-		in = newCRLFReader(r)
+		cr := getCRLFReader(r)
+		defer putCRLFReader(cr)
+		in = cr
 	}
-	br := bufio.NewReaderSize(in, 32<<10)
+	// The buffers live for one message and are reused: allocated anew
+	// they were most of the garbage a message made. Nothing reads them
+	// once data returns (the queue has read the body to its end or given
+	// up, and stop has ended the signer).
+	br := dataReaders.Get().(*bufio.Reader)
+	br.Reset(in)
+	defer func() { br.Reset(nil); dataReaders.Put(br) }()
 	hdr, err := readHeaderSection(br)
 	if err != nil {
 		return "", 0, s.dataError(err)
@@ -452,6 +460,9 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	}
 	return id, int64(len(received)) + body.n + int64(stop()), nil
 }
+
+// dataReaders holds the 32 KiB readers data reads a message through.
+var dataReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
 
 // signWhileReading returns the message as src for the queue to read, and
 // the prefix function the queue calls at the end of it: the Received field
