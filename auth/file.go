@@ -201,19 +201,9 @@ const fileHeader = `# postern users: NAME:HASH:ALLOW, one user per line.
 // the name (compared without case) is taken. An invalid users file is not
 // modified: its *ParseError is returned.
 func Add(path, name, password string, allow []string) error {
-	if err := ValidateName(name); err != nil {
-		return err
-	}
-	patterns, err := parsePatterns(name, allow)
+	f, patterns, err := checkAdd(path, name, allow)
 	if err != nil {
 		return err
-	}
-	f, err := readUsers(path)
-	if err != nil {
-		return err
-	}
-	if _, ok := f.byKey[nameKey(name)]; ok {
-		return fmt.Errorf("%q: %w", name, ErrUserExists)
 	}
 	hash, err := hashPassword(password)
 	if err != nil {
@@ -224,6 +214,46 @@ func Add(path, name, password string, allow []string) error {
 	}
 	f.lines = append(f.lines, render(name, hash, patterns))
 	return writeFileAtomic(path, f.bytes())
+}
+
+// CheckAdd reports the error Add would return for name and allow before
+// any password is involved (a bad name or pattern, a taken name, an invalid
+// users file), so that a command can refuse before asking for one.
+func CheckAdd(path, name string, allow []string) error {
+	_, _, err := checkAdd(path, name, allow)
+	return err
+}
+
+func checkAdd(path, name string, allow []string) (*usersFile, []Pattern, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, nil, err
+	}
+	patterns, err := parsePatterns(name, allow)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := readUsers(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, ok := f.byKey[nameKey(name)]; ok {
+		return nil, nil, fmt.Errorf("%q: %w", name, ErrUserExists)
+	}
+	return f, patterns, nil
+}
+
+// CheckUser reports ErrNoSuchUser (or the users file's own error) unless
+// name is in the users file at path: the check SetPassword makes, for a
+// command to make before asking for the new password.
+func CheckUser(path, name string) error {
+	f, err := readUsers(path)
+	if err != nil {
+		return err
+	}
+	if _, ok := f.byKey[nameKey(name)]; !ok {
+		return fmt.Errorf("%q: %w", name, ErrNoSuchUser)
+	}
+	return nil
 }
 
 // parsePatterns parses the allow list given to Add, reporting every bad

@@ -41,6 +41,9 @@ func TestBadInputAtTheCommandLine(t *testing.T) {
 		{nil, []string{"dkim", "keygen", "--domain", "example.test", "--selector", "bad sel"}, 2, "not a valid selector"},
 		{nil, []string{"dkim", "keygen", "--domain", "bad domain", "--selector", "s1"}, 2, "not a domain name"},
 		{nil, []string{"dkim", "keygen", "--domain", "example.test", "--selector", "s1", "--algorithm", "dsa"}, 2, "not rsa or ed25519"},
+		// Extra words are a mistake to point out, not to ignore.
+		{nil, []string{"version", "--verbose"}, 2, "version takes no arguments"},
+		{nil, []string{"config", "default", "/etc/postern.yaml"}, 2, "config default takes no arguments"},
 		// config check promises that serve starts: a token no client
 		// could send is a problem.
 		{withToken, []string{"config", "check"}, 1, "admin.token_file"},

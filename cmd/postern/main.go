@@ -122,6 +122,9 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		case "check":
 			return cmdConfigCheck(r, stdout)
 		case "default":
+			if len(r) > 0 {
+				return usageErr("config default takes no arguments, got %q", r)
+			}
 			_, err := stdout.Write(configs.DefaultYAML())
 			return err
 		}
@@ -148,6 +151,9 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "mailq":
 		return cmdQueue("list", rest, stdout, stderr)
 	case "version", "--version", "-version":
+		if len(rest) > 0 {
+			return usageErr("version takes no arguments, got %q", rest)
+		}
 		fmt.Fprintln(stdout, "postern", version)
 		return nil
 	case "help", "-h", "--help":

@@ -102,6 +102,11 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 			o.config = val
 			continue
 		}
+		if arg == "-" {
+			// Not an option, and no address either: a script that
+			// meant "read stdin" would otherwise get a refused RCPT.
+			return nil, usage("\"-\" is neither an option nor a recipient (the message is always read from standard input)")
+		}
 		if len(arg) < 2 || arg[0] != '-' {
 			o.rcpts = append(o.rcpts, arg)
 			continue

@@ -65,6 +65,8 @@ func TestParseSendmailArgs(t *testing.T) {
 		{[]string{"--", "-weird@x.test"}, def(func(o *sendmailOpts) { o.rcpts = []string{"-weird@x.test"} })},
 		{[]string{"-t", "b@x.test", "-i"}, def(func(o *sendmailOpts) { o.extract, o.dotEnds, o.rcpts = true, false, []string{"b@x.test"} })},
 
+		{[]string{"-"}, nil},
+		{[]string{"b@x.test", "-"}, nil},
 		{[]string{"-k"}, nil},
 		{[]string{"-tk"}, nil},
 		{[]string{"-f"}, nil},

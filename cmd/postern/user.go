@@ -57,6 +57,10 @@ func cmdUser(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		if *allow != "" {
 			list = strings.Split(*allow, ",")
 		}
+		// Refused before the password prompt, not after it.
+		if err := auth.CheckAdd(path, pos[0], list); err != nil {
+			return fmt.Errorf("user add %s: %w", pos[0], err)
+		}
 		pw, err := readPassword(stdin, stderr)
 		if err != nil {
 			return err
@@ -66,6 +70,9 @@ func cmdUser(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		}
 		fmt.Fprintf(stdout, "added %s to %s\n", pos[0], path)
 	case "passwd":
+		if err := auth.CheckUser(path, pos[0]); err != nil {
+			return fmt.Errorf("user passwd %s: %w", pos[0], err)
+		}
 		pw, err := readPassword(stdin, stderr)
 		if err != nil {
 			return err
