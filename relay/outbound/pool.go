@@ -57,6 +57,9 @@ const (
 	checkAfter = time.Second
 )
 
+// checkTimeout bounds that NOOP (a variable for tests).
+var checkTimeout = 10 * time.Second
+
 // conn is one SMTP connection past its prelude (greeting, EHLO, STARTTLS,
 // AUTH), between transactions.
 type conn struct {

@@ -1,12 +1,14 @@
 package outbound_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -324,6 +326,84 @@ func TestRouterClose(t *testing.T) {
 	for _, rx := range []*relaytest.Receiver{relayRx, mxRx} {
 		if err := rx.WaitIdle(ctx); err != nil {
 			t.Errorf("%s after Close: %v", rx.Addr(), err)
+		}
+	}
+}
+
+// TestReuseCheckTimesOut: a parked connection whose server no longer
+// answers (NOOP gets nothing back) is given up after the check's own
+// short limit, not the 5-minute command timeout, and the delivery goes
+// through on a new connection.
+func TestReuseCheckTimesOut(t *testing.T) {
+	outbound.SetCheckTimeout(t, 100*time.Millisecond)
+	e := newEnv(t)
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(e.port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// A hand-written server: its first connection takes one message and
+	// then swallows every command; its second works normally.
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Go(func() { fakeMX(c, n == 0) })
+		}
+	}()
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
+	var mu sync.Mutex
+	now := time.Now()
+	outbound.SetClock(m, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	// Without the check's own limit, the NOOP would wait until this
+	// context ends, and the delivery would fail with it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	check(t, m.Deliver(ctx, e.delivery("example.test", "c@example.test")),
+		want{queue.Delivered, "250 ", "mx1.example.test"})
+	m.Close()
+}
+
+// fakeMX speaks just enough SMTP for one message per connection; with
+// hang, it then reads commands and never answers them.
+func fakeMX(c net.Conn, hang bool) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	fmt.Fprintf(c, "220 fake.test ESMTP\r\n")
+	data, done := false, false
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		switch cmd := strings.ToUpper(strings.TrimSpace(line)); {
+		case data:
+			if cmd == "." {
+				data, done = false, true
+				fmt.Fprintf(c, "250 2.0.0 ok\r\n")
+			}
+		case done && hang:
+			// swallowed
+		case strings.HasPrefix(cmd, "EHLO"):
+			fmt.Fprintf(c, "250 fake.test\r\n")
+		case cmd == "DATA":
+			data = true
+			fmt.Fprintf(c, "354 go on\r\n")
+		case cmd == "QUIT":
+			fmt.Fprintf(c, "221 bye\r\n")
+			return
+		default:
+			fmt.Fprintf(c, "250 ok\r\n")
 		}
 	}
 }

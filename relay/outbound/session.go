@@ -205,7 +205,12 @@ func (c *client) acquire(ctx context.Context, p peer, key string, fresh bool) (*
 	}
 	if cn != nil {
 		stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+		// A live server answers NOOP at once: one that takes longer
+		// than checkTimeout is treated as dead rather than holding the
+		// delivery for the whole command timeout.
+		cn.sc.CommandTimeout = min(c.opts.CommandTimeout, checkTimeout)
 		err := cn.sc.Noop()
+		cn.sc.CommandTimeout = c.opts.CommandTimeout
 		if stop() && err == nil {
 			return cn, true, nil
 		}
