@@ -150,18 +150,14 @@ func TestReuseDeadConnection(t *testing.T) {
 			e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
 			core, logs := observer.New(zap.DebugLevel)
 			m := e.deliverer(outbound.Options{IdleTimeout: time.Hour, Logger: zap.New(core)})
-			var mu sync.Mutex
-			now := time.Now()
-			outbound.SetClock(m, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+			advance := manualClock(m)
 			check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
 				want{queue.Delivered, "250 ", "mx1.example.test"})
 			// The server restarts: it drops the parked connection.
 			r1.Close()
 			r2 := relaytest.NewReceiver(t, addr)
 			e.rx["127.0.0.2"] = r2
-			mu.Lock()
-			now = now.Add(tt.idle)
-			mu.Unlock()
+			advance(tt.idle)
 			check(t, m.Deliver(context.Background(), e.delivery("example.test", "c@example.test")),
 				want{queue.Delivered, "250 ", "mx1.example.test"})
 			if got := len(r2.Messages()); got != 1 {
@@ -357,14 +353,10 @@ func TestReuseCheckTimesOut(t *testing.T) {
 		}
 	}()
 	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
-	var mu sync.Mutex
-	now := time.Now()
-	outbound.SetClock(m, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	advance := manualClock(m)
 	check(t, m.Deliver(context.Background(), e.delivery("example.test", "b@example.test")),
 		want{queue.Delivered, "250 ", "mx1.example.test"})
-	mu.Lock()
-	now = now.Add(2 * time.Second)
-	mu.Unlock()
+	advance(2 * time.Second)
 	// Without the check's own limit, the NOOP would wait until this
 	// context ends, and the delivery would fail with it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -406,4 +398,13 @@ func fakeMX(c net.Conn, hang bool) {
 			fmt.Fprintf(c, "250 ok\r\n")
 		}
 	}
+}
+
+// manualClock gives m's connection pool a clock that moves only when the
+// returned function is called.
+func manualClock(m *outbound.MX) (advance func(time.Duration)) {
+	var mu sync.Mutex
+	now := time.Now()
+	outbound.SetClock(m, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	return func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 }
