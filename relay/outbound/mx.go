@@ -239,8 +239,18 @@ func (m *MX) attempt(ctx context.Context, d *queue.Delivery, host string, ip net
 		// (RFC 7435), and Opportunistic promises no authentication.
 		verify: m.opts.TLS == Required,
 	}
+	if m.opts.TLS == Opportunistic {
+		// A plain-text connection parked for this address means its
+		// STARTTLS failed moments ago: use that connection rather
+		// than dial, fail again and fall back on every message.
+		plain := p
+		plain.mode = Disabled
+		if m.pool.parked(plain.key()) {
+			p = plain
+		}
+	}
 	res, err := m.session(ctx, d, p)
-	if err != nil && m.opts.TLS == Opportunistic && errors.Is(err, errTLSFailed) {
+	if err != nil && p.mode == Opportunistic && errors.Is(err, errTLSFailed) {
 		p.mode = Disabled
 		res, err = m.session(ctx, d, p)
 	}

@@ -181,6 +181,14 @@ func (p *pool) get(ctx context.Context, key string, fresh bool) (*conn, error) {
 	}
 }
 
+// parked reports whether a connection is parked under key.
+func (p *pool) parked(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d, ok := p.dests[key]
+	return ok && len(d.idle) > 0
+}
+
 // put gives back the slot taken by get. A connection that keep says is
 // clean is parked for the next delivery, unless reuse is off, the pool is
 // closed, the destination has maxIdle parked already or the connection is

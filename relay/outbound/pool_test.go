@@ -408,3 +408,25 @@ func manualClock(m *outbound.MX) (advance func(time.Duration)) {
 	outbound.SetClock(m, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
 	return func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 }
+
+// TestReuseAfterBrokenSTARTTLS: under opportunistic TLS, an MX whose
+// STARTTLS fails gets the message on a plain-text connection, and the
+// messages after it reuse that connection instead of failing STARTTLS on a
+// new one first, each time.
+func TestReuseAfterBrokenSTARTTLS(t *testing.T) {
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2", relaytest.WithBrokenTLS())
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour, TLS: outbound.Opportunistic})
+	for _, rcpt := range []string{"b@example.test", "c@example.test", "d@example.test"} {
+		check(t, m.Deliver(context.Background(), e.delivery("example.test", rcpt)),
+			want{queue.Delivered, "250 ", "mx1.example.test"})
+	}
+	// One connection whose STARTTLS failed, one plain-text for all three.
+	if got := r.Conns(); got != 2 {
+		t.Errorf("%d connections, want 2", got)
+	}
+	if got := len(r.Messages()); got != 3 {
+		t.Errorf("%d messages, want 3", got)
+	}
+}
