@@ -76,7 +76,10 @@ fuzz:
 # medians reported), BENCH_QUICK=1 (one repetition, small counts: a smoke
 # test, not a measurement), BENCH_DIR (scratch parent, default /var/spool;
 # on the disk being measured, not tmpfs, and not world-writable, or OpenDKIM
-# refuses its config). Needs root, for Postfix.
+# refuses its config), BENCH_CELLS=a,b (only cells whose name contains a or
+# b, e.g. "4 KiB, 1 session"), BENCH_ONLY=postern (skip Postfix),
+# BENCH_PROFILE=DIR (a CPU profile of each postern run, through
+# POSTERN_CPUPROFILE). Needs root, for Postfix.
 bench: build bench-deps
 	$(GO) test -run '^$$' -bench . -benchmem ./queue/ ./dkim/ ./relay/...
 	BENCH_BIN=$(abspath $(BIN)) BENCH_OUT=$(abspath bin/bench-results.md) \
