@@ -248,10 +248,14 @@ func cmdSendmail(args []string, stdin io.Reader, stdout io.Writer, stderr io.Wri
 
 	from := o.from
 	if !o.fromSet {
-		if from, err = invokingUser(cfg.Hostname); err != nil {
+		if from, err = invokingUser(cfg.Hostname); errors.Is(err, errUnqualified) {
+			return fail(exConfig, "the sender %v; %s", err, unqualifiedHelp(cfg.File))
+		} else if err != nil {
 			return fail(exDataErr, "%v: give the sender with -f", err)
 		}
-	} else if from, err = envelopeSender(from, cfg.Hostname); err != nil {
+	} else if from, err = envelopeSender(from, cfg.Hostname); errors.Is(err, errUnqualified) {
+		return fail(exConfig, "-f %v; %s", err, unqualifiedHelp(cfg.File))
+	} else if err != nil {
 		return fail(exDataErr, "-f %s: %v", o.from, err)
 	}
 
@@ -259,14 +263,18 @@ func cmdSendmail(args []string, stdin io.Reader, stdout io.Writer, stderr io.Wri
 	var rcpts []string
 	for _, a := range o.rcpts {
 		list, err := parseAddressList(a, cfg.Hostname)
-		if err != nil {
+		if errors.Is(err, errUnqualified) {
+			return fail(exConfig, "recipient %v; %s", err, unqualifiedHelp(cfg.File))
+		} else if err != nil {
 			return fail(exDataErr, "recipient %q: %v", a, err)
 		}
 		rcpts = append(rcpts, list...)
 	}
 	if o.extract {
 		list, err := headerRecipients(hdr, cfg.Hostname)
-		if err != nil {
+		if errors.Is(err, errUnqualified) {
+			return fail(exConfig, "%v; %s", err, unqualifiedHelp(cfg.File))
+		} else if err != nil {
 			return fail(exDataErr, "%v", err)
 		}
 		rcpts = append(rcpts, list...)
@@ -529,7 +537,7 @@ func headerRecipients(fields []headerField, host string) ([]string, error) {
 		}
 		list, err := parseAddressList(v, host)
 		if err != nil {
-			return nil, fmt.Errorf("bad address in the %s: field: %v", f.name, err)
+			return nil, fmt.Errorf("bad address in the %s: field: %w", f.name, err)
 		}
 		out = append(out, list...)
 	}
@@ -559,6 +567,9 @@ func parseAddressList(s, host string) ([]string, error) {
 		}
 		q := p
 		if !strings.ContainsAny(p, "@<>\" ") {
+			if !strings.Contains(host, ".") {
+				return nil, fmt.Errorf("%q %w, and hostname %q is not a fully qualified name to add", p, errUnqualified, host)
+			}
 			q = p + "@" + host
 		}
 		a, err := mail.ParseAddress(q)
@@ -568,6 +579,17 @@ func parseAddressList(s, host string) ([]string, error) {
 		out = append(out, a.Address)
 	}
 	return out, nil
+}
+
+// errUnqualified: a bare name needs a domain, and the configured hostname
+// is not one anyone could deliver to (the default config's "localhost"):
+// postern's own relay listener would refuse user@localhost (RFC 5321
+// §2.3.5 wants fully qualified names), so say why here instead.
+var errUnqualified = errors.New("has no domain")
+
+// unqualifiedHelp is what to do about errUnqualified.
+func unqualifiedHelp(file string) string {
+	return fmt.Sprintf("set hostname in %s to this host's fully qualified name, or give whole addresses (-f for the sender)", file)
 }
 
 func isGroupSyntax(s string) bool { return strings.ContainsAny(s, ":;") }

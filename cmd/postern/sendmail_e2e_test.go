@@ -400,6 +400,29 @@ func TestSendmailExitCodes(t *testing.T) {
 	if code != exConfig || !strings.Contains(out, "listen.relay is empty") {
 		t.Errorf("no relay listener: exit %d, %q; want 78", code, out)
 	}
+
+	// hostname: localhost (the built-in config's) cannot qualify a bare
+	// name: root@localhost would be refused by postern's own relay
+	// listener. Said before connecting, as a configuration error.
+	data, err := os.ReadFile(in.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := filepath.Join(filepath.Dir(in.cfgPath), "localhost.yaml")
+	if err := os.WriteFile(local, bytes.Replace(data, []byte("hostname: postern.test"), []byte("hostname: localhost"), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"b@example.org"},               // the sender: the invoking user
+		{"-f", "cron", "b@example.org"}, // -f with a bare name
+		{"-f", "cron@example.org", "root"},
+	} {
+		out, code := sendmailCmd(t, binPath, nil, "Subject: x\n\ny\n", append([]string{"sendmail", "--config", local}, args...)...)
+		if code != exConfig || !strings.Contains(out, `has no domain, and hostname "localhost" is not a fully qualified name`) ||
+			!strings.Contains(out, "set hostname in "+local) {
+			t.Errorf("sendmail %q with hostname localhost: exit %d, %q; want 78 saying what to set", args, code, out)
+		}
+	}
 }
 
 // TestMailq: mailq, as a command, through a symlink and as sendmail -bp,
