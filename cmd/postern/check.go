@@ -71,6 +71,9 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 // checkReferencedFiles loads what the config points at, the way serve
 // would, so that `config check` passing means `serve` starts.
 func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
+	if w := hostnameWarning(cfg); w != "" {
+		warnings = append(warnings, w)
+	}
 	if cfg.Auth.UsersFile != "" {
 		if _, err := auth.List(cfg.Auth.UsersFile); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: auth.users_file: %v", cfg.File, err))
@@ -119,4 +122,16 @@ func checkSmarthostPasswords(cfg *configs.Config) (problems, warnings []string) 
 		}
 	}
 	return problems, warnings
+}
+
+// hostnameWarning says what a hostname that is not fully qualified (the
+// built-in config's localhost) does to delivered mail, or "" when it is
+// fine. Not an error: on loopback, or with capture mode, it does no harm.
+func hostnameWarning(cfg *configs.Config) string {
+	if cfg.Delivery.Mode != "deliver" || strings.Contains(cfg.Hostname, ".") {
+		return ""
+	}
+	return fmt.Sprintf("hostname: %q is not a fully qualified name: MX hosts see it in EHLO "+
+		"(many refuse that), bounces come from MAILER-DAEMON@%s, and sendmail cannot add it to bare names; "+
+		"set it to this host's name in DNS", cfg.Hostname, cfg.Hostname)
 }

@@ -118,6 +118,9 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		return fmt.Errorf("data_dir: %w", err)
 	}
 
+	if w := hostnameWarning(cfg); w != "" {
+		log.Warn(w)
+	}
 	var err error
 	s.certs, err = relay.LoadCerts(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.DataDir, cfg.Hostname)
 	if err != nil {
