@@ -15,7 +15,7 @@ import (
 
 // BenchmarkEnqueue measures durable enqueues of 4 KiB messages, each fully
 // synced, with 1 writer and with 20 concurrent writers sharing commits
-// through db.Batch.
+// through the group-commit loop.
 func BenchmarkEnqueue(b *testing.B) {
 	body := bytes.Repeat([]byte("0123456789abcdef"), 256) // 4 KiB
 	for _, writers := range []int{1, 20} {
@@ -79,6 +79,61 @@ func BenchmarkLease(b *testing.B) {
 				// messages are due again.
 				clock.Advance(2 * time.Hour)
 			}
+		})
+	}
+}
+
+// instantDeliverer delivers every recipient at once, without a network.
+type instantDeliverer struct{}
+
+func (instantDeliverer) Deliver(_ context.Context, d *Delivery) []Result {
+	return resultsFor(d, Result{Outcome: Delivered, Reply: "250 2.0.0 ok"})
+}
+
+// BenchmarkCycle is a message's whole life in the queue, every step synced:
+// enqueue, lease (or hand-off to a free worker), attempt, and the commit
+// of its results (the "ack", which deletes it), with 1 and 20 concurrent
+// writers and the daemon's 64 workers. The deliverer answers at once, so
+// this is the queue's own cost per message.
+func BenchmarkCycle(b *testing.B) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), 256) // 4 KiB
+	for _, writers := range []int{1, 20} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			var done atomic.Int64
+			all := make(chan struct{})
+			target := int64(b.N)
+			q, err := Open(Options{
+				Path: filepath.Join(b.TempDir(), "queue.db"), Deliverer: instantDeliverer{}, Workers: 64,
+				OnFinal: func(*Message) {
+					if done.Add(1) == target {
+						close(all)
+					}
+				},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer q.Close(context.Background())
+			q.Start()
+			env := &Envelope{From: "a@example.org", Rcpts: []string{"b@example.net"}}
+			b.SetBytes(int64(len(body)))
+			b.ResetTimer()
+			start := time.Now()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for range writers {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						if _, err := q.Enqueue(context.Background(), env, bytes.NewReader(body)); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			<-all
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 		})
 	}
 }
