@@ -101,13 +101,16 @@
 //     store it as Enqueue stores a body: in memory, or in a new spool file,
 //     synced.
 //  3. In one write transaction (shared with other writers through
-//     Queue.batch for delivery results), apply the change to the current record and
+//     Queue.batchLazy for delivery results), apply the change to the current record and
 //     plan again. If the plan differs from step 1's (a concurrent change to
 //     the same message), nothing is written, a spooled DSN is removed, and
 //     the whole sequence starts over. Otherwise the record, marked
 //     reported, and the new DSN message are committed together.
 //
-// A crash after step 2 leaves at most an orphan spool file.
+// A crash after step 2 leaves at most an orphan spool file. Step 3 is
+// first tried alone, predicting no DSN; only when it finds one due does
+// the whole sequence run. A step 3 that writes nothing never fails the
+// shared transaction (commitChange).
 //
 // The deliveries of one lease (one per domain) finish separately. While a
 // recipient of the message is still leased, with no result recorded, plan
@@ -146,6 +149,14 @@
 // already counted: neither a loss nor a hot loop. An in-memory set of
 // in-flight messages keeps an attempt that outlasts its backoff from being
 // leased a second time.
+//
+// A message accepted while a worker is free skips the lease transaction:
+// Enqueue writes its record already leased and hands it to that worker
+// once the enqueue is committed (handoff.go). The results of an attempt
+// are a lazy writer (batchLazy): they wait up to 2 ms to share the commit
+// of a writer someone is waiting on, an enqueue above all; until they are
+// on disk the lease stands, so a crash in between repeats a delivery at
+// worst.
 //
 // The bbolt file never shrinks by itself; compaction (bbolt's Compact into a
 // new file while the queue is closed) is left to an operator command.
