@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -234,11 +232,7 @@ func (q *Queue) Delete(id string) error {
 		return err
 	}
 	q.count(map[State]int{state: -1})
-	if spool != "" {
-		if err := os.Remove(filepath.Join(q.spoolDir, spool)); err != nil {
-			q.log.Warn("remove spool file", zap.String("id", id), zap.Error(err))
-		}
-	}
+	q.removeSpool(spool, id)
 	q.log.Info("deleted", zap.String("id", id))
 	return nil
 }

@@ -429,11 +429,7 @@ func (q *Queue) committed(id uint64, out *changed) {
 		delta[StateQueued]++
 	}
 	q.count(delta)
-	if out.saved.spool != "" {
-		if err := os.Remove(filepath.Join(q.spoolDir, out.saved.spool)); err != nil {
-			q.log.Warn("remove spool file", zap.String("id", formatID(id)), zap.Error(err))
-		}
-	}
+	q.removeSpool(out.saved.spool, formatID(id))
 	if out.dsn != 0 {
 		var actions []string
 		for _, it := range out.reported {

@@ -145,3 +145,15 @@ type prefixed struct {
 	io.Reader
 	io.Closer
 }
+
+// removeSpool removes the spool file of a message whose record no longer
+// points to it (the commit saying so is on disk), if it had one. A failure
+// leaves an orphan for Open to remove: it is logged, not returned.
+func (q *Queue) removeSpool(name, id string) {
+	if name == "" {
+		return
+	}
+	if err := os.Remove(filepath.Join(q.spoolDir, name)); err != nil {
+		q.log.Warn("remove spool file", zap.String("id", id), zap.Error(err))
+	}
+}
