@@ -31,7 +31,8 @@ type commitReq struct {
 // committed at once (DB.Batch would hold it for MaxBatchDelay first, which
 // caps a single SMTP session at a few hundred messages a second); writers
 // that arrive while a commit is running form the next batch, so batches grow
-// exactly as large as the load makes them.
+// exactly as large as the load makes them. Only a batch made of lazy
+// writers alone waits, for a writer someone waits on (batchLazy).
 //
 // As with DB.Batch, fn may run more than once: when one function of a batch
 // fails, the transaction is rolled back, that caller gets its error and
