@@ -388,7 +388,8 @@ func writeExplanation(w *bufio.Writer, host string, r *Report, statuses []string
 
 // writeOriginal copies the original: all of it, or its header section up to
 // (not including) the empty line that ends it. Line ends are made CRLF on the
-// way, so a damaged original cannot put a bare CR or LF into the report.
+// way, so a damaged original cannot put a bare CR or LF into the report, and
+// lines longer than hardLimit are broken (see crlfWriter).
 func writeOriginal(w *bufio.Writer, orig io.Reader, full bool) error {
 	br := bufio.NewReader(orig)
 	c := &crlfWriter{w: w, bol: true}
@@ -426,10 +427,18 @@ func writeOriginal(w *bufio.Writer, orig io.Reader, full bool) error {
 // crlfWriter writes bytes with every CR and LF that is not part of a CRLF
 // pair turned into CRLF. State spans calls: cr means the last byte was a CR
 // (already written as CRLF, so a following LF is swallowed); bol means the
-// output is at the beginning of a line.
+// output is at the beginning of a line; col is the length of the line so
+// far.
+//
+// A line of the original longer than hardLimit octets (a sender's program
+// can write up to go-smtp's 2,000) is broken with CRLF and a space, as
+// Postfix's smtp_line_length_limit does: RFC 5322 §2.1.1 allows no more
+// than 998 in the report, and in a header that is a fold, so the field
+// stays one field.
 type crlfWriter struct {
 	w       *bufio.Writer
 	cr, bol bool
+	col     int
 }
 
 func (c *crlfWriter) write(p []byte) {
@@ -440,14 +449,26 @@ func (c *crlfWriter) write(p []byte) {
 			continue
 		}
 		i := bytes.IndexAny(p, "\r\n")
-		if i < 0 {
-			c.w.Write(p)
+		text := p
+		if i >= 0 {
+			text = p[:i]
+		}
+		for len(text) > 0 {
+			if c.col == hardLimit {
+				c.w.WriteString("\r\n ")
+				c.col = 1
+			}
+			n := min(len(text), hardLimit-c.col)
+			c.w.Write(text[:n])
+			c.col += n
 			c.cr, c.bol = false, false
+			text = text[n:]
+		}
+		if i < 0 {
 			return
 		}
-		c.w.Write(p[:i])
 		c.w.WriteString("\r\n")
-		c.cr, c.bol = p[i] == '\r', true
+		c.cr, c.bol, c.col = p[i] == '\r', true, 0
 		p = p[i+1:]
 	}
 }

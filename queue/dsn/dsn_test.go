@@ -435,11 +435,26 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// TestLongOriginalLines: lines longer than the reader's buffer, with a
-// CRLF split across two reads, come through intact.
+// TestLongOriginalLines: the original comes back whole, with its lines
+// (a sender's program may write up to go-smtp's 2,000 octets, and a
+// damaged stored message anything) broken every hardLimit octets by CRLF
+// and a space, so that no line of the report passes RFC 5322's 998; in the
+// header section that is a fold, and the field stays one field.
 func TestLongOriginalLines(t *testing.T) {
-	for _, n := range []int{4095, 4096, 4097, 10000} {
+	// The first piece is hardLimit octets; the space that starts each
+	// later one counts, so they carry hardLimit-1 of the line.
+	broken := func(line string) string {
+		n := min(len(line), hardLimit)
+		out := line[:n]
+		for line = line[n:]; len(line) > 0; line = line[n:] {
+			n = min(len(line), hardLimit-1)
+			out += "\r\n " + line[:n]
+		}
+		return out
+	}
+	for _, n := range []int{hardLimit - 9, hardLimit - 8, 4095, 4096, 10000} {
 		long := strings.Repeat("x", n)
+		subject, body := broken("Subject: "+long), broken(long)
 		orig := "Subject: " + long + "\r\nX: y\r\n\r\n" + long + "\r\n"
 		r := valid()
 		r.Return = Full
@@ -448,8 +463,9 @@ func TestLongOriginalLines(t *testing.T) {
 		if err := Compose(&b, r); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Contains(b.Bytes(), []byte("\r\n\r\n"+orig+"\r\n--b0undary--\r\n")) {
-			t.Errorf("n=%d: original not returned intact", n)
+		checkWire(t, b.Bytes())
+		if !bytes.Contains(b.Bytes(), []byte("\r\n\r\n"+subject+"\r\nX: y\r\n\r\n"+body+"\r\n\r\n--b0undary--\r\n")) {
+			t.Errorf("n=%d: original not returned with its lines broken at %d", n, hardLimit)
 		}
 		r.Return = Headers
 		r.Original = strings.NewReader(orig)
@@ -457,8 +473,9 @@ func TestLongOriginalLines(t *testing.T) {
 		if err := Compose(&b, r); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Contains(b.Bytes(), []byte("\r\n\r\nSubject: "+long+"\r\nX: y\r\n\r\n--b0undary--\r\n")) {
-			t.Errorf("n=%d: header section not returned intact", n)
+		checkWire(t, b.Bytes())
+		if !bytes.Contains(b.Bytes(), []byte("\r\n\r\n"+subject+"\r\nX: y\r\n\r\n--b0undary--\r\n")) {
+			t.Errorf("n=%d: header section not returned with its lines broken at %d", n, hardLimit)
 		}
 	}
 }
