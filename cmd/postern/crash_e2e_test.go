@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"postern/relay/relaytest"
 )
 
 // sendOnce submits msg through the relay listener with go-smtp's client
@@ -52,10 +54,29 @@ func sendOnce(addr, from, to string, msg []byte) bool {
 
 var tokenRE = regexp.MustCompile(`X-Crash-Token: (\d+-\d+)`)
 
+// TestCrashLosesNothing kills postern while clients submit, twice over:
+// with the MX down until the end (every message waits in the queue, and
+// its attempts fail while the kills go on) and with the MX up all along
+// (messages are handed to workers as they are accepted, delivered, and
+// their results may be waiting for a shared commit when the kill comes,
+// which may deliver one twice but must never lose one).
 func TestCrashLosesNothing(t *testing.T) {
 	t.Parallel()
+	for _, mxUp := range []bool{false, true} {
+		t.Run(map[bool]string{false: "MX down", true: "MX up"}[mxUp], func(t *testing.T) {
+			t.Parallel()
+			crashLosesNothing(t, mxUp)
+		})
+	}
+}
+
+func crashLosesNothing(t *testing.T, mxUp bool) {
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.2.4") // down until the end
+	w.mx("dest.test", "127.0.2.4")
+	var rcv *relaytest.Receiver
+	if mxUp {
+		rcv = w.receiver("127.0.2.4")
+	}
 	cfg := w.config()
 	cfg.RetryInitial, cfg.RetryMax = "200ms", "500ms"
 	in := newInstance(t, cfg)
@@ -112,7 +133,9 @@ func TestCrashLosesNothing(t *testing.T) {
 	}
 	t.Logf("%d messages acknowledged across %d SIGKILL cycles", want, cycles)
 
-	rcv := w.receiver("127.0.2.4")
+	if !mxUp {
+		rcv = w.receiver("127.0.2.4") // the MX comes up
+	}
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		got := map[string]int{}
