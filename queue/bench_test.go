@@ -154,13 +154,13 @@ func BenchmarkOpen(b *testing.B) {
 }
 
 // fill inserts n one-recipient messages due at next, 10,000 per commit.
-func fill(b *testing.B, q *Queue, n int, next time.Time) {
-	b.Helper()
-	rec := &record{Created: t0, Size: 100, Next: next.UnixNano(),
+func fill(tb testing.TB, q *Queue, n int, next time.Time) {
+	tb.Helper()
+	rec := &record{Env: Envelope{From: "alice@example.org"}, Created: t0, Size: 100, Next: next.UnixNano(),
 		Rcpts: []Recipient{{Address: "b@example.net", State: StateQueued, NextAttempt: next}}}
 	data, err := marshalRecord(rec)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	body := bytes.Repeat([]byte("x"), 100)
 	for n > 0 {
@@ -175,7 +175,7 @@ func fill(b *testing.B, q *Queue, n int, next time.Time) {
 			return nil
 		})
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 }

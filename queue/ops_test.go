@@ -273,7 +273,9 @@ func TestDepth(t *testing.T) {
 	}
 }
 
-// TestOpenLargeQueue: Open counts 100,000 messages well within 2 s.
+// TestOpenLargeQueue: Open counts 100,000 queued messages. How long that
+// takes is measured by BenchmarkOpen (README: Performance), not asserted
+// here.
 func TestOpenLargeQueue(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fills 100,000 messages")
@@ -285,52 +287,15 @@ func TestOpenLargeQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	q.db.NoSync = true
-	fillT(t, q, 100_000, t0)
+	fill(t, q, 100_000, t0)
 	q.Close(context.Background())
-	start := time.Now()
 	q, err = Open(Options{Path: path})
 	if err != nil {
 		t.Fatal(err)
 	}
-	took := time.Since(start)
 	defer q.Close(context.Background())
 	if d := q.Depth(); d[StateQueued] != 100_000 {
 		t.Errorf("Depth = %v", d)
-	}
-	t.Logf("Open with 100,000 messages: %v (race detector: %v)", took, raceEnabled)
-	limit := 2 * time.Second
-	if raceEnabled {
-		limit *= 5 // measured: about 8 times slower than without
-	}
-	if took > limit {
-		t.Errorf("Open took %v", took)
-	}
-}
-
-// fillT is fill for tests.
-func fillT(t testing.TB, q *Queue, n int, next time.Time) {
-	t.Helper()
-	rec := &record{Env: Envelope{From: "alice@example.org"}, Created: t0, Size: 100, Next: next.UnixNano(),
-		Rcpts: []Recipient{{Address: "b@example.net", State: StateQueued, NextAttempt: next}}}
-	data, err := marshalRecord(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := []byte(strings.Repeat("x", 100))
-	for n > 0 {
-		k := min(n, 10_000)
-		n -= k
-		err := q.db.Update(func(tx *bolt.Tx) error {
-			for range k {
-				if _, err := insert(tx, data, body, "", rec.Next); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
