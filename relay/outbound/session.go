@@ -385,6 +385,17 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		return results, nil
 	}
 
+	// refused answers a refusal of the message itself, to DATA or to the
+	// final dot: another smarthost is tried if nothing has gone for good
+	// yet; otherwise the reply is every accepted recipient's result.
+	refused := func(re *Error) ([]queue.Result, error) {
+		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
+			return nil, re
+		}
+		set(accepted, outcome(re), re.Reply())
+		return results, nil
+	}
+
 	body, err := d.Body.Open()
 	if err != nil {
 		set(accepted, queue.Temporary, status.Wrap(err, 451, 3, 0, "cannot read the queued message").Error())
@@ -398,11 +409,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 			set(accepted, queue.Temporary, ioFail(err).Error())
 			return results, nil
 		}
-		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
-			return nil, re
-		}
-		set(accepted, outcome(re), re.Reply())
-		return results, nil
+		return refused(re)
 	}
 	cn.nc.SetWriteDeadline(time.Now().Add(c.opts.DataTimeout))
 	// The content goes straight onto the connection (go-smtp's writer
@@ -433,11 +440,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 			set(accepted, queue.Temporary, ioFail(err).Error())
 			return results, nil
 		}
-		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
-			return nil, re
-		}
-		set(accepted, outcome(re), re.Reply())
-		return results, nil
+		return refused(re)
 	}
 	u.keep = true
 	set(accepted, queue.Delivered, fromText(CmdEOD, 250, resp.StatusText).Reply())
