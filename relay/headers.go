@@ -91,13 +91,11 @@ func fieldValue(msg []byte, f headerField) string {
 	return strings.TrimSpace(v)
 }
 
-// editedMessage is a message with the header rules applied, as segments of
+// editedMessage is a message with the header rules applied, as slices of
 // the original buffer and a few new bytes: no second copy of the message
 // is made, and every byte not removed is kept as it came.
 type editedMessage struct {
-	msg      []byte
-	prepend  []byte   // fields added at the top (Date:, Message-ID:)
-	keep     [][2]int // ranges of msg kept, in order
+	parts    [][]byte // the edited message, in order
 	received int      // Received: fields
 	from     []string // values of From: fields
 	sender   []string // values of Sender: fields
@@ -109,10 +107,19 @@ type editedMessage struct {
 // are removed (RFC 5322 §3.6.3: the originating system may remove them, and
 // when one copy goes to every recipient it must, or each learns who else got
 // it). msgID returns a fresh Message-ID value.
+//
+// Where splitHeader ends the header section without an empty line (at a
+// line that is not a field, or past maxHeaderFields), the empty line is
+// put there, fix or not, as Postfix's cleanup does: whatever follows is
+// body for postern, and must be for every reader after it too (a DKIM
+// signer, the receiver, the recipient's mail program), or a From: or Bcc:
+// below such a line would escape the checks above and still be read as a
+// header field.
 func editHeader(msg []byte, fix bool, now time.Time, msgID func() string) *editedMessage {
-	fields, _ := splitHeader(msg)
-	e := &editedMessage{msg: msg}
+	fields, end := splitHeader(msg)
+	e := &editedMessage{}
 	var hasDate, hasID bool
+	var kept [][]byte
 	pos := 0
 	for _, f := range fields {
 		switch strings.ToLower(f.name) {
@@ -128,16 +135,16 @@ func editHeader(msg []byte, fix bool, now time.Time, msgID func() string) *edite
 			hasID = true
 		case "bcc", "resent-bcc":
 			if fix {
-				if f.start > pos {
-					e.keep = append(e.keep, [2]int{pos, f.start})
-				}
+				kept = append(kept, msg[pos:f.start])
 				pos = f.end
 			}
 		}
 	}
-	if pos < len(msg) {
-		e.keep = append(e.keep, [2]int{pos, len(msg)})
+	kept = append(kept, msg[pos:end])
+	if rest := msg[end:]; len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) && !bytes.HasPrefix(rest, []byte("\n")) {
+		kept = append(kept, []byte("\r\n"))
 	}
+	kept = append(kept, msg[end:])
 	if fix {
 		var b bytes.Buffer
 		if !hasDate {
@@ -146,32 +153,26 @@ func editHeader(msg []byte, fix bool, now time.Time, msgID func() string) *edite
 		if !hasID {
 			b.WriteString("Message-ID: " + msgID() + "\r\n")
 		}
-		// A message with no header field at all is all body: give it the
-		// empty line that separates the new fields from it, or its first
-		// line would join their header (a line starting with a space
-		// would even continue Message-ID).
-		if len(fields) == 0 && !bytes.HasPrefix(msg, []byte("\r\n")) && !bytes.HasPrefix(msg, []byte("\n")) {
-			b.WriteString("\r\n")
-		}
-		e.prepend = b.Bytes()
+		e.parts = append(e.parts, b.Bytes())
 	}
+	e.parts = append(e.parts, kept...)
 	return e
 }
 
 // Len is the size of the edited message.
 func (e *editedMessage) Len() int {
-	n := len(e.prepend)
-	for _, r := range e.keep {
-		n += r[1] - r[0]
+	n := 0
+	for _, p := range e.parts {
+		n += len(p)
 	}
 	return n
 }
 
 // Reader returns the edited message; each call starts from the beginning.
 func (e *editedMessage) Reader() io.Reader {
-	rs := []io.Reader{bytes.NewReader(e.prepend)}
-	for _, r := range e.keep {
-		rs = append(rs, bytes.NewReader(e.msg[r[0]:r[1]]))
+	rs := make([]io.Reader, 0, len(e.parts))
+	for _, p := range e.parts {
+		rs = append(rs, bytes.NewReader(p))
 	}
 	return io.MultiReader(rs...)
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -58,9 +59,12 @@ func TestEditHeader(t *testing.T) {
 			"just a body line\r\n", date + id + "\r\njust a body line\r\n", true},
 		{"empty header",
 			"\r\nbody\r\n", date + id + "\r\nbody\r\n", true},
-		{"a Bcc after a non-field line is body",
+		{"a Bcc after a non-field line is body, and the empty line says so",
 			"Date: x\r\nMessage-ID: <1@x>\r\nnot a field\r\nBcc: a@b.test\r\n",
-			"Date: x\r\nMessage-ID: <1@x>\r\nnot a field\r\nBcc: a@b.test\r\n", true},
+			"Date: x\r\nMessage-ID: <1@x>\r\n\r\nnot a field\r\nBcc: a@b.test\r\n", true},
+		{"the same without fix",
+			"From: a@x.test\r\nnot a field\r\nFrom: ceo@x.test\r\n\r\nbody\r\n",
+			"From: a@x.test\r\n\r\nnot a field\r\nFrom: ceo@x.test\r\n\r\nbody\r\n", false},
 		{"obsolete white space before the colon",
 			"Bcc : a@b.test\r\nDate: x\r\nMessage-ID: <1@x>\r\n\r\n",
 			"Date: x\r\nMessage-ID: <1@x>\r\n\r\n", true},
@@ -203,6 +207,7 @@ func FuzzEditHeader(f *testing.F) {
 		"From: Alice <alice@example.test>\r\nSender: =?utf-8?q?x?= <alice@EXAMPLE.test>\r\n\r\n",
 		"Bcc:\r\n \r\n\r\n", "\r\n", "", "x", "Bcc: a\nDate: b\n\nc", "Received: a\r\n\tb\r\n\r\n",
 		": no name\r\n\r\n", " leading space\r\n",
+		"From: alice@example.test\r\nnot a field\r\nFrom: ceo@example.test\r\nBcc: s@x.test\r\n\r\n",
 	} {
 		f.Add([]byte(s), true)
 	}
@@ -229,27 +234,81 @@ func FuzzEditHeader(f *testing.F) {
 			}
 		}
 		out := edited(t, e)
+		// Where the header section did not end with an empty line, one is
+		// put there; nothing else is added but Date and Message-ID.
+		sep := ""
+		if rest := in[end:]; len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) && !bytes.HasPrefix(rest, []byte("\n")) {
+			sep = "\r\n"
+		}
 		if !fix {
-			if out != string(in) {
-				t.Fatalf("without fix %q became %q", in, out)
+			if want := string(in[:end]) + sep + string(in[end:]); out != want {
+				t.Fatalf("without fix %q became %q, want %q", in, out, want)
 			}
+		} else {
+			rest := strings.TrimPrefix(out, string(e.parts[0]))
+			// rest is in with whole fields removed: a subsequence made of
+			// ranges of in, and the separator.
+			if len(rest) > len(in)+len(sep) {
+				t.Fatalf("%q grew to %q", in, rest)
+			}
+			ofs, _ := splitHeader([]byte(out))
+			for _, fl := range ofs {
+				if n := strings.ToLower(fl.name); n == "bcc" || n == "resent-bcc" {
+					t.Fatalf("%q: Bcc left in %q", in, out)
+				}
+			}
+		}
+		// A reader that takes every line up to the first empty one as
+		// header (a DKIM signer, a mail program) finds exactly the From
+		// and Bcc fields the rules looked at.
+		var from, bcc int
+		for _, line := range strings.SplitAfter(out, "\n") {
+			if strings.TrimRight(line, "\r\n") == "" {
+				break
+			}
+			switch name, _ := fieldName([]byte(line)); strings.ToLower(name) {
+			case "from":
+				from++
+			case "bcc", "resent-bcc":
+				bcc++
+			}
+		}
+		if from != len(e.from) || fix && bcc > 0 {
+			t.Fatalf("%q: a reader to the empty line of %q finds %d From (the rules saw %d) and %d Bcc", in, out, from, len(e.from), bcc)
+		}
+		if !fix {
 			return
-		}
-		rest := strings.TrimPrefix(out, string(e.prepend))
-		// rest is in with whole fields removed: a subsequence made of
-		// ranges of in.
-		if len(rest) > len(in) {
-			t.Fatalf("%q grew to %q", in, rest)
-		}
-		ofs, _ := splitHeader([]byte(out))
-		for _, fl := range ofs {
-			if n := strings.ToLower(fl.name); n == "bcc" || n == "resent-bcc" {
-				t.Fatalf("%q: Bcc left in %q", in, out)
-			}
 		}
 		again := edited(t, editHeader([]byte(out), true, testNow, testMsgID))
 		if again != out {
 			t.Fatalf("not idempotent: %q then %q", out, again)
 		}
 	})
+}
+
+// TestReadHeaderSection: where the header section read from the client
+// stops, with reads small enough that long lines come in pieces: the rest
+// of a long line (even one that is just its CRLF) never counts as a new
+// line.
+func TestReadHeaderSection(t *testing.T) {
+	for _, tt := range []struct{ name, in, want string }{
+		{"empty line", "A: 1\r\nB: 2\r\n\r\nbody\r\n", "A: 1\r\nB: 2\r\n\r\n"},
+		{"continuation", "A: 1\r\n  more\r\n\r\nbody\r\n", "A: 1\r\n  more\r\n\r\n"},
+		{"a line that is not a field", "A: 1\r\nnot a field\r\nFrom: x\r\n\r\n", "A: 1\r\nnot a field\r\n"},
+		{"no header", "body\r\nmore\r\n", "body\r\n"},
+		{"a long line whose last piece is its CRLF", "X-Pad: " + strings.Repeat("p", 9) + "\r\nBcc: s@x.test\r\n\r\nbody\r\n",
+			"X-Pad: " + strings.Repeat("p", 9) + "\r\nBcc: s@x.test\r\n\r\n"},
+		{"a long line whose next piece starts like a body", "X-Pad: " + strings.Repeat("p", 9) + " x y z\r\nB: 2\r\n\r\n",
+			"X-Pad: " + strings.Repeat("p", 9) + " x y z\r\nB: 2\r\n\r\n"},
+		{"ends without an empty line", "A: 1\r\n", "A: 1\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// 16 bytes: "X-Pad: ppppppppp" fills the buffer exactly,
+			// leaving "\r\n" (or the rest of the line) as the next piece.
+			got, err := readHeaderSection(bufio.NewReaderSize(strings.NewReader(tt.in), 16))
+			if err != nil || string(got) != tt.want {
+				t.Errorf("got %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
 }

@@ -87,7 +87,7 @@ func TestReceivedHeader(t *testing.T) {
 				c.run([]step{{send: "RCPT TO:<" + r + ">", code: 250, enh: "2.0.0"}})
 			}
 			before := time.Now().Truncate(time.Second)
-			if r := c.data("x\r\n"); r.code != 250 {
+			if r := c.data("Subject: s\r\n\r\nx\r\n"); r.code != 250 {
 				t.Fatalf("DATA: %v", r)
 			}
 			after := time.Now()
@@ -98,8 +98,8 @@ func TestReceivedHeader(t *testing.T) {
 			}
 			_, bodies := q.messages()
 			got, rest := splitReceived(t, bodies[0])
-			if string(rest) != "x\r\n" {
-				t.Errorf("body after Received %q", rest)
+			if string(rest) != "Subject: s\r\n\r\nx\r\n" {
+				t.Errorf("message after Received %q", rest)
 			}
 			head, date, ok := strings.Cut(got, ";\r\n\t")
 			if !ok || head+";\r\n\t" != want {

@@ -525,6 +525,12 @@ func (s *session) dataError(err error) error {
 		return errBareNewline.With(err)
 	case errors.Is(err, errHeaderTooLarge):
 		return errHeaderSize.With(err)
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// go-smtp stops reading and closes after this reply: a
+		// permanent one, so that the client does not send the same
+		// message again and again.
+		s.closeAfterReply()
+		return errLineTooLong.With(err)
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EDQUOT):
 		return errNoSpace.With(err)
 	}
@@ -543,21 +549,38 @@ func (s *session) dataError(err error) error {
 const maxHeaderBytes = 1 << 20
 
 var (
+	// RFC 5321 §4.5.3.1.6 allows 1,000 octets a line; go-smtp reads up
+	// to 2,000. RFC 3463 X.6.0: a message content problem.
+	errLineTooLong = status.New(554, 6, 0, "Message line too long")
+
 	errHeaderTooLarge = errors.New("header section over 1 MiB")
 	// RFC 3463 §3.4 X.3.4: message too big for system.
 	errHeaderSize = status.New(552, 3, 4, "Message header section too large")
 )
 
-// readHeaderSection reads the header section and the empty line after it
-// (or the whole message, if it has no empty line and is short).
+// readHeaderSection reads the header section and the line that ends it:
+// the empty line, or the first line that is neither a field nor a
+// continuation, where splitHeader ends the section too (editHeader then puts
+// the empty line there); or the whole message, if it is short and ends
+// first. A line longer than br's buffer comes in pieces: only the first
+// piece starts a line.
 func readHeaderSection(br *bufio.Reader) ([]byte, error) {
 	var hdr []byte
+	atLineStart := true
 	for {
 		line, err := br.ReadSlice('\n')
 		hdr = append(hdr, line...)
 		if len(hdr) > maxHeaderBytes {
 			return nil, errHeaderTooLarge
 		}
+		if atLineStart && len(line) > 0 {
+			empty := string(line) == "\r\n" || string(line) == "\n"
+			_, field := fieldName(line)
+			if empty || !field && line[0] != ' ' && line[0] != '\t' {
+				return hdr, nil // the body starts here or after this line
+			}
+		}
+		atLineStart = err == nil
 		switch {
 		case err == bufio.ErrBufferFull:
 			continue // a long line: keep reading it
@@ -565,9 +588,6 @@ func readHeaderSection(br *bufio.Reader) ([]byte, error) {
 			return hdr, nil
 		case err != nil:
 			return nil, err
-		}
-		if len(line) == 2 && line[0] == '\r' || len(line) == 1 {
-			return hdr, nil // the empty line that ends the header section
 		}
 	}
 }

@@ -483,12 +483,67 @@ func TestDataNilSigner(t *testing.T) {
 		{send: "MAIL FROM:<app@example.test>", code: 250, enh: "2.0.0"},
 		{send: "RCPT TO:<bob@example.org>", code: 250, enh: "2.0.0"},
 	})
-	if r := c.data("x\r\n"); r.code != 250 {
+	if r := c.data("Subject: s\r\n\r\nx\r\n"); r.code != 250 {
 		t.Fatalf("DATA: %v", r)
 	}
 	_, bodies := q.messages()
-	if _, rest := splitReceived(t, bodies[0]); string(rest) != "x\r\n" {
-		t.Errorf("body after Received %q, want %q", rest, "x\r\n")
+	if _, rest := splitReceived(t, bodies[0]); string(rest) != "Subject: s\r\n\r\nx\r\n" {
+		t.Errorf("message after Received %q, want %q", rest, "Subject: s\r\n\r\nx\r\n")
+	}
+}
+
+// relayReadyForData starts a trusted relay listener over q and returns a
+// client that has sent MAIL and one RCPT.
+func relayReadyForData(t *testing.T, q *fakeQueue) *rawClient {
+	t.Helper()
+	addr := startServer(t, relay.Options{Kind: relay.TrustedRelay, Trusted: loopback, Queue: q})
+	c := dialRaw(t, addr, false)
+	c.run([]step{
+		{send: "EHLO client.test", code: 250},
+		{send: "MAIL FROM:<app@example.test>", code: 250, enh: "2.0.0"},
+		{send: "RCPT TO:<bob@example.org>", code: 250, enh: "2.0.0"},
+	})
+	return c
+}
+
+// TestDataLineTooLong: a line longer than go-smtp reads (2,000 octets) is
+// refused for good, 554 5.6.0, not with a 451 that has the client send the
+// same message forever; nothing is queued.
+func TestDataLineTooLong(t *testing.T) {
+	q := &fakeQueue{}
+	c := relayReadyForData(t, q)
+	r := c.data("Subject: s\r\n\r\n" + strings.Repeat("x", 3000) + "\r\n")
+	if r.code != 554 || r.enh != "5.6.0" {
+		t.Errorf("DATA with a 3,000-octet line: %v, want 554 5.6.0", r)
+	}
+	if _, bodies := q.messages(); len(bodies) != 0 {
+		t.Errorf("%d messages queued", len(bodies))
+	}
+}
+
+// TestDataHeaderBoundary: what follows a line that is neither a header
+// field nor the empty line is body, for postern and, through the empty line
+// postern puts there, for every reader after it: a message without a header
+// at all, and one that tries to hide a second From: and a Bcc: from the
+// submission checks below such a line (the second From: would be rejected,
+// the Bcc: removed, if they were header fields).
+func TestDataHeaderBoundary(t *testing.T) {
+	for _, tt := range []struct{ name, in, want string }{
+		{"no header", "x\r\n", "\r\nx\r\n"},
+		{"a line that is not a field", "From: app@example.test\r\nnot a field\r\nFrom: ceo@example.test\r\nBcc: s@x.test\r\n\r\nbody\r\n",
+			"From: app@example.test\r\n\r\nnot a field\r\nFrom: ceo@example.test\r\nBcc: s@x.test\r\n\r\nbody\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := &fakeQueue{}
+			c := relayReadyForData(t, q)
+			if r := c.data(tt.in); r.code != 250 {
+				t.Fatalf("DATA: %v", r)
+			}
+			_, bodies := q.messages()
+			if _, rest := splitReceived(t, bodies[0]); string(rest) != tt.want {
+				t.Errorf("message after Received %q, want %q", rest, tt.want)
+			}
+		})
 	}
 }
 
