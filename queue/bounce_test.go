@@ -292,6 +292,31 @@ func TestBounceRetFull(t *testing.T) {
 	}
 }
 
+// TestBounceRetFullPrefixed: a spooled message enqueued with a prefix (the
+// relay's Received field and DKIM signatures) comes back in its DSN with
+// the prefix, as it was delivered and as an inline one does.
+func TestBounceRetFullPrefixed(t *testing.T) {
+	h := newHarness(t)
+	h.fake.on("b@x.test", 1, Permanent, "550 no")
+	q := h.open()
+	const prefix = "Received: from client by postern\r\n"
+	orig := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", inlineMax/16)
+	env := &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test"}, Ret: "FULL"}
+	if _, err := q.EnqueuePrefixed(context.Background(), env, strings.NewReader(orig),
+		func() ([]byte, error) { return []byte(prefix), nil }); err != nil {
+		t.Fatal(err)
+	}
+	h.step()
+	if got := h.fake.Calls()[0].body; string(got) != prefix+orig {
+		t.Fatalf("delivered %d bytes, want the prefix and the %d of the message", len(got), len(orig))
+	}
+	_, rep := h.onlyDSN()
+	if rep.third != "message/rfc822" || string(rep.orig) != prefix+orig {
+		t.Errorf("returned original: %s, %d bytes starting %.40q (want %d starting with the prefix)",
+			rep.third, len(rep.orig), rep.orig, len(prefix+orig))
+	}
+}
+
 // TestBounceOnceAcrossRestart: the DSN is committed with the failure, so a
 // restart neither loses nor repeats it.
 func TestBounceOnceAcrossRestart(t *testing.T) {

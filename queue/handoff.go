@@ -74,15 +74,13 @@ func (q *Queue) markInflight(id uint64, jobs int) func() {
 	}
 }
 
-// handOff starts the first attempt of a committed message whose record
-// leaseNew prepared and markInflight marked: one job per recipient domain,
-// as lease makes them.
-func (q *Queue) handOff(id uint64, rec *record, body Body) {
-	due := make([]int, len(rec.Rcpts))
-	for i := range due {
-		due[i] = i
+// handOff starts the first attempt of committed message id, whose record
+// leaseNew prepared and markInflight marked for jobs: one per recipient
+// domain, made by group as lease makes them, before the id was known.
+func (q *Queue) handOff(id uint64, jobs []*job) {
+	for _, j := range jobs {
+		j.id, j.d.ID = id, formatID(id)
 	}
-	jobs := group(id, rec, due, body)
 	q.mu.Lock()
 	q.busy += len(jobs) - 1 // the ticket is one of them
 	q.mu.Unlock()
@@ -94,12 +92,12 @@ func (q *Queue) handOff(id uint64, rec *record, body Body) {
 	q.wg.Done()
 }
 
-// jobCount is how many jobs group will make of a new message: one per
-// recipient domain.
-func jobCount(rcpts []string) int {
-	seen := make(map[string]bool, 1)
-	for _, a := range rcpts {
-		seen[domainOf(a)] = true
+// allRcpts is the index of every recipient of rec: a new message is due for
+// all of them.
+func allRcpts(rec *record) []int {
+	all := make([]int, len(rec.Rcpts))
+	for i := range all {
+		all[i] = i
 	}
-	return len(seen)
+	return all
 }

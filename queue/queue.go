@@ -527,6 +527,13 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		}
 		return "", ErrClosed
 	}
+	// The jobs of a hand-off are made before the commit, so that the
+	// in-flight mark set inside it counts exactly them; their id comes
+	// with the commit.
+	var jobs []*job
+	if handOff {
+		jobs = group(0, rec, allRcpts(rec), q.body(rec, inline))
+	}
 	var n64 uint64
 	undo := func() {}
 	err = q.batch(func(tx *bolt.Tx) error {
@@ -538,7 +545,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		var err error
 		n64, err = insert(tx, data, inline, rec.Spool, rec.Next)
 		if err == nil && handOff {
-			undo = q.markInflight(n64, jobCount(env.Rcpts))
+			undo = q.markInflight(n64, len(jobs))
 		}
 		return err
 	})
@@ -553,11 +560,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 	}
 	q.count(map[State]int{StateQueued: 1})
 	if handOff {
-		var body Body = inlineBody(inline)
-		if rec.Spool != "" {
-			body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size, prefix: rec.Prefix}
-		}
-		q.handOff(n64, rec, body)
+		q.handOff(n64, jobs)
 	} else {
 		q.notify()
 	}
@@ -602,9 +605,9 @@ func (q *Queue) store(body io.Reader) (inline []byte, spool string, size int64, 
 
 // Get returns a snapshot of one message.
 func (q *Queue) Get(id string) (*Message, error) {
-	n, err := parseID(id)
+	n, err := lookup(id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+		return nil, err
 	}
 	q.dbMu.RLock()
 	defer q.dbMu.RUnlock()
@@ -613,16 +616,11 @@ func (q *Queue) Get(id string) (*Message, error) {
 	}
 	var m *Message
 	err = q.db.View(func(tx *bolt.Tx) error {
-		data := tx.Bucket(bMessages).Get(idKey(n))
-		if data == nil {
-			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		rec, err := getRecord(tx, n)
+		if err == nil {
+			m = rec.message(n)
 		}
-		rec, err := decodeRecord(data)
-		if err != nil {
-			return fmt.Errorf("queue: message %s: %w", id, err)
-		}
-		m = rec.message(n)
-		return nil
+		return err
 	})
 	return m, err
 }

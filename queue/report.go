@@ -176,20 +176,18 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		}
 		rep.Recipients = append(rep.Recipients, dr)
 	}
-	if rec.Spool != "" {
-		f, err := os.Open(filepath.Join(q.spoolDir, rec.Spool))
-		// A missing file is not taken for a deleted message: if the
-		// message was deleted meanwhile, modify finds that out when it
-		// commits; if its file is gone for another reason, a DSN without
-		// the original still beats retrying the results forever.
-		if err != nil {
-			q.log.Warn("DSN without the original: cannot open it", zap.String("id", formatID(id)), zap.Error(err))
-		} else {
-			defer f.Close()
-			rep.Original = f
-		}
+	// The original as it is delivered: a spooled one with its prefix
+	// (the Received field and DKIM signatures), as an inline one has.
+	f, err := q.body(rec, inline).Open()
+	// A missing file is not taken for a deleted message: if the message
+	// was deleted meanwhile, modify finds that out when it commits; if
+	// its file is gone for another reason, a DSN without the original
+	// still beats retrying the results forever.
+	if err != nil {
+		q.log.Warn("DSN without the original: cannot open it", zap.String("id", formatID(id)), zap.Error(err))
 	} else {
-		rep.Original = bytes.NewReader(inline)
+		defer f.Close()
+		rep.Original = f
 	}
 	body, spool, size, err := q.storeDSN(rep)
 	if err != nil && rep.Original != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -216,15 +215,14 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 			if len(due) == 0 {
 				continue // the entry was early; save moved it
 			}
-			var body Body
-			if rec.Spool != "" {
-				body = spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size, prefix: rec.Prefix}
-			} else {
-				// Copied out: bbolt's bytes are valid only inside
-				// the transaction. One copy per lease, shared by
-				// its deliveries.
-				body = inlineBody(bytes.Clone(tx.Bucket(bBodies).Get(idKey(id))))
+			// Copied out: bbolt's bytes are valid only inside the
+			// transaction. One copy per lease, shared by its
+			// deliveries.
+			var inline []byte
+			if rec.Spool == "" {
+				inline = bytes.Clone(tx.Bucket(bBodies).Get(idKey(id)))
 			}
+			body := q.body(rec, inline)
 			jobs = append(jobs, group(id, rec, due, body)...)
 			leased[id] = true
 		}

@@ -126,6 +126,16 @@ func (b inlineBody) Open() (io.ReadCloser, error) {
 
 // spoolBody is a body in a spool file, opened anew for each reader and
 // never read whole into memory.
+// body is the message of rec as a Body: inline (bytes of the bodies
+// bucket, copied out of their transaction, or the enqueue's own buffer) or
+// its spool file with rec's prefix.
+func (q *Queue) body(rec *record, inline []byte) Body {
+	if rec.Spool != "" {
+		return spoolBody{path: filepath.Join(q.spoolDir, rec.Spool), size: rec.Size, prefix: rec.Prefix}
+	}
+	return inlineBody(inline)
+}
+
 type spoolBody struct {
 	path   string
 	size   int64  // of the whole message, prefix included

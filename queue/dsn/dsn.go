@@ -206,10 +206,14 @@ func Compose(w io.Writer, r *Report) error {
 	}
 	boundary := r.Boundary
 	if boundary == "" {
+		// The host only makes a collision with another system's
+		// boundary less likely: cut to RFC 2046's 70 characters, not
+		// refused (a host name may be 253).
 		boundary = "=_" + random(12) + "/" + host
+		boundary = boundary[:min(len(boundary), 70)]
 	}
 	if !validBoundary(boundary) {
-		return fmt.Errorf("%w: %q", ErrBadBoundary, r.Boundary)
+		return fmt.Errorf("%w: %q", ErrBadBoundary, boundary)
 	}
 	date := r.Date
 	if date.IsZero() {

@@ -510,3 +510,24 @@ func FuzzCompose(f *testing.F) {
 		}
 	})
 }
+
+// TestLongReportingMTA: a host name of any valid length (up to 253
+// characters) still gets a DSN: the generated boundary is cut to RFC 2046's
+// 70 characters instead of failing every Compose.
+func TestLongReportingMTA(t *testing.T) {
+	for _, host := range []string{
+		strings.Repeat("a", 44) + ".test",
+		strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 57) + ".test",
+	} {
+		r := valid()
+		r.ReportingMTA, r.Boundary = host, ""
+		var b bytes.Buffer
+		if err := Compose(&b, r); err != nil {
+			t.Fatalf("host of %d characters: %v", len(host), err)
+		}
+		checkWire(t, b.Bytes())
+		if p := parse(t, b.Bytes()); len(p.perRcpt) != 1 {
+			t.Errorf("host of %d characters: %d recipient blocks", len(host), len(p.perRcpt))
+		}
+	}
+}
