@@ -458,8 +458,11 @@ func (c *Config) validate() Errors {
 	}
 
 	if c.Delivery.Resolver != "" {
-		if _, port, err := net.SplitHostPort(c.Delivery.Resolver); err != nil || !validPort(port) {
-			bad("delivery.resolver", "%q is not host:port (for example 127.0.0.1:53; empty uses the system resolver)", c.Delivery.Resolver)
+		// An address, not a name: finding the DNS server would need
+		// DNS, and a name that does not resolve would defer every
+		// delivery until its lifetime ran out.
+		if ap, err := netip.ParseAddrPort(c.Delivery.Resolver); err != nil || ap.Port() == 0 {
+			bad("delivery.resolver", "%q is not IP:port (for example 127.0.0.1:53 or [::1]:53; empty uses the system resolver)", c.Delivery.Resolver)
 		}
 	}
 	if c.Delivery.Port < 1 || c.Delivery.Port > 65535 {
@@ -679,7 +682,7 @@ func (c *Config) validateRouting(bad func(key, format string, args ...any)) {
 			bad(key+".name", "%q is used by another smarthost", h.Name)
 		}
 		names[h.Name] = true
-		if _, port, err := net.SplitHostPort(h.Address); err != nil || !validPort(port) {
+		if host, port, err := net.SplitHostPort(h.Address); err != nil || host == "" || !validPort(port) {
 			bad(key+".address", "%q is not host:port (for example smtp.example.net:587)", h.Address)
 		}
 		switch h.TLS {

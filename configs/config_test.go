@@ -373,6 +373,7 @@ var badCases = []string{
 	"top_level_list",
 	"top_level_scalar",
 	"several_errors",
+	"bad_resolver_and_smarthost_address",
 }
 
 func TestBadConfigs(t *testing.T) {
