@@ -532,10 +532,6 @@ func validPort(p string) bool {
 	return n >= 1 && n <= 65535
 }
 
-// ValidDomain reports whether s is a domain name or DKIM selector as the
-// config accepts them (for the CLI, which checks its flags the same way).
-func ValidDomain(s string) bool { return validHostname(s) }
-
 // validHostname checks RFC 1123 host name syntax, with '_' allowed: DKIM
 // selectors and their domains may carry it (RFC 6376 §3.1); the server's
 // own hostname is checked for '_' separately.

@@ -168,6 +168,17 @@ func LoadKeys(cfgs []KeyConfig) (keys []*Key, warnings []string, errs []error) {
 	return keys, warnings, errs
 }
 
+// CheckDomain reports why d cannot be a signing domain (d=), as LoadKeys
+// would, or nil.
+func CheckDomain(d string) error {
+	_, err := normalizeDomain(d)
+	return err
+}
+
+// CheckSelector reports why s cannot be a selector (s=), as LoadKeys would,
+// or nil.
+func CheckSelector(s string) error { return checkSelector(s) }
+
 // normalizeDomain returns the form used both for d= and for matching From
 // domains: lower case, no trailing dot. Internationalized domains must be
 // configured in their A-label (xn--) form; a From domain in U-labels

@@ -40,6 +40,8 @@ func TestBadInputAtTheCommandLine(t *testing.T) {
 		{in, []string{"queue", "hold", ""}, 2, "the message ID is empty"},
 		{nil, []string{"dkim", "keygen", "--domain", "example.test", "--selector", "bad sel"}, 2, "not a valid selector"},
 		{nil, []string{"dkim", "keygen", "--domain", "bad domain", "--selector", "s1"}, 2, "not a domain name"},
+		// LoadKeys refuses a single-label d=: no key is written for it.
+		{nil, []string{"dkim", "keygen", "--domain", "localhost", "--selector", "s1", "--out", os.DevNull}, 2, "not a fully qualified domain name"},
 		{nil, []string{"dkim", "keygen", "--domain", "example.test", "--selector", "s1", "--algorithm", "dsa"}, 2, "not rsa or ed25519"},
 		// Extra words are a mistake to point out, not to ignore.
 		{nil, []string{"version", "--verbose"}, 2, "version takes no arguments"},

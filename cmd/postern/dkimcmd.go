@@ -6,7 +6,6 @@ import (
 	"io"
 	"strings"
 
-	"postern/configs"
 	"postern/dkim"
 )
 
@@ -36,13 +35,13 @@ func cmdDKIMKeygen(args []string, stdout io.Writer) error {
 	if *domain == "" || *selector == "" {
 		return usageErr("dkim keygen needs --domain and --selector")
 	}
-	// Checked as config check will, before a key is written for a record
-	// that could never be published.
-	if !configs.ValidDomain(*domain) {
-		return usageErr("dkim keygen: --domain %q is not a domain name", *domain)
+	// Checked as loading the key will, before a key is written for a
+	// configuration that would refuse it.
+	if err := dkim.CheckDomain(*domain); err != nil {
+		return usageErr("dkim keygen: --domain %q is not a domain name to sign for: %v", *domain, err)
 	}
-	if !configs.ValidDomain(*selector) {
-		return usageErr("dkim keygen: --selector %q is not a valid selector (letters, digits, '-', '.')", *selector)
+	if err := dkim.CheckSelector(*selector); err != nil {
+		return usageErr("dkim keygen: --selector %q is not a valid selector (letters, digits, '-', '.'): %v", *selector, err)
 	}
 	if *alg != "rsa" && *alg != "ed25519" {
 		return usageErr("dkim keygen: --algorithm %q is not rsa or ed25519", *alg)
