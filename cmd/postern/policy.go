@@ -1,7 +1,6 @@
 package main
 
 import (
-	"sync"
 	"time"
 
 	"postern/auth"
@@ -9,22 +8,8 @@ import (
 	"postern/relay"
 )
 
-// policies holds the one relay.Policy of each configuration: every
-// listener of a server must get the same Policy, because its counters (the
-// connection cap, per-client and per-user limits, the AUTH throttle) are
-// counted across listeners.
-var policies sync.Map // *configs.Config -> *relay.Policy
-
-// relayPolicy returns the anti-abuse policy of cfg, the same pointer on
-// every call with the same cfg.
-func relayPolicy(cfg *configs.Config) *relay.Policy {
-	if p, ok := policies.Load(cfg); ok {
-		return p.(*relay.Policy)
-	}
-	p, _ := policies.LoadOrStore(cfg, newRelayPolicy(cfg))
-	return p.(*relay.Policy)
-}
-
+// newRelayPolicy is the anti-abuse policy of cfg; serve gives the same one
+// to every listener.
 func newRelayPolicy(cfg *configs.Config) *relay.Policy {
 	l := cfg.Limits
 	p := &relay.Policy{

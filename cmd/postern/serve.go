@@ -186,6 +186,10 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			b.l.Close()
 		}
 	}
+	// One policy for every listener: its counters (the connection cap,
+	// per-client and per-user limits, the AUTH throttle) count across
+	// listeners.
+	policy := newRelayPolicy(cfg)
 	for _, l := range []struct {
 		kind relay.Kind
 		addr string
@@ -218,7 +222,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			CommandTimeout:  cfg.Timeouts.Command.D(),
 			DataTimeout:     cfg.Timeouts.Data.D(),
 			IdleTimeout:     cfg.Timeouts.Idle.D(),
-			Policy:          relayPolicy(cfg),
+			Policy:          policy,
 		})
 		listeners = append(listeners, bound{srv, ln})
 		s.smtp = append(s.smtp, srv)
