@@ -623,9 +623,10 @@ func failAll(ctx context.Context, n int, err error, mta string) []queue.Result {
 	if ctx.Err() != nil {
 		o = queue.Temporary
 	}
+	reply := err.Error()
 	results := make([]queue.Result, n)
 	for i := range results {
-		results[i] = queue.Result{Outcome: o, Reply: err.Error(), RemoteMTA: mta}
+		results[i] = queue.Result{Outcome: o, Reply: reply, RemoteMTA: mta}
 	}
 	return results
 }

@@ -165,9 +165,6 @@ func ReadPasswordFile(path string) (string, error) {
 	return line, nil
 }
 
-// Name is the smarthost's configured name.
-func (h *Smarthost) Name() string { return h.cfg.Name }
-
 // RemoteMTA is what Result.RemoteMTA says for this smarthost: the host
 // name first, as the Remote-MTA field of a DSN wants it (RFC 3464
 // §2.3.5), then the route in a comment, so that `postern queue show` and
