@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"mime"
 	"net/mail"
 	"strings"
 	"time"
@@ -177,6 +178,16 @@ func (e *editedMessage) Reader() io.Reader {
 	return io.MultiReader(rs...)
 }
 
+// headerAddresses parses From: and Sender: with encoded words in any
+// charset: only the addresses are checked, and net/mail's default decoder
+// refuses display names in charsets it does not know (Outlook's
+// windows-1252, koi8-r...), which would refuse the user's own mail. The
+// DKIM signer reads From: the same way (dkim/sign.go); the two packages
+// share no code, so each keeps its four lines.
+var headerAddresses = mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}
+
 // Replies of the header rules.
 var (
 	// RFC 3463 §3.5 X.4.6 "Routing loop detected"; RFC 5321 §6.3 counts
@@ -211,7 +222,7 @@ func checkHeaderFrom(e *editedMessage, u *auth.User) error {
 	}
 	values := append([]string{e.from[0]}, e.sender...)
 	for _, v := range values {
-		list, err := mail.ParseAddressList(v)
+		list, err := headerAddresses.ParseList(v)
 		if err != nil || len(list) == 0 {
 			return errFromSyntax
 		}

@@ -103,6 +103,8 @@ func TestCheckHeaderFrom(t *testing.T) {
 		{"display name and case", "From: \"Alice A.\" <Alice@EXAMPLE.test>\r\n", nil},
 		{"domain pattern", "From: bob@team.example.test\r\n", nil},
 		{"encoded display name", "From: =?utf-8?q?Al=C3=AFce?= <alice@example.test>\r\n", nil},
+		{"display name in a charset net/mail does not know", "From: =?windows-1252?Q?J=F6rg?= <alice@example.test>\r\n", nil},
+		{"someone else behind such a display name", "From: =?koi8-r?B?8MXU0Q==?= <ceo@example.test>\r\n", errFromForbidden},
 		{"Sender allowed too", "From: alice@example.test\r\nSender: x@team.example.test\r\n", nil},
 		{"folded From", "From: Alice\r\n <alice@example.test>\r\n", nil},
 		{"someone else", "From: ceo@example.test\r\n", errFromForbidden},
