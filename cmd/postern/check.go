@@ -32,7 +32,7 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 	// The files the config names are checked too, unless the config could
 	// not be read as a whole (the defaults standing in for it would be
 	// checked instead) or its DKIM keys are already reported as wrong.
-	checkFiles, checkDKIM := true, true
+	checkFiles, checkDKIM, checkHost := true, true, true
 	if err != nil {
 		var errs configs.Errors
 		if !errors.As(err, &errs) || cfg == nil {
@@ -42,6 +42,7 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 			problems = append(problems, e.Error())
 			checkFiles = checkFiles && e.Key != ""
 			checkDKIM = checkDKIM && !strings.HasPrefix(e.Key, "dkim")
+			checkHost = checkHost && e.Key != "hostname"
 		}
 	}
 	var warnings []string
@@ -52,6 +53,10 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 		p, w := checkReferencedFiles(cfg)
 		problems = append(problems, p...)
 		warnings = append(warnings, w...)
+	}
+	// A hostname already reported as invalid needs no warning on top.
+	if w := hostnameWarning(cfg); checkHost && w != "" {
+		warnings = append([]string{w}, warnings...)
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(stdout, "warning:", w)
@@ -71,9 +76,6 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 // checkReferencedFiles loads what the config points at, the way serve
 // would, so that `config check` passing means `serve` starts.
 func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
-	if w := hostnameWarning(cfg); w != "" {
-		warnings = append(warnings, w)
-	}
 	if cfg.Auth.UsersFile != "" {
 		if _, err := auth.List(cfg.Auth.UsersFile); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: auth.users_file: %v", cfg.File, err))

@@ -379,6 +379,9 @@ func TestConfigCheckReportsEveryError(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("config check of a bad file: err=%v, want exit 1\n%s", err, out)
 	}
+	if strings.Contains(string(out), "warning: hostname") {
+		t.Errorf("a hostname reported as invalid is warned about too:\n%s", out)
+	}
 	for _, want := range []string{
 		path + ":1: hostname: ",
 		path + ":3: listen.submision: unknown key (did you mean listen.submission?)",
