@@ -109,3 +109,34 @@ func TestLazyWriterWaitsForAWaitedOne(t *testing.T) {
 		}
 	})
 }
+
+// TestGroupCommit: enqueues that arrive while a commit runs share the next
+// one (one fsync for all of them), and each still returns only after it.
+func TestGroupCommit(t *testing.T) {
+	h := newHarness(t)
+	q := h.open()
+	hold, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	go q.batch(func(*bolt.Tx) error { once.Do(func() { close(held) }); <-hold; return nil })
+	<-held
+	commits := commitCount(q)
+	const writers = 10
+	done := make(chan string, writers)
+	for range writers {
+		go func() { done <- h.enqueue("a@x.test", "m\r\n", "b@y.test") }()
+	}
+	select {
+	case id := <-done:
+		t.Fatalf("Enqueue returned %s while the commit before it was still running", id)
+	case <-time.After(50 * time.Millisecond): // the writers are waiting on the loop
+	}
+	close(hold)
+	for range writers {
+		<-done
+	}
+	// The held commit, then the writers': in one commit, or a few if the
+	// last ones were slow to reach the loop; never one each.
+	if n := commits(); n > 3 {
+		t.Errorf("%d writers took %d commits", writers, n)
+	}
+}

@@ -291,7 +291,7 @@ func TestCorruptFile(t *testing.T) {
 	}
 }
 
-// TestConcurrentEnqueue: many sessions at once share commits (db.Batch)
+// TestConcurrentEnqueue: many sessions at once share commits (batch)
 // and still each get a distinct, retrievable ID.
 func TestConcurrentEnqueue(t *testing.T) {
 	h := newHarness(t)

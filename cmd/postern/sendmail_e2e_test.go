@@ -372,6 +372,9 @@ func TestSendmailExitCodes(t *testing.T) {
 		{"no recipients with -t", "Subject: x\n\ny\n", []string{"-t"}, exDataErr, "no recipients"},
 		{"bad address", "Subject: x\n\ny\n", []string{"b@@example.org"}, exDataErr, "b@@example.org"},
 		{"recipient refused by the server", "Subject: x\n\ny\n", []string{"b@-bad-.example"}, exNoUser, "recipient <b@-bad-.example>: server said 5"},
+		// All or nothing: the good recipient does not get it either (the
+		// check below finds nothing accepted).
+		{"one of two recipients refused", "Subject: x\n\ny\n", []string{"good@example.org", "b@-bad-.example"}, exNoUser, "recipient <b@-bad-.example>: server said 5"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, code := run(tt.stdin, tt.args...)

@@ -349,7 +349,7 @@ func TestReuseCheckTimesOut(t *testing.T) {
 			if err != nil {
 				return
 			}
-			conns.Go(func() { fakeMX(c, n == 0) })
+			conns.Go(func() { fakeMX(c, n == 0, false) })
 		}
 	}()
 	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour})
@@ -367,8 +367,9 @@ func TestReuseCheckTimesOut(t *testing.T) {
 }
 
 // fakeMX speaks just enough SMTP for one message per connection; with
-// hang, it then reads commands and never answers them.
-func fakeMX(c net.Conn, hang bool) {
+// hang, it then reads commands and never answers them; with dropAtDot, it
+// closes the connection on the final dot instead of answering it.
+func fakeMX(c net.Conn, hang, dropAtDot bool) {
 	defer c.Close()
 	r := bufio.NewReader(c)
 	fmt.Fprintf(c, "220 fake.test ESMTP\r\n")
@@ -380,6 +381,9 @@ func fakeMX(c net.Conn, hang bool) {
 		}
 		switch cmd := strings.ToUpper(strings.TrimSpace(line)); {
 		case data:
+			if cmd == "." && dropAtDot {
+				return
+			}
 			if cmd == "." {
 				data, done = false, true
 				fmt.Fprintf(c, "250 2.0.0 ok\r\n")

@@ -297,6 +297,44 @@ func TestFailover(t *testing.T) {
 	}
 }
 
+// TestFailoverNoReplyAfterDot: once the final dot has gone out to a
+// smarthost, it may hold the message even if no reply came: the next
+// smarthost is not tried (a duplicate is worse than a delay), and the
+// recipient is deferred.
+func TestFailoverNoReplyAfterDot(t *testing.T) {
+	e := newEnv(t)
+	second := e.receiver("127.0.0.3")
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(e.port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if c, err := ln.Accept(); err == nil {
+			fakeMX(c, false, true)
+		}
+	}()
+	var f outbound.Failover
+	for _, hp := range [][2]string{{"one", "127.0.0.2"}, {"two", "127.0.0.3"}} {
+		h, err := outbound.NewSmarthost(outbound.SmarthostConfig{
+			Name: hp[0], Address: net.JoinHostPort(hp[1], strconv.Itoa(e.port)), TLS: outbound.NoTLS,
+		}, outbound.Options{Hostname: "postern.test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		f = append(f, h)
+	}
+	got := f.Deliver(context.Background(), e.delivery("example.test", "b@example.test"))
+	check(t, got, want{queue.Temporary, "", "127.0.0.2 (smarthost one)"})
+	if n := len(second.Messages()); n != 0 {
+		t.Errorf("the second smarthost got %d messages after the first may have taken it", n)
+	}
+	<-served
+}
+
 // TestFailoverAllDown: every smarthost failing leaves the recipients
 // Temporary with the last one's words.
 func TestFailoverAllDown(t *testing.T) {
