@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"errors"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -123,16 +124,24 @@ func (q *Queue) runBatch(batch []*commitReq) {
 	q.batches.Add(1)
 	failed := -1
 	err := q.db.Update(func(tx *bolt.Tx) error {
+		wrote := false
 		for i, r := range batch {
-			if err := r.fn(tx); err != nil {
+			switch err := r.fn(tx); {
+			case errors.Is(err, errUnchanged):
+			case err != nil:
 				failed = i
 				return err
+			default:
+				wrote = true
 			}
+		}
+		if !wrote {
+			return errUnchanged // roll back: no fsync for nothing
 		}
 		return nil
 	})
 	switch {
-	case err == nil:
+	case err == nil || errors.Is(err, errUnchanged):
 		for _, r := range batch {
 			r.done <- nil
 		}
@@ -146,8 +155,18 @@ func (q *Queue) runBatch(batch []*commitReq) {
 		batch[failed].done <- err
 		for i, r := range batch {
 			if i != failed {
-				r.done <- q.db.Update(r.fn)
+				err := q.db.Update(r.fn)
+				if errors.Is(err, errUnchanged) {
+					err = nil
+				}
+				r.done <- err
 			}
 		}
 	}
 }
+
+// errUnchanged, from a batch function, says it wrote nothing and has no
+// error for the others: they go on, and a batch in which every function
+// says so is rolled back instead of committed (bbolt syncs even an empty
+// commit). The caller of batch gets nil.
+var errUnchanged = errors.New("queue: nothing written")

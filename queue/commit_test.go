@@ -140,3 +140,23 @@ func TestGroupCommit(t *testing.T) {
 		t.Errorf("%d writers took %d commits", writers, n)
 	}
 }
+
+// TestNothingWrittenNothingSynced: a batch in which no function wrote (the
+// results of a message deleted meanwhile, say) is rolled back rather than
+// committed, which would write and sync a meta page for nothing; its
+// caller still gets its own answer.
+func TestNothingWrittenNothingSynced(t *testing.T) {
+	h := newHarness(t)
+	q := h.open()
+	pageWrites := func() int64 { st := q.db.Stats(); return st.TxStats.GetWrite() }
+	before := pageWrites()
+	if _, err := q.modify(999, true, t0, func(*record) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("modify of a missing message: %v, want ErrNotFound", err)
+	}
+	if err := q.batch(func(*bolt.Tx) error { return errUnchanged }); err != nil {
+		t.Fatalf("batch of a function that wrote nothing: %v, want nil", err)
+	}
+	if n := pageWrites() - before; n != 0 {
+		t.Errorf("%d pages written for batches that changed nothing", n)
+	}
+}

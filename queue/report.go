@@ -345,7 +345,7 @@ func (q *Queue) modifyOnce(id uint64, batch bool, now time.Time, change func(*re
 //
 // What stops it before anything is written (the message is gone, change
 // refuses, the plan changed) does not fail a shared transaction: the
-// function returns nil with nothing written, so the other writers in the
+// function returns errUnchanged with nothing written, so the other writers in the
 // batch commit as they are instead of being rolled back and run again one
 // by one (see batch), and the reason is returned here afterwards.
 func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*record) error, items []planItem, d *pendingDSN) (*changed, error) {
@@ -362,7 +362,7 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 	stop := func(err error) error {
 		soft = err
 		if batch {
-			return nil
+			return errUnchanged
 		}
 		return err // a transaction of its own: roll back, no fsync
 	}
