@@ -88,9 +88,11 @@ func fieldName(line []byte) (string, bool) {
 func fieldValue(msg []byte, f headerField) string {
 	raw := msg[f.start:f.end]
 	raw = raw[bytes.IndexByte(raw, ':')+1:]
-	v := strings.NewReplacer("\r\n", "", "\n", "", "\r", "").Replace(string(raw))
-	return strings.TrimSpace(v)
+	return strings.TrimSpace(unfold.Replace(string(raw)))
 }
+
+// unfold removes the line ends of a folded field.
+var unfold = strings.NewReplacer("\r\n", "", "\n", "", "\r", "")
 
 // editedMessage is a message with the header rules applied, as slices of
 // the original buffer and a few new bytes: no second copy of the message

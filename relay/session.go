@@ -121,17 +121,7 @@ func (s *session) isTLS() bool {
 	return ok
 }
 
-func (s *session) trusted() bool {
-	if !s.ip.IsValid() {
-		return false
-	}
-	for _, p := range s.srv.opts.Trusted {
-		if p.Contains(s.ip) {
-			return true
-		}
-	}
-	return false
-}
+func (s *session) trusted() bool { return inPrefixes(s.ip, s.srv.opts.Trusted) }
 
 // AuthMechanisms advertises AUTH only on submission listeners and only
 // over TLS (RFC 4954 §4: no plaintext passwords on an unprotected wire).
@@ -254,7 +244,7 @@ func (s *session) reply(err error, okCode int) error {
 		s.srv.opts.Observer.Reply(okCode)
 		return nil
 	}
-	e := status.From(err).SMTP()
+	e := status.ToSMTP(err).(*smtp.SMTPError) // the choke point
 	s.srv.opts.Observer.Reply(e.Code)
 	return e
 }
