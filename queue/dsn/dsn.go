@@ -158,7 +158,7 @@ var statusRE = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3}$`)
 // after the reply code: "550 5.1.1 ..." or "550-5.1.1 ...".
 var replyStatusRE = regexp.MustCompile(`^[245][0-9][0-9][ -]([245]\.[0-9]{1,3}\.[0-9]{1,3})(?:[ ]|$)`)
 
-// Status returns the status code Compose uses for rc.
+// status returns the status code Compose uses for rc.
 func (rc *Recipient) status() (string, error) {
 	if rc.Status != "" {
 		if !statusRE.MatchString(rc.Status) {
