@@ -8,7 +8,7 @@ import (
 
 // Deliverer makes one delivery attempt for a batch of recipients of one
 // message that share a destination domain. The queue defines this interface
-// because the queue consumes it; relay implements it for MX and smarthost
+// because the queue consumes it; relay/outbound implements it for MX and smarthost
 // delivery.
 //
 // Contract:

@@ -4,7 +4,8 @@
 // The queue stores accepted messages, decides when each recipient is next
 // tried, hands batches of recipients to a Deliverer and records what became
 // of them. It knows nothing of SMTP sessions: the session calls Enqueue and
-// answers 250 only after Enqueue returns, and relay implements Deliverer.
+// answers 250 only after Enqueue returns, and relay/outbound (or
+// relay/capture) implements Deliverer.
 //
 // # Storage layout
 //

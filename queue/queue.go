@@ -165,6 +165,15 @@ const (
 
 func (s State) pending() bool { return s == StateQueued || s == StateDeferred }
 
+// MessageStates lists the message-level states, in the order operators
+// see them listed: what Depth counts and Filter selects.
+func MessageStates() []State { return []State{StateQueued, StateDeferred, StateHeld, StateFailed} }
+
+// IsMessageState reports whether s is one of MessageStates.
+func (s State) IsMessageState() bool {
+	return s == StateQueued || s == StateDeferred || s == StateHeld || s == StateFailed
+}
+
 // Recipient is the state of one recipient of a queued message.
 type Recipient struct {
 	Address string `json:"address"`

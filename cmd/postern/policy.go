@@ -5,24 +5,24 @@ import (
 
 	"postern/auth"
 	"postern/configs"
-	"postern/relay"
+	"postern/relay/smtpd"
 )
 
 // newRelayPolicy is the anti-abuse policy of cfg; serve gives the same one
 // to every listener.
-func newRelayPolicy(cfg *configs.Config) *relay.Policy {
+func newRelayPolicy(cfg *configs.Config) *smtpd.Policy {
 	l := cfg.Limits
-	p := &relay.Policy{
+	p := &smtpd.Policy{
 		RelaySenderDomains:    cfg.Relay.AllowedSenderDomains,
 		RelayRecipientDomains: cfg.Relay.AllowedRecipientDomains,
 		FixHeaders:            true,
 		MaxReceived:           50,
 		ForbidBareNewline:     cfg.SMTP.ForbidBareNewline,
 		BareNewlineExclusions: cfg.BareNewlineExclusions(),
-		UserMessages:          relay.Rate{N: l.UserMessagesPerHour, Per: time.Hour},
-		UserRecipients:        relay.Rate{N: l.UserRecipientsPerDay, Per: 24 * time.Hour},
+		UserMessages:          smtpd.Rate{N: l.UserMessagesPerHour, Per: time.Hour},
+		UserRecipients:        smtpd.Rate{N: l.UserRecipientsPerDay, Per: 24 * time.Hour},
 		IPConnections:         l.IPMaxConnections,
-		IPConnectionRate:      relay.Rate{N: l.IPConnectionsPerMinute, Per: time.Minute},
+		IPConnectionRate:      smtpd.Rate{N: l.IPConnectionsPerMinute, Per: time.Minute},
 		LimitExempt:           cfg.TrustedPrefixes(),
 		MaxConnections:        l.MaxConnections,
 		ProxyFrom:             cfg.ProxyProtocolFrom(),
@@ -30,9 +30,9 @@ func newRelayPolicy(cfg *configs.Config) *relay.Policy {
 	for _, name := range cfg.SMTP.CheckHeaderFrom {
 		switch name {
 		case "submission":
-			p.CheckHeaderFrom = append(p.CheckHeaderFrom, relay.Submission)
+			p.CheckHeaderFrom = append(p.CheckHeaderFrom, smtpd.Submission)
 		case "submissions":
-			p.CheckHeaderFrom = append(p.CheckHeaderFrom, relay.Submissions)
+			p.CheckHeaderFrom = append(p.CheckHeaderFrom, smtpd.Submissions)
 		}
 	}
 	if l.AuthMaxFailures > 0 {

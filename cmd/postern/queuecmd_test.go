@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"postern/queue"
-	"postern/queue/admin"
+	"postern/relay/httpapi"
 )
 
 // queueListJSON is what GET /api/queue returns for three messages: one
@@ -372,7 +372,7 @@ func TestQueueCommandsAgainstRealAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(admin.NewHandler(admin.Options{Queue: q, Token: "tok3n"}))
+	srv := httptest.NewServer(httpapi.NewHandler(httpapi.Options{Queue: q, Token: "tok3n"}))
 	defer srv.Close()
 	cfg := queueEnv(t, strings.TrimPrefix(srv.URL, "http://"), "tok3n")
 

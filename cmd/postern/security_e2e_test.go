@@ -396,7 +396,7 @@ func TestHeaderRulesE2E(t *testing.T) {
 var secPayloads = []struct {
 	name, wire string
 	// swallowed: go-smtp's reader drops ".<CR>" at a line start when no
-	// LF follows, so postern never sees that CR (see relay/newline.go);
+	// LF follows, so postern never sees that CR (see relay/smtpd/newline.go);
 	// the message is accepted without it and is still one message.
 	swallowed bool
 }{

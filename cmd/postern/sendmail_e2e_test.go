@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"postern/queue"
-	"postern/queue/admin"
+	"postern/relay/httpapi"
 )
 
 func TestParseSendmailArgs(t *testing.T) {
@@ -443,7 +443,7 @@ func TestMailq(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(admin.NewHandler(admin.Options{Queue: q}))
+	srv := httptest.NewServer(httpapi.NewHandler(httpapi.Options{Queue: q}))
 	defer srv.Close()
 	in := newInstance(t, testConfig{Relay: freeAddr(t), Admin: strings.TrimPrefix(srv.URL, "http://"), Resolver: "127.0.0.1:53", DeliveryPort: 25})
 

@@ -23,8 +23,10 @@ import (
 	"postern/configs"
 	"postern/dkim"
 	"postern/queue"
-	"postern/queue/admin"
-	"postern/relay"
+	"postern/relay/certs"
+	"postern/relay/httpapi"
+	"postern/relay/metrics"
+	"postern/relay/smtpd"
 )
 
 func cmdServe(args []string, stderr io.Writer) error {
@@ -94,16 +96,16 @@ func startCPUProfile(path string) (stop func(), err error) {
 type server struct {
 	cfg    *configs.Config
 	log    *zap.Logger
-	certs  *relay.Certs
+	certs  *certs.Store
 	users  *auth.Store
 	signer atomic.Pointer[dkim.Signer]
 	queue  *queue.Queue
 	// deliverer keeps idle connections to MX hosts and smarthosts; it is
 	// closed after the queue, when no attempt can use it any more.
 	deliverer queue.Deliverer
-	smtp      []*relay.Server
+	smtp      []*smtpd.Server
 	admin     *http.Server
-	metrics   *admin.Metrics
+	metrics   *metrics.Metrics
 	// ready is true between start-up and the beginning of shutdown
 	// (/readyz).
 	ready atomic.Bool
@@ -122,7 +124,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		log.Warn(w)
 	}
 	var err error
-	s.certs, err = relay.LoadCerts(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.DataDir, cfg.Hostname)
+	s.certs, err = certs.Load(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.DataDir, cfg.Hostname)
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
@@ -146,7 +148,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	s.metrics = admin.NewMetrics()
+	s.metrics = metrics.NewMetrics()
 
 	mx, err := newDeliverer(cfg, log)
 	if err != nil {
@@ -177,7 +179,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	// Bind every listener before serving any, so a port in use is a clean
 	// start-up error rather than a half-running server.
 	type bound struct {
-		srv *relay.Server
+		srv *smtpd.Server
 		l   net.Listener
 	}
 	var listeners []bound
@@ -191,12 +193,12 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	// listeners.
 	policy := newRelayPolicy(cfg)
 	for _, l := range []struct {
-		kind relay.Kind
+		kind smtpd.Kind
 		addr string
 	}{
-		{relay.Submission, cfg.Listen.Submission},
-		{relay.Submissions, cfg.Listen.Submissions},
-		{relay.TrustedRelay, cfg.Listen.Relay},
+		{smtpd.Submission, cfg.Listen.Submission},
+		{smtpd.Submissions, cfg.Listen.Submissions},
+		{smtpd.TrustedRelay, cfg.Listen.Relay},
 	} {
 		if l.addr == "" {
 			continue
@@ -207,7 +209,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			s.queue.Close(context.Background())
 			return fmt.Errorf("listen.%s: %w", l.kind, err)
 		}
-		srv := relay.NewServer(relay.Options{
+		srv := smtpd.NewServer(smtpd.Options{
 			Kind:            l.kind,
 			Hostname:        cfg.Hostname,
 			TLS:             s.certs.Config(),
@@ -237,8 +239,8 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			return fmt.Errorf("listen.admin: %w", err)
 		}
 		s.admin = &http.Server{
-			Handler: admin.NewHandler(admin.Options{
-				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics, Logger: log,
+			Handler: httpapi.NewHandler(httpapi.Options{
+				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			WriteTimeout:      30 * time.Second,
@@ -355,7 +357,7 @@ func dkimKeyConfigs(cfg *configs.Config) []dkim.KeyConfig {
 	return out
 }
 
-func (s *server) currentSigner() relay.Signer {
+func (s *server) currentSigner() smtpd.Signer {
 	if sg := s.signer.Load(); sg != nil {
 		return sg
 	}
@@ -364,7 +366,7 @@ func (s *server) currentSigner() relay.Signer {
 
 // authenticator returns the users store as the session's interface, or nil
 // when no users file is configured (only the relay listener runs then).
-func (s *server) authenticator() relay.Authenticator {
+func (s *server) authenticator() smtpd.Authenticator {
 	if s.users == nil {
 		return nil
 	}

@@ -1,0 +1,24 @@
+// Package relay holds no code. It is the parent of postern's network rooms,
+// and this comment says how they fit together.
+//
+//	relay/smtpd      the inbound SMTP server: listeners, sessions, header
+//	                 rules; it hands each message to the queue
+//	relay/outbound   delivery: MX hosts, smarthosts and the routes between
+//	                 them; implements queue.Deliverer
+//	relay/capture    the other deliverer: a Maildir instead of the network
+//	relay/httpapi    the daemon's HTTP surface: admin API, probes, metrics
+//	relay/metrics    Prometheus metrics; implements the observers that the
+//	                 queue and smtpd define
+//	relay/certs      the listeners' TLS certificate
+//	relay/status     the one SMTP status type (reply code, enhanced code,
+//	                 client-safe text, cause), shared by both SMTP sides
+//	relay/relaytest  real in-process DNS and SMTP peers for tests
+//
+// Mail flows one way: smtpd → queue.Enqueue → the queue's scheduler →
+// queue.Deliverer (outbound or capture) → typed results (queue.Result,
+// with the remote's reply as queue/reply values) back into the queue
+// record, the bounces and the logs. No room imports another room of
+// relay except relay/status (and relay/metrics may name smtpd's observer in
+// tests); the queue imports nothing under relay. cmd/postern wires the
+// rooms together. layout_test.go checks these rules.
+package relay

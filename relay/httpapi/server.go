@@ -1,0 +1,164 @@
+package httpapi
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"go.uber.org/zap"
+)
+
+// Options configure NewHandler. Only Queue is required.
+type Options struct {
+	// Queue serves the /api/queue endpoints.
+	Queue Queue
+	// Token, if not empty, is the bearer token every /api/ request must
+	// present. "" serves the API to anyone who can connect: keep the
+	// listener on loopback then.
+	Token string
+	// Ready reports whether postern is ready to serve (for /readyz); a
+	// non-nil error is the reason it is not. nil means always ready.
+	Ready func() error
+	// Metrics is served on /metrics (relay/metrics' Handler); nil answers
+	// 404 there.
+	Metrics http.Handler
+	// Logger receives one line per mutating action and per refused
+	// token; nil discards them.
+	Logger *zap.Logger
+}
+
+type handler struct {
+	q     Queue
+	token *[sha256.Size]byte // nil: no token required
+	ready func() error
+	m     http.Handler
+	log   *zap.Logger
+}
+
+// NewHandler returns the handler of the daemon's HTTP listener: each group
+// of endpoints (the admin API, the probes, the metrics) mounted on one mux,
+// each with the authentication it needs. It panics if opts.Queue is nil:
+// that is a wiring mistake to catch at startup.
+func NewHandler(opts Options) http.Handler {
+	if opts.Queue == nil {
+		panic("httpapi: NewHandler without Options.Queue")
+	}
+	h := &handler{q: opts.Queue, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
+	if opts.Token != "" {
+		sum := sha256.Sum256([]byte(opts.Token))
+		h.token = &sum
+	}
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+
+	// Patterns carry no method: each handler checks it (methods), so that
+	// a wrong method gets a JSON 405 like every other error (ServeMux's
+	// own 405 is plain text).
+	mux := http.NewServeMux()
+	mux.Handle("/api/", h.authenticate(h.queueAPI()))
+	mux.Handle("/healthz", methods(healthz, http.MethodGet, http.MethodHead))
+	mux.Handle("/readyz", methods(h.readyz, http.MethodGet, http.MethodHead))
+	if h.m != nil {
+		mux.Handle("/metrics", methods(h.m.ServeHTTP, http.MethodGet, http.MethodHead))
+	}
+	mux.HandleFunc("/", notFound)
+	return mux
+}
+
+// methods lets only the given methods through to f.
+func methods(f http.HandlerFunc, allowed ...string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, m := range allowed {
+			if r.Method == m {
+				f(w, r)
+				return
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed; use %s", r.Method, strings.Join(allowed, " or ")))
+	})
+}
+
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+}
+
+// authenticate requires the bearer token, if one is configured.
+func (h *handler) authenticate(next http.Handler) http.Handler {
+	if h.token == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := bearer(r)
+		// Comparing digests keeps the time independent of where the
+		// strings differ and of the token's length.
+		sum := sha256.Sum256([]byte(got))
+		if ok && subtle.ConstantTimeCompare(sum[:], h.token[:]) == 1 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		msg, challenge := "missing bearer token", `Bearer realm="postern"`
+		if ok {
+			// RFC 6750 §3.1.
+			msg, challenge = "wrong bearer token", `Bearer realm="postern", error="invalid_token"`
+		}
+		h.log.Warn("admin: request refused", zap.String("remote", r.RemoteAddr),
+			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("reason", msg))
+		w.Header().Set("WWW-Authenticate", challenge)
+		writeError(w, http.StatusUnauthorized, msg)
+	})
+}
+
+// bearer extracts the token of an "Authorization: Bearer ..." header. The
+// scheme is case-insensitive (RFC 9110 §11.1).
+func bearer(r *http.Request) (string, bool) {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(token), true
+}
+
+func healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, "ok\n")
+}
+
+func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if h.ready != nil {
+		if err := h.ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "not ready: "+err.Error()+"\n")
+			return
+		}
+	}
+	io.WriteString(w, "ready\n")
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, struct {
+		Error string `json:"error"`
+	}{msg})
+}
+
+// writeJSON encodes v before writing the status, so that an encoding
+// failure can still become a 500.
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+		code = http.StatusInternalServerError
+		buf.Reset()
+		json.NewEncoder(&buf).Encode(map[string]string{"error": "encoding the reply: " + err.Error()})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	w.Write(buf.Bytes())
+}

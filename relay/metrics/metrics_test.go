@@ -1,0 +1,182 @@
+package metrics
+
+import (
+	"bytes"
+	"net/http/httptest"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"postern/queue"
+	"postern/relay/smtpd"
+)
+
+// Metrics is also what the SMTP listeners report to. The check lives in a
+// test so that this package does not import relay/smtpd (and go-smtp) for
+// it.
+var _ smtpd.Observer = (*Metrics)(nil)
+
+// scrape fetches the exposition through Handler and parses it, as
+// Prometheus would.
+func scrape(t *testing.T, m *Metrics) (map[string]*dto.MetricFamily, []byte) {
+	t.Helper()
+	h := m.Handler()
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "/metrics", nil)
+	r.Header.Set("Accept", "text/plain")
+	h.ServeHTTP(w, r)
+	if w.Code != 200 {
+		t.Fatalf("GET /metrics: %d %s", w.Code, w.Body)
+	}
+	body := w.Body.Bytes()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse exposition: %v\n%s", err, body)
+	}
+	return fams, body
+}
+
+// value returns the value of the series of fam whose labels are exactly
+// labels ("k=v,k=v", "" for none); ok is false if there is none.
+func value(fams map[string]*dto.MetricFamily, fam, labels string) (v float64, ok bool) {
+	f := fams[fam]
+	if f == nil {
+		return 0, false
+	}
+	for _, m := range f.GetMetric() {
+		var ls []string
+		for _, l := range m.GetLabel() {
+			ls = append(ls, l.GetName()+"="+l.GetValue())
+		}
+		sort.Strings(ls)
+		if strings.Join(ls, ",") != labels {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+func TestMetrics(t *testing.T) {
+	m := NewMetrics()
+	m.Delivered(3)
+	m.Delivered(1)
+	m.Deferred(2)
+	m.Failed(1)
+	m.Failed(-1) // ignored, not a panic
+	m.Bounced()
+	m.AttemptDuration(120 * time.Millisecond)
+	m.AttemptDuration(3 * time.Second)
+	m.Accepted("submission", 2048)
+	m.Accepted("submission", 1000)
+	m.Accepted("relay", 10)
+	m.Reply(250)
+	m.Reply(250)
+	m.Reply(535)
+	m.Reply(99) // not an SMTP code
+	m.AuthFailure()
+	// No queued message left; an unknown state is reported as it is.
+	m.WatchQueue(fakeDepth{queue.StateDeferred: 1, queue.StateHeld: 1, queue.StateFailed: 1})
+
+	fams, body := scrape(t, m)
+	for _, tc := range []struct {
+		fam, labels string
+		want        float64
+	}{
+		{"postern_messages_delivered_total", "", 4},
+		{"postern_messages_deferred_total", "", 2},
+		{"postern_recipients_failed_total", "", 1},
+		{"postern_messages_bounced_total", "", 1},
+		{"postern_delivery_attempt_duration_seconds", "", 2},
+		{"postern_messages_accepted_total", "listener=submission", 2},
+		{"postern_messages_accepted_total", "listener=relay", 1},
+		{"postern_messages_accepted_bytes_total", "listener=submission", 3048},
+		{"postern_smtp_replies_total", "code=250", 2},
+		{"postern_smtp_replies_total", "code=535", 1},
+		{"postern_smtp_replies_total", "code=other", 1},
+		{"postern_auth_failures_total", "", 1},
+		{"postern_queue_depth", "state=queued", 0}, // present at zero
+		{"postern_queue_depth", "state=deferred", 1},
+		{"postern_queue_depth", "state=held", 1},
+		{"postern_queue_depth", "state=failed", 1},
+	} {
+		got, ok := value(fams, tc.fam, tc.labels)
+		if !ok {
+			t.Errorf("%s{%s}: no such series", tc.fam, tc.labels)
+		} else if got != tc.want {
+			t.Errorf("%s{%s} = %v, want %v", tc.fam, tc.labels, got, tc.want)
+		}
+	}
+	if fams["go_goroutines"] == nil {
+		t.Error("go_goroutines missing: Go collector not registered")
+	}
+	// The process collector reads /proc, so it is empty elsewhere.
+	if runtime.GOOS == "linux" && fams["process_start_time_seconds"] == nil {
+		t.Error("process_start_time_seconds missing: process collector not registered")
+	}
+
+	// promlint checks names, units and help texts against Prometheus'
+	// conventions.
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "postern_") {
+			t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+		}
+	}
+}
+
+func TestMetricsDepthBeforeWatch(t *testing.T) {
+	fams, _ := scrape(t, NewMetrics())
+	if fams["postern_queue_depth"] != nil {
+		t.Error("postern_queue_depth has series before WatchQueue")
+	}
+}
+
+// TestMetricsNil checks that a nil *Metrics records nothing and does not
+// panic, so components can run without metrics.
+func TestMetricsNil(t *testing.T) {
+	var m *Metrics
+	m.Delivered(1)
+	m.Deferred(1)
+	m.Failed(1)
+	m.Bounced()
+	m.AttemptDuration(time.Second)
+	m.Accepted("relay", 1)
+	m.Reply(250)
+	m.AuthFailure()
+	m.WatchQueue(fakeDepth{})
+}
+
+// TestMetricsIndependent checks that each Metrics has its own registry:
+// two in one process (as in tests) neither conflict nor share counts.
+func TestMetricsIndependent(t *testing.T) {
+	a, b := NewMetrics(), NewMetrics()
+	a.AuthFailure()
+	fams, _ := scrape(t, b)
+	if v, _ := value(fams, "postern_auth_failures_total", ""); v != 0 {
+		t.Errorf("b counted a's failure: %v", v)
+	}
+}
+
+// fakeDepth is a queue's Depth, fixed.
+type fakeDepth map[queue.State]int
+
+func (f fakeDepth) Depth() map[queue.State]int { return f }

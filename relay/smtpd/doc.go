@@ -1,0 +1,22 @@
+// Package smtpd is postern's inbound SMTP server: the submission (587,
+// STARTTLS), submissions (465, implicit TLS) and trusted-relay listeners,
+// built on go-smtp's server.
+//
+// A session checks who the client is (AUTH over TLS, or a trusted
+// network), what it may send as, reads the message, applies the header
+// rules, adds the Received header, signs it (DKIM) and hands it to the
+// queue. The queue answers only once the message is synced to disk; only
+// then does the client get 250. Every reply the session decides passes
+// through relay/status, the one place where errors become SMTP replies.
+//
+// Files: server.go (listeners, options and the interfaces this package
+// consumes: Enqueuer, Authenticator, Signer, Observer), listener.go (the
+// connection wrapper: limits, PROXY protocol, time limits), session.go (the
+// SMTP dialogue), headers.go (header rules), newline.go and crlf.go (line
+// ends), address.go (address syntax), policy.go (limits and relay rules).
+//
+// It may import auth, queue (the envelope it fills in) and relay/status. It
+// must not import delivery (relay/outbound, relay/capture), the HTTP
+// surface (relay/httpapi) or net/http: the daemon wires those together in
+// cmd/postern.
+package smtpd

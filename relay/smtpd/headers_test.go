@@ -1,0 +1,316 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"postern/auth"
+)
+
+var testNow = time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+
+func testMsgID() string { return "<fixed@postern.test>" }
+
+func edited(t *testing.T, e *editedMessage) string {
+	t.Helper()
+	b, err := io.ReadAll(e.Reader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != e.Len() {
+		t.Errorf("Len() = %d, Reader gives %d bytes", e.Len(), len(b))
+	}
+	return string(b)
+}
+
+func TestEditHeader(t *testing.T) {
+	const date = "Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
+	const id = "Message-ID: <fixed@postern.test>\r\n"
+	tests := []struct {
+		name, in, want string
+		fix            bool
+	}{
+		{"complete message is untouched",
+			"From: a@x.test\r\nDate: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n",
+			"From: a@x.test\r\nDate: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n", true},
+		{"missing Date and Message-ID are added at the top",
+			"From: a@x.test\r\nSubject: s\r\n\r\nbody\r\n",
+			date + id + "From: a@x.test\r\nSubject: s\r\n\r\nbody\r\n", true},
+		{"missing Message-ID only",
+			"date: x\r\n\r\nb\r\n", id + "date: x\r\n\r\nb\r\n", true},
+		{"Bcc is removed, folded lines included, the rest byte for byte",
+			"From:  a@x.test \r\nBcc: secret@y.test,\r\n\tother@y.test\r\nDate: x\r\nMessage-ID: <1@x>\r\nX-Odd:\tkeep  me\r\n\r\nBcc: in the body stays\r\n",
+			"From:  a@x.test \r\nDate: x\r\nMessage-ID: <1@x>\r\nX-Odd:\tkeep  me\r\n\r\nBcc: in the body stays\r\n", true},
+		{"Resent-Bcc and odd case BCC are removed",
+			"BCC: a@b.test\r\nResent-Bcc: c@d.test\r\nDate: x\r\nMessage-ID: <1@x>\r\n\r\n",
+			"Date: x\r\nMessage-ID: <1@x>\r\n\r\n", true},
+		{"Bcc as the last field before the body",
+			"Date: x\r\nMessage-ID: <1@x>\r\nBcc: a@b.test\r\n\r\nbody\r\n",
+			"Date: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n", true},
+		{"without fix nothing changes",
+			"Bcc: a@b.test\r\n\r\nbody\r\n", "Bcc: a@b.test\r\n\r\nbody\r\n", false},
+		{"no header at all",
+			"just a body line\r\n", date + id + "\r\njust a body line\r\n", true},
+		{"empty header",
+			"\r\nbody\r\n", date + id + "\r\nbody\r\n", true},
+		{"a Bcc after a non-field line is body, and the empty line says so",
+			"Date: x\r\nMessage-ID: <1@x>\r\nnot a field\r\nBcc: a@b.test\r\n",
+			"Date: x\r\nMessage-ID: <1@x>\r\n\r\nnot a field\r\nBcc: a@b.test\r\n", true},
+		{"the same without fix",
+			"From: a@x.test\r\nnot a field\r\nFrom: ceo@x.test\r\n\r\nbody\r\n",
+			"From: a@x.test\r\n\r\nnot a field\r\nFrom: ceo@x.test\r\n\r\nbody\r\n", false},
+		{"obsolete white space before the colon",
+			"Bcc : a@b.test\r\nDate: x\r\nMessage-ID: <1@x>\r\n\r\n",
+			"Date: x\r\nMessage-ID: <1@x>\r\n\r\n", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := editHeader([]byte(tt.in), tt.fix, testNow, testMsgID)
+			if got := edited(t, e); got != tt.want {
+				t.Errorf("got\n%q\nwant\n%q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestEditHeaderCounts(t *testing.T) {
+	msg := strings.Repeat("Received: from a\r\n\tby b; x\r\n", 51) +
+		"From: \"A\" <a@x.test>\r\nSender: s@x.test\r\n\r\nReceived: in the body\r\n"
+	e := editHeader([]byte(msg), true, testNow, testMsgID)
+	if e.received != 51 {
+		t.Errorf("received = %d, want 51", e.received)
+	}
+	if len(e.from) != 1 || e.from[0] != `"A" <a@x.test>` || len(e.sender) != 1 || e.sender[0] != "s@x.test" {
+		t.Errorf("from %q sender %q", e.from, e.sender)
+	}
+}
+
+// TestCheckHeaderFrom: a valid baseline, one change per case.
+func TestCheckHeaderFrom(t *testing.T) {
+	u := auth.NewUser("alice", []auth.Pattern{auth.MustParsePattern("alice@example.test"), auth.MustParsePattern("@team.example.test")})
+	tests := []struct {
+		name   string
+		header string
+		want   error
+	}{
+		{"own address", "From: alice@example.test\r\n", nil},
+		{"display name and case", "From: \"Alice A.\" <Alice@EXAMPLE.test>\r\n", nil},
+		{"domain pattern", "From: bob@team.example.test\r\n", nil},
+		{"encoded display name", "From: =?utf-8?q?Al=C3=AFce?= <alice@example.test>\r\n", nil},
+		{"display name in a charset net/mail does not know", "From: =?windows-1252?Q?J=F6rg?= <alice@example.test>\r\n", nil},
+		{"someone else behind such a display name", "From: =?koi8-r?B?8MXU0Q==?= <ceo@example.test>\r\n", errFromForbidden},
+		{"Sender allowed too", "From: alice@example.test\r\nSender: x@team.example.test\r\n", nil},
+		{"folded From", "From: Alice\r\n <alice@example.test>\r\n", nil},
+		{"someone else", "From: ceo@example.test\r\n", errFromForbidden},
+		{"one of two is someone else", "From: alice@example.test, ceo@example.test\r\n", errFromForbidden},
+		{"Sender is someone else", "From: alice@example.test\r\nSender: ceo@example.test\r\n", errFromForbidden},
+		{"display name that looks like an address", "From: \"alice@example.test\" <ceo@example.test>\r\n", errFromForbidden},
+		{"no From", "Subject: x\r\n", errNoFrom},
+		{"two From fields", "From: alice@example.test\r\nFrom: alice@example.test\r\n", errManyFrom},
+		{"two Sender fields", "From: alice@example.test\r\nSender: alice@example.test\r\nSender: alice@example.test\r\n", errManySender},
+		{"quoted local part with @", "From: \"ceo@evil.test\"@example.test\r\n", errFromSyntax},
+		{"address literal", "From: alice@[192.0.2.1]\r\n", errFromSyntax},
+		{"garbage", "From: <<<\r\n", errFromSyntax},
+		{"empty", "From: \r\n", errFromSyntax},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := editHeader([]byte(tt.header+"\r\nbody\r\n"), true, testNow, testMsgID)
+			if err := checkHeaderFrom(e, u); !errors.Is(err, tt.want) {
+				t.Errorf("checkHeaderFrom = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+// The smuggling payloads of CVE-2023-51764 and its kin, as the session
+// sees them (after go-smtp's DATA reader).
+var smugglingPayloads = map[string]string{
+	"<LF>.<LF>":          "\n.\n",
+	"<CR>.<CR>":          "\r.\r",
+	"<CR><LF>.<LF>":      "\r\n.\n",
+	"<LF>.<CR><LF>":      "\n.\r\n",
+	"<CR>.<CR><LF>":      "\r.\r\n",
+	"<CR><LF>.<CR>X":     "\r\n.\rX",
+	"<LF>.<CR>":          "\n.\r",
+	"<CR>.<LF>":          "\r.\n",
+	"bare LF":            "\n",
+	"bare CR":            "\r",
+	"CR at the end":      "\r",
+	"<CR><CR><LF>":       "\r\r\n",
+	"<LF><CR>":           "\n\r",
+	"<CR><LF>.<NUL><LF>": "\r\n.\x00\n",
+}
+
+func TestBareNewlineGuard(t *testing.T) {
+	for name, p := range smugglingPayloads {
+		t.Run(name, func(t *testing.T) {
+			in := "Subject: x\r\n\r\nbefore" + p + "MAIL FROM:<evil@x.test>\r\n"
+			_, err := io.ReadAll(&bareNewlineGuard{r: strings.NewReader(in)})
+			if !errors.Is(err, errBareFound) {
+				t.Errorf("%q: err = %v, want errBareFound", in, err)
+			}
+			// One byte at a time: the state crosses reads.
+			_, err = io.ReadAll(&bareNewlineGuard{r: iotest.OneByteReader(strings.NewReader(in))})
+			if !errors.Is(err, errBareFound) {
+				t.Errorf("%q one byte at a time: err = %v", in, err)
+			}
+		})
+	}
+	clean := "a\r\nb\r\n\r\n..\r\n"
+	got, err := io.ReadAll(&bareNewlineGuard{r: iotest.OneByteReader(strings.NewReader(clean))})
+	if err != nil || string(got) != clean {
+		t.Errorf("clean input: %q, %v", got, err)
+	}
+}
+
+// hasBare is the specification of bareNewlineGuard, written plainly.
+func hasBare(b []byte) bool {
+	s := bytes.ReplaceAll(b, []byte("\r\n"), nil)
+	return bytes.ContainsAny(s, "\r\n")
+}
+
+func FuzzBareNewlineGuard(f *testing.F) {
+	for _, p := range smugglingPayloads {
+		f.Add([]byte("x" + p + "y"))
+	}
+	f.Add([]byte("a\r\nb\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got, err := io.ReadAll(&bareNewlineGuard{r: iotest.HalfReader(bytes.NewReader(in))})
+		if hasBare(in) != (err != nil) {
+			t.Fatalf("%q: err = %v, want bare = %v", in, err, hasBare(in))
+		}
+		if err == nil && !bytes.Equal(got, in) {
+			t.Fatalf("%q passed as %q", in, got)
+		}
+		// What passed before the error is clean, but for a last CR whose
+		// fate the next byte decided.
+		if err != nil && (hasBare(bytes.TrimSuffix(got, []byte("\r"))) || !bytes.HasPrefix(in, got)) {
+			t.Fatalf("%q: passed %q before the error", in, got)
+		}
+	})
+}
+
+var fuzzUser = auth.NewUser("alice", []auth.Pattern{auth.MustParsePattern("alice@example.test")})
+
+// FuzzEditHeader checks the header rules on any input: the output is the
+// input with only Bcc fields taken out and at most Date and Message-ID
+// put on top; it has no Bcc field left; and applying the rules again
+// changes nothing.
+func FuzzEditHeader(f *testing.F) {
+	for _, s := range []string{
+		"From: a@b.test\r\nBcc: x@y.test\r\n\r\nbody\r\n",
+		"From: Alice <alice@example.test>\r\nSender: =?utf-8?q?x?= <alice@EXAMPLE.test>\r\n\r\n",
+		"Bcc:\r\n \r\n\r\n", "\r\n", "", "x", "Bcc: a\nDate: b\n\nc", "Received: a\r\n\tb\r\n\r\n",
+		": no name\r\n\r\n", " leading space\r\n",
+		"From: alice@example.test\r\nnot a field\r\nFrom: ceo@example.test\r\nBcc: s@x.test\r\n\r\n",
+	} {
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, in []byte, fix bool) {
+		fields, end := splitHeader(in)
+		pos := 0
+		for _, fl := range fields {
+			if fl.start != pos || fl.end <= fl.start || fl.end > len(in) || fl.name == "" {
+				t.Fatalf("%q: bad field %+v after %d", in, fl, pos)
+			}
+			pos = fl.end
+		}
+		if end != pos {
+			t.Fatalf("%q: header ends at %d, fields at %d", in, end, pos)
+		}
+		e := editHeader(in, fix, testNow, testMsgID)
+		// The From check takes any header without panicking, and passes
+		// only addresses the envelope rules would.
+		if checkHeaderFrom(e, fuzzUser) == nil {
+			for _, v := range append(e.from, e.sender...) {
+				if !strings.Contains(strings.ToLower(v), "@example.test") {
+					t.Fatalf("From %q Sender %q passed for alice@example.test", e.from, e.sender)
+				}
+			}
+		}
+		out := edited(t, e)
+		// Where the header section did not end with an empty line, one is
+		// put there; nothing else is added but Date and Message-ID.
+		sep := ""
+		if rest := in[end:]; len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) && !bytes.HasPrefix(rest, []byte("\n")) {
+			sep = "\r\n"
+		}
+		if !fix {
+			if want := string(in[:end]) + sep + string(in[end:]); out != want {
+				t.Fatalf("without fix %q became %q, want %q", in, out, want)
+			}
+		} else {
+			rest := strings.TrimPrefix(out, string(e.parts[0]))
+			// rest is in with whole fields removed: a subsequence made of
+			// ranges of in, and the separator.
+			if len(rest) > len(in)+len(sep) {
+				t.Fatalf("%q grew to %q", in, rest)
+			}
+			ofs, _ := splitHeader([]byte(out))
+			for _, fl := range ofs {
+				if n := strings.ToLower(fl.name); n == "bcc" || n == "resent-bcc" {
+					t.Fatalf("%q: Bcc left in %q", in, out)
+				}
+			}
+		}
+		// A reader that takes every line up to the first empty one as
+		// header (a DKIM signer, a mail program) finds exactly the From
+		// and Bcc fields the rules looked at.
+		var from, bcc int
+		for _, line := range strings.SplitAfter(out, "\n") {
+			if strings.TrimRight(line, "\r\n") == "" {
+				break
+			}
+			switch name, _ := fieldName([]byte(line)); strings.ToLower(name) {
+			case "from":
+				from++
+			case "bcc", "resent-bcc":
+				bcc++
+			}
+		}
+		if from != len(e.from) || fix && bcc > 0 {
+			t.Fatalf("%q: a reader to the empty line of %q finds %d From (the rules saw %d) and %d Bcc", in, out, from, len(e.from), bcc)
+		}
+		if !fix {
+			return
+		}
+		again := edited(t, editHeader([]byte(out), true, testNow, testMsgID))
+		if again != out {
+			t.Fatalf("not idempotent: %q then %q", out, again)
+		}
+	})
+}
+
+// TestReadHeaderSection: where the header section read from the client
+// stops, with reads small enough that long lines come in pieces: the rest
+// of a long line (even one that is just its CRLF) never counts as a new
+// line.
+func TestReadHeaderSection(t *testing.T) {
+	for _, tt := range []struct{ name, in, want string }{
+		{"empty line", "A: 1\r\nB: 2\r\n\r\nbody\r\n", "A: 1\r\nB: 2\r\n\r\n"},
+		{"continuation", "A: 1\r\n  more\r\n\r\nbody\r\n", "A: 1\r\n  more\r\n\r\n"},
+		{"a line that is not a field", "A: 1\r\nnot a field\r\nFrom: x\r\n\r\n", "A: 1\r\nnot a field\r\n"},
+		{"no header", "body\r\nmore\r\n", "body\r\n"},
+		{"a long line whose last piece is its CRLF", "X-Pad: " + strings.Repeat("p", 9) + "\r\nBcc: s@x.test\r\n\r\nbody\r\n",
+			"X-Pad: " + strings.Repeat("p", 9) + "\r\nBcc: s@x.test\r\n\r\n"},
+		{"a long line whose next piece starts like a body", "X-Pad: " + strings.Repeat("p", 9) + " x y z\r\nB: 2\r\n\r\n",
+			"X-Pad: " + strings.Repeat("p", 9) + " x y z\r\nB: 2\r\n\r\n"},
+		{"ends without an empty line", "A: 1\r\n", "A: 1\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// 16 bytes: "X-Pad: ppppppppp" fills the buffer exactly,
+			// leaving "\r\n" (or the rest of the line) as the next piece.
+			got, err := readHeaderSection(bufio.NewReaderSize(strings.NewReader(tt.in), 16))
+			if err != nil || string(got) != tt.want {
+				t.Errorf("got %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,673 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"postern/auth"
+	"postern/queue"
+	"postern/relay/status"
+)
+
+// Replies postern gives, each tied to the RFC that names it.
+var (
+	// RFC 4954 §6: MAIL before AUTH where AUTH is required. (go-smtp's own
+	// ErrAuthRequired is 502, which says "command not implemented".)
+	errAuthRequired = status.New(530, 7, 0, "Authentication required")
+	// RFC 4954 §6: AUTH attempted before TLS.
+	errEncryptionRequired = status.New(538, 7, 11, "Encryption required for requested authentication mechanism")
+	// RFC 4954 §6: bad user name or password.
+	errAuthFailed = status.New(535, 7, 8, "Authentication credentials invalid")
+	// RFC 4954 §6: temporary failure while checking credentials.
+	errAuthTemp = status.New(454, 7, 0, "Temporary authentication failure")
+	// RFC 4954 §4: AUTH is not available on this listener.
+	errAuthNotOffered = status.New(502, 5, 1, "AUTH not available on this port")
+	errAuthMech       = status.New(504, 5, 4, "Unrecognized authentication type")
+	errAuthMalformed  = status.New(501, 5, 2, "Malformed authentication response")
+	// RFC 3463 §3.8 X.7.1: delivery not authorized; RFC 5321 §3.6.2 554 at
+	// MAIL and 550 at RCPT for relaying denied.
+	errRelayDeniedMail = status.New(554, 7, 1, "Relay access denied")
+	errRelayDeniedRcpt = status.New(550, 7, 1, "Relay access denied")
+	// RFC 3463 §3.8 X.7.1 with 553 (mailbox name not allowed): the user may
+	// not send as this address. No internal detail in the text.
+	errSenderNotAllowed = status.New(553, 7, 1, "Sender address not allowed")
+	// RFC 3463 §3.2 X.1.7 and X.1.3: bad sender / recipient syntax.
+	errBadSender = status.New(501, 1, 7, "Bad sender address syntax")
+	errBadRcpt   = status.New(501, 1, 3, "Bad destination mailbox address syntax")
+	// RFC 3463 §3.4 X.3.1: mail system full (RFC 5321 452).
+	errNoSpace = status.New(452, 3, 1, "Insufficient system storage, try again later")
+	errNoMail  = status.New(503, 5, 1, "Need MAIL command first")
+	// Too many failed AUTH attempts: RFC 3463 §3.8 X.7.0 with 421, after
+	// which the server closes the connection (RFC 5321 §3.8).
+	errAuthCooldown = status.New(421, 7, 0, "Too many failed authentications, try again later")
+	// The DATA time limit passed: RFC 3463 §3.5 X.4.2 "Bad connection",
+	// as go-smtp's own idle timeout reply, and the channel closes.
+	errDataTimeout = status.New(421, 4, 2, "Timeout during DATA, closing connection")
+)
+
+type session struct {
+	srv  *Server
+	conn *smtp.Conn
+	tc   *trackedConn // nil only for connections not from Serve (tests)
+	log  *zap.Logger
+	ip   netip.Addr // the client's, from the PROXY header when there is one
+
+	user *auth.User // nil until AUTH succeeds
+
+	from    string
+	hasMAIL bool
+	rcpts   []string
+	// DSN parameters (RFC 3461), kept for the queue's bounces.
+	ret, envID string
+	dsn        []queue.RcptDSN
+	anyDSN     bool
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	ip := remoteIP(c.Conn().RemoteAddr())
+	return &session{
+		srv:  s,
+		conn: c,
+		tc:   trackedOf(c.Conn()),
+		ip:   ip,
+		log:  s.log.With(zap.Stringer("client_ip", ip)),
+	}, nil
+}
+
+func (s *session) policy() *Policy { return s.srv.opts.Policy }
+
+// closeAfterReply makes the next reply the session's last (421 and 521
+// replies, RFC 5321 §3.8: the server closes the channel after them).
+func (s *session) closeAfterReply() {
+	if s.tc != nil {
+		s.tc.closeAfterReply()
+	}
+}
+
+// clientKey is the client's network as the limits and the AUTH throttle
+// count it.
+func (s *session) clientKey() string { return clientKey(s.ip).String() }
+
+func remoteIP(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func (s *session) isTLS() bool {
+	_, ok := s.conn.TLSConnectionState()
+	return ok
+}
+
+func (s *session) trusted() bool { return inPrefixes(s.ip, s.srv.opts.Trusted) }
+
+// AuthMechanisms advertises AUTH only on submission listeners and only
+// over TLS (RFC 4954 §4: no plaintext passwords on an unprotected wire).
+func (s *session) AuthMechanisms() []string {
+	if s.srv.opts.Kind == TrustedRelay || !s.isTLS() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.srv.opts.Kind == TrustedRelay {
+		return nil, s.reply(errAuthNotOffered, 0)
+	}
+	if !s.isTLS() {
+		return nil, s.reply(errEncryptionRequired, 0)
+	}
+	// A network in its cool-down is refused before it sends credentials.
+	if v := s.policy().AuthThrottle.Check(s.clientKey(), ""); v.Refuse {
+		return nil, s.reply(s.authRefused("", v), 0)
+	}
+	switch mech {
+	case sasl.Plain:
+		return saslReplies{auth.NewPlainServer(s.authenticate), s}, nil
+	case sasl.Login:
+		return saslReplies{auth.NewLoginServer(s.authenticate), s}, nil
+	}
+	return nil, s.reply(errAuthMech, 0)
+}
+
+// saslReplies gives every SASL error its RFC 4954 §6 reply: go-smtp would
+// send any other error's raw text with 454.
+// It is also where every outcome of the exchange is reported to the
+// Observer, once.
+type saslReplies struct {
+	sasl.Server
+	s *session
+}
+
+func (r saslReplies) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := r.Server.Next(response)
+	if err == nil {
+		if done {
+			r.s.srv.opts.Observer.Reply(235)
+		}
+		return challenge, done, nil
+	}
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		// already a reply (from authenticate)
+	case errors.Is(err, auth.ErrMalformedResponse):
+		se = errAuthMalformed.SMTP()
+	case errors.Is(err, auth.ErrAuthzidMismatch), errors.Is(err, auth.ErrInvalidCredentials):
+		se = errAuthFailed.SMTP()
+	default:
+		se = errAuthTemp.SMTP()
+	}
+	if se.Code == errAuthFailed.Code {
+		r.s.srv.opts.Observer.AuthFailure()
+	}
+	r.s.srv.opts.Observer.Reply(se.Code)
+	return nil, false, se
+}
+
+// authRefused logs the one line per refused attempt that fail2ban matches
+// (README "Security": `auth refused.*"client_ip": ?"<HOST>"`) and returns
+// the 421 that ends the session.
+func (s *session) authRefused(name string, v auth.Verdict) *status.Error {
+	s.log.Warn("auth refused", zap.String("username", name), zap.String("by", v.By),
+		zap.Duration("retry_after", v.RetryAfter.Round(time.Second)))
+	s.closeAfterReply()
+	return errAuthCooldown
+}
+
+func (s *session) authenticate(name, password string) error {
+	th := s.policy().AuthThrottle
+	client := s.clientKey()
+	v := th.Check(client, name)
+	if v.Refuse {
+		return s.authRefused(name, v).SMTP()
+	}
+	if v.Delay > 0 {
+		// Before the check, so that the delay says nothing about the
+		// answer (see auth.Throttle).
+		s.log.Warn("auth delayed", zap.String("username", name), zap.String("by", v.By), zap.Duration("delay", v.Delay))
+		t := time.NewTimer(v.Delay)
+		select {
+		case <-t.C:
+		case <-s.srv.ctx.Done():
+			t.Stop()
+			return errAuthTemp.SMTP()
+		}
+	}
+	u, err := s.srv.opts.Auth.Authenticate(s.srv.ctx, name, password)
+	switch {
+	case err == nil:
+		th.Success(client, name)
+		s.user = u
+		s.log = s.log.With(zap.String("user", u.Name))
+		s.log.Info("authenticated")
+		return nil
+	case errors.Is(err, auth.ErrInvalidCredentials):
+		th.Failure(client, name)
+		// The name is what the client typed: log it (for fail2ban), never
+		// the password.
+		s.log.Warn("authentication failed", zap.String("username", name))
+		return errAuthFailed.SMTP()
+	default:
+		s.log.Error("authentication error", zap.Error(err))
+		return errAuthTemp.SMTP()
+	}
+}
+
+// reply is the choke point for the replies the session decides: it counts
+// the reply and turns err into the bare *smtp.SMTPError go-smtp needs (nil
+// means go-smtp's own success reply, okCode).
+func (s *session) reply(err error, okCode int) error {
+	if err == nil {
+		s.srv.opts.Observer.Reply(okCode)
+		return nil
+	}
+	e := status.ToSMTP(err).(*smtp.SMTPError) // the choke point
+	s.srv.opts.Observer.Reply(e.Code)
+	return e
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if err := s.mail(from); err != nil {
+		return s.reply(err, 250)
+	}
+	if opts != nil {
+		s.ret, s.envID = string(opts.Return), opts.EnvelopeID
+	}
+	return s.reply(nil, 250)
+}
+
+func (s *session) mail(from string) error {
+	switch s.srv.opts.Kind {
+	case Submission, Submissions:
+		if s.user == nil {
+			return errAuthRequired
+		}
+	case TrustedRelay:
+		if !s.trusted() {
+			s.log.Warn("relay denied", zap.String("from", from))
+			return errRelayDeniedMail
+		}
+	}
+	if from != "" { // "" is the null reverse-path <> (RFC 5321 §4.5.5)
+		a, err := ParseAddress(from)
+		if err != nil {
+			return errBadSender.With(err)
+		}
+		from = a.String()
+	}
+	if s.user != nil && !s.user.MaySendAs(from) {
+		s.log.Warn("sender not allowed", zap.String("from", from))
+		return errSenderNotAllowed
+	}
+	pol := s.policy()
+	if s.srv.opts.Kind == TrustedRelay && len(pol.RelaySenderDomains) > 0 && from != "" {
+		if _, dom, _ := strings.Cut(from, "@"); !domainIn(dom, pol.RelaySenderDomains) {
+			s.log.Warn("sender domain not allowed on the relay listener", zap.String("from", from))
+			return errSenderNotAllowed
+		}
+	}
+	// The message is counted here, so that a user over the limit hears it
+	// before sending the body.
+	if s.user != nil {
+		if wait := pol.users.take(s.user.Name, false, time.Now()); wait > 0 {
+			s.log.Warn("message rate limit", zap.Duration("wait", wait))
+			return rateLimited("Message", pol.UserMessages, wait)
+		}
+	}
+	s.from, s.hasMAIL = from, true
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if err := s.rcpt(to); err != nil {
+		return s.reply(err, 250)
+	}
+	var d queue.RcptDSN
+	if opts != nil {
+		for _, n := range opts.Notify {
+			d.Notify = append(d.Notify, string(n))
+		}
+		if opts.OriginalRecipient != "" {
+			d.ORcpt = strings.ToLower(string(opts.OriginalRecipientType)) + ";" + opts.OriginalRecipient
+		}
+	}
+	s.dsn = append(s.dsn, d)
+	s.anyDSN = s.anyDSN || len(d.Notify) > 0 || d.ORcpt != ""
+	return s.reply(nil, 250)
+}
+
+func (s *session) rcpt(to string) error {
+	if !s.hasMAIL {
+		return errNoMail
+	}
+	// Checked again here so that no path to a recipient skips the relay
+	// decision, whatever MAIL did.
+	if s.srv.opts.Kind == TrustedRelay && !s.trusted() {
+		return errRelayDeniedRcpt
+	}
+	if (s.srv.opts.Kind == Submission || s.srv.opts.Kind == Submissions) && s.user == nil {
+		return errAuthRequired
+	}
+	a, err := ParseAddress(to)
+	if err != nil {
+		return errBadRcpt.With(err)
+	}
+	pol := s.policy()
+	if s.srv.opts.Kind == TrustedRelay && len(pol.RelayRecipientDomains) > 0 && !domainIn(a.Domain, pol.RelayRecipientDomains) {
+		s.log.Warn("recipient domain not allowed on the relay listener", zap.String("rcpt", a.String()))
+		return errRelayDeniedRcpt
+	}
+	if s.user != nil {
+		if wait := pol.users.take(s.user.Name, true, time.Now()); wait > 0 {
+			s.log.Warn("recipient rate limit", zap.Duration("wait", wait))
+			return rateLimited("Recipient", pol.UserRecipients, wait)
+		}
+	}
+	s.rcpts = append(s.rcpts, a.String())
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	if s.tc != nil {
+		s.tc.beginData(time.Now().Add(s.srv.opts.DataTimeout))
+	}
+	id, size, err := s.data(r)
+	if s.tc != nil {
+		s.tc.endData(err == nil, s.srv.opts.IdleTimeout)
+	}
+	if err != nil {
+		st := status.From(err)
+		if st.Err != nil || st.Code/100 == 4 {
+			s.log.Warn("message refused", zap.Int("code", st.Code), zap.Error(err))
+		}
+		return s.reply(st, 0)
+	}
+	// The session's logger already carries client_ip and, after AUTH, user.
+	s.log.Info("accepted",
+		zap.String("id", id),
+		zap.String("from", s.from),
+		zap.Int("rcpts", len(s.rcpts)),
+		zap.Int64("size", size))
+	s.srv.opts.Observer.Accepted(s.srv.opts.Kind.String(), size)
+	// go-smtp writes a bare *SMTPError as the reply: this is how the 250
+	// carries the queue ID.
+	return s.reply(&smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}, 0)
+}
+
+func (s *session) data(r io.Reader) (id string, size int64, err error) {
+	if !s.hasMAIL || len(s.rcpts) == 0 {
+		return "", 0, errNoMail
+	}
+	// The message streams from the client to the queue: only its header
+	// section is held in memory (it must be checked and edited before
+	// anything is stored), and the body goes through the DKIM signer into
+	// the queue's inline buffer or spool file as it arrives. A client that
+	// disconnects mid-DATA, or an error on the way, leaves nothing in the
+	// queue. Bare CR and LF are refused or turned into CRLF on the way in
+	// (newline.go), so nothing postern sends contains one.
+	pol := s.policy()
+	var in io.Reader
+	if pol.ForbidBareNewline && !inPrefixes(s.ip, pol.BareNewlineExclusions) {
+		in = &bareNewlineGuard{r: r}
+	} else {
+		cr := getCRLFReader(r)
+		defer putCRLFReader(cr)
+		in = cr
+	}
+	// The buffers live for one message and are reused: allocated anew
+	// they were most of the garbage a message made. Nothing reads them
+	// once data returns (the queue has read the body to its end or given
+	// up, and stop has ended the signer).
+	br := dataReaders.Get().(*bufio.Reader)
+	br.Reset(in)
+	defer func() { br.Reset(nil); dataReaders.Put(br) }()
+	hdr, err := readHeaderSection(br)
+	if err != nil {
+		return "", 0, s.dataError(err)
+	}
+
+	now := time.Now()
+	msg := editHeader(hdr, pol.FixHeaders, now, s.messageID)
+	if pol.MaxReceived > 0 && msg.received > pol.MaxReceived {
+		return "", 0, errMailLoop.With(fmt.Errorf("%d Received fields", msg.received))
+	}
+	if s.user != nil && pol.checksHeaderFrom(s.srv.opts.Kind) {
+		if err := checkHeaderFrom(msg, s.user); err != nil {
+			s.log.Warn("header sender not allowed", zap.Strings("from", msg.from), zap.Strings("sender", msg.sender), zap.Error(err))
+			return "", 0, errHeaderFrom.With(err)
+		}
+	}
+
+	received := s.receivedHeader(now)
+	env := &queue.Envelope{
+		From:     s.from,
+		Rcpts:    append([]string(nil), s.rcpts...),
+		ClientIP: s.ip.String(),
+		Listener: s.srv.opts.Kind.String(),
+		Ret:      s.ret,
+		EnvID:    s.envID,
+	}
+	if s.anyDSN {
+		env.DSN = append([]queue.RcptDSN(nil), s.dsn...)
+	}
+	if s.user != nil {
+		env.User = s.user.Name
+	}
+
+	body := &countingReader{r: io.MultiReader(msg.Reader(), br)}
+	var signer Signer
+	if s.srv.opts.Signer != nil {
+		signer = s.srv.opts.Signer()
+	}
+	src, prefix, stop := signWhileReading(body, signer, received)
+	defer stop()
+	id, err = s.srv.opts.Queue.EnqueuePrefixed(s.srv.ctx, env, src, prefix)
+	if err != nil {
+		return "", 0, s.dataError(err)
+	}
+	return id, int64(len(received)) + body.n + int64(stop()), nil
+}
+
+// dataReaders holds the 32 KiB readers data reads a message through.
+var dataReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+
+// signWhileReading returns the message as src for the queue to read, and
+// the prefix function the queue calls at the end of it: the Received field
+// and, with a signer, the DKIM signatures computed from the very bytes the
+// queue read (a tee into the signer, through a pipe, so the message is
+// never held whole). stop ends the signer if the queue stopped early and
+// returns the length of the signatures; it may be called more than once.
+func signWhileReading(body io.Reader, signer Signer, received []byte) (src io.Reader, prefix func() ([]byte, error), stop func() int) {
+	if signer == nil {
+		return body, func() ([]byte, error) { return received, nil }, func() int { return 0 }
+	}
+	pr, pw := io.Pipe()
+	type result struct {
+		sig []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sig, err := signer.Sign(pr)
+		// Sign may stop reading early (no key for this domain): keep
+		// draining, or the tee would block the queue.
+		io.Copy(io.Discard, pr)
+		done <- result{sig, err}
+	}()
+	var (
+		once sync.Once
+		res  result
+	)
+	finish := func(err error) {
+		once.Do(func() {
+			pw.CloseWithError(err)
+			res = <-done
+		})
+	}
+	prefix = func() ([]byte, error) {
+		finish(nil) // the queue has read everything: the signer sees EOF
+		if res.err != nil {
+			// A domain with a key never sends unsigned mail.
+			return nil, status.Internal.With(res.err)
+		}
+		return append(append([]byte(nil), received...), res.sig...), nil
+	}
+	stop = func() int {
+		finish(errAborted)
+		return len(res.sig)
+	}
+	return io.TeeReader(body, pw), prefix, stop
+}
+
+var errAborted = errors.New("message not queued")
+
+// dataError gives an error met while reading or queueing a message its
+// reply.
+func (s *session) dataError(err error) error {
+	switch {
+	case errors.Is(err, errBareFound):
+		// go-smtp reads the rest of the DATA before it replies, so the
+		// client hears the 521; then the connection closes.
+		s.closeAfterReply()
+		return errBareNewline.With(err)
+	case errors.Is(err, errHeaderTooLarge):
+		return errHeaderSize.With(err)
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// go-smtp stops reading and closes after this reply: a
+		// permanent one, so that the client does not send the same
+		// message again and again.
+		s.closeAfterReply()
+		return errLineTooLong.With(err)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EDQUOT):
+		return errNoSpace.With(err)
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		// The DATA (or idle) limit passed mid-transfer: the client is too
+		// slow to keep the connection.
+		s.closeAfterReply()
+		return errDataTimeout.With(err)
+	}
+	return err // go-smtp's ErrDataTooLarge is a 552 5.3.4 SMTPError; others become 451 4.3.0
+}
+
+// maxHeaderBytes bounds the header section, the only part of a message
+// held in memory while it streams. Real headers are a few KiB; Postfix
+// stops reading headers at 100 KiB.
+const maxHeaderBytes = 1 << 20
+
+var (
+	// RFC 5321 §4.5.3.1.6 allows 1,000 octets a line; go-smtp reads up
+	// to 2,000. RFC 3463 X.6.0: a message content problem.
+	errLineTooLong = status.New(554, 6, 0, "Message line too long")
+
+	errHeaderTooLarge = errors.New("header section over 1 MiB")
+	// RFC 3463 §3.4 X.3.4: message too big for system.
+	errHeaderSize = status.New(552, 3, 4, "Message header section too large")
+)
+
+// readHeaderSection reads the header section and the line that ends it:
+// the empty line, or the first line that is neither a field nor a
+// continuation, where splitHeader ends the section too (editHeader then puts
+// the empty line there); or the whole message, if it is short and ends
+// first. A line longer than br's buffer comes in pieces: only the first
+// piece starts a line.
+func readHeaderSection(br *bufio.Reader) ([]byte, error) {
+	var hdr []byte
+	atLineStart := true
+	for {
+		line, err := br.ReadSlice('\n')
+		hdr = append(hdr, line...)
+		if len(hdr) > maxHeaderBytes {
+			return nil, errHeaderTooLarge
+		}
+		if atLineStart && len(line) > 0 {
+			empty := string(line) == "\r\n" || string(line) == "\n"
+			_, field := fieldName(line)
+			if empty || !field && line[0] != ' ' && line[0] != '\t' {
+				return hdr, nil // the body starts here or after this line
+			}
+		}
+		atLineStart = err == nil
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue // a long line: keep reading it
+		case err == io.EOF:
+			return hdr, nil
+		case err != nil:
+			return nil, err
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// receivedHeader builds the trace field of RFC 5321 §4.4, with the
+// protocol keyword of RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA).
+func (s *session) receivedHeader(now time.Time) []byte {
+	proto := "ESMTP"
+	if s.isTLS() {
+		proto += "S"
+	}
+	if s.user != nil {
+		proto += "A"
+	}
+	var b bytes.Buffer
+	// RFC 5321 §4.1.3: an IPv6 address literal is tagged "IPv6:".
+	lit := s.ip.String()
+	if s.ip.Is6() {
+		lit = "IPv6:" + lit
+	}
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (postern) with %s",
+		sanitizeHelo(s.conn.Hostname()), lit, s.srv.opts.Hostname, proto)
+	if st, ok := s.conn.TLSConnectionState(); ok {
+		fmt.Fprintf(&b, "\r\n\t(%s %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+	}
+	// "for" only with a single recipient: listing several would disclose
+	// Bcc recipients to each other (RFC 5321 §7.2).
+	if len(s.rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0])
+	}
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	return b.Bytes()
+}
+
+// messageID makes a Message-ID for a message that has none (RFC 5322
+// §3.6.4: unique; a random left part and our host name on the right).
+func (s *session) messageID() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails (Go 1.24+)
+	host := s.srv.opts.Hostname
+	if host == "" {
+		host = "postern.invalid"
+	}
+	return "<" + hex.EncodeToString(b[:]) + "@" + host + ">"
+}
+
+// sanitizeHelo keeps the client's HELO name printable and short, since it
+// is copied into a header.
+func sanitizeHelo(h string) string {
+	if len(h) > 255 {
+		h = h[:255]
+	}
+	// Keep what a domain or address literal may hold; anything else (a
+	// quote, a backslash, a parenthesis) could open a quoted string or a
+	// comment that swallows the rest of the field.
+	out := []byte(h)
+	for i, c := range out {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '-' || c == '_' || c == ':' || c == '[' || c == ']'
+		if !ok {
+			out[i] = '_'
+		}
+	}
+	if len(out) == 0 {
+		return "unknown"
+	}
+	return string(out)
+}
+
+func (s *session) Reset() {
+	s.from, s.hasMAIL, s.rcpts = "", false, nil
+	s.ret, s.envID, s.dsn, s.anyDSN = "", "", nil, false
+}
+
+func (s *session) Logout() error { return nil }
+
+// Compile-time checks that session has the methods go-smtp looks for.
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
