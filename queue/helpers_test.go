@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"mime"
 	"mime/multipart"
 	"net/mail"
@@ -19,6 +20,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -188,7 +190,7 @@ func (h *harness) open() *Queue {
 		Deliverer: h.fake,
 		Workers:   4,
 		Retry:     h.retry,
-		Logger:    zap.New(core),
+		Logger:    slog.New(zapslog.NewHandler(core)),
 		Now:       h.clock.Now,
 		OnFinal:   func(m *Message) { h.finals <- m },
 		Hostname:  "mail.test",

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"go.uber.org/zap"
 )
 
 // Operations for administrators. Each is one committed transaction (Bounce
@@ -43,7 +43,7 @@ func (q *Queue) Hold(id string) error {
 		return nil
 	})
 	if err == nil {
-		q.log.Info("held", zap.String("id", id))
+		q.log.Info("held", slog.String("id", id))
 	}
 	return err
 }
@@ -66,7 +66,7 @@ func (q *Queue) Release(id string) error {
 		return nil
 	})
 	if err == nil && out != nil {
-		q.log.Info("released", zap.String("id", id))
+		q.log.Info("released", slog.String("id", id))
 		q.notify()
 	}
 	return err
@@ -96,7 +96,7 @@ func (q *Queue) Retry(id string) error {
 		return nil
 	})
 	if err == nil {
-		q.log.Info("retry requested", zap.String("id", id))
+		q.log.Info("retry requested", slog.String("id", id))
 		q.notify()
 	}
 	return err
@@ -189,7 +189,7 @@ func (q *Queue) RetryAll() (int, error) {
 			return 0, fmt.Errorf("queue: retry all: %w", err)
 		}
 	}
-	q.log.Info("retry all requested", zap.Int("messages", total))
+	q.log.Info("retry all requested", slog.Int("messages", total))
 	q.notify()
 	return total, nil
 }
@@ -233,7 +233,7 @@ func (q *Queue) Delete(id string) error {
 	}
 	q.count(map[State]int{state: -1})
 	q.removeSpool(spool, id)
-	q.log.Info("deleted", zap.String("id", id))
+	q.log.Info("deleted", slog.String("id", id))
 	return nil
 }
 
@@ -268,7 +268,7 @@ func (q *Queue) Bounce(id string) error {
 	if err != nil {
 		return err
 	}
-	q.log.Info("bounced by the administrator", zap.String("id", id), zap.Int("recipients", count))
+	q.log.Info("bounced by the administrator", slog.String("id", id), slog.Int("recipients", count))
 	q.observe(0, 0, count)
 	q.final(n, out.after)
 	return nil
@@ -326,13 +326,13 @@ func (q *Queue) purge(now time.Time) {
 		return nil
 	})
 	if err != nil {
-		q.log.Error("purge failed records", zap.Error(err))
+		q.log.Error("purge failed records", slog.Any("error", err))
 		go q.checkDB(err) // needs dbMu exclusively; we hold it shared
 		return
 	}
 	if purged > 0 {
 		q.count(map[State]int{StateFailed: -purged})
-		q.log.Info("purged failed records", zap.Int("messages", purged))
+		q.log.Info("purged failed records", slog.Int("messages", purged))
 	}
 }
 
@@ -358,13 +358,13 @@ func (q *Queue) checkDB(err error) {
 	if probe == nil {
 		return
 	}
-	q.log.Error("queue file unusable, reopening", zap.String("path", q.path), zap.Error(err))
+	q.log.Error("queue file unusable, reopening", slog.String("path", q.path), slog.Any("error", err))
 	q.db.Close() // releases the file lock; its error says nothing new
 	db, oerr := openDB(q.path)
 	if oerr != nil {
 		// Keep the dead handle: every call fails cleanly with its
 		// error, and the next failure tries again.
-		q.log.Error("reopen queue file", zap.Error(oerr))
+		q.log.Error("reopen queue file", slog.Any("error", oerr))
 		return
 	}
 	q.db = db

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -19,7 +20,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"go.uber.org/zap"
 )
 
 // Tunables. Each is a constant so a change is deliberate and reviewed.
@@ -93,7 +93,7 @@ type Options struct {
 	// Retry is the retry schedule.
 	Retry Retry
 	// Logger receives one line per event; nil discards them.
-	Logger *zap.Logger
+	Logger *slog.Logger
 	// Now is the clock, for tests; nil means time.Now.
 	Now func() time.Time
 	// OnFinal, if set, is called once per message after the commit in
@@ -261,7 +261,7 @@ type Queue struct {
 	deliver     Deliverer
 	workers     int
 	retry       Retry
-	log         *zap.Logger
+	log         *slog.Logger
 	now         func() time.Time
 	onFinal     func(*Message)
 	hostname    string
@@ -346,7 +346,7 @@ func Open(opts Options) (*Queue, error) {
 		return nil, fmt.Errorf("queue: Retry.Max %v is below Retry.Initial %v", q.retry.Max, q.retry.Initial)
 	}
 	if q.log == nil {
-		q.log = zap.NewNop()
+		q.log = slog.New(slog.DiscardHandler)
 	}
 	if q.now == nil {
 		q.now = time.Now

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,7 +13,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"go.uber.org/zap"
 
 	"postern/queue/dsn"
 )
@@ -184,7 +184,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 	// its file is gone for another reason, a DSN without the original
 	// still beats retrying the results forever.
 	if err != nil {
-		q.log.Warn("DSN without the original: cannot open it", zap.String("id", formatID(id)), zap.Error(err))
+		q.log.Warn("DSN without the original: cannot open it", slog.String("id", formatID(id)), slog.Any("error", err))
 	} else {
 		defer f.Close()
 		rep.Original = f
@@ -195,7 +195,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		// a failure here would otherwise drop the results and
 		// repeat the attempt: try once more without the original
 		// (which may also make it small enough for memory).
-		q.log.Warn("DSN without the original", zap.String("id", formatID(id)), zap.Error(err))
+		q.log.Warn("DSN without the original", slog.String("id", formatID(id)), slog.Any("error", err))
 		rep.Original = nil
 		body, spool, size, err = q.storeDSN(rep)
 	}
@@ -433,8 +433,8 @@ func (q *Queue) committed(id uint64, out *changed) {
 		for _, it := range out.reported {
 			actions = append(actions, out.after.Rcpts[it.idx].Address+"="+string(it.action))
 		}
-		q.log.Info("dsn queued", zap.String("id", formatID(id)), zap.String("dsn_id", formatID(out.dsn)),
-			zap.String("to", out.after.Env.From), zap.Strings("recipients", actions))
+		q.log.Info("dsn queued", slog.String("id", formatID(id)), slog.String("dsn_id", formatID(out.dsn)),
+			slog.String("to", out.after.Env.From), slog.Any("recipients", actions))
 		q.obs.Bounced()
 		q.notify()
 	}

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"go.uber.org/zap"
 )
 
 const (
@@ -88,7 +88,7 @@ func (q *Queue) dispatchOnce() time.Duration {
 	q.purge(now)
 	jobs, next, err := q.lease(now, free)
 	if err != nil {
-		q.log.Error("lease", zap.Error(err))
+		q.log.Error("lease", slog.Any("error", err))
 		q.checkDB(err)
 		return errorWait
 	}
@@ -182,7 +182,7 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 				if rec, derr = decodeRecord(data); derr != nil {
 					data = nil
 					q.log.Error("unreadable message left out of the schedule",
-						zap.String("id", formatID(id)), zap.Error(derr))
+						slog.String("id", formatID(id)), slog.Any("error", derr))
 				}
 			}
 			if data == nil {
@@ -352,7 +352,7 @@ func (q *Queue) hook(id uint64) {
 func (q *Queue) attempt(j *job) (results []Result) {
 	defer func() {
 		if r := recover(); r != nil {
-			q.log.Error("deliverer panicked", zap.String("id", j.d.ID), zap.Any("panic", r))
+			q.log.Error("deliverer panicked", slog.String("id", j.d.ID), slog.Any("panic", r))
 			results = nil
 			for range j.d.Rcpts {
 				results = append(results, Result{Outcome: Temporary, Reply: fmt.Sprintf("internal error: deliverer panicked: %v", r)})
@@ -361,8 +361,8 @@ func (q *Queue) attempt(j *job) (results []Result) {
 	}()
 	results = q.deliver.Deliver(q.runCtx, j.d)
 	if len(results) != len(j.d.Rcpts) {
-		q.log.Error("deliverer broke its contract", zap.String("id", j.d.ID),
-			zap.Int("results", len(results)), zap.Int("rcpts", len(j.d.Rcpts)))
+		q.log.Error("deliverer broke its contract", slog.String("id", j.d.ID),
+			slog.Int("results", len(results)), slog.Int("rcpts", len(j.d.Rcpts)))
 		fixed := make([]Result, len(j.d.Rcpts))
 		for i := range fixed {
 			if i < len(results) {
@@ -415,9 +415,9 @@ func (q *Queue) record(j *job, results []Result) {
 	// the same once the results are recorded, and the deliverer logs each
 	// session; this one also shows results that are then dropped.
 	for i, res := range results {
-		q.log.Debug("attempt", zap.String("id", id), zap.String("rcpt", j.d.Rcpts[i]),
-			zap.Int("attempt", j.d.Attempt), zap.Stringer("outcome", res.Outcome),
-			zap.String("reply", res.Reply), zap.String("remote", res.RemoteMTA))
+		q.log.Debug("attempt", slog.String("id", id), slog.String("rcpt", j.d.Rcpts[i]),
+			slog.Int("attempt", j.d.Attempt), slog.String("outcome", res.Outcome.String()),
+			slog.String("reply", res.Reply), slog.String("remote", res.RemoteMTA))
 	}
 	now := q.clock()
 	out, err := q.modify(j.id, true, now, func(rec *record) error {
@@ -438,19 +438,19 @@ func (q *Queue) record(j *job, results []Result) {
 	})
 	switch {
 	case errors.Is(err, ErrClosed):
-		q.log.Warn("attempt cut off by shutdown, lease kept", zap.String("id", id))
+		q.log.Warn("attempt cut off by shutdown, lease kept", slog.String("id", id))
 		return
 	case errors.Is(err, ErrNotFound):
-		q.log.Info("results dropped: message deleted meanwhile", zap.String("id", id))
+		q.log.Info("results dropped: message deleted meanwhile", slog.String("id", id))
 		return
 	case err != nil:
 		// The lease stands: these recipients are tried again after
 		// their backoff, so a delivered one may be delivered twice,
 		// but none is lost.
-		q.log.Error("record results", zap.String("id", id), zap.Error(err))
+		q.log.Error("record results", slog.String("id", id), slog.Any("error", err))
 		return
 	case out == nil:
-		q.log.Info("results dropped: recipients bounced meanwhile", zap.String("id", id))
+		q.log.Info("results dropped: recipients bounced meanwhile", slog.String("id", id))
 		return
 	}
 	var delivered, deferred, failed int
@@ -462,18 +462,18 @@ func (q *Queue) record(j *job, results []Result) {
 		switch r.State {
 		case StateDelivered:
 			delivered++
-			q.log.Info("delivered", zap.String("id", id), zap.String("rcpt", r.Address),
-				zap.Int("attempt", r.Attempts), zap.String("remote", r.RemoteMTA),
-				zap.String("reply", r.LastReply))
+			q.log.Info("delivered", slog.String("id", id), slog.String("rcpt", r.Address),
+				slog.Int("attempt", r.Attempts), slog.String("remote", r.RemoteMTA),
+				slog.String("reply", r.LastReply))
 		case StateDeferred:
 			deferred++
-			q.log.Info("deferred", zap.String("id", id), zap.String("rcpt", r.Address),
-				zap.Int("attempt", r.Attempts), zap.Time("next_attempt", r.NextAttempt),
-				zap.String("reply", r.LastReply))
+			q.log.Info("deferred", slog.String("id", id), slog.String("rcpt", r.Address),
+				slog.Int("attempt", r.Attempts), slog.Time("next_attempt", r.NextAttempt),
+				slog.String("reply", r.LastReply))
 		case StateFailed:
 			failed++
-			q.log.Info("failed", zap.String("id", id), zap.String("rcpt", r.Address),
-				zap.Int("attempt", r.Attempts), zap.String("reply", r.LastReply))
+			q.log.Info("failed", slog.String("id", id), slog.String("rcpt", r.Address),
+				slog.Int("attempt", r.Attempts), slog.String("reply", r.LastReply))
 		}
 	}
 	q.observe(delivered, deferred, failed)
@@ -498,10 +498,10 @@ func (q *Queue) observe(delivered, deferred, failed int) {
 // OnFinal.
 func (q *Queue) final(id uint64, rec *record) {
 	if rec.state() == StateFailed {
-		q.log.Info("final, record kept", zap.String("id", formatID(id)),
-			zap.Time("purge_at", time.Unix(0, rec.Purge).UTC()))
+		q.log.Info("final, record kept", slog.String("id", formatID(id)),
+			slog.Time("purge_at", time.Unix(0, rec.Purge).UTC()))
 	} else {
-		q.log.Info("removed", zap.String("id", formatID(id)))
+		q.log.Info("removed", slog.String("id", formatID(id)))
 	}
 	if q.onFinal != nil {
 		q.onFinal(rec.message(id))

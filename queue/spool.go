@@ -6,11 +6,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 
 	bolt "go.etcd.io/bbolt"
-	"go.uber.org/zap"
 )
 
 // spoolFile is the part of *os.File that writeSpool uses; an interface only
@@ -110,7 +110,7 @@ func (q *Queue) cleanSpool() error {
 		if err := os.Remove(filepath.Join(q.spoolDir, name)); err != nil {
 			return fmt.Errorf("queue: remove orphan spool file: %w", err)
 		}
-		q.log.Info("removed orphan spool file", zap.String("file", name))
+		q.log.Info("removed orphan spool file", slog.String("file", name))
 	}
 	return nil
 }
@@ -164,6 +164,6 @@ func (q *Queue) removeSpool(name, id string) {
 		return
 	}
 	if err := os.Remove(filepath.Join(q.spoolDir, name)); err != nil {
-		q.log.Warn("remove spool file", zap.String("id", id), zap.Error(err))
+		q.log.Warn("remove spool file", slog.String("id", id), slog.Any("error", err))
 	}
 }

@@ -10,10 +10,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"os"
 	"strings"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
 	"go.uber.org/zap/zapcore"
 
 	"postern/configs"
@@ -238,4 +241,12 @@ func newLogger(cfg configs.LogConfig, w io.Writer) (*zap.Logger, error) {
 		enc = zapcore.NewConsoleEncoder(encCfg)
 	}
 	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)), nil
+}
+
+// slogOf gives packages that log through log/slog (the queue: zap imports
+// net/http, which the queue must not depend on) the same output as zap:
+// same encoder, level and writer. zap adds no stack traces, so the bridge
+// adds none either.
+func slogOf(log *zap.Logger) *slog.Logger {
+	return slog.New(zapslog.NewHandler(log.Core(), zapslog.AddStacktraceAt(slog.Level(math.MaxInt32))))
 }

@@ -169,7 +169,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		DelayWarning: cfg.Delivery.DelayWarning.D(),
 		KeepFailed:   cfg.Delivery.KeepFailed.D(),
 		Observer:     s.metrics,
-		Logger:       log,
+		Logger:       slogOf(log),
 	})
 	if err != nil {
 		return err

@@ -16,7 +16,6 @@
 // ends), address.go (address syntax), policy.go (limits and relay rules).
 //
 // It may import auth, queue (the envelope it fills in) and relay/status. It
-// must not import delivery (relay/outbound, relay/capture), the HTTP
-// surface (relay/httpapi) or net/http: the daemon wires those together in
-// cmd/postern.
+// must not import delivery (relay/outbound, relay/capture) or the HTTP
+// surface (relay/httpapi): the daemon wires those together in cmd/postern.
 package smtpd

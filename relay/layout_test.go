@@ -1,0 +1,52 @@
+package relay_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestLayout holds the rooms to the import rules that relay's package
+// comment and each room's doc.go state: a room that imports another it
+// should not fails here, by name, before it grows into a cycle or a
+// tangle. It asks the go command for each package's dependencies (its
+// code, not its tests).
+func TestLayout(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Fatal("the go command is needed to list dependencies:", err)
+	}
+	for _, tt := range []struct {
+		pkgs      string   // a go list pattern
+		forbidden []string // import paths, or prefixes ending in "/"
+	}{
+		// The queue is storage and scheduling: no HTTP (not even through
+		// zap, which imports net/http: the queue logs through log/slog),
+		// nothing of the network rooms.
+		{"postern/queue/...", []string{"net/http", "postern/relay/", "postern/cmd/"}},
+		{"postern/relay/smtpd", []string{"postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/outbound", []string{"postern/relay/smtpd", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/capture", []string{"postern/relay/smtpd", "postern/relay/outbound", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/httpapi", []string{"postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/cmd/"}},
+		{"postern/relay/metrics", []string{"net/http/httptest", "postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/cmd/"}},
+		{"postern/relay/status", []string{"postern/"}},
+		{"postern/relay/certs", []string{"postern/"}},
+		{"postern/auth/...", []string{"postern/relay/", "postern/queue", "postern/dkim", "postern/cmd/"}},
+		{"postern/configs/...", []string{"postern/relay/", "postern/queue", "postern/cmd/"}},
+		{"postern/dkim/...", []string{"postern/relay/", "postern/auth", "postern/cmd/"}},
+	} {
+		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", tt.pkgs).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list %s: %v\n%s", tt.pkgs, err, out)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			if strings.HasPrefix(tt.pkgs, dep) || strings.HasPrefix(dep, strings.TrimSuffix(tt.pkgs, "...")) {
+				continue // the packages themselves
+			}
+			for _, f := range tt.forbidden {
+				if dep == strings.TrimSuffix(f, "/") || strings.HasSuffix(f, "/") && strings.HasPrefix(dep, f) {
+					t.Errorf("%s depends on %s, which its room may not import", tt.pkgs, dep)
+				}
+			}
+		}
+	}
+}
