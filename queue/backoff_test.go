@@ -65,13 +65,13 @@ func TestApply(t *testing.T) {
 		wantState State
 		wantReply string // substring
 	}{
-		{"delivered", time.Minute, Result{Outcome: Delivered, Reply: "250 ok"}, StateDelivered, "250 ok"},
-		{"permanent", time.Minute, Result{Outcome: Permanent, Reply: "550 5.1.1 no"}, StateFailed, "550 5.1.1 no"},
-		{"temporary", time.Minute, Result{Outcome: Temporary, Reply: "451 4.3.0 later"}, StateDeferred, "451 4.3.0 later"},
-		{"temporary at exactly lifetime", 120 * time.Hour, Result{Outcome: Temporary, Reply: "451 x"}, StateDeferred, "451 x"},
-		{"temporary past lifetime", 120*time.Hour + time.Second, Result{Outcome: Temporary, Reply: "451 x"}, StateFailed, "retry lifetime 120h0m0s expired; last reply: 451 x"},
-		{"delivered past lifetime still delivered", 300 * time.Hour, Result{Outcome: Delivered, Reply: "250 ok"}, StateDelivered, "250 ok"},
-		{"unknown outcome counts as temporary", time.Minute, Result{Reply: "?"}, StateDeferred, "?"},
+		{"delivered", time.Minute, Result{Outcome: Delivered, Reply: rp(250, "", "ok")}, StateDelivered, "250 ok"},
+		{"permanent", time.Minute, Result{Outcome: Permanent, Reply: rp(550, "5.1.1", "no")}, StateFailed, "550 5.1.1 no"},
+		{"temporary", time.Minute, Result{Outcome: Temporary, Reply: rp(451, "4.3.0", "later")}, StateDeferred, "451 4.3.0 later"},
+		{"temporary at exactly lifetime", 120 * time.Hour, Result{Outcome: Temporary, Reply: rp(451, "", "x")}, StateDeferred, "451 x"},
+		{"temporary past lifetime", 120*time.Hour + time.Second, Result{Outcome: Temporary, Reply: rp(451, "", "x")}, StateFailed, "retry lifetime 120h0m0s expired; last reply: 451 x"},
+		{"delivered past lifetime still delivered", 300 * time.Hour, Result{Outcome: Delivered, Reply: rp(250, "", "ok")}, StateDelivered, "250 ok"},
+		{"unknown outcome counts as temporary", time.Minute, Result{Reply: rp(0, "", "?")}, StateDeferred, "?"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,7 +80,7 @@ func TestApply(t *testing.T) {
 			if r.State != tt.wantState {
 				t.Errorf("state = %s, want %s", r.State, tt.wantState)
 			}
-			if !strings.Contains(r.LastReply, tt.wantReply) {
+			if !strings.Contains(r.LastReply.String(), tt.wantReply) {
 				t.Errorf("reply = %q, want it to contain %q", r.LastReply, tt.wantReply)
 			}
 			if !r.NextAttempt.Equal(leaseNext) || r.Attempts != 3 {

@@ -94,7 +94,7 @@ func enqueueAll(b *testing.B, q *Queue, writers int, body []byte) time.Time {
 type instantDeliverer struct{}
 
 func (instantDeliverer) Deliver(_ context.Context, d *Delivery) []Result {
-	return resultsFor(d, Result{Outcome: Delivered, Reply: "250 2.0.0 ok"})
+	return resultsFor(d, Result{Outcome: Delivered, Reply: rp(250, "2.0.0", "ok")})
 }
 
 // BenchmarkCycle is a message's whole life in the queue, every step synced:

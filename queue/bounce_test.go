@@ -16,8 +16,8 @@ import (
 // reporting both with the remote's words; the delivered one is not in it.
 func TestBounceOn550(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 5.1.1 <b@x.test>: no such user")
-	h.fake.on("d@y.test", 1, Permanent, "554 5.7.1 rejected as spam")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "5.1.1", "<b@x.test>: no such user"))
+	h.fake.on("d@y.test", 1, Permanent, rp(554, "5.7.1", "rejected as spam"))
 	q := h.open()
 	const orig = "From: alice@example.org\r\nSubject: hello\r\nMessage-ID: <m1@example.org>\r\n\r\nbody text\r\n"
 	env := &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test", "c@x.test", "d@y.test"}, EnvID: "E-1",
@@ -83,7 +83,7 @@ func TestBounceOn550(t *testing.T) {
 	}
 
 	// The DSN is delivered like any message, and never bounced itself.
-	h.fake.on("alice@example.org", 1, Permanent, "550 gone")
+	h.fake.on("alice@example.org", 1, Permanent, rp(550, "", "gone"))
 	if n := h.step(); n != 1 {
 		t.Fatalf("DSN not leased: %d jobs", n)
 	}
@@ -101,9 +101,9 @@ func TestBounceOn550(t *testing.T) {
 // DSN each, and none is reported twice.
 func TestBounceSeparateSteps(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 no b")
-	h.fake.on("c@y.test", 1, Temporary, "451 later")
-	h.fake.on("c@y.test", 2, Permanent, "550 no c")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no b"))
+	h.fake.on("c@y.test", 1, Temporary, rp(451, "", "later"))
+	h.fake.on("c@y.test", 2, Permanent, rp(550, "", "no c"))
 	q := h.open()
 	h.enqueue("alice@example.org", "Subject: x\r\n\r\n", "b@x.test", "c@y.test")
 	h.step()
@@ -111,7 +111,7 @@ func TestBounceSeparateSteps(t *testing.T) {
 	if len(rep.perRcpt) != 1 || rep.perRcpt[0].Get("Final-Recipient") != "rfc822; b@x.test" {
 		t.Fatalf("first DSN: %v", rep.perRcpt)
 	}
-	h.fake.on("alice@example.org", 1, Temporary, "451 keep the DSN queued")
+	h.fake.on("alice@example.org", 1, Temporary, rp(451, "", "keep the DSN queued"))
 	h.clock.Advance(time.Minute)
 	h.step() // the first DSN and c's second attempt
 	var second *report
@@ -128,7 +128,7 @@ func TestBounceSeparateSteps(t *testing.T) {
 
 func TestNoBounceForNullSender(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no"))
 	h.open()
 	id := h.enqueue("", "Subject: a bounce\r\n\r\n", "b@x.test")
 	h.step()
@@ -145,9 +145,9 @@ func TestNoBounceForNullSender(t *testing.T) {
 
 // TestNotify: RFC 3461 NOTIFY decides which outcomes are reported.
 func TestNotify(t *testing.T) {
-	fail := Result{Outcome: Permanent, Reply: "550 5.1.1 no", RemoteMTA: "mx.test"}
-	ok := Result{Outcome: Delivered, Reply: "250 2.0.0 ok", RemoteMTA: "mx.test"}
-	okDSN := Result{Outcome: Delivered, Reply: "250 2.0.0 ok", RemoteMTA: "mx.test", RemoteDSN: true}
+	fail := Result{Outcome: Permanent, Reply: rp(550, "5.1.1", "no"), RemoteMTA: "mx.test"}
+	ok := Result{Outcome: Delivered, Reply: rp(250, "2.0.0", "ok"), RemoteMTA: "mx.test"}
+	okDSN := Result{Outcome: Delivered, Reply: rp(250, "2.0.0", "ok"), RemoteMTA: "mx.test", RemoteDSN: true}
 	tests := []struct {
 		name       string
 		notify     []string
@@ -204,9 +204,9 @@ func TestDelayWarningOnce(t *testing.T) {
 	h.retry = Retry{Initial: time.Hour, Max: time.Hour, Lifetime: 24 * time.Hour}
 	h.opts = func(o *Options) { o.DelayWarning = 2 * time.Hour }
 	for a := 1; a <= 6; a++ {
-		h.fake.on("b@x.test", a, Temporary, "451 4.7.1 greylisted")
-		h.fake.on("n@x.test", a, Temporary, "451 4.7.1 greylisted")
-		h.fake.on("alice@example.org", a, Temporary, "451 keep DSNs queued")
+		h.fake.on("b@x.test", a, Temporary, rp(451, "4.7.1", "greylisted"))
+		h.fake.on("n@x.test", a, Temporary, rp(451, "4.7.1", "greylisted"))
+		h.fake.on("alice@example.org", a, Temporary, rp(451, "", "keep DSNs queued"))
 	}
 	q := h.open()
 	env := &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test", "n@x.test"},
@@ -253,8 +253,8 @@ func TestDelayWarningOnce(t *testing.T) {
 func TestExpiryBounce(t *testing.T) {
 	h := newHarness(t)
 	h.retry = Retry{Initial: time.Hour, Max: time.Hour, Lifetime: 90 * time.Minute}
-	h.fake.on("b@x.test", 1, Temporary, "421 4.4.2 busy")
-	h.fake.on("b@x.test", 2, Temporary, "421 4.4.2 busy")
+	h.fake.on("b@x.test", 1, Temporary, rp(421, "4.4.2", "busy"))
+	h.fake.on("b@x.test", 2, Temporary, rp(421, "4.4.2", "busy"))
 	h.open()
 	h.enqueue("alice@example.org", "Subject: x\r\n\r\n", "b@x.test")
 	h.step()
@@ -271,7 +271,7 @@ func TestExpiryBounce(t *testing.T) {
 // DSN is spooled too, and everything is cleaned up once delivered.
 func TestBounceRetFull(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	orig := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", inlineMax/16)
 	env := &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test"}, Ret: "FULL"}
@@ -297,7 +297,7 @@ func TestBounceRetFull(t *testing.T) {
 // the prefix, as it was delivered and as an inline one does.
 func TestBounceRetFullPrefixed(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	const prefix = "Received: from client by postern\r\n"
 	orig := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", inlineMax/16)
@@ -321,7 +321,7 @@ func TestBounceRetFullPrefixed(t *testing.T) {
 // restart neither loses nor repeats it.
 func TestBounceOnceAcrossRestart(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	h.enqueue("alice@example.org", "Subject: x\r\n\r\n", "b@x.test")
 	h.step()
@@ -329,7 +329,7 @@ func TestBounceOnceAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.fake = newFake()
-	h.fake.on("alice@example.org", 1, Temporary, "451 later")
+	h.fake.on("alice@example.org", 1, Temporary, rp(451, "", "later"))
 	h.open()
 	h.step()
 	if n := len(h.dsns()); n != 1 {
@@ -341,7 +341,7 @@ func TestBounceOnceAcrossRestart(t *testing.T) {
 // DSN, without the third part, instead of dropping the results.
 func TestDSNWithoutOriginal(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	h.enqueue("alice@example.org", string(randomBody(t, inlineMax+1)), "b@x.test")
 	jobs, _, err := q.lease(t0, 10)
@@ -357,7 +357,7 @@ func TestDSNWithoutOriginal(t *testing.T) {
 	if err := os.Mkdir(p, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	q.record(jobs[0], []Result{{Outcome: Permanent, Reply: "550 no", RemoteMTA: "mx.test"}})
+	q.record(jobs[0], []Result{{Outcome: Permanent, Reply: rp(550, "", "no"), RemoteMTA: "mx.test"}})
 	<-h.done
 	q.release(jobs[0])
 	_, rep := h.onlyDSN()
@@ -374,7 +374,7 @@ func TestDSNWithoutOriginal(t *testing.T) {
 // reported, without the original, instead of being retried for ever.
 func TestBounceWhenSpoolFileIsGone(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 5.1.1 no such user")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "5.1.1", "no such user"))
 	q := h.open()
 	big := "Subject: big\r\n\r\n" + strings.Repeat("x", inlineMax+1)
 	id, err := q.Enqueue(context.Background(), &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test"}}, strings.NewReader(big))

@@ -15,7 +15,7 @@ import (
 
 func TestTemporaryThenDelivered(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Temporary, "451 4.3.0 try later")
+	h.fake.on("b@x.test", 1, Temporary, rp(451, "4.3.0", "try later"))
 	q := h.open()
 	id := h.enqueue("a@example.org", "hi", "b@x.test")
 	q.Start()
@@ -23,7 +23,7 @@ func TestTemporaryThenDelivered(t *testing.T) {
 
 	m := h.get(id)
 	r := m.Rcpts[0]
-	if r.State != StateDeferred || r.Attempts != 1 || r.LastReply != "451 4.3.0 try later" ||
+	if r.State != StateDeferred || r.Attempts != 1 || r.LastReply != rp(451, "4.3.0", "try later") ||
 		r.RemoteMTA != "mx.test" || !r.LastAttempt.Equal(t0) || !r.NextAttempt.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("after attempt 1: %+v", r)
 	}
@@ -48,13 +48,13 @@ func TestTemporaryThenDelivered(t *testing.T) {
 
 func TestPermanentNotRetried(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Permanent, "550 5.1.1 no such user")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "5.1.1", "no such user"))
 	q := h.open()
 	id := h.enqueue("", "hi", "b@x.test")
 	q.Start()
 	h.wait(1)
 	final := <-h.finals
-	if r := final.Rcpts[0]; r.State != StateFailed || r.LastReply != "550 5.1.1 no such user" {
+	if r := final.Rcpts[0]; r.State != StateFailed || r.LastReply != rp(550, "5.1.1", "no such user") {
 		t.Errorf("recipient = %+v", r)
 	}
 	// The record stays to explain the failure, without its body.
@@ -75,7 +75,7 @@ func TestLifetimeExpiry(t *testing.T) {
 	h := newHarness(t)
 	h.retry = Retry{Initial: time.Hour, Max: time.Hour, Lifetime: 3 * time.Hour}
 	for a := 1; a <= 5; a++ {
-		h.fake.on("b@x.test", a, Temporary, "421 4.4.2 busy")
+		h.fake.on("b@x.test", a, Temporary, rp(421, "4.4.2", "busy"))
 	}
 	q := h.open()
 	id := h.enqueue("", "hi", "b@x.test")
@@ -92,15 +92,15 @@ func TestLifetimeExpiry(t *testing.T) {
 	final := <-h.finals
 	r := final.Rcpts[0]
 	if r.State != StateFailed || r.Attempts != 4 ||
-		!strings.Contains(r.LastReply, "retry lifetime 3h0m0s expired") || !strings.Contains(r.LastReply, "421 4.4.2 busy") {
+		!strings.Contains(r.LastReply.String(), "retry lifetime 3h0m0s expired") || !strings.Contains(r.LastReply.String(), "421 4.4.2 busy") {
 		t.Errorf("recipient = %+v", r)
 	}
 }
 
 func TestGroupingByDomain(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.ORG", 1, Temporary, "452 4.2.2 full")
-	h.fake.on("c@y.org", 1, Permanent, "550 no")
+	h.fake.on("b@x.ORG", 1, Temporary, rp(452, "4.2.2", "full"))
+	h.fake.on("c@y.org", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	id := h.enqueue("", "hi", "a@X.org", "c@y.org", "b@x.ORG", "postmaster")
 	q.Start()
@@ -140,7 +140,7 @@ func TestGroupingByDomain(t *testing.T) {
 // where it stood.
 func TestRestart(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Temporary, "451 later")
+	h.fake.on("b@x.test", 1, Temporary, rp(451, "", "later"))
 	q := h.open()
 	id := h.enqueue("", "hi", "b@x.test")
 	q.Start()
@@ -241,7 +241,7 @@ func TestCloseCutsOff(t *testing.T) {
 	h.fake = newFake()
 	h.open()
 	r := h.get(id).Rcpts[0]
-	if r.State != StateQueued || r.Attempts != 1 || r.LastReply != "" || !r.NextAttempt.Equal(t0.Add(time.Minute)) {
+	if r.State != StateQueued || r.Attempts != 1 || !r.LastReply.IsZero() || !r.NextAttempt.Equal(t0.Add(time.Minute)) {
 		t.Errorf("after cut-off: %+v", r)
 	}
 }
@@ -283,7 +283,7 @@ func TestDelivererContractBreaches(t *testing.T) {
 			id := h.enqueue("", "hi", "b@x.test")
 			q.Start()
 			h.wait(1)
-			if r := h.get(id).Rcpts[0]; r.State != StateDeferred || !strings.Contains(r.LastReply, "internal error") {
+			if r := h.get(id).Rcpts[0]; r.State != StateDeferred || !strings.Contains(r.LastReply.String(), "internal error") {
 				t.Errorf("recipient = %+v", r)
 			}
 		})
@@ -297,8 +297,8 @@ func (f delivererFunc) Deliver(ctx context.Context, d *Delivery) []Result { retu
 // TestLogs: one line per event, each with the queue ID.
 func TestLogs(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Temporary, "451 later")
-	h.fake.on("c@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Temporary, rp(451, "", "later"))
+	h.fake.on("c@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	id := h.enqueue("", "hi", "b@x.test", "c@x.test")
 	q.Start()
@@ -325,8 +325,10 @@ func TestLogs(t *testing.T) {
 				t.Errorf("attempt line at %s, want debug", e.Level)
 			}
 		case "delivered":
-			if f["reply"] != "250 2.0.0 ok" || f["remote"] != "mx.test" {
-				t.Errorf("delivered line: reply %v, remote %v; want the remote's reply and name", f["reply"], f["remote"])
+			// The reply as typed fields, not a string to parse.
+			rep, _ := f["reply"].(map[string]any)
+			if rep["code"] != int64(250) || rep["enhanced_code"] != "2.0.0" || rep["text"] != "ok" || f["remote"] != "mx.test" {
+				t.Errorf("delivered line: reply %v, remote %v; want the remote's reply (code, enhanced code, text) and name", f["reply"], f["remote"])
 			}
 		case "deferred":
 			if _, ok := f["next_attempt"]; !ok {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"time"
+
+	"postern/queue/reply"
 )
 
 // Deliverer makes one delivery attempt for a batch of recipients of one
@@ -73,10 +75,12 @@ func (o Outcome) String() string {
 // Result is the outcome for one recipient, with the remote's words.
 type Result struct {
 	Outcome Outcome
-	// Reply is the remote's full reply ("550 5.1.1 <b@x>: no such user") or a
-	// description of the local failure ("dial tcp 127.0.0.2:25: connection
-	// refused"); kept for logs, queue inspection and bounces.
-	Reply string
+	// Reply is the remote's reply (code, enhanced code and text: 550,
+	// 5.1.1, "<b@x>: no such user"), or postern's words for a failure of
+	// its own, with no code ("dial tcp 127.0.0.2:25: connection refused")
+	// or with the code postern chose (451 4.4.3 for a failed DNS lookup).
+	// Kept as it is for logs, queue inspection and bounces.
+	Reply reply.Reply
 	// RemoteMTA is the host that gave the reply, if any.
 	RemoteMTA string
 	// RemoteDSN, for a Delivered result, says the remote advertised DSN

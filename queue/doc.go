@@ -27,6 +27,12 @@
 // and per-recipient DSN fields without a migration: the bucket is created
 // at Open, and absent fields read as their zero values.
 //
+// A recipient's last reply is stored typed (code, enhanced code, text:
+// package reply), as the deliverer gave it. Records written before that
+// hold the reply as one line of text (and, for failures the queue decided,
+// the enhanced code apart); they are read as a reply of that text with no
+// code, never parsed back, and written back typed.
+//
 // An id is the messages bucket's NextSequence, stored as an 8-byte
 // big-endian key so keys sort in acceptance order; its printable form is 16
 // upper-case hex digits (see formatID). The body is kept apart from the

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"postern/queue/reply"
 	"strings"
 
 	"postern/queue"
@@ -25,7 +26,7 @@ func (p printer) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 	fmt.Printf("to %v at %s, attempt %d: %q\n", d.Rcpts, d.Domain, d.Attempt, body)
 	res := make([]queue.Result, len(d.Rcpts))
 	for i := range res {
-		res[i] = queue.Result{Outcome: queue.Delivered, Reply: "250 2.0.0 OK", RemoteMTA: "mx." + d.Domain}
+		res[i] = queue.Result{Outcome: queue.Delivered, Reply: reply.Reply{Code: 250, Enhanced: reply.Enhanced{Class: 2}, Text: "OK"}, RemoteMTA: "mx." + d.Domain}
 	}
 	return res
 }

@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"postern/queue/reply"
 	"slices"
 	"strings"
 	"sync"
@@ -67,13 +68,13 @@ func newFake() *fakeDeliverer {
 	return &fakeDeliverer{script: map[string]map[int]Result{}, called: make(chan *Delivery, 100)}
 }
 
-func (f *fakeDeliverer) on(rcpt string, attempt int, o Outcome, reply string) *fakeDeliverer {
+func (f *fakeDeliverer) on(rcpt string, attempt int, o Outcome, r reply.Reply) *fakeDeliverer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.script[rcpt] == nil {
 		f.script[rcpt] = map[int]Result{}
 	}
-	f.script[rcpt][attempt] = Result{Outcome: o, Reply: reply, RemoteMTA: "mx.test"}
+	f.script[rcpt][attempt] = Result{Outcome: o, Reply: r, RemoteMTA: "mx.test"}
 	return f
 }
 
@@ -91,7 +92,7 @@ func (f *fakeDeliverer) Deliver(ctx context.Context, d *Delivery) []Result {
 	if block != nil {
 		select {
 		case <-ctx.Done():
-			return resultsFor(d, Result{Outcome: Temporary, Reply: ctx.Err().Error()})
+			return resultsFor(d, Result{Outcome: Temporary, Reply: reply.Reply{Text: ctx.Err().Error()}})
 		case <-block:
 		}
 	}
@@ -101,7 +102,7 @@ func (f *fakeDeliverer) Deliver(ctx context.Context, d *Delivery) []Result {
 	for _, r := range d.Rcpts {
 		out, ok := f.script[r][d.Attempt]
 		if !ok {
-			out = Result{Outcome: Delivered, Reply: "250 2.0.0 ok", RemoteMTA: "mx.test"}
+			out = Result{Outcome: Delivered, Reply: rp(250, "2.0.0", "ok"), RemoteMTA: "mx.test"}
 		}
 		res = append(res, out)
 	}
@@ -424,4 +425,9 @@ func (h *harness) onlyDSN() (*Message, *report) {
 		h.t.Fatalf("%d DSNs queued, want 1", len(ds))
 	}
 	return ds[0], parseReport(h.t, h.body(ds[0].ID))
+}
+
+// rp is a reply: code (0 for none), enhanced code ("" for none), text.
+func rp(code int, enhanced, text string) reply.Reply {
+	return reply.Reply{Code: code, Enhanced: reply.MustEnhanced(enhanced), Text: text}
 }

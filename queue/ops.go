@@ -254,7 +254,7 @@ func (q *Queue) Bounce(id string) error {
 		for i := range rec.Rcpts {
 			r := &rec.Rcpts[i]
 			if r.State.pending() {
-				r.State, r.LastReply, r.RemoteMTA, r.status = StateFailed, adminBounceReply, "", statusAdmin
+				r.State, r.LastReply, r.RemoteMTA = StateFailed, adminBounce, ""
 				r.leased = false
 				count++
 			}

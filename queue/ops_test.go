@@ -67,8 +67,8 @@ func TestHoldRelease(t *testing.T) {
 
 func TestRetry(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Temporary, "451 later")
-	h.fake.on("c@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Temporary, rp(451, "", "later"))
+	h.fake.on("c@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	id := h.enqueue("", "x", "b@x.test", "c@x.test")
 	h.step()
@@ -104,7 +104,7 @@ func TestRetry(t *testing.T) {
 func TestRetryAll(t *testing.T) {
 	h := newHarness(t)
 	for _, r := range []string{"a@x.test", "b@x.test", "c@x.test"} {
-		h.fake.on(r, 1, Temporary, "451 later")
+		h.fake.on(r, 1, Temporary, rp(451, "", "later"))
 	}
 	q := h.open()
 	a := h.enqueue("", "x", "a@x.test")
@@ -168,7 +168,7 @@ func TestDelete(t *testing.T) {
 
 func TestAdminBounce(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("b@x.test", 1, Temporary, "451 4.3.0 later")
+	h.fake.on("b@x.test", 1, Temporary, rp(451, "4.3.0", "later"))
 	q := h.open()
 	id := h.enqueue("alice@example.org", "Subject: x\r\n\r\n", "b@x.test", "c@y.test")
 	h.step() // c delivered, b deferred
@@ -179,7 +179,7 @@ func TestAdminBounce(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := h.get(id)
-	if m.State != StateFailed || m.Rcpts[0].State != StateFailed || m.Rcpts[0].LastReply != adminBounceReply {
+	if m.State != StateFailed || m.Rcpts[0].State != StateFailed || m.Rcpts[0].LastReply != adminBounce {
 		t.Errorf("after Bounce: %+v", m)
 	}
 	_, rep := h.onlyDSN()
@@ -200,7 +200,7 @@ func TestAdminBounce(t *testing.T) {
 func TestPurgeFailed(t *testing.T) {
 	h := newHarness(t)
 	h.opts = func(o *Options) { o.KeepFailed = time.Hour }
-	h.fake.on("b@x.test", 1, Permanent, "550 no")
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	id := h.enqueue("", "x", "b@x.test")
 	h.step()
@@ -234,8 +234,8 @@ func TestPurgeFailed(t *testing.T) {
 // Open.
 func TestDepth(t *testing.T) {
 	h := newHarness(t)
-	h.fake.on("d@x.test", 1, Temporary, "451 later")
-	h.fake.on("f@x.test", 1, Permanent, "550 no")
+	h.fake.on("d@x.test", 1, Temporary, rp(451, "", "later"))
+	h.fake.on("f@x.test", 1, Permanent, rp(550, "", "no"))
 	q := h.open()
 	h.enqueue("", "x", "d@x.test")
 	h.enqueue("", "x", "f@x.test")
@@ -321,7 +321,7 @@ func TestInflightOperator(t *testing.T) {
 		}},
 		{"hold", (*Queue).Hold, func(t *testing.T, h *harness, id string) {
 			m := h.get(id)
-			if m.State != StateHeld || m.Rcpts[0].State != StateDeferred || m.Rcpts[0].LastReply != "451 later" {
+			if m.State != StateHeld || m.Rcpts[0].State != StateDeferred || m.Rcpts[0].LastReply != rp(451, "", "later") {
 				t.Errorf("after hold in flight: %+v", m)
 			}
 			if jobs, _, _ := h.q.lease(t0.Add(100*time.Hour), 10); len(jobs) != 0 {
@@ -330,7 +330,7 @@ func TestInflightOperator(t *testing.T) {
 		}},
 		{"bounce", (*Queue).Bounce, func(t *testing.T, h *harness, id string) {
 			m := h.get(id)
-			if m.State != StateFailed || m.Rcpts[0].LastReply != adminBounceReply {
+			if m.State != StateFailed || m.Rcpts[0].LastReply != adminBounce {
 				t.Errorf("after bounce in flight: %+v", m)
 			}
 			if n := len(h.dsns()); n != 1 {
@@ -342,7 +342,7 @@ func TestInflightOperator(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
 			h.fake.block = make(chan struct{})
-			h.fake.on("b@x.test", 1, Temporary, "451 later")
+			h.fake.on("b@x.test", 1, Temporary, rp(451, "", "later"))
 			q := h.open()
 			id := h.enqueue("alice@example.org", string(randomBody(t, inlineMax+100)), "b@x.test")
 			q.Start()
@@ -365,7 +365,7 @@ func TestMessageJSON(t *testing.T) {
 		Envelope: Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test"}},
 		Created:  t0, Size: 42, Held: true, State: StateHeld,
 		Rcpts: []Recipient{{Address: "b@x.test", State: StateDeferred, Attempts: 2,
-			NextAttempt: t0.Add(time.Hour), LastAttempt: t0, LastReply: "451 later", RemoteMTA: "mx.test", leased: true}},
+			NextAttempt: t0.Add(time.Hour), LastAttempt: t0, LastReply: rp(451, "", "later"), RemoteMTA: "mx.test", leased: true}},
 	}
 	data, err := json.Marshal(m)
 	if err != nil {
@@ -381,8 +381,13 @@ func TestMessageJSON(t *testing.T) {
 	}
 	r := got["recipients"].([]any)[0].(map[string]any)
 	rkeys := slices.Sorted(maps.Keys(r))
-	if want := []string{"address", "attempts", "last_attempt", "last_reply", "next_attempt", "remote_mta", "state"}; !slices.Equal(rkeys, want) {
+	// last_reply is the reply on one line, for people and older
+	// clients; reply is the same typed.
+	if want := []string{"address", "attempts", "last_attempt", "last_reply", "next_attempt", "remote_mta", "reply", "state"}; !slices.Equal(rkeys, want) {
 		t.Errorf("recipient keys %v, want %v", rkeys, want)
+	}
+	if rep := r["reply"].(map[string]any); r["last_reply"] != "451 later" || rep["code"] != 451.0 || rep["text"] != "later" || rep["enhanced_code"] != nil {
+		t.Errorf("recipient reply: last_reply %v, reply %v", r["last_reply"], r["reply"])
 	}
 	if got["from"] != "alice@example.org" || got["state"] != "held" || got["created_at"] != "2026-11-24T10:00:00Z" {
 		t.Errorf("JSON = %s", data)

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"postern/queue/reply"
 )
 
 // Tunables. Each is a constant so a change is deliberate and reviewed.
@@ -186,12 +188,32 @@ type Recipient struct {
 	// temporary failure.
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	LastAttempt time.Time `json:"last_attempt,omitzero"`
-	LastReply   string    `json:"last_reply,omitempty"`
-	RemoteMTA   string    `json:"remote_mta,omitempty"`
+	// LastReply is the reply of the last attempt, typed; for a recipient
+	// the queue failed itself (an expired retry lifetime, an
+	// administrator's bounce) it is the queue's words, with no reply code
+	// and the enhanced code that says why (5.4.7, 5.0.0). Its JSON form
+	// is "reply", with the one-line rendering in "last_reply" for people
+	// and older clients.
+	LastReply reply.Reply `json:"reply,omitzero"`
+	RemoteMTA string      `json:"remote_mta,omitempty"`
 
 	// Bookkeeping of the queue, stored but not shown; see storedRcpt.
 	leased, reported, warned, remoteDSN bool
-	status                              string
+}
+
+// recipientAlias has Recipient's fields without its methods.
+type recipientAlias Recipient
+
+// MarshalJSON adds "last_reply", the reply rendered on one line.
+func (r Recipient) MarshalJSON() ([]byte, error) {
+	var line string
+	if !r.LastReply.IsZero() {
+		line = r.LastReply.String()
+	}
+	return json.Marshal(struct {
+		recipientAlias
+		Line string `json:"last_reply,omitempty"`
+	}{recipientAlias(r), line})
 }
 
 // public is the recipient without the queue's private bookkeeping.

@@ -15,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"postern/queue/dsn"
+	"postern/queue/reply"
 )
 
 // This file turns state changes into delivery status notifications and
@@ -33,15 +34,15 @@ var (
 // try stale; several in a row mean something is wrong.
 const maxStale = 5
 
-// adminBounceReply is the LastReply, and the DSN diagnostic, of a
-// recipient failed by Bounce.
-const adminBounceReply = "5.0.0 message bounced by the administrator"
-
-// Enhanced status codes the queue decides itself (RFC 3463).
-const (
-	statusExpired = "5.4.7" // X.4.7 delivery time expired
-	statusAdmin   = "5.0.0" // X.0.0 other undefined status
+// The enhanced status codes the queue decides itself (RFC 3463).
+var (
+	statusExpired = reply.Enhanced{Class: 5, Subject: 4, Detail: 7} // X.4.7 delivery time expired
+	statusAdmin   = reply.Enhanced{Class: 5, Subject: 0, Detail: 0} // X.0.0 other undefined status
 )
+
+// adminBounce is the LastReply, and the DSN's status and diagnostic, of a
+// recipient failed by Bounce: the queue's words, with no reply code.
+var adminBounce = reply.Reply{Enhanced: statusAdmin, Text: "message bounced by the administrator"}
 
 // notify is a recipient's NOTIFY parameter (RFC 3461 §4.1), decoded.
 type notify struct{ given, success, failure, delay bool }
@@ -161,9 +162,8 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		dr := dsn.Recipient{
 			FinalRecipient: r.Address,
 			Action:         it.action,
-			Status:         r.status,
 			RemoteMTA:      r.RemoteMTA,
-			Diagnostic:     r.LastReply,
+			Reply:          r.LastReply,
 		}
 		if it.idx < len(rec.Env.DSN) {
 			dr.OriginalRecipient = rec.Env.DSN[it.idx].ORcpt

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"postern/queue/reply"
 	"strings"
 	"time"
 
@@ -355,7 +356,7 @@ func (q *Queue) attempt(j *job) (results []Result) {
 			q.log.Error("deliverer panicked", slog.String("id", j.d.ID), slog.Any("panic", r))
 			results = nil
 			for range j.d.Rcpts {
-				results = append(results, Result{Outcome: Temporary, Reply: fmt.Sprintf("internal error: deliverer panicked: %v", r)})
+				results = append(results, Result{Outcome: Temporary, Reply: internalError(fmt.Sprintf("deliverer panicked: %v", r))})
 			}
 		}
 	}()
@@ -368,12 +369,18 @@ func (q *Queue) attempt(j *job) (results []Result) {
 			if i < len(results) {
 				fixed[i] = results[i]
 			} else {
-				fixed[i] = Result{Outcome: Temporary, Reply: "internal error: no result from deliverer"}
+				fixed[i] = Result{Outcome: Temporary, Reply: internalError("no result from deliverer")}
 			}
 		}
 		results = fixed
 	}
 	return results
+}
+
+// internalError is the reply of a result the deliverer failed to give:
+// X.3.0 "Other or undefined mail system status" (RFC 3463 §3.4), no code.
+func internalError(what string) reply.Reply {
+	return reply.Reply{Enhanced: reply.Enhanced{Class: 4, Subject: 3, Detail: 0}, Text: "internal error: " + what}
 }
 
 // apply turns one result into the recipient's new state. Anything but
@@ -395,8 +402,10 @@ func (q *Queue) apply(r *Recipient, res Result, now, created time.Time) {
 		r.State = StateFailed
 	case now.Sub(created) > q.retry.Lifetime:
 		r.State = StateFailed
-		r.status = statusExpired
-		r.LastReply = fmt.Sprintf("retry lifetime %v expired; last reply: %s", q.retry.Lifetime, res.Reply)
+		// The queue's words now, with the remote's last reply quoted
+		// for the people reading the bounce.
+		r.LastReply = reply.Reply{Enhanced: statusExpired,
+			Text: fmt.Sprintf("retry lifetime %v expired; last reply: %s", q.retry.Lifetime, res.Reply)}
 	default:
 		r.State = StateDeferred
 	}
@@ -417,7 +426,7 @@ func (q *Queue) record(j *job, results []Result) {
 	for i, res := range results {
 		q.log.Debug("attempt", slog.String("id", id), slog.String("rcpt", j.d.Rcpts[i]),
 			slog.Int("attempt", j.d.Attempt), slog.String("outcome", res.Outcome.String()),
-			slog.String("reply", res.Reply), slog.String("remote", res.RemoteMTA))
+			slog.Any("reply", res.Reply), slog.String("remote", res.RemoteMTA))
 	}
 	now := q.clock()
 	out, err := q.modify(j.id, true, now, func(rec *record) error {
@@ -464,16 +473,16 @@ func (q *Queue) record(j *job, results []Result) {
 			delivered++
 			q.log.Info("delivered", slog.String("id", id), slog.String("rcpt", r.Address),
 				slog.Int("attempt", r.Attempts), slog.String("remote", r.RemoteMTA),
-				slog.String("reply", r.LastReply))
+				slog.Any("reply", r.LastReply))
 		case StateDeferred:
 			deferred++
 			q.log.Info("deferred", slog.String("id", id), slog.String("rcpt", r.Address),
 				slog.Int("attempt", r.Attempts), slog.Time("next_attempt", r.NextAttempt),
-				slog.String("reply", r.LastReply))
+				slog.String("remote", r.RemoteMTA), slog.Any("reply", r.LastReply))
 		case StateFailed:
 			failed++
 			q.log.Info("failed", slog.String("id", id), slog.String("rcpt", r.Address),
-				slog.Int("attempt", r.Attempts), slog.String("reply", r.LastReply))
+				slog.Int("attempt", r.Attempts), slog.String("remote", r.RemoteMTA), slog.Any("reply", r.LastReply))
 		}
 	}
 	q.observe(delivered, deferred, failed)

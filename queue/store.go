@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"postern/queue/reply"
 )
 
 // Bucket names. See doc.go for what each holds.
@@ -113,8 +115,11 @@ type storedRcpt struct {
 	Attempts    int       `json:"attempts,omitempty"`
 	NextAttempt time.Time `json:"next,omitzero"`
 	LastAttempt time.Time `json:"last,omitzero"`
-	LastReply   string    `json:"reply,omitempty"`
-	RemoteMTA   string    `json:"remote,omitempty"`
+	// The last reply, typed: its code, enhanced code and text.
+	Code      int            `json:"code,omitempty"`
+	Enhanced  reply.Enhanced `json:"enh,omitzero"`
+	Text      string         `json:"text,omitempty"`
+	RemoteMTA string         `json:"remote,omitempty"`
 
 	// Leased: handed to a Deliverer by the last lease and no result
 	// recorded since. Reports wait while a sibling is leased, so that
@@ -127,20 +132,30 @@ type storedRcpt struct {
 	Warned bool `json:"warned,omitempty"`
 	// RemoteDSN: the server that accepted it took over DSN duty.
 	RemoteDSN bool `json:"remote_dsn,omitempty"`
-	// Status is an enhanced status code the queue decided itself (expiry,
-	// administrator bounce); "" means taken from the reply.
-	Status string `json:"status,omitempty"`
+
+	// Written by postern before replies were typed, read but never
+	// written: the reply as one line, and the enhanced code the queue
+	// had decided itself (expiry, administrator bounce). Such a reply is
+	// kept as text with no code: it is not parsed back.
+	LegacyReply  string `json:"reply,omitempty"`
+	LegacyStatus string `json:"status,omitempty"`
 }
 
 func toStored(r Recipient) storedRcpt {
-	return storedRcpt{r.Address, r.State, r.Attempts, r.NextAttempt, r.LastAttempt, r.LastReply, r.RemoteMTA,
-		r.leased, r.reported, r.warned, r.remoteDSN, r.status}
+	return storedRcpt{Address: r.Address, State: r.State, Attempts: r.Attempts, NextAttempt: r.NextAttempt,
+		LastAttempt: r.LastAttempt, Code: r.LastReply.Code, Enhanced: r.LastReply.Enhanced, Text: r.LastReply.Text,
+		RemoteMTA: r.RemoteMTA, Leased: r.leased, Reported: r.reported, Warned: r.warned, RemoteDSN: r.remoteDSN}
 }
 
 func fromStored(s storedRcpt) Recipient {
-	return Recipient{Address: s.Address, State: s.State, Attempts: s.Attempts, NextAttempt: s.NextAttempt,
-		LastAttempt: s.LastAttempt, LastReply: s.LastReply, RemoteMTA: s.RemoteMTA,
-		leased: s.Leased, reported: s.Reported, warned: s.Warned, remoteDSN: s.RemoteDSN, status: s.Status}
+	r := Recipient{Address: s.Address, State: s.State, Attempts: s.Attempts, NextAttempt: s.NextAttempt,
+		LastAttempt: s.LastAttempt, LastReply: reply.Reply{Code: s.Code, Enhanced: s.Enhanced, Text: s.Text},
+		RemoteMTA: s.RemoteMTA, leased: s.Leased, reported: s.Reported, warned: s.Warned, remoteDSN: s.RemoteDSN}
+	if s.LegacyReply != "" && r.LastReply.IsZero() {
+		r.LastReply.Text = s.LegacyReply
+		r.LastReply.Enhanced, _ = reply.ParseEnhanced(s.LegacyStatus) // the queue's own, written by itself
+	}
+	return r
 }
 
 // recordAlias has record's fields without its methods, so the wire struct

@@ -361,3 +361,34 @@ func TestClosedQueue(t *testing.T) {
 		t.Errorf("List after Close = %v", err)
 	}
 }
+
+// TestLegacyReply: a record written before replies were typed keeps its
+// reply as text, with the enhanced code the queue had decided itself; the
+// text is shown and bounced as it is, never parsed back into a code. Such
+// a record is written back in the typed form.
+func TestLegacyReply(t *testing.T) {
+	old := `{"env":{"from":"a@x.test"},"created":"2026-11-24T10:00:00Z","size":3,` +
+		`"rcpts":[{"addr":"b@y.test","state":"failed","attempts":3,"reply":"retry lifetime 120h0m0s expired; last reply: 451 later","status":"5.4.7"},` +
+		`{"addr":"c@y.test","state":"deferred","attempts":1,"reply":"451 4.3.0 try later"}]}`
+	rec, err := decodeRecord([]byte(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rec.Rcpts[0].LastReply; r != rp(0, "5.4.7", "retry lifetime 120h0m0s expired; last reply: 451 later") {
+		t.Errorf("expired recipient: %+v", r)
+	}
+	if r := rec.Rcpts[1].LastReply; r != rp(0, "", "451 4.3.0 try later") {
+		t.Errorf("deferred recipient: %+v", r)
+	}
+	data, err := marshalRecord(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), `"reply"`) || strings.Contains(string(data), `"status"`) {
+		t.Errorf("written back with the legacy fields: %s", data)
+	}
+	again, err := decodeRecord(data)
+	if err != nil || again.Rcpts[0].LastReply != rec.Rcpts[0].LastReply || again.Rcpts[1].LastReply != rec.Rcpts[1].LastReply {
+		t.Errorf("round trip: %+v, %v", again, err)
+	}
+}

@@ -289,7 +289,7 @@ func TestRemote550IsNotRetried(t *testing.T) {
 	in.start()
 	id := relayOne(t, in, "nobody@dest.test")
 	f := in.waitLog(20*time.Second, hasID(id, "failed"))
-	if !strings.Contains(fmt.Sprint(f), "550 5.1.1 no such user here") {
+	if r := f.reply(); r.Code != 550 || r.Enhanced.String() != "5.1.1" || r.Text != "no such user here" {
 		t.Errorf("failed line does not carry the remote's words: %v", f)
 	}
 	// Give a retry, if any, the time to happen: three retry intervals.

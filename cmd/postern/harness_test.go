@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"postern/queue/reply"
 	"strings"
 	"sync"
 	"syscall"
@@ -237,6 +238,16 @@ func (in *instance) waitLog(timeout time.Duration, f func(logEntry) bool) logEnt
 type logEntry map[string]any
 
 func (e logEntry) str(k string) string { s, _ := e[k].(string); return s }
+
+// reply is the line's typed "reply" object (code, enhanced_code, text),
+// the zero Reply when it has none.
+func (e logEntry) reply() reply.Reply {
+	var r reply.Reply
+	if b, err := json.Marshal(e["reply"]); err == nil {
+		json.Unmarshal(b, &r)
+	}
+	return r
+}
 
 func (e logEntry) isMsg(msg string) bool { return e.str("msg") == msg }
 

@@ -147,8 +147,8 @@ default_route: provider
 		d := in.waitLog(20*time.Second, func(e logEntry) bool {
 			return hasID(id, "deferred")(e) && e["attempt"] == float64(attempt)
 		})
-		if !strings.HasPrefix(d.str("reply"), "535 5.7.8") {
-			t.Errorf("attempt %d deferred with %q, want the smarthost's 535", attempt, d.str("reply"))
+		if r := d.reply(); r.Code != 535 || r.Enhanced.String() != "5.7.8" {
+			t.Errorf("attempt %d deferred with %q, want the smarthost's 535 5.7.8", attempt, r)
 		}
 	}
 	in.waitLog(5*time.Second, func(e logEntry) bool { return e.isMsg("smarthost refused our credentials") })
@@ -207,8 +207,8 @@ default_route: provider
 	in.start()
 	id := relayOne(t, in, "bob@dest.test")
 	d := in.waitLog(20*time.Second, hasID(id, "deferred"))
-	if !strings.HasPrefix(d.str("reply"), "451 4.7.5 TLS with localhost failed") {
-		t.Errorf("deferred with %q", d.str("reply"))
+	if r := d.reply(); !strings.HasPrefix(r.String(), "451 4.7.5 TLS with localhost failed") {
+		t.Errorf("deferred with %q", r)
 	}
 	if a := sh.Auths(); len(a) != 0 || len(sh.Messages()) != 0 {
 		t.Errorf("an unverified smarthost got AUTH %+v", a)

@@ -23,10 +23,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"postern/queue/reply"
 )
 
 // Action is the per-recipient Action field (RFC 3464 §2.3.3).
@@ -46,14 +47,14 @@ const (
 
 // class is the status class digit an action implies (RFC 3464 §2.3.4:
 // the status code "MUST" be consistent with the Action).
-func (a Action) class() byte {
+func (a Action) class() int {
 	switch a {
 	case Failed:
-		return '5'
+		return 5
 	case Delayed:
-		return '4'
+		return 4
 	}
-	return '2'
+	return 2
 }
 
 // Return says what of the original message goes into the third part
@@ -112,15 +113,17 @@ type Recipient struct {
 	// FinalRecipient is the address the delivery was attempted for.
 	FinalRecipient string
 	Action         Action
-	// Status is the enhanced status code ("5.1.1"). Empty means derived:
-	// the enhanced code of Diagnostic when its class fits Action,
+	// Status is the enhanced status code reported. The zero value means
+	// derived: the enhanced code of Reply when its class fits Action,
 	// otherwise X.0.0 of Action's class (5.0.0, 4.0.0, 2.0.0).
-	Status string
-	// RemoteMTA is the host that gave Diagnostic, "" if none did.
+	Status reply.Enhanced
+	// RemoteMTA is the host that gave Reply, "" if none did.
 	RemoteMTA string
-	// Diagnostic is the remote's full reply ("550 5.1.1 <b@x>: no such
-	// user"), or a local explanation when no remote answered.
-	Diagnostic string
+	// Reply is the remote's reply (550, 5.1.1, "<b@x>: no such user"),
+	// the Diagnostic-Code of type "smtp"; or, with no reply code, a local
+	// explanation (a DNS failure, an expiry), of type "X-Postern". Zero
+	// leaves Diagnostic-Code out.
+	Reply reply.Reply
 	// LastAttempt is the time of the last delivery attempt (zero: none).
 	LastAttempt time.Time
 	// WillRetryUntil is when attempts stop, for Delayed (zero: left out).
@@ -151,26 +154,19 @@ const (
 	maxHeaderSection = 256 << 10
 )
 
-// statusRE is an enhanced status code (RFC 3463 §2): class.subject.detail.
-var statusRE = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3}$`)
-
-// replyStatusRE finds the enhanced code at the start of a reply text,
-// after the reply code: "550 5.1.1 ..." or "550-5.1.1 ...".
-var replyStatusRE = regexp.MustCompile(`^[245][0-9][0-9][ -]([245]\.[0-9]{1,3}\.[0-9]{1,3})(?:[ ]|$)`)
-
 // status returns the status code Compose uses for rc.
 func (rc *Recipient) status() (string, error) {
-	if rc.Status != "" {
-		if !statusRE.MatchString(rc.Status) {
-			return "", fmt.Errorf("%w: %q", ErrBadStatus, rc.Status)
+	if !rc.Status.IsZero() {
+		if !rc.Status.Valid() {
+			return "", fmt.Errorf("%w: %d.%d.%d", ErrBadStatus, rc.Status.Class, rc.Status.Subject, rc.Status.Detail)
 		}
-		return rc.Status, nil
+		return rc.Status.String(), nil
 	}
 	cls := rc.Action.class()
-	if m := replyStatusRE.FindStringSubmatch(rc.Diagnostic); m != nil && m[1][0] == cls {
-		return m[1], nil
+	if e := rc.Reply.Enhanced; e.Valid() && e.Class == cls {
+		return e.String(), nil
 	}
-	return string(cls) + ".0.0", nil
+	return reply.Enhanced{Class: cls}.String(), nil
 }
 
 func validAction(a Action) bool {
@@ -273,11 +269,13 @@ func Compose(w io.Writer, r *Report) error {
 		if mta := sanitize(rc.RemoteMTA); mta != "" {
 			h.field("Remote-MTA", "dns; "+mta)
 		}
-		if d := diagnostic(rc.Diagnostic); d != "" {
-			// "smtp" only when the text is an SMTP reply; our own
-			// words (a DNS failure, an expiry) are "X-Postern".
+		if d := diagnostic(rc.Reply); d != "" {
+			// "smtp" only for a reply a server gave, with its code;
+			// our own words (a DNS failure, an expiry) are
+			// "X-Postern" (RFC 3464 §2.3.6: the type names the
+			// system the diagnostic comes from).
 			typ := "X-Postern"
-			if isReply(d) {
+			if rc.Reply.Code != 0 {
 				typ = "smtp"
 			}
 			h.field("Diagnostic-Code", typ+"; "+d)
@@ -363,7 +361,7 @@ func writeExplanation(w *bufio.Writer, host string, r *Report, statuses []string
 				line += ":"
 			}
 			writeWrapped(w, line, "")
-			if d := diagnostic(rc.Diagnostic); d != "" {
+			if d := diagnostic(rc.Reply); d != "" {
 				writeWrapped(w, d, "    ")
 			}
 		}
@@ -562,22 +560,20 @@ func sanitize(s string) string {
 	return b.String()
 }
 
-// diagnostic is the sanitised, length-bounded text of a reply.
-func diagnostic(s string) string {
+// diagnostic is the sanitised, length-bounded text of a reply: as a
+// server sent it (code, enhanced code, text), or, for postern's own words,
+// the text alone (the enhanced code is the Status field).
+func diagnostic(r reply.Reply) string {
+	s := r.Text
+	if r.Code != 0 {
+		s = r.String()
+	}
 	d := sanitize(s)
 	if len(d) > maxDiagnostic {
 		d = d[:maxDiagnostic] + " [...]"
 	}
 	return d
 }
-
-// isReply reports whether d starts like an SMTP reply ("550 ...", "451-...").
-func isReply(d string) bool {
-	return len(d) >= 3 && '2' <= d[0] && d[0] <= '5' && isDigit(d[1]) && isDigit(d[2]) &&
-		(len(d) == 3 || d[3] == ' ' || d[3] == '-')
-}
-
-func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // address renders an address as the Final-Recipient value: "rfc822; addr"
 // for ASCII, and for an internationalised address the "utf-8" type of RFC

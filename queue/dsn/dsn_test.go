@@ -13,6 +13,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"postern/queue/reply"
 	"strings"
 	"testing"
 	"time"
@@ -193,7 +194,7 @@ func valid() *Report {
 			FinalRecipient:    "bob@example.net",
 			Action:            Failed,
 			RemoteMTA:         "mx.example.net",
-			Diagnostic:        "550 5.1.1 <bob@example.net>: no such user",
+			Reply:             rep(550, "5.1.1", "<bob@example.net>: no such user"),
 			LastAttempt:       time.Date(2026, 11, 24, 10, 4, 0, 0, time.UTC),
 		}},
 		Original: strings.NewReader("Subject: hi\r\nFrom: alice@example.org\r\n\r\nbody\r\n"),
@@ -290,23 +291,23 @@ func TestVariants(t *testing.T) {
 				t.Error("Original-Recipient present")
 			}
 		}},
-		{"status derived without an enhanced code", func(r *Report) { r.Recipients[0].Diagnostic = "550 no" }, func(t *testing.T, p *parsed) {
+		{"status derived without an enhanced code", func(r *Report) { r.Recipients[0].Reply = rep(550, "", "no") }, func(t *testing.T, p *parsed) {
 			if got := p.perRcpt[0].Get("Status"); got != "5.0.0" {
 				t.Errorf("Status = %q", got)
 			}
 		}},
-		{"status class must fit the action", func(r *Report) { r.Recipients[0].Diagnostic = "452 4.2.2 full" }, func(t *testing.T, p *parsed) {
+		{"status class must fit the action", func(r *Report) { r.Recipients[0].Reply = rep(452, "4.2.2", "full") }, func(t *testing.T, p *parsed) {
 			if got := p.perRcpt[0].Get("Status"); got != "5.0.0" {
 				t.Errorf("Status = %q", got)
 			}
 		}},
-		{"explicit status wins", func(r *Report) { r.Recipients[0].Status = "5.4.7" }, func(t *testing.T, p *parsed) {
+		{"explicit status wins", func(r *Report) { r.Recipients[0].Status = enh(5, 4, 7) }, func(t *testing.T, p *parsed) {
 			if got := p.perRcpt[0].Get("Status"); got != "5.4.7" {
 				t.Errorf("Status = %q", got)
 			}
 		}},
 		{"local failure is not an smtp diagnostic", func(r *Report) {
-			r.Recipients[0].Diagnostic = "lookup example.net: no such host"
+			r.Recipients[0].Reply = rep(0, "", "lookup example.net: no such host")
 			r.Recipients[0].RemoteMTA = ""
 		}, func(t *testing.T, p *parsed) {
 			if got := p.perRcpt[0].Get("Diagnostic-Code"); got != "X-Postern; lookup example.net: no such host" {
@@ -318,7 +319,7 @@ func TestVariants(t *testing.T) {
 		}},
 		{"delayed", func(r *Report) {
 			r.Recipients[0].Action = Delayed
-			r.Recipients[0].Diagnostic = "451 4.3.0 later"
+			r.Recipients[0].Reply = rep(451, "4.3.0", "later")
 			r.Recipients[0].WillRetryUntil = time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
 		}, func(t *testing.T, p *parsed) {
 			if got := p.header.Get("Subject"); got != "Delayed Mail (still being retried)" {
@@ -333,7 +334,7 @@ func TestVariants(t *testing.T) {
 		}},
 		{"delivered", func(r *Report) {
 			r.Recipients[0].Action = Delivered
-			r.Recipients[0].Diagnostic = "250 2.0.0 ok"
+			r.Recipients[0].Reply = rep(250, "2.0.0", "ok")
 		}, func(t *testing.T, p *parsed) {
 			if got := p.header.Get("Subject"); got != "Successful Mail Delivery Report" {
 				t.Errorf("Subject = %q", got)
@@ -343,7 +344,7 @@ func TestVariants(t *testing.T) {
 			}
 		}},
 		{"long reply folded, not cut", func(r *Report) {
-			r.Recipients[0].Diagnostic = "550 5.7.1 " + strings.Repeat("word ", 100) + "end"
+			r.Recipients[0].Reply = rep(550, "5.7.1", strings.Repeat("word ", 100)+"end")
 		}, func(t *testing.T, p *parsed) {
 			want := "smtp; 550 5.7.1 " + strings.Repeat("word ", 100) + "end"
 			if got := p.perRcpt[0].Get("Diagnostic-Code"); got != want {
@@ -351,7 +352,7 @@ func TestVariants(t *testing.T) {
 			}
 		}},
 		{"header injection through a reply", func(r *Report) {
-			r.Recipients[0].Diagnostic = "550 no\r\nX-Injected: yes\nAction: delivered"
+			r.Recipients[0].Reply = rep(550, "", "no\r\nX-Injected: yes\nAction: delivered")
 		}, func(t *testing.T, p *parsed) {
 			if _, ok := p.perRcpt[0]["X-Injected"]; ok || p.perRcpt[0].Get("Action") != "failed" {
 				t.Errorf("injected: %v", p.perRcpt[0])
@@ -368,7 +369,7 @@ func TestVariants(t *testing.T) {
 			}
 		}},
 		{"several recipients, in order", func(r *Report) {
-			r.Recipients = append(r.Recipients, Recipient{FinalRecipient: "c@example.com", Action: Failed, Diagnostic: "554 5.7.1 spam"})
+			r.Recipients = append(r.Recipients, Recipient{FinalRecipient: "c@example.com", Action: Failed, Reply: rep(554, "5.7.1", "spam")})
 		}, func(t *testing.T, p *parsed) {
 			if len(p.perRcpt) != 2 || p.perRcpt[1].Get("Final-Recipient") != "rfc822; c@example.com" || p.perRcpt[1].Get("Status") != "5.7.1" {
 				t.Errorf("blocks: %v", p.perRcpt)
@@ -394,8 +395,8 @@ func TestErrors(t *testing.T) {
 		{"no recipients", func(r *Report) { r.Recipients = nil }, ErrNoRecipients},
 		{"no hostname", func(r *Report) { r.ReportingMTA = "" }, ErrNoHostname},
 		{"hostname with a space", func(r *Report) { r.ReportingMTA = "a b" }, ErrNoHostname},
-		{"bad status", func(r *Report) { r.Recipients[0].Status = "5.1" }, ErrBadStatus},
-		{"status of class 3", func(r *Report) { r.Recipients[0].Status = "3.0.0" }, ErrBadStatus},
+		{"status detail over 999", func(r *Report) { r.Recipients[0].Status = enh(5, 1000, 0) }, ErrBadStatus},
+		{"status of class 3", func(r *Report) { r.Recipients[0].Status = enh(3, 0, 0) }, ErrBadStatus},
 		{"bad action", func(r *Report) { r.Recipients[0].Action = "lost" }, ErrBadAction},
 		{"bad boundary", func(r *Report) { r.Boundary = "a\r\nb" }, ErrBadBoundary},
 		{"unreadable original", func(r *Report) { r.Original = io.MultiReader(strings.NewReader("Subject: x\r\n"), iotestErr{errRead}) }, errRead},
@@ -492,11 +493,12 @@ func FuzzCompose(f *testing.F) {
 		for _, ret := range []Return{Headers, Full} {
 			r := valid()
 			r.Sender, r.EnvelopeID, r.Return = sender, envid, ret
-			r.Recipients[0].Diagnostic = reply
+			// The fuzzed text as a remote's reply, and as postern's own words.
+			r.Recipients[0].Reply = rep(550, "5.1.1", reply)
 			r.Recipients[0].FinalRecipient = rcpt
 			r.Recipients[0].OriginalRecipient = orcpt
 			r.Recipients[0].RemoteMTA = mta
-			r.Recipients = append(r.Recipients, Recipient{FinalRecipient: rcpt, Action: Delayed, Diagnostic: reply})
+			r.Recipients = append(r.Recipients, Recipient{FinalRecipient: rcpt, Action: Delayed, Reply: rep(0, "", reply)})
 			r.Original = strings.NewReader(orig)
 			var b bytes.Buffer
 			if err := Compose(&b, r); err != nil {
@@ -530,4 +532,13 @@ func TestLongReportingMTA(t *testing.T) {
 			t.Errorf("host of %d characters: %d recipient blocks", len(host), len(p.perRcpt))
 		}
 	}
+}
+
+// rep is a reply: code (0 for none), enhanced code ("" for none), text.
+func rep(code int, enhanced, text string) reply.Reply {
+	return reply.Reply{Code: code, Enhanced: reply.MustEnhanced(enhanced), Text: text}
+}
+
+func enh(class, subject, detail int) reply.Enhanced {
+	return reply.Enhanced{Class: class, Subject: subject, Detail: detail}
 }

@@ -3,6 +3,7 @@ package dsn_test
 import (
 	"bytes"
 	"fmt"
+	"postern/queue/reply"
 	"strings"
 	"time"
 
@@ -26,7 +27,7 @@ func Example() {
 			FinalRecipient: "bob@example.net",
 			Action:         dsn.Failed,
 			RemoteMTA:      "mx.example.net",
-			Diagnostic:     "550 5.1.1 <bob@example.net>: no such user",
+			Reply:          reply.Reply{Code: 550, Enhanced: reply.Enhanced{Class: 5, Subject: 1, Detail: 1}, Text: "<bob@example.net>: no such user"},
 			LastAttempt:    time.Date(2026, 11, 24, 10, 4, 0, 0, time.UTC),
 		}},
 		Original: strings.NewReader("Subject: lunch?\r\n\r\nTwelve thirty?\r\n"),

@@ -33,6 +33,7 @@ import (
 	"go.uber.org/zap"
 
 	"postern/queue"
+	"postern/queue/reply"
 	"postern/relay/status"
 )
 
@@ -89,18 +90,18 @@ func (m *Maildir) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result
 		return results
 	}
 	name, err := m.write(ctx, d)
-	o, reply := queue.Delivered, "250 2.0.0 captured in "+filepath.Join(m.dir, "new", name)
+	o, rep := queue.Delivered, reply.Reply{Code: 250, Enhanced: reply.Enhanced{Class: 2}, Text: "captured in " + filepath.Join(m.dir, "new", name)}
 	if err != nil {
 		o = queue.Temporary
 		// RFC 3463 X.3.0 "Other or undefined mail system status".
-		reply = status.Wrap(err, 451, 3, 0, "capture failed").Error()
+		rep = status.Wrap(err, 451, 3, 0, "capture failed").Reply()
 		m.log.Error("capture failed", zap.String("id", d.ID), zap.Error(err))
 	} else {
 		m.log.Info("captured", zap.String("id", d.ID), zap.String("from", d.From),
 			zap.Strings("rcpts", d.Rcpts), zap.String("file", filepath.Join("new", name)))
 	}
 	for i := range results {
-		results[i] = queue.Result{Outcome: o, Reply: reply}
+		results[i] = queue.Result{Outcome: o, Reply: rep}
 	}
 	return results
 }

@@ -60,7 +60,7 @@ func TestDeliver(t *testing.T) {
 			d.From = "" // the null sender
 		}
 		for _, r := range m.Deliver(context.Background(), d) {
-			if r.Outcome != queue.Delivered || !strings.HasPrefix(r.Reply, "250 2.0.0 captured in "+dir) {
+			if r.Outcome != queue.Delivered || !strings.HasPrefix(r.Reply.String(), "250 2.0.0 captured in "+dir) {
 				t.Fatalf("result = %+v", r)
 			}
 		}
@@ -112,7 +112,7 @@ func TestDeliverFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &queue.Delivery{ID: "1", From: "a@x.test", Rcpts: []string{"b@y.test"}, Body: brokenBody{}}
-	if r := m.Deliver(context.Background(), d); r[0].Outcome != queue.Temporary || !strings.HasPrefix(r[0].Reply, "451 4.3.0") {
+	if r := m.Deliver(context.Background(), d); r[0].Outcome != queue.Temporary || !strings.HasPrefix(r[0].Reply.String(), "451 4.3.0") {
 		t.Errorf("unreadable body: %+v", r)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

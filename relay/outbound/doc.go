@@ -34,12 +34,14 @@
 // (see TLSMode); a failed opportunistic upgrade is retried at once in plain
 // text on the same address.
 //
-// Replies keep the remote's words: Result.Reply is the reply as the server
-// sent it ("550 5.1.1 no such user") and Result.RemoteMTA the MX host name.
-// Only a 5xx from the remote makes a recipient Permanent (and 552 to RCPT
-// does not, RFC 5321 §4.5.3.1.10); network errors, timeouts and 4xx are
-// Temporary. Local failures carry a postern status (package status)
-// written like a reply, with an empty RemoteMTA.
+// Replies keep the remote's words, typed: a reply read on the wire is
+// parsed once (ParseReply) into a queue/reply.Reply (code 550, enhanced
+// code 5.1.1, text "no such user"), which becomes Result.Reply as it is;
+// Result.RemoteMTA is the MX host name. Only a 5xx from the remote makes a
+// recipient Permanent (and 552 to RCPT does not, RFC 5321 §4.5.3.1.10);
+// network errors, timeouts and 4xx are Temporary. Local failures carry a
+// postern status (package status) as a reply of its code and words, with
+// an empty RemoteMTA; an I/O error with no status is a reply of text alone.
 //
 // # Smarthosts and routes
 //

@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
-	"strconv"
 	"strings"
 
 	"github.com/emersion/go-smtp"
+
+	"postern/queue/reply"
 )
 
 // The commands an Error can answer.
@@ -24,62 +25,17 @@ const (
 
 // Error is a reply from a remote SMTP server, kept in the remote's words
 // because logs and bounces must quote them. As an error it is a reply that
-// was not the expected one, usually 4xx or 5xx.
+// was not the expected one, usually 4xx or 5xx. The reply is typed
+// (reply.Reply): delivery results carry it as it is into the queue.
 type Error struct {
 	// Command is the command the reply answered, one of the Cmd constants.
 	Command string
-	// Code is the three-digit reply code (RFC 5321 §4.2).
-	Code int
-	// Enhanced is the enhanced status code ("5.1.1", RFC 3463), or "" when
-	// the reply has none or its class contradicts Code.
-	Enhanced string
-	// Lines is the text of each reply line, without the reply code and
-	// without the enhanced code.
-	Lines []string
+	// Reply is the reply: code, enhanced code (zero when the reply had
+	// none or its class contradicted the code) and text.
+	reply.Reply
 }
 
-// Reply is the whole reply on one line, as bounces and Result.Reply quote
-// it: "550 5.1.1 no such user". The lines of a multi-line reply keep their
-// codes and are joined by spaces, as Postfix quotes them:
-// "550-5.7.1 first line 550 5.7.1 second line".
-func (e *Error) Reply() string {
-	var b strings.Builder
-	for i, l := range e.Lines {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		writeLine(&b, e, i, l)
-	}
-	return b.String()
-}
-
-// Wire is the reply as the server sent it: CRLF-separated lines.
-func (e *Error) Wire() string {
-	var b strings.Builder
-	for i, l := range e.Lines {
-		writeLine(&b, e, i, l)
-		b.WriteString("\r\n")
-	}
-	return b.String()
-}
-
-func writeLine(b *strings.Builder, e *Error, i int, text string) {
-	b.WriteString(strconv.Itoa(e.Code))
-	if i < len(e.Lines)-1 {
-		b.WriteByte('-')
-	} else if e.Enhanced != "" || text != "" {
-		b.WriteByte(' ')
-	}
-	if e.Enhanced != "" {
-		b.WriteString(e.Enhanced)
-		if text != "" {
-			b.WriteByte(' ')
-		}
-	}
-	b.WriteString(text)
-}
-
-func (e *Error) Error() string { return e.Reply() }
+func (e *Error) Error() string { return e.Reply.String() }
 
 // Permanent reports whether the reply is a permanent failure. A 5xx is,
 // except 552 to RCPT: RFC 5321 §4.5.3.1.10 tells clients to treat it as
@@ -104,10 +60,11 @@ var errBadReply = errors.New("malformed SMTP reply")
 // use "-", the last " " or nothing. The enhanced code of the first line is
 // taken when its class digit matches the reply code, and removed from the
 // lines that repeat it (RFC 2034 §4).
-func ParseReply(command, reply string) (*Error, error) {
-	reply = strings.TrimSuffix(reply, "\n")
-	raw := strings.Split(reply, "\n")
+func ParseReply(command, wire string) (*Error, error) {
+	wire = strings.TrimSuffix(wire, "\n")
+	raw := strings.Split(wire, "\n")
 	e := &Error{Command: command}
+	var lines []string
 	for i, line := range raw {
 		line = strings.TrimSuffix(line, "\r")
 		if len(line) < 3 {
@@ -133,20 +90,21 @@ func ParseReply(command, reply string) (*Error, error) {
 		default:
 			return nil, fmt.Errorf("%w: bad separator in %q", errBadReply, line)
 		}
-		e.Lines = append(e.Lines, text)
+		lines = append(lines, text)
 	}
 	// The enhanced code, if any, is the first word of the first line.
-	first, _, _ := strings.Cut(e.Lines[0], " ")
-	if validEnhanced(first, e.Code) {
-		e.Enhanced = first
-		for i, l := range e.Lines {
+	first, _, _ := strings.Cut(lines[0], " ")
+	if enh, err := reply.ParseEnhanced(first); err == nil && enh.Class == e.Code/100 {
+		e.Enhanced = enh
+		for i, l := range lines {
 			if l == first {
-				e.Lines[i] = ""
+				lines[i] = ""
 			} else if rest, ok := strings.CutPrefix(l, first+" "); ok {
-				e.Lines[i] = rest
+				lines[i] = rest
 			}
 		}
 	}
+	e.Text = strings.Join(lines, "\n")
 	return e, nil
 }
 
@@ -158,27 +116,6 @@ func parseCode(s string) (int, error) {
 		return 0, fmt.Errorf("%w: bad code %q", errBadReply, s)
 	}
 	return int(s[0]-'0')*100 + int(s[1]-'0')*10 + int(s[2]-'0'), nil
-}
-
-// validEnhanced reports whether s is an enhanced status code
-// class "." subject "." detail (RFC 3463 §2: class 2, 4 or 5, subject and
-// detail 1 to 3 digits) whose class matches the reply code's.
-func validEnhanced(s string, code int) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || len(parts[0]) != 1 || int(parts[0][0]-'0') != code/100 {
-		return false
-	}
-	for _, p := range parts[1:] {
-		if len(p) < 1 || len(p) > 3 {
-			return false
-		}
-		for _, c := range []byte(p) {
-			if c < '0' || c > '9' {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // remoteError turns what go-smtp or net/textproto returned for command into
@@ -222,5 +159,5 @@ func fromText(command string, code int, text string) *Error {
 		return e
 	}
 	// A code outside RFC 5321's range: keep the words anyway.
-	return &Error{Command: command, Code: code, Lines: lines}
+	return &Error{Command: command, Reply: reply.Reply{Code: code, Text: text}}
 }

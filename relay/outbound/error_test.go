@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/emersion/go-smtp"
+
+	"postern/queue/reply"
 )
 
 func TestParseReply(t *testing.T) {
@@ -42,11 +44,11 @@ func TestParseReply(t *testing.T) {
 			t.Errorf("ParseReply(%q): %v", tt.in, err)
 			continue
 		}
-		if e.Code != tt.code || e.Enhanced != tt.enhanced || !reflect.DeepEqual(e.Lines, tt.lines) || e.Reply() != tt.reply {
+		if e.Code != tt.code || e.Enhanced.String() != tt.enhanced || !reflect.DeepEqual(e.Lines(), tt.lines) || e.Reply.String() != tt.reply {
 			t.Errorf("ParseReply(%q) = %d %q %q %q, want %d %q %q %q", tt.in,
-				e.Code, e.Enhanced, e.Lines, e.Reply(), tt.code, tt.enhanced, tt.lines, tt.reply)
+				e.Code, e.Enhanced, e.Lines(), e.Reply.String(), tt.code, tt.enhanced, tt.lines, tt.reply)
 		}
-		if e.Command != CmdRCPT || e.Error() != e.Reply() {
+		if e.Command != CmdRCPT || e.Error() != e.Reply.String() {
 			t.Errorf("ParseReply(%q): command %q, Error %q", tt.in, e.Command, e.Error())
 		}
 	}
@@ -79,7 +81,7 @@ func TestPermanent(t *testing.T) {
 		{CmdConnect, 354, false},
 	}
 	for _, tt := range tests {
-		e := &Error{Command: tt.cmd, Code: tt.code, Lines: []string{"x"}}
+		e := &Error{Command: tt.cmd, Reply: reply.Reply{Code: tt.code, Text: "x"}}
 		if e.Permanent() != tt.perm || e.Temporary() == tt.perm {
 			t.Errorf("%s %d: Permanent %v, Temporary %v", tt.cmd, tt.code, e.Permanent(), e.Temporary())
 		}
@@ -102,7 +104,7 @@ func TestRemoteError(t *testing.T) {
 	}
 	for _, tt := range tests {
 		e := remoteError(CmdRCPT, tt.err)
-		if e == nil || e.Reply() != tt.want {
+		if e == nil || e.Reply.String() != tt.want {
 			t.Errorf("remoteError(%v) = %v, want %q", tt.err, e, tt.want)
 		}
 	}
@@ -125,18 +127,18 @@ func FuzzParseReply(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if e.Code < 200 || e.Code > 559 || len(e.Lines) == 0 {
-			t.Fatalf("ParseReply(%q): code %d, %d lines", in, e.Code, len(e.Lines))
+		if e.Code < 200 || e.Code > 559 || len(e.Lines()) == 0 {
+			t.Fatalf("ParseReply(%q): code %d, %d lines", in, e.Code, len(e.Lines()))
 		}
-		if e.Enhanced != "" && !validEnhanced(e.Enhanced, e.Code) {
+		if !e.Enhanced.IsZero() && (!e.Enhanced.Valid() || e.Enhanced.Class != e.Code/100) {
 			t.Fatalf("ParseReply(%q): enhanced %q with code %d", in, e.Enhanced, e.Code)
 		}
-		if !strings.HasPrefix(e.Reply(), strconv.Itoa(e.Code)) {
-			t.Fatalf("ParseReply(%q): reply %q", in, e.Reply())
+		if !strings.HasPrefix(e.Reply.String(), strconv.Itoa(e.Code)) {
+			t.Fatalf("ParseReply(%q): reply %q", in, e.Reply.String())
 		}
-		again, err := ParseReply(CmdRCPT, e.Wire())
+		again, err := ParseReply(CmdRCPT, e.Reply.Wire())
 		if err != nil {
-			t.Fatalf("ParseReply(%q).Wire() = %q does not parse: %v", in, e.Wire(), err)
+			t.Fatalf("ParseReply(%q).Wire() = %q does not parse: %v", in, e.Reply.Wire(), err)
 		}
 		if !reflect.DeepEqual(again, e) {
 			t.Fatalf("round trip of %q: %+v, then %+v", in, e, again)

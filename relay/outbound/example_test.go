@@ -54,7 +54,7 @@ func ExampleMX_Deliver() {
 		Body:   body,
 	})
 	for _, r := range results {
-		fmt.Println(r.Outcome, r.RemoteMTA, r.Reply[:3])
+		fmt.Println(r.Outcome, r.RemoteMTA, r.Reply.Code)
 	}
 	fmt.Println(rx.Messages()[0].To)
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -140,8 +141,8 @@ func check(t *testing.T, got []queue.Result, want ...want) {
 	}
 	for i, w := range want {
 		g := got[i]
-		if g.Outcome != w.outcome || !strings.HasPrefix(g.Reply, w.reply) || g.RemoteMTA != w.mta {
-			t.Errorf("result %d = {%v %q %q}, want {%v %q... %q}", i, g.Outcome, g.Reply, g.RemoteMTA, w.outcome, w.reply, w.mta)
+		if g.Outcome != w.outcome || !strings.HasPrefix(g.Reply.String(), w.reply) || g.RemoteMTA != w.mta {
+			t.Errorf("result %d = {%v %q %q}, want {%v %q... %q}", i, g.Outcome, g.Reply.String(), g.RemoteMTA, w.outcome, w.reply, w.mta)
 		}
 	}
 }
@@ -395,8 +396,8 @@ func TestDeliverDNS(t *testing.T) {
 			tt.zone(e.dns)
 			got := e.deliverer(outbound.Options{}).Deliver(context.Background(), e.delivery("example.test", "b@example.test"))
 			check(t, got, tt.want)
-			if !strings.Contains(got[0].Reply, tt.reply) {
-				t.Errorf("reply %q does not mention %q", got[0].Reply, tt.reply)
+			if !strings.Contains(got[0].Reply.String(), tt.reply) {
+				t.Errorf("reply %q does not mention %q", got[0].Reply.String(), tt.reply)
 			}
 			if n := len(r.Messages()); (n == 1) != tt.ok {
 				t.Errorf("receiver got %d messages", n)
@@ -649,17 +650,21 @@ func TestDeliverLog(t *testing.T) {
 	if len(entries) != 2 {
 		t.Fatalf("got %d attempt lines, want 2: %v", len(entries), logs.AllUntimed())
 	}
+	replies := make([]map[string]any, 2)
 	for i, mx := range []string{"mx1.example.test", "mx2.example.test"} {
 		f := entries[i].ContextMap()
-		if f["id"] != "q1" || f["mx"] != mx || f["reply"] == "" {
+		replies[i], _ = f["reply"].(map[string]any)
+		if f["id"] != "q1" || f["mx"] != mx || replies[i] == nil {
 			t.Errorf("line %d fields = %v", i, f)
 		}
 	}
-	if r := entries[0].ContextMap()["reply"].(string); !strings.Contains(r, "connection refused") {
-		t.Errorf("first attempt reply %q", r)
+	// The reply as typed fields: no code for a refused connection, the
+	// remote's code for its reply.
+	if r := replies[0]; r["code"] != nil || !strings.Contains(fmt.Sprint(r["text"]), "connection refused") {
+		t.Errorf("first attempt reply %v", r)
 	}
-	if r := entries[1].ContextMap()["reply"].(string); !strings.HasPrefix(r, "250 ") {
-		t.Errorf("second attempt reply %q", r)
+	if r := replies[1]; fmt.Sprint(r["code"]) != "250" {
+		t.Errorf("second attempt reply %v", r)
 	}
 }
 
@@ -678,8 +683,8 @@ func TestDeliverBodyError(t *testing.T) {
 	d.Body = brokenBody{}
 	got := e.deliverer(outbound.Options{}).Deliver(context.Background(), d)
 	check(t, got, want{queue.Temporary, "451 4.3.0 ", "mx1.example.test"})
-	if !strings.Contains(got[0].Reply, "disk on fire") {
-		t.Errorf("reply %q hides the cause", got[0].Reply)
+	if !strings.Contains(got[0].Reply.String(), "disk on fire") {
+		t.Errorf("reply %q hides the cause", got[0].Reply.String())
 	}
 	if n := len(r.Messages()); n != 0 {
 		t.Errorf("got %d messages", n)
@@ -709,8 +714,8 @@ func TestDeliverCommandTimeout(t *testing.T) {
 	got := e.deliverer(outbound.Options{CommandTimeout: 50 * time.Millisecond}).
 		Deliver(context.Background(), e.delivery("example.test", "b@example.test"))
 	check(t, got, want{queue.Temporary, "", "mx1.example.test"})
-	if !strings.Contains(got[0].Reply, "timeout") {
-		t.Errorf("reply %q", got[0].Reply)
+	if !strings.Contains(got[0].Reply.String(), "timeout") {
+		t.Errorf("reply %q", got[0].Reply.String())
 	}
 }
 

@@ -15,8 +15,10 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"postern/queue"
+	"postern/queue/reply"
 	"postern/relay/status"
 )
 
@@ -139,7 +141,7 @@ type use struct {
 	// stale: a reused connection failed before MAIL was accepted in a
 	// way that says it was dead: an I/O error or 421.
 	stale bool
-	reply string // the reply that ended the session, for the log
+	reply reply.Reply // the reply that ended the session, for the log
 }
 
 func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key string, fresh bool) (results []queue.Result, err error, stale bool) {
@@ -162,13 +164,13 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 			}
 			fields = append(fields, zap.String("auth_user", p.auth.username), zap.String("auth_mech", mech))
 		}
-		reply := u.reply
+		rep := u.reply
 		if err != nil {
-			reply = err.Error()
+			rep = replyOf(err)
 		} else {
 			fields = append(fields, zap.String("outcomes", summary(results)))
 		}
-		c.log.Info("delivery attempt", append(fields, zap.String("reply", reply))...)
+		c.log.Info("delivery attempt", append(fields, replyField(rep))...)
 	}()
 
 	cn, u.reused, err = c.acquire(ctx, p, key, fresh)
@@ -320,7 +322,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 	remoteDSN, _ := sc.Extension("DSN")
 
 	results = make([]queue.Result, len(d.Rcpts))
-	set := func(idx []int, o queue.Outcome, r string) {
+	set := func(idx []int, o queue.Outcome, r reply.Reply) {
 		for _, i := range idx {
 			results[i] = queue.Result{Outcome: o, Reply: r, RemoteMTA: p.mta}
 		}
@@ -349,7 +351,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		}
 		// The sender is refused for good: no other server will think
 		// otherwise.
-		set(all, queue.Permanent, re.Reply())
+		set(all, queue.Permanent, re.Reply)
 		return results, nil
 	}
 
@@ -368,13 +370,13 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		if re == nil {
 			// The connection is broken: every recipient without a reply
 			// yet, accepted ones included, is deferred.
-			set(unanswered(results), queue.Temporary, ioFail(err).Error())
+			set(unanswered(results), queue.Temporary, replyOf(ioFail(err)))
 			return results, nil
 		}
 		if re.Temporary() {
 			lastTemp = re
 		}
-		set([]int{i}, outcome(re), re.Reply())
+		set([]int{i}, outcome(re), re.Reply)
 	}
 	if len(accepted) == 0 {
 		// MAIL was accepted: a transaction is open. RSET would close
@@ -392,13 +394,13 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
 			return nil, re
 		}
-		set(accepted, outcome(re), re.Reply())
+		set(accepted, outcome(re), re.Reply)
 		return results, nil
 	}
 
 	body, err := d.Body.Open()
 	if err != nil {
-		set(accepted, queue.Temporary, status.Wrap(err, 451, 3, 0, "cannot read the queued message").Error())
+		set(accepted, queue.Temporary, status.Wrap(err, 451, 3, 0, "cannot read the queued message").Reply())
 		return results, nil
 	}
 	defer body.Close()
@@ -406,7 +408,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 	if err != nil {
 		re := remoteError(CmdDATA, err)
 		if re == nil {
-			set(accepted, queue.Temporary, ioFail(err).Error())
+			set(accepted, queue.Temporary, replyOf(ioFail(err)))
 			return results, nil
 		}
 		return refused(re)
@@ -426,7 +428,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		// before any next command. So the TCP connection is closed first,
 		// which makes the server drop the partial message (RFC 5321 §3.8).
 		cn.raw.Close()
-		set(accepted, queue.Temporary, ioFail(err).Error())
+		set(accepted, queue.Temporary, replyOf(ioFail(err)))
 		return results, nil
 	}
 	resp, err := w.CloseWithResponse()
@@ -437,13 +439,13 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 			// The final dot went out and no reply came: the server may
 			// have the message. Never try another server now (a
 			// duplicate is worse than a delay); the queue retries later.
-			set(accepted, queue.Temporary, ioFail(err).Error())
+			set(accepted, queue.Temporary, replyOf(ioFail(err)))
 			return results, nil
 		}
 		return refused(re)
 	}
 	u.keep = true
-	set(accepted, queue.Delivered, fromText(CmdEOD, 250, resp.StatusText).Reply())
+	set(accepted, queue.Delivered, fromText(CmdEOD, 250, resp.StatusText).Reply)
 	if remoteDSN {
 		// RFC 3461 §6.2.1: the remote offered DSN and got every parameter
 		// of these recipients, so it reports from now on.
@@ -491,7 +493,7 @@ func (c *client) authenticate(sc *smtp.Client, p peer, usedTLS bool) (string, er
 		if re := remoteError(CmdAUTH, err); re != nil {
 			c.log.Warn("smarthost refused our credentials",
 				zap.String("smarthost", p.name), zap.String("auth_user", p.auth.username),
-				zap.String("auth_mech", mech), zap.String("reply", re.Reply()))
+				zap.String("auth_mech", mech), replyField(re.Reply))
 			return mech, re
 		}
 		return mech, err
@@ -623,12 +625,42 @@ func failAll(ctx context.Context, n int, err error, mta string) []queue.Result {
 	if ctx.Err() != nil {
 		o = queue.Temporary
 	}
-	reply := err.Error()
+	rep := replyOf(err)
 	results := make([]queue.Result, n)
 	for i := range results {
-		results[i] = queue.Result{Outcome: o, Reply: reply, RemoteMTA: mta}
+		results[i] = queue.Result{Outcome: o, Reply: rep, RemoteMTA: mta}
 	}
 	return results
+}
+
+// replyOf is the typed reply a failure gives the recipients: the remote's
+// reply, a local status (its code, enhanced code and words), or, for an
+// I/O or DNS failure with neither, the error's text alone.
+func replyOf(err error) reply.Reply {
+	if re, ok := errors.AsType[*Error](err); ok {
+		return re.Reply
+	}
+	if se, ok := errors.AsType[*status.Error](err); ok {
+		return se.Reply()
+	}
+	return reply.Reply{Text: err.Error()}
+}
+
+// replyField logs a typed reply as the queue's lines do: an object of
+// code, enhanced code and text (the code left out when there is none).
+func replyField(r reply.Reply) zap.Field { return zap.Object("reply", zapReply(r)) }
+
+type zapReply reply.Reply
+
+func (r zapReply) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	if r.Code != 0 {
+		enc.AddInt("code", r.Code)
+	}
+	if !r.Enhanced.IsZero() {
+		enc.AddString("enhanced_code", r.Enhanced.String())
+	}
+	enc.AddString("text", r.Text)
+	return nil
 }
 
 // remoteOr returns err as an *Error when it is a reply to command, or else

@@ -13,6 +13,8 @@ import (
 	"fmt"
 
 	"github.com/emersion/go-smtp"
+
+	"postern/queue/reply"
 )
 
 // Error is an SMTP status with a client-safe message and an internal cause.
@@ -80,6 +82,18 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// Reply is the status as a typed reply, for delivery results: the code,
+// the enhanced code and, because a bounce or `postern queue show` must say
+// why, the message followed by the cause. (To an SMTP client the session
+// sends SMTP, which never carries the cause.)
+func (e *Error) Reply() reply.Reply {
+	text := e.Message
+	if e.Err != nil {
+		text += ": " + e.Err.Error()
+	}
+	return reply.Reply{Code: e.Code, Enhanced: reply.Enhanced{Class: e.Class(), Subject: e.Subject, Detail: e.Detail}, Text: text}
+}
 
 // SMTP returns the bare *smtp.SMTPError that go-smtp writes as a reply.
 // go-smtp recognises only a bare *smtp.SMTPError (a type assertion, not
