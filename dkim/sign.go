@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
+
+	"postern/queue/message"
 )
 
 // Signer signs messages with a fixed set of keys. It is immutable once made,
@@ -33,6 +35,10 @@ func (s *Signer) Keys() []*Key {
 	}
 	return append([]*Key(nil), s.keys...)
 }
+
+// maxHeaderBytes bounds the header section read into memory: above the
+// 1 MiB the inbound server accepts, with room for the fields it adds.
+const maxHeaderBytes = 2 << 20
 
 // signedFields is RFC 6376 §5.4.1's list of header fields that SHOULD be
 // signed, in the order they go into h=. Only those present in a message are
@@ -78,9 +84,11 @@ var oversigned = map[string]bool{
 //
 // A message without a From field, or with one that does not parse as an
 // address list, has no author domain and is not signed (nil, nil): no key
-// could be chosen for it. Nor is a message whose first line starts with
-// white space, since a prepended field would absorb that line. Whether to
-// reject such malformed mail is the caller's call. Sign may stop reading
+// could be chosen for it. Nor is a message whose header section, read as
+// queue/message reads every header in postern, ends at a line that is not
+// a field or starts with white space (message.AtBody): the inbound server
+// puts the empty line there first, so such a message did not come through
+// it. Whether to reject such malformed mail is the caller's call. Sign may stop reading
 // early when it signs nothing.
 //
 // Sign returns an error only when a matching key fails to sign or msg fails
@@ -94,19 +102,23 @@ func (s *Signer) Sign(msg io.Reader) ([]byte, error) {
 		return nil, nil
 	}
 	br := bufio.NewReaderSize(msg, 32*1024)
-	raw, complete, err := readHeaderSection(br)
+	h, err := message.ReadHeader(br, maxHeaderBytes)
 	if err != nil {
 		return nil, fmt.Errorf("dkim: reading message header: %w", err)
 	}
-	if len(raw) > 0 && (raw[0] == ' ' || raw[0] == '\t') {
-		// The first line continues no field. Once a DKIM-Signature is
-		// prepended it would continue that one and break it, so such a
-		// message (malformed per RFC 5322 §2.2) cannot be signed.
+	if h.Ending == message.AtBody {
+		// The section ends at a line that is not a field (or the first
+		// line continues no field): go-msgauth would read on to the
+		// empty line and hash fields this signer never saw, and a
+		// prepended field would absorb a leading continuation. The
+		// inbound server puts the empty line there before signing, so
+		// only a message that did not come through it gets here; it is
+		// not signed.
 		return nil, nil
 	}
-	fields := parseFields(raw)
+	raw, fields := h.Raw, h.Fields
 
-	keys := s.match(authorDomains(fields))
+	keys := s.match(authorDomains(h))
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -141,7 +153,7 @@ func (s *Signer) Sign(msg io.Reader) ([]byte, error) {
 	if _, err := w.Write(raw); err != nil {
 		return nil, s.signErr(keys, signers, err)
 	}
-	if !complete {
+	if h.Ending == message.AtEOF {
 		// The message ended inside its header (no body, so no empty line,
 		// or not even a final CRLF). go-msgauth needs the empty line; with
 		// it the body is empty, which is what a verifier sees too.
@@ -192,59 +204,6 @@ func (s *Signer) match(domains []string) []*Key {
 	return out
 }
 
-// field is one header field: its name as written (trimmed, as go-msgauth
-// and verifiers compare it) and its unfolded value.
-type field struct {
-	name  string
-	value string
-}
-
-// readHeaderSection returns the header section as it was read, including
-// the empty line that ends it. complete is false when the message ended
-// before an empty line.
-func readHeaderSection(br *bufio.Reader) (raw []byte, complete bool, err error) {
-	for {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			// A line longer than the buffer: keep reading it.
-			raw = append(raw, line...)
-			continue
-		}
-		atLineStart := len(raw) == 0 || raw[len(raw)-1] == '\n'
-		raw = append(raw, line...)
-		if err == io.EOF {
-			return raw, false, nil
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		if atLineStart && (len(line) == 1 || len(line) == 2 && line[0] == '\r') {
-			return raw, true, nil
-		}
-	}
-}
-
-// parseFields splits a header section into fields the way go-msgauth does
-// (lines starting with space or tab continue the previous field; the name
-// is what precedes the first colon, trimmed), so the counts that go into h=
-// agree with what it hashes.
-func parseFields(raw []byte) []field {
-	var fields []field
-	for _, line := range strings.Split(string(raw), "\n") {
-		line = strings.TrimSuffix(line, "\r")
-		if line == "" {
-			break // the empty line that ends the header, or the end of raw
-		}
-		if len(fields) > 0 && (line[0] == ' ' || line[0] == '\t') {
-			fields[len(fields)-1].value += line
-			continue
-		}
-		name, value, _ := strings.Cut(line, ":")
-		fields = append(fields, field{name: strings.TrimSpace(name), value: value})
-	}
-	return fields
-}
-
 // addressParser accepts encoded words in any charset: only the address
 // matters here, and net/mail's default decoder rejects charsets it doesn't
 // know (koi8-r, windows-1252, ...), which would leave such mail unsigned.
@@ -254,13 +213,13 @@ var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 
 // authorDomains returns the normalized domains of all addresses in all
 // From fields, or nil when there is no From or any From fails to parse.
-func authorDomains(fields []field) []string {
+func authorDomains(h *message.Header) []string {
 	var out []string
-	for _, f := range fields {
-		if !strings.EqualFold(f.name, "From") {
+	for _, f := range h.Fields {
+		if !strings.EqualFold(f.Name, "From") {
 			continue
 		}
-		addrs, err := addressParser.ParseList(f.value)
+		addrs, err := addressParser.ParseList(h.Value(f))
 		if err != nil {
 			return nil
 		}
@@ -281,10 +240,10 @@ func authorDomains(fields []field) []string {
 
 // headerKeysFor builds h= for one message: each field of signedFields
 // as many times as it occurs, plus once for oversigned ones.
-func headerKeysFor(fields []field) []string {
+func headerKeysFor(fields []message.Field) []string {
 	count := make(map[string]int, len(fields))
 	for _, f := range fields {
-		count[strings.ToLower(f.name)]++
+		count[strings.ToLower(f.Name)]++
 	}
 	var keys []string
 	for _, name := range signedFields {

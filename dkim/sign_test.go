@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"postern/queue/message"
 	"runtime"
 	"strings"
 	"sync"
@@ -205,7 +206,7 @@ func TestHeaderKeys(t *testing.T) {
 		{"Message-Id: <1@x>\r\nFrom: a@example.org\r\nContent-Type: text/plain\r\n", "From:From:Message-ID:Message-ID:Content-Type"},
 		{"From : a@example.org\r\nTo: b@example.com\r\nCc: c@example.com\r\n", "From:From:To:To:Cc:Cc"},
 	} {
-		got := strings.Join(headerKeysFor(parseFields([]byte(tc.header+"\r\n"))), ":")
+		got := strings.Join(headerKeysFor(message.ParseHeader([]byte(tc.header+"\r\n")).Fields), ":")
 		if got != tc.want {
 			t.Errorf("%q: h=%s, want %s", tc.header, got, tc.want)
 		}

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 
 	bolt "go.etcd.io/bbolt"
+
+	"postern/queue/durable"
 )
 
 // spoolFile is the part of *os.File that writeSpool uses; an interface only
@@ -65,22 +67,10 @@ func (q *Queue) writeSpool(head []byte, rest io.Reader) (name string, size int64
 	if err = f.Close(); err != nil {
 		return "", 0, fmt.Errorf("queue: close spool file: %w", err)
 	}
-	if err = syncDir(q.spoolDir); err != nil {
+	if err = durable.SyncDir(q.spoolDir); err != nil {
 		return "", 0, fmt.Errorf("queue: sync spool directory: %w", err)
 	}
 	return name, int64(n) + m, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // cleanSpool removes spool files that no message refers to: files written

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"postern/queue/message"
 	"strings"
 	"time"
 
@@ -388,23 +389,26 @@ func unwrapOpErr(err error) error {
 var errTooLarge = errors.New("message too large")
 
 // readMessage reads the message from r and returns it with CRLF line
-// ends: a bare LF or CR becomes CRLF, so that the server never sees a
-// bare line end. Unless dotEnds is false (-i), a line holding a single
-// dot ends the message, as in sendmail; the rest of the input is not
-// read. More than max bytes is errTooLarge.
+// ends: a bare LF or CR becomes CRLF (message.CRLFReader, the one line-end
+// fixer), so that the server never sees a bare line end, and the last line
+// gets one too. Unless dotEnds is false (-i), a line holding a single dot
+// ends the message, as in sendmail; the rest of the input is not read.
+// More than max bytes is errTooLarge.
 func readMessage(r io.Reader, dotEnds bool, max int64) ([]byte, error) {
-	br := bufio.NewReader(io.LimitReader(r, max+2)) // +2: room for the final line end
+	cr := message.NewCRLFReader(io.LimitReader(r, max+2)) // +2: room for the final line end
+	defer cr.Release()
+	br := bufio.NewReader(cr)
 	var out bytes.Buffer
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) > 0 {
-			line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
-			if dotEnds && string(line) == "." {
+			if dotEnds && (string(line) == ".\r\n" || string(line) == ".") {
 				break
 			}
-			// A bare CR inside the line ends a line too.
-			out.Write(bytes.ReplaceAll(line, []byte("\r"), []byte("\r\n")))
-			out.WriteString("\r\n")
+			out.Write(line)
+			if line[len(line)-1] != '\n' {
+				out.WriteString("\r\n")
+			}
 		}
 		if err == io.EOF {
 			break
@@ -437,56 +441,28 @@ func (f headerField) value() string {
 }
 
 // splitHeader splits a message with CRLF line ends into its header fields
-// and its body (after the blank line, which neither holds). A message
+// and its body (after the blank line, which neither holds), reading the
+// header section as every part of postern does (queue/message). A message
 // that does not start with header fields, or whose header section ends
 // in a line that is not a field, gets its body from that line on: sendmail
 // does the same, and the caller puts the blank line back.
 func splitHeader(msg []byte) ([]headerField, []byte) {
+	h := message.ParseHeader(msg)
 	var fields []headerField
-	rest := msg
-	for len(rest) > 0 {
-		end := bytes.Index(rest, []byte("\r\n"))
-		var line []byte
-		if end < 0 {
-			line, end = rest, len(rest)
-		} else {
-			line, end = rest[:end], end+2
-		}
-		if len(line) == 0 {
-			return fields, rest[end:]
-		}
-		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
-			fields[len(fields)-1].raw += string(rest[:end])
-			rest = rest[end:]
-			continue
-		}
-		name, ok := fieldName(line)
-		if !ok {
-			return fields, rest
-		}
-		raw := string(rest[:end])
+	for _, f := range h.Fields {
+		raw := string(h.Raw[f.Start:f.End])
 		if !strings.HasSuffix(raw, "\r\n") {
 			raw += "\r\n"
 		}
-		fields = append(fields, headerField{name: name, raw: raw})
-		rest = rest[end:]
+		fields = append(fields, headerField{name: f.Name, raw: raw})
+	}
+	switch h.Ending {
+	case message.AtEmptyLine:
+		return fields, msg[len(h.Raw):]
+	case message.AtBody:
+		return fields, msg[h.End:]
 	}
 	return fields, nil
-}
-
-// fieldName returns the name of a header line "Name: value": printable
-// ASCII but the colon, at least one character (RFC 5322 §2.2).
-func fieldName(line []byte) (string, bool) {
-	i := bytes.IndexByte(line, ':')
-	if i <= 0 {
-		return "", false
-	}
-	for _, c := range line[:i] {
-		if c < 33 || c > 126 {
-			return "", false
-		}
-	}
-	return string(line[:i]), true
 }
 
 // joinMessage puts fields and body back together with the blank line

@@ -27,6 +27,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"postern/queue/message"
 	"postern/queue/reply"
 )
 
@@ -388,91 +389,76 @@ func writeExplanation(w *bufio.Writer, host string, r *Report, statuses []string
 	}
 }
 
-// writeOriginal copies the original: all of it, or its header section up to
-// (not including) the empty line that ends it. Line ends are made CRLF on the
-// way, so a damaged original cannot put a bare CR or LF into the report, and
-// lines longer than hardLimit are broken (see crlfWriter).
+// writeOriginal copies the original: all of it, or its header section
+// (as queue/message reads every header section in postern, without the
+// line that ends it). Line ends are made CRLF on the way by the one
+// line-end fixer (message.CRLFReader), so a damaged original cannot put a
+// bare CR or LF into the report, and lines longer than hardLimit are
+// broken (see lineBreaker).
 func writeOriginal(w *bufio.Writer, orig io.Reader, full bool) error {
-	br := bufio.NewReader(orig)
-	c := &crlfWriter{w: w, bol: true}
-	n := 0
-	for {
-		// A line longer than br's buffer comes in chunks; c keeps the
-		// state that spans them.
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			err = nil
-		}
-		if !full && len(line) > 0 {
-			s := string(line)
-			if c.bol && (s == "\r\n" || s == "\n" && !c.cr) {
-				break // the empty line that ends the header section
-			}
-			if n += len(line); n > maxHeaderSection {
-				break
-			}
-		}
-		c.write(line)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
+	cr := message.NewCRLFReader(orig)
+	defer cr.Release()
+	lb := &lineBreaker{w: w, bol: true}
+	if full {
+		if _, err := io.Copy(lb, cr); err != nil {
 			return fmt.Errorf("dsn: read original: %w", err)
 		}
+	} else {
+		// A section over maxHeaderSection is returned up to its last
+		// whole line before the limit: that much is quoted.
+		h, err := message.ReadHeader(bufio.NewReader(cr), maxHeaderSection)
+		if err != nil && !errors.Is(err, message.ErrHeaderTooLarge) {
+			return fmt.Errorf("dsn: read original: %w", err)
+		}
+		lb.Write(h.Raw[:h.End])
 	}
-	if !c.bol {
+	if !lb.bol {
 		w.WriteString("\r\n")
 	}
 	return nil
 }
 
-// crlfWriter writes bytes with every CR and LF that is not part of a CRLF
-// pair turned into CRLF. State spans calls: cr means the last byte was a CR
-// (already written as CRLF, so a following LF is swallowed); bol means the
-// output is at the beginning of a line; col is the length of the line so
-// far.
-//
-// A line of the original longer than hardLimit octets (a sender's program
-// can write up to go-smtp's 2,000) is broken with CRLF and a space, as
-// Postfix's smtp_line_length_limit does: RFC 5322 §2.1.1 allows no more
-// than 998 in the report, and in a header that is a fold, so the field
-// stays one field.
-type crlfWriter struct {
-	w       *bufio.Writer
-	cr, bol bool
-	col     int
+// lineBreaker writes CRLF-terminated text, breaking a line longer than
+// hardLimit octets (a sender's program can write up to go-smtp's 2,000)
+// with CRLF and a space, as Postfix's smtp_line_length_limit does: RFC
+// 5322 §2.1.1 allows no more than 998 in the report, and in a header that
+// is a fold, so the field stays one field. bol says the output is at the
+// beginning of a line, col is the length of the line so far.
+type lineBreaker struct {
+	w   *bufio.Writer
+	bol bool
+	col int
 }
 
-func (c *crlfWriter) write(p []byte) {
+func (l *lineBreaker) Write(p []byte) (int, error) {
+	n := len(p)
 	for len(p) > 0 {
-		if c.cr && p[0] == '\n' {
-			p = p[1:]
-			c.cr = false
-			continue
-		}
+		// Line ends (CRLF, whose halves may come in separate writes)
+		// pass as they are; the text between them is counted.
 		i := bytes.IndexAny(p, "\r\n")
 		text := p
 		if i >= 0 {
 			text = p[:i]
 		}
 		for len(text) > 0 {
-			if c.col == hardLimit {
-				c.w.WriteString("\r\n ")
-				c.col = 1
+			if l.col == hardLimit {
+				l.w.WriteString("\r\n ")
+				l.col = 1
 			}
-			n := min(len(text), hardLimit-c.col)
-			c.w.Write(text[:n])
-			c.col += n
-			c.cr, c.bol = false, false
-			text = text[n:]
+			k := min(len(text), hardLimit-l.col)
+			l.w.Write(text[:k])
+			l.col += k
+			l.bol = false
+			text = text[k:]
 		}
 		if i < 0 {
-			return
+			break
 		}
-		c.w.WriteString("\r\n")
-		c.cr, c.bol, c.col = p[i] == '\r', true, 0
+		l.w.WriteByte(p[i])
+		l.col, l.bol = 0, p[i] == '\n'
 		p = p[i+1:]
 	}
+	return n, nil
 }
 
 // header writes header fields, folding each (RFC 5322 §2.2.3).

@@ -21,7 +21,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +32,7 @@ import (
 	"go.uber.org/zap"
 
 	"postern/queue"
+	"postern/queue/durable"
 	"postern/queue/reply"
 	"postern/relay/status"
 )
@@ -150,7 +150,7 @@ func (m *Maildir) write(ctx context.Context, d *queue.Delivery) (name string, er
 		return "", err
 	}
 	os.Remove(tmp)
-	if err := syncDir(filepath.Join(m.dir, "new")); err != nil {
+	if err := durable.SyncDir(filepath.Join(m.dir, "new")); err != nil {
 		return "", err
 	}
 	return name, nil
@@ -168,18 +168,6 @@ func envelopeHeader(d *queue.Delivery) string {
 		b.WriteString("Delivered-To: " + clean.Replace(r) + "\r\n")
 	}
 	return b.String()
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return err
-	}
-	return nil
 }
 
 // uniqueName builds a file name as the Maildir spec recommends:

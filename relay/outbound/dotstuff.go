@@ -3,6 +3,8 @@ package outbound
 import (
 	"bytes"
 	"io"
+
+	"postern/queue/message"
 )
 
 // DATA content, fast. go-smtp's client hands out net/textproto's
@@ -22,21 +24,30 @@ import (
 // stuffBufSize is the size of the writes stuffData makes.
 const stuffBufSize = 32 << 10
 
-// stuffData copies src to dst encoded as SMTP DATA content (RFC 5321
-// §4.5.2): a line starting with "." gets another "." before it, and a line
-// feed without a carriage return becomes CRLF, as textproto.DotWriter does.
-// It does not write the terminating ".\r\n", and it holds back the end of
-// the content for the DotWriter: tail is "\r\n" when the content ended
-// with a line break, "\r" when it ended with a lone CR, else empty. On a
-// write
-// error the connection has an incomplete message on it and must be
-// dropped.
+// sendData copies a stored message to dst as SMTP DATA content: its line
+// ends made CRLF by postern's one line-end fixer (message.CRLFReader: the
+// queue holds CRLF-only messages, and this keeps a damaged one from
+// putting a bare CR or LF on the wire, where a receiver could read a
+// different end of data), then dot-stuffed by stuffData. See stuffData for
+// tail and errors.
+func sendData(dst io.Writer, body io.Reader) (tail []byte, err error) {
+	cr := message.NewCRLFReader(body)
+	defer cr.Release()
+	return stuffData(dst, cr)
+}
+
+// stuffData copies src, whose line ends are all CRLF, to dst encoded as
+// SMTP DATA content (RFC 5321 §4.5.2): a line starting with "." gets
+// another "." before it, as textproto.DotWriter does. It does not write
+// the terminating ".\r\n", and it holds back the end of the content for
+// the DotWriter: tail is "\r\n" when the content ended with a line break,
+// else empty. On a write error the connection has an incomplete message on
+// it and must be dropped.
 func stuffData(dst io.Writer, src io.Reader) (tail []byte, err error) {
 	in := make([]byte, stuffBufSize)
 	out := make([]byte, 0, stuffBufSize+stuffBufSize/2)
-	// atLineStart: the next input byte starts a line; cr: the last input
-	// byte was a CR (its LF may come in the next read).
-	atLineStart, cr := true, false
+	// atLineStart: the next input byte starts a line.
+	atLineStart := true
 	flush := func(keep int) error {
 		// Writes all of out except its last keep bytes, which move to
 		// the front.
@@ -55,26 +66,14 @@ func stuffData(dst io.Writer, src io.Reader) (tail []byte, err error) {
 			if atLineStart && p[0] == '.' {
 				out = append(out, '.')
 			}
-			atLineStart = false
 			i := bytes.IndexByte(p, '\n')
 			if i < 0 {
 				out = append(out, p...)
-				cr = p[len(p)-1] == '\r'
+				atLineStart = false
 				break
 			}
-			// A line break: the bytes before it, then CRLF whether or
-			// not the line had its CR.
-			line := p[:i]
-			switch {
-			case len(line) > 0 && line[len(line)-1] == '\r':
-				out = append(out, p[:i+1]...)
-			case len(line) == 0 && cr:
-				out = append(out, '\n') // the CR came in the last read
-			default:
-				out = append(out, line...)
-				out = append(out, '\r', '\n')
-			}
-			cr, atLineStart = false, true
+			out = append(out, p[:i+1]...)
+			atLineStart = true
 			p = p[i+1:]
 		}
 		if len(out) >= stuffBufSize {
@@ -91,13 +90,8 @@ func stuffData(dst io.Writer, src io.Reader) (tail []byte, err error) {
 		}
 	}
 	keep := 0
-	switch {
-	case atLineStart && bytes.HasSuffix(out, []byte("\r\n")):
+	if atLineStart && bytes.HasSuffix(out, []byte("\r\n")) {
 		keep = 2
-	case cr:
-		// A final CR without its LF: through the DotWriter it gets
-		// the LF, as it would have.
-		keep = 1
 	}
 	if err := flush(keep); err != nil {
 		return nil, err

@@ -417,7 +417,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 	// The content goes straight onto the connection (go-smtp's writer
 	// has flushed the DATA command), its last line break through w, which
 	// then ends it (see dotstuff.go).
-	tail, err := stuffData(cn.nc, body)
+	tail, err := sendData(cn.nc, body)
 	if err == nil {
 		_, err = w.Write(tail)
 	}

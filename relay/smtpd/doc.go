@@ -12,10 +12,13 @@
 // Files: server.go (listeners, options and the interfaces this package
 // consumes: Enqueuer, Authenticator, Signer, Observer), listener.go (the
 // connection wrapper: limits, PROXY protocol, time limits), session.go (the
-// SMTP dialogue), headers.go (header rules), newline.go and crlf.go (line
-// ends), address.go (address syntax), policy.go (limits and relay rules).
+// SMTP dialogue), headers.go (header rules), newline.go (bare line ends),
+// address.go (address syntax), policy.go (limits and relay rules). The
+// header section is read, and bare line ends fixed, by queue/message,
+// which every reader of messages in postern shares.
 //
-// It may import auth, queue (the envelope it fills in) and relay/status. It
+// It may import auth, queue and its leaves (the envelope it fills in, the
+// message format) and relay/status. It
 // must not import delivery (relay/outbound, relay/capture) or the HTTP
 // surface (relay/httpapi): the daemon wires those together in cmd/postern.
 package smtpd

@@ -10,89 +10,9 @@ import (
 	"time"
 
 	"postern/auth"
+	"postern/queue/message"
 	"postern/relay/status"
 )
-
-// headerField is one field of a message's header section: its name as
-// written, and the bytes it spans in the message (folded lines and the
-// final line end included).
-type headerField struct {
-	name       string
-	start, end int
-}
-
-// maxHeaderFields bounds the fields splitHeader returns: more than any real
-// message has, few enough that a hostile one costs little. The fields after
-// it count as body (they are kept, not examined).
-const maxHeaderFields = 10000
-
-// splitHeader finds the header section at the start of msg (RFC 5322 §2.2):
-// fields of a name, a colon and a value, each continued on lines that start
-// with a space or a tab. The section ends at the empty line before the body,
-// or, in a message without one, at the first line that is not a field (as
-// most MTAs read it); end is where the section stops, the empty line not
-// included. Line ends are CRLF by the time a message gets here, but a bare
-// LF is treated as a line end too, so that the function is total.
-func splitHeader(msg []byte) (fields []headerField, end int) {
-	i := 0
-	for i < len(msg) && len(fields) < maxHeaderFields {
-		j := bytes.IndexByte(msg[i:], '\n')
-		next := len(msg)
-		if j >= 0 {
-			next = i + j + 1
-		}
-		line := msg[i:next]
-		switch {
-		case len(bytes.TrimRight(line, "\r\n")) == 0 && bytes.HasSuffix(line, []byte("\n")):
-			return fields, i // the empty line: the body follows
-		case line[0] == ' ' || line[0] == '\t':
-			if len(fields) == 0 {
-				return fields, i
-			}
-			fields[len(fields)-1].end = next
-		default:
-			name, ok := fieldName(line)
-			if !ok {
-				return fields, i
-			}
-			fields = append(fields, headerField{name: name, start: i, end: next})
-		}
-		i = next
-	}
-	return fields, i
-}
-
-// fieldName returns the name of a field line: printable ASCII but the
-// colon (RFC 5322 §3.6.8), then optional white space (the obsolete syntax
-// of §4.5), then the colon.
-func fieldName(line []byte) (string, bool) {
-	n := 0
-	for n < len(line) && line[n] > ' ' && line[n] < 0x7f && line[n] != ':' {
-		n++
-	}
-	if n == 0 {
-		return "", false
-	}
-	k := n
-	for k < len(line) && (line[k] == ' ' || line[k] == '\t') {
-		k++
-	}
-	if k >= len(line) || line[k] != ':' {
-		return "", false
-	}
-	return string(line[:n]), true
-}
-
-// fieldValue returns the value of f in msg, unfolded (RFC 5322 §2.2.3:
-// the CRLF before each continuation is removed) and trimmed.
-func fieldValue(msg []byte, f headerField) string {
-	raw := msg[f.start:f.end]
-	raw = raw[bytes.IndexByte(raw, ':')+1:]
-	return strings.TrimSpace(unfold.Replace(string(raw)))
-}
-
-// unfold removes the line ends of a folded field.
-var unfold = strings.NewReplacer("\r\n", "", "\n", "", "\r", "")
 
 // editedMessage is a message with the header rules applied, as slices of
 // the original buffer and a few new bytes: no second copy of the message
@@ -104,47 +24,47 @@ type editedMessage struct {
 	sender   []string // values of Sender: fields
 }
 
-// editHeader applies the header rules to msg. With fix, Date: and
+// editHeader applies the header rules to the header section h. With fix, Date: and
 // Message-ID: are added when missing (RFC 6409 §8.2, §8.3: an MSA may add
 // them; receivers and DKIM verifiers expect them) and Bcc: and Resent-Bcc:
 // are removed (RFC 5322 §3.6.3: the originating system may remove them, and
 // when one copy goes to every recipient it must, or each learns who else got
 // it). msgID returns a fresh Message-ID value.
 //
-// Where splitHeader ends the header section without an empty line (at a
-// line that is not a field, or past maxHeaderFields), the empty line is
-// put there, fix or not, as Postfix's cleanup does: whatever follows is
+// Where the header section ended without an empty line (at a line that
+// is not a field, or past message.MaxFields: message.AtBody), the empty
+// line is put there, fix or not, as Postfix's cleanup does: whatever follows is
 // body for postern, and must be for every reader after it too (a DKIM
 // signer, the receiver, the recipient's mail program), or a From: or Bcc:
 // below such a line would escape the checks above and still be read as a
 // header field.
-func editHeader(msg []byte, fix bool, now time.Time, msgID func() string) *editedMessage {
-	fields, end := splitHeader(msg)
+func editHeader(h *message.Header, fix bool, now time.Time, msgID func() string) *editedMessage {
+	msg, end := h.Raw, h.End
 	e := &editedMessage{}
 	var hasDate, hasID bool
 	var kept [][]byte
 	pos := 0
-	for _, f := range fields {
-		switch strings.ToLower(f.name) {
+	for _, f := range h.Fields {
+		switch strings.ToLower(f.Name) {
 		case "received":
 			e.received++
 		case "from":
-			e.from = append(e.from, fieldValue(msg, f))
+			e.from = append(e.from, h.Value(f))
 		case "sender":
-			e.sender = append(e.sender, fieldValue(msg, f))
+			e.sender = append(e.sender, h.Value(f))
 		case "date":
 			hasDate = true
 		case "message-id":
 			hasID = true
 		case "bcc", "resent-bcc":
 			if fix {
-				kept = append(kept, msg[pos:f.start])
-				pos = f.end
+				kept = append(kept, msg[pos:f.Start])
+				pos = f.End
 			}
 		}
 	}
 	kept = append(kept, msg[pos:end])
-	if rest := msg[end:]; len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) && !bytes.HasPrefix(rest, []byte("\n")) {
+	if h.Ending == message.AtBody {
 		kept = append(kept, []byte("\r\n"))
 	}
 	kept = append(kept, msg[end:])

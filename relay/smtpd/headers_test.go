@@ -1,7 +1,6 @@
 package smtpd
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -11,11 +10,22 @@ import (
 	"time"
 
 	"postern/auth"
+	"postern/queue/message"
 )
 
 var testNow = time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
 
 func testMsgID() string { return "<fixed@postern.test>" }
+
+// editMsg applies the header rules to a whole message in memory, as data
+// does to the stream: what follows the header section's last line goes on
+// as it is.
+func editMsg(in []byte, fix bool) *editedMessage {
+	h := message.ParseHeader(in)
+	e := editHeader(h, fix, testNow, testMsgID)
+	e.parts = append(e.parts, in[len(h.Raw):])
+	return e
+}
 
 func edited(t *testing.T, e *editedMessage) string {
 	t.Helper()
@@ -71,7 +81,7 @@ func TestEditHeader(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := editHeader([]byte(tt.in), tt.fix, testNow, testMsgID)
+			e := editMsg([]byte(tt.in), tt.fix)
 			if got := edited(t, e); got != tt.want {
 				t.Errorf("got\n%q\nwant\n%q", got, tt.want)
 			}
@@ -82,7 +92,7 @@ func TestEditHeader(t *testing.T) {
 func TestEditHeaderCounts(t *testing.T) {
 	msg := strings.Repeat("Received: from a\r\n\tby b; x\r\n", 51) +
 		"From: \"A\" <a@x.test>\r\nSender: s@x.test\r\n\r\nReceived: in the body\r\n"
-	e := editHeader([]byte(msg), true, testNow, testMsgID)
+	e := editMsg([]byte(msg), true)
 	if e.received != 51 {
 		t.Errorf("received = %d, want 51", e.received)
 	}
@@ -121,7 +131,7 @@ func TestCheckHeaderFrom(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := editHeader([]byte(tt.header+"\r\nbody\r\n"), true, testNow, testMsgID)
+			e := editMsg([]byte(tt.header+"\r\nbody\r\n"), true)
 			if err := checkHeaderFrom(e, u); !errors.Is(err, tt.want) {
 				t.Errorf("checkHeaderFrom = %v, want %v", err, tt.want)
 			}
@@ -214,18 +224,19 @@ func FuzzEditHeader(f *testing.F) {
 		f.Add([]byte(s), true)
 	}
 	f.Fuzz(func(t *testing.T, in []byte, fix bool) {
-		fields, end := splitHeader(in)
+		h := message.ParseHeader(in)
+		end := h.End
 		pos := 0
-		for _, fl := range fields {
-			if fl.start != pos || fl.end <= fl.start || fl.end > len(in) || fl.name == "" {
+		for _, fl := range h.Fields {
+			if fl.Start != pos || fl.End <= fl.Start || fl.End > len(in) || fl.Name == "" {
 				t.Fatalf("%q: bad field %+v after %d", in, fl, pos)
 			}
-			pos = fl.end
+			pos = fl.End
 		}
 		if end != pos {
 			t.Fatalf("%q: header ends at %d, fields at %d", in, end, pos)
 		}
-		e := editHeader(in, fix, testNow, testMsgID)
+		e := editMsg(in, fix)
 		// The From check takes any header without panicking, and passes
 		// only addresses the envelope rules would.
 		if checkHeaderFrom(e, fuzzUser) == nil {
@@ -253,9 +264,8 @@ func FuzzEditHeader(f *testing.F) {
 			if len(rest) > len(in)+len(sep) {
 				t.Fatalf("%q grew to %q", in, rest)
 			}
-			ofs, _ := splitHeader([]byte(out))
-			for _, fl := range ofs {
-				if n := strings.ToLower(fl.name); n == "bcc" || n == "resent-bcc" {
+			for _, fl := range message.ParseHeader([]byte(out)).Fields {
+				if n := strings.ToLower(fl.Name); n == "bcc" || n == "resent-bcc" {
 					t.Fatalf("%q: Bcc left in %q", in, out)
 				}
 			}
@@ -268,7 +278,7 @@ func FuzzEditHeader(f *testing.F) {
 			if strings.TrimRight(line, "\r\n") == "" {
 				break
 			}
-			switch name, _ := fieldName([]byte(line)); strings.ToLower(name) {
+			switch name, _ := message.FieldName([]byte(line)); strings.ToLower(name) {
 			case "from":
 				from++
 			case "bcc", "resent-bcc":
@@ -281,36 +291,9 @@ func FuzzEditHeader(f *testing.F) {
 		if !fix {
 			return
 		}
-		again := edited(t, editHeader([]byte(out), true, testNow, testMsgID))
+		again := edited(t, editMsg([]byte(out), true))
 		if again != out {
 			t.Fatalf("not idempotent: %q then %q", out, again)
 		}
 	})
-}
-
-// TestReadHeaderSection: where the header section read from the client
-// stops, with reads small enough that long lines come in pieces: the rest
-// of a long line (even one that is just its CRLF) never counts as a new
-// line.
-func TestReadHeaderSection(t *testing.T) {
-	for _, tt := range []struct{ name, in, want string }{
-		{"empty line", "A: 1\r\nB: 2\r\n\r\nbody\r\n", "A: 1\r\nB: 2\r\n\r\n"},
-		{"continuation", "A: 1\r\n  more\r\n\r\nbody\r\n", "A: 1\r\n  more\r\n\r\n"},
-		{"a line that is not a field", "A: 1\r\nnot a field\r\nFrom: x\r\n\r\n", "A: 1\r\nnot a field\r\n"},
-		{"no header", "body\r\nmore\r\n", "body\r\n"},
-		{"a long line whose last piece is its CRLF", "X-Pad: " + strings.Repeat("p", 9) + "\r\nBcc: s@x.test\r\n\r\nbody\r\n",
-			"X-Pad: " + strings.Repeat("p", 9) + "\r\nBcc: s@x.test\r\n\r\n"},
-		{"a long line whose next piece starts like a body", "X-Pad: " + strings.Repeat("p", 9) + " x y z\r\nB: 2\r\n\r\n",
-			"X-Pad: " + strings.Repeat("p", 9) + " x y z\r\nB: 2\r\n\r\n"},
-		{"ends without an empty line", "A: 1\r\n", "A: 1\r\n"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			// 16 bytes: "X-Pad: ppppppppp" fills the buffer exactly,
-			// leaving "\r\n" (or the rest of the line) as the next piece.
-			got, err := readHeaderSection(bufio.NewReaderSize(strings.NewReader(tt.in), 16))
-			if err != nil || string(got) != tt.want {
-				t.Errorf("got %q, %v; want %q", got, err, tt.want)
-			}
-		})
-	}
 }

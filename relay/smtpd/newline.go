@@ -22,7 +22,7 @@ import (
 //     "<CR><LF>X". That is the one bare CR the session cannot see; it never
 //     reaches a message either, so it cannot be smuggled on.
 //   - what postern passes on: every bare CR or LF the session sees is
-//     refused (bareNewlineGuard) or turned into CRLF (crlfReader), so
+//     refused (bareNewlineGuard) or turned into CRLF (message.CRLFReader), so
 //     nothing postern stores, and so nothing it sends, has one; go-smtp's
 //     client then dot-stuffs every line, so no receiver can find an end of
 //     data inside it.

@@ -22,6 +22,7 @@ import (
 
 	"postern/auth"
 	"postern/queue"
+	"postern/queue/message"
 	"postern/relay/status"
 )
 
@@ -393,8 +394,8 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	if pol.ForbidBareNewline && !inPrefixes(s.ip, pol.BareNewlineExclusions) {
 		in = &bareNewlineGuard{r: r}
 	} else {
-		cr := getCRLFReader(r)
-		defer putCRLFReader(cr)
+		cr := message.NewCRLFReader(r)
+		defer cr.Release()
 		in = cr
 	}
 	// The buffers live for one message and are reused: allocated anew
@@ -404,7 +405,7 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	br := dataReaders.Get().(*bufio.Reader)
 	br.Reset(in)
 	defer func() { br.Reset(nil); dataReaders.Put(br) }()
-	hdr, err := readHeaderSection(br)
+	hdr, err := message.ReadHeader(br, maxHeaderBytes)
 	if err != nil {
 		return "", 0, s.dataError(err)
 	}
@@ -513,7 +514,7 @@ func (s *session) dataError(err error) error {
 		// client hears the 521; then the connection closes.
 		s.closeAfterReply()
 		return errBareNewline.With(err)
-	case errors.Is(err, errHeaderTooLarge):
+	case errors.Is(err, message.ErrHeaderTooLarge):
 		return errHeaderSize.With(err)
 	case errors.Is(err, smtp.ErrTooLongLine):
 		// go-smtp stops reading and closes after this reply: a
@@ -543,44 +544,9 @@ var (
 	// to 2,000. RFC 3463 X.6.0: a message content problem.
 	errLineTooLong = status.New(554, 6, 0, "Message line too long")
 
-	errHeaderTooLarge = errors.New("header section over 1 MiB")
 	// RFC 3463 §3.4 X.3.4: message too big for system.
 	errHeaderSize = status.New(552, 3, 4, "Message header section too large")
 )
-
-// readHeaderSection reads the header section and the line that ends it:
-// the empty line, or the first line that is neither a field nor a
-// continuation, where splitHeader ends the section too (editHeader then puts
-// the empty line there); or the whole message, if it is short and ends
-// first. A line longer than br's buffer comes in pieces: only the first
-// piece starts a line.
-func readHeaderSection(br *bufio.Reader) ([]byte, error) {
-	var hdr []byte
-	atLineStart := true
-	for {
-		line, err := br.ReadSlice('\n')
-		hdr = append(hdr, line...)
-		if len(hdr) > maxHeaderBytes {
-			return nil, errHeaderTooLarge
-		}
-		if atLineStart && len(line) > 0 {
-			empty := string(line) == "\r\n" || string(line) == "\n"
-			_, field := fieldName(line)
-			if empty || !field && line[0] != ' ' && line[0] != '\t' {
-				return hdr, nil // the body starts here or after this line
-			}
-		}
-		atLineStart = err == nil
-		switch {
-		case err == bufio.ErrBufferFull:
-			continue // a long line: keep reading it
-		case err == io.EOF:
-			return hdr, nil
-		case err != nil:
-			return nil, err
-		}
-	}
-}
 
 // countingReader counts the bytes read through it.
 type countingReader struct {

@@ -1,4 +1,4 @@
-package smtpd
+package message
 
 import (
 	"bytes"
@@ -33,17 +33,17 @@ func TestCRLFReader(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := io.ReadAll(newCRLFReader(strings.NewReader(tt.in)))
+			got, err := io.ReadAll(NewCRLFReader(strings.NewReader(tt.in)))
 			if err != nil || string(got) != tt.want {
 				t.Errorf("got %q, %v; want %q", got, err, tt.want)
 			}
 			// One byte at a time from below and from above.
-			got, err = io.ReadAll(iotest.OneByteReader(newCRLFReader(iotest.OneByteReader(strings.NewReader(tt.in)))))
+			got, err = io.ReadAll(iotest.OneByteReader(NewCRLFReader(iotest.OneByteReader(strings.NewReader(tt.in)))))
 			if err != nil || string(got) != tt.want {
 				t.Errorf("one byte at a time: got %q, %v; want %q", got, err, tt.want)
 			}
 			// Reads of every size, and reads after EOF.
-			if err := iotest.TestReader(newCRLFReader(strings.NewReader(tt.in)), []byte(tt.want)); err != nil {
+			if err := iotest.TestReader(NewCRLFReader(strings.NewReader(tt.in)), []byte(tt.want)); err != nil {
 				t.Error(err)
 			}
 		})
@@ -55,7 +55,7 @@ func TestCRLFReader(t *testing.T) {
 func TestCRLFReaderError(t *testing.T) {
 	boom := errors.New("boom")
 	for _, in := range []string{"", "abc", "a\n", "a\r\n"} {
-		got, err := io.ReadAll(newCRLFReader(io.MultiReader(strings.NewReader(in), iotest.ErrReader(boom))))
+		got, err := io.ReadAll(NewCRLFReader(io.MultiReader(strings.NewReader(in), iotest.ErrReader(boom))))
 		want := strings.ReplaceAll(strings.ReplaceAll(in, "\r\n", "\n"), "\n", "\r\n")
 		if !errors.Is(err, boom) || string(got) != want {
 			t.Errorf("%q then error: got %q, %v; want %q, %v", in, got, err, want, boom)
@@ -64,20 +64,20 @@ func TestCRLFReaderError(t *testing.T) {
 }
 
 // TestCRLFReaderErrorAfterCR: an error that follows a bare CR must not be
-// lost. It is (see the report): crlfReader emits the LF for the pending CR
+// lost. It is (see the report): CRLFReader emits the LF for the pending CR
 // and then reads again, and bufio.Reader hands out an error only once, so
 // a reader whose error is not sticky gets its error swallowed and the
 // stream continues as if nothing had happened.
 func TestCRLFReaderErrorAfterCR(t *testing.T) {
 	// TimeoutReader fails its second read only; the third read succeeds.
 	r := iotest.TimeoutReader(io.MultiReader(strings.NewReader("a\r"), strings.NewReader("b")))
-	got, err := io.ReadAll(newCRLFReader(r))
+	got, err := io.ReadAll(NewCRLFReader(r))
 	if !errors.Is(err, iotest.ErrTimeout) {
 		t.Errorf("got %q, %v; want error %v", got, err, iotest.ErrTimeout)
 	}
 }
 
-// normalize is the specification crlfReader implements, written the
+// normalize is the specification CRLFReader implements, written the
 // obvious way: CRLF is one line end, and so is any other CR or LF.
 func normalize(s string) string {
 	s = strings.ReplaceAll(s, "\r\n", "\n")
@@ -90,7 +90,7 @@ func FuzzCRLFReader(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		out, err := io.ReadAll(newCRLFReader(bytes.NewReader(in)))
+		out, err := io.ReadAll(NewCRLFReader(bytes.NewReader(in)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func FuzzCRLFReader(f *testing.F) {
 			t.Fatalf("%q: got %q, want %q", in, out, want)
 		}
 		// 4. The size of the reads, above and below, changes nothing.
-		small, err := io.ReadAll(iotest.OneByteReader(newCRLFReader(iotest.HalfReader(bytes.NewReader(in)))))
+		small, err := io.ReadAll(iotest.OneByteReader(NewCRLFReader(iotest.HalfReader(bytes.NewReader(in)))))
 		if err != nil || !bytes.Equal(small, out) {
 			t.Fatalf("%q: with one-byte reads got %q, %v; want %q", in, small, err, out)
 		}
@@ -130,14 +130,14 @@ func FuzzCRLFReader(f *testing.F) {
 // CR pending, an error kept, output not drained) starts the next message
 // clean.
 func TestCRLFReaderReuse(t *testing.T) {
-	c := getCRLFReader(io.MultiReader(strings.NewReader("a\r"), iotest.ErrReader(errors.New("cut"))))
+	c := NewCRLFReader(io.MultiReader(strings.NewReader("a\r"), iotest.ErrReader(errors.New("cut"))))
 	p := make([]byte, 1)
 	c.Read(p)
-	putCRLFReader(c)
+	c.Release()
 	for range 3 { // whichever reader the pool hands out
-		c := getCRLFReader(strings.NewReader("b\nc\r\n"))
+		c := NewCRLFReader(strings.NewReader("b\nc\r\n"))
 		got, err := io.ReadAll(c)
-		putCRLFReader(c)
+		c.Release()
 		if err != nil || string(got) != "b\r\nc\r\n" {
 			t.Fatalf("after reuse: %q, %v", got, err)
 		}

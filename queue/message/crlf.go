@@ -1,4 +1,4 @@
-package smtpd
+package message
 
 import (
 	"bytes"
@@ -6,15 +6,18 @@ import (
 	"sync"
 )
 
-// crlfReader turns every bare LF and bare CR into CRLF and leaves CRLF
-// alone. Mail on the wire must use CRLF line ends (RFC 5321 §2.3.8), and a
+// CRLFReader turns every bare LF and bare CR into CRLF and leaves CRLF
+// alone. It is postern's one line-end fixer: the inbound server reads
+// messages through it (from clients allowed bare line ends), delivery
+// sends every stored message through it before dot-stuffing, and the DSN
+// composer quotes originals through it. Mail on the wire must use CRLF line ends (RFC 5321 §2.3.8), and a
 // message postern relays must never contain a bare CR or LF: some receivers
 // treat those as line ends, which is what SMTP smuggling exploits.
 //
 // It works on chunks, not bytes: the trusted relay listener, where legacy
 // programs send bare LF, is also where the bulk of the mail comes in, so
 // this is on the hot path of every message from it.
-type crlfReader struct {
+type CRLFReader struct {
 	r   io.Reader
 	in  []byte // raw chunk read from r
 	out []byte // converted bytes not returned yet (a view into obuf)
@@ -25,28 +28,28 @@ type crlfReader struct {
 
 const crlfChunk = 16 << 10
 
-func newCRLFReader(r io.Reader) *crlfReader {
-	return &crlfReader{r: r, in: make([]byte, crlfChunk), buf: make([]byte, 0, 2*crlfChunk+1)}
-}
+// crlfReaders keeps CRLFReaders (48 KiB of buffers each) for reuse, one
+// per message being received or sent.
+var crlfReaders = sync.Pool{New: func() any {
+	return &CRLFReader{in: make([]byte, crlfChunk), buf: make([]byte, 0, 2*crlfChunk+1)}
+}}
 
-// crlfReaders keeps crlfReaders (48 KiB of buffers each) for reuse, one
-// per message being received.
-var crlfReaders = sync.Pool{New: func() any { return newCRLFReader(nil) }}
-
-// getCRLFReader returns a crlfReader over r from the pool; putCRLFReader
-// gives it back once nothing reads it any more.
-func getCRLFReader(r io.Reader) *crlfReader {
-	c := crlfReaders.Get().(*crlfReader)
+// NewCRLFReader returns a CRLFReader over r. Release gives its buffers
+// back for the next one; a reader never released is left to the garbage
+// collector.
+func NewCRLFReader(r io.Reader) *CRLFReader {
+	c := crlfReaders.Get().(*CRLFReader)
 	c.r = r
 	return c
 }
 
-func putCRLFReader(c *crlfReader) {
-	*c = crlfReader{in: c.in, buf: c.buf[:0]}
+// Release returns c's buffers to the pool. c must not be used after.
+func (c *CRLFReader) Release() {
+	*c = CRLFReader{in: c.in, buf: c.buf[:0]}
 	crlfReaders.Put(c)
 }
 
-func (c *crlfReader) Read(p []byte) (int, error) {
+func (c *CRLFReader) Read(p []byte) (int, error) {
 	for len(c.out) == 0 {
 		if c.err != nil {
 			return 0, c.err
@@ -71,7 +74,7 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 // settled by the first byte of the next one. Lines already ending in CRLF,
 // nearly all of them, are copied whole: two IndexByte scans a line instead
 // of a decision a byte.
-func (c *crlfReader) convert(chunk []byte) []byte {
+func (c *CRLFReader) convert(chunk []byte) []byte {
 	out := c.buf[:0]
 	for len(chunk) > 0 {
 		if c.cr {
