@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -40,11 +41,10 @@ type commitReq struct {
 // every other function is run again in a transaction of its own. So fn must
 // have no effect outside tx (or reset what it sets on entry).
 //
-// The caller holds q.dbMu shared, so q.db cannot be swapped underneath.
+// The caller holds q.dbMu shared, so q.db cannot be swapped underneath,
+// and the loop cannot be stopped before this writer is served.
 func (q *Queue) batch(fn func(*bolt.Tx) error) error {
-	req := &commitReq{fn: fn, done: make(chan error, 1)}
-	q.commits <- req
-	return <-req.done
+	return q.submit(&commitReq{fn: fn, done: make(chan error, 1)})
 }
 
 // batchLazy is batch for a write nobody is waiting on: the results of a
@@ -59,65 +59,126 @@ func (q *Queue) batch(fn func(*bolt.Tx) error) error {
 // delivered recipient be delivered again (as a crash between the remote's
 // reply and any commit would), and any other retried after its backoff.
 func (q *Queue) batchLazy(fn func(*bolt.Tx) error) error {
-	req := &commitReq{fn: fn, done: make(chan error, 1), lazy: true}
-	q.commits <- req
+	return q.submit(&commitReq{fn: fn, done: make(chan error, 1), lazy: true})
+}
+
+// committer is the state the commit loop shares with writers: the writers
+// waiting, in the order they came, and a wake-up. A list under a mutex
+// rather than a channel, so that the order of the writers in a batch is
+// the order they were submitted in, which tests can see (pendingWriters).
+type committer struct {
+	mu      sync.Mutex
+	pending []*commitReq
+	closed  bool          // no writer will come: stop once pending is done
+	wake    chan struct{} // capacity 1: "pending changed"
+	done    chan struct{} // closed when the loop has stopped
+	// onHold, a test hook, is called when the loop starts holding a batch
+	// of lazy writers for a waited-on one.
+	onHold func()
+}
+
+func newCommitter() *committer {
+	return &committer{wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+func (c *committer) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default: // a wake-up is pending already and covers this one
+	}
+}
+
+// submit queues req for the next batch and waits for its commit.
+func (q *Queue) submit(req *commitReq) error {
+	c := q.commit
+	c.mu.Lock()
+	c.pending = append(c.pending, req)
+	c.mu.Unlock()
+	c.signal()
 	return <-req.done
 }
 
-// commitLoop runs the shared transactions, one at a time, until commits
-// is closed.
+// stopCommits ends the loop once the writers queued are served, and waits
+// for it. No writer may submit after (Close holds dbMu exclusively).
+func (q *Queue) stopCommits() {
+	c := q.commit
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.signal()
+	<-c.done
+}
+
+// pendingWriters counts the writers waiting for a batch, for tests.
+func (q *Queue) pendingWriters() int {
+	q.commit.mu.Lock()
+	defer q.commit.mu.Unlock()
+	return len(q.commit.pending)
+}
+
+// take moves up to maxCommitBatch-len(batch) waiting writers, in order,
+// into batch. It reports whether every writer in batch is lazy, and
+// whether the loop is to stop once pending is empty.
+func (c *committer) take(batch []*commitReq) (_ []*commitReq, lazy, closed bool) {
+	c.mu.Lock()
+	n := min(len(c.pending), maxCommitBatch-len(batch))
+	batch = append(batch, c.pending[:n]...)
+	clear(c.pending[:n])
+	c.pending = c.pending[n:]
+	if len(c.pending) == 0 {
+		c.pending = c.pending[:0:0] // let the backing array go
+	}
+	closed = c.closed
+	c.mu.Unlock()
+	lazy = true
+	for _, r := range batch {
+		lazy = lazy && r.lazy
+	}
+	return batch, lazy, closed
+}
+
+// commitLoop runs the shared transactions, one at a time, until
+// stopCommits.
 func (q *Queue) commitLoop() {
-	defer close(q.commitsDone)
+	c := q.commit
+	defer close(c.done)
 	batch := make([]*commitReq, 0, maxCommitBatch)
 	wait := time.NewTimer(q.lazyWait)
 	wait.Stop()
-	for req := range q.commits {
-		batch = append(batch[:0], req)
-		lazy := req.lazy
-		open := q.drain(&batch, &lazy)
-		if lazy && open && len(batch) < maxCommitBatch {
-			// Nobody waits on this batch yet: give a writer who does
-			// a moment to join.
-			wait.Reset(q.lazyWait)
-		hold:
-			for len(batch) < maxCommitBatch {
-				select {
-				case r, ok := <-q.commits:
-					if !ok {
-						break hold
-					}
-					batch = append(batch, r)
-					if !r.lazy {
-						q.drain(&batch, &lazy)
-						break hold
-					}
-				case <-wait.C:
-					break hold
+	for range c.wake {
+		for {
+			var lazy, closed bool
+			batch, lazy, closed = c.take(batch[:0])
+			if len(batch) == 0 {
+				if closed {
+					return
 				}
+				break // wait for the next wake-up
 			}
-			wait.Stop()
-		}
-		q.runBatch(batch)
-	}
-}
-
-// drain adds the writers already waiting to batch, without blocking, and
-// clears lazy if one of them is not lazy. It reports false once commits is
-// closed.
-func (q *Queue) drain(batch *[]*commitReq, lazy *bool) bool {
-	for len(*batch) < maxCommitBatch {
-		select {
-		case r, ok := <-q.commits:
-			if !ok {
-				return false
+			if lazy && !closed && len(batch) < maxCommitBatch {
+				// Nobody waits on this batch yet: give a writer who
+				// does a moment to join.
+				if c.onHold != nil {
+					c.onHold()
+				}
+				wait.Reset(q.lazyWait)
+			hold:
+				for len(batch) < maxCommitBatch {
+					select {
+					case <-c.wake:
+						batch, lazy, closed = c.take(batch)
+						if !lazy || closed {
+							break hold
+						}
+					case <-wait.C:
+						break hold
+					}
+				}
+				wait.Stop()
 			}
-			*batch = append(*batch, r)
-			*lazy = *lazy && r.lazy
-		default:
-			return true
+			q.runBatch(batch)
 		}
 	}
-	return true
 }
 
 func (q *Queue) runBatch(batch []*commitReq) {

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -33,30 +34,25 @@ func TestModifyStopsWithoutFailingTheBatch(t *testing.T) {
 			id := tt.id(h)
 
 			// Hold the commit loop so that both writers below form
-			// the next batch.
-			hold, held := make(chan struct{}), make(chan struct{})
-			var once sync.Once
-			go q.batch(func(*bolt.Tx) error { once.Do(func() { close(held) }); <-hold; return nil })
-			<-held
+			// the next batch, in the order they are submitted.
+			release := holdCommits(t, q)
 			var mu sync.Mutex
 			runs := 0
 			other := make(chan error, 1)
 			go func() {
 				other <- q.batch(func(*bolt.Tx) error { mu.Lock(); runs++; mu.Unlock(); return nil })
 			}()
-			// The other writer first: senders blocked on the loop's
-			// channel are served in order, so its function runs before
-			// modify's in the batch, and would be run again if modify's
-			// failed the transaction. The pauses only make the order
-			// likely.
-			time.Sleep(50 * time.Millisecond)
+			// The other writer first: its function runs before
+			// modify's in the batch, and would be run again if
+			// modify's failed the transaction.
+			waitPending(t, q, 1)
 			mod := make(chan error, 1)
 			go func() {
 				_, err := q.modify(id, true, t0, tt.change)
 				mod <- err
 			}()
-			time.Sleep(50 * time.Millisecond)
-			close(hold)
+			waitPending(t, q, 2)
+			release()
 			if err := <-mod; !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
 				t.Errorf("modify: %v, want %v", err, tt.wantErr)
 			}
@@ -80,13 +76,20 @@ func TestLazyWriterWaitsForAWaitedOne(t *testing.T) {
 		h := newHarness(t)
 		h.opts = func(o *Options) { o.lazyWait = time.Hour }
 		q := h.open()
+		holding := make(chan struct{}, 1)
+		q.commit.onHold = func() { holding <- struct{}{} }
 		commits := commitCount(q)
 		lazy := make(chan error, 1)
 		go func() { lazy <- q.batchLazy(func(*bolt.Tx) error { return nil }) }()
+		// The loop has taken the lazy writer alone and holds it: were it
+		// committed alone, onHold would not be called (and with an hour
+		// to wait, nothing else ends the hold).
 		select {
+		case <-holding:
 		case err := <-lazy:
 			t.Fatalf("the lazy writer was committed alone (%v)", err)
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(10 * time.Second):
+			t.Fatal("the commit loop never held the lazy writer")
 		}
 		h.enqueue("a@x.test", "m\r\n", "b@y.test")
 		if err := <-lazy; err != nil {
@@ -115,30 +118,44 @@ func TestLazyWriterWaitsForAWaitedOne(t *testing.T) {
 func TestGroupCommit(t *testing.T) {
 	h := newHarness(t)
 	q := h.open()
-	hold, held := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	go q.batch(func(*bolt.Tx) error { once.Do(func() { close(held) }); <-hold; return nil })
-	<-held
+	release := holdCommits(t, q)
 	commits := commitCount(q)
 	const writers = 10
 	done := make(chan string, writers)
 	for range writers {
 		go func() { done <- h.enqueue("a@x.test", "m\r\n", "b@y.test") }()
 	}
-	select {
-	case id := <-done:
-		t.Fatalf("Enqueue returned %s while the commit before it was still running", id)
-	case <-time.After(50 * time.Millisecond): // the writers are waiting on the loop
+	waitPending(t, q, writers)
+	if len(done) != 0 {
+		t.Fatalf("Enqueue returned %s while the commit before it was still running", <-done)
 	}
-	close(hold)
+	release()
 	for range writers {
 		<-done
 	}
-	// The held commit, then the writers': in one commit, or a few if the
-	// last ones were slow to reach the loop; never one each.
-	if n := commits(); n > 3 {
-		t.Errorf("%d writers took %d commits", writers, n)
+	// Every writer waited for the held commit: they all share the next.
+	if n := commits(); n != 1 {
+		t.Errorf("%d writers took %d commits, want 1", writers, n)
 	}
+}
+
+// holdCommits blocks the commit loop inside a batch of its own until the
+// returned function is called, so that the writers submitted meanwhile
+// form the next batch.
+func holdCommits(t *testing.T, q *Queue) (release func()) {
+	t.Helper()
+	hold, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	go q.batch(func(*bolt.Tx) error { once.Do(func() { close(held) }); <-hold; return nil })
+	<-held
+	return func() { close(hold) }
+}
+
+// waitPending waits until n writers wait for the commit loop, in the
+// order they were submitted.
+func waitPending(t *testing.T, q *Queue, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d writers waiting for a commit", n), func() bool { return q.pendingWriters() == n })
 }
 
 // TestNothingWrittenNothingSynced: a batch in which no function wrote (the

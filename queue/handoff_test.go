@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -135,21 +134,17 @@ func TestHandOffRollback(t *testing.T) {
 	q := h.open()
 	q.Start()
 	// Hold the commit loop, so that the enqueue and the failing function
-	// form the next batch together, the enqueue first: senders blocked on
-	// the loop's channel are served in order, and the pauses only make
-	// that order likely (the assertions hold in either order).
-	hold, held := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	go q.batch(func(*bolt.Tx) error { once.Do(func() { close(held) }); <-hold; return nil })
-	<-held
+	// form the next batch together, the enqueue first (writers are
+	// batched in the order they are submitted).
+	release := holdCommits(t, q)
 	enq := make(chan string, 1)
 	go func() { enq <- h.enqueue("a@x.test", "m\r\n", "b@y.test") }()
-	time.Sleep(50 * time.Millisecond)
+	waitPending(t, q, 1)
 	errBoom := errors.New("boom")
 	fail := make(chan error, 1)
 	go func() { fail <- q.batch(func(*bolt.Tx) error { return errBoom }) }()
-	time.Sleep(50 * time.Millisecond)
-	close(hold)
+	waitPending(t, q, 2)
+	release()
 	if err := <-fail; !errors.Is(err, errBoom) {
 		t.Fatalf("failing batch: %v", err)
 	}

@@ -272,24 +272,22 @@ func (m *Message) UnmarshalJSON(data []byte) error {
 // use.
 type Queue struct {
 	db *bolt.DB
-	// commits feeds the group-commit loop (commit.go); commitsDone is
-	// closed when the loop has stopped.
-	commits     chan *commitReq
-	commitsDone chan struct{}
-	batches     atomic.Int64  // shared transactions run, for tests
-	lazyWait    time.Duration // see batchLazy; a test hook
-	path        string
-	spoolDir    string
-	deliver     Deliverer
-	workers     int
-	retry       Retry
-	log         *slog.Logger
-	now         func() time.Time
-	onFinal     func(*Message)
-	hostname    string
-	warnAge     time.Duration // Options.DelayWarning
-	keep        time.Duration // Options.KeepFailed
-	obs         Observer
+	// commit is the group-commit loop's queue of writers (commit.go).
+	commit   *committer
+	batches  atomic.Int64  // shared transactions run, for tests
+	lazyWait time.Duration // see batchLazy; a test hook
+	path     string
+	spoolDir string
+	deliver  Deliverer
+	workers  int
+	retry    Retry
+	log      *slog.Logger
+	now      func() time.Time
+	onFinal  func(*Message)
+	hostname string
+	warnAge  time.Duration // Options.DelayWarning
+	keep     time.Duration // Options.KeepFailed
+	obs      Observer
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -410,8 +408,7 @@ func Open(opts Options) (*Queue, error) {
 	}
 	q.runCtx, q.cancel = context.WithCancel(context.Background())
 	q.lazyWait = cmp.Or(opts.lazyWait, lazyWait)
-	q.commits = make(chan *commitReq)
-	q.commitsDone = make(chan struct{})
+	q.commit = newCommitter()
 	go q.commitLoop()
 	return q, nil
 }
@@ -738,8 +735,7 @@ func (q *Queue) Close(ctx context.Context) error {
 		q.closed = true
 		// No writer holds dbMu now, so none is waiting on the commit
 		// loop: it can stop.
-		close(q.commits)
-		<-q.commitsDone
+		q.stopCommits()
 		q.dbMu.Unlock()
 		q.cancel()
 		q.closeErr = errors.Join(waitErr, q.db.Close())
