@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/queue"
 	"postern/relay/relaytest"
 )
 
@@ -285,15 +287,30 @@ func TestRemote550IsNotRetried(t *testing.T) {
 	w.mx("dest.test", "127.0.2.2")
 	rcv := w.receiver("127.0.2.2")
 	rcv.FailRcpt("nobody@dest.test", 550, "5.1.1 no such user here")
-	in := newInstance(t, w.config())
+	cfg := w.config()
+	cfg.Admin = freeAddr(t) // for queue show
+	in := newInstance(t, cfg)
 	in.start()
 	id := relayOne(t, in, "nobody@dest.test")
 	f := in.waitLog(20*time.Second, hasID(id, "failed"))
 	if r := f.reply(); r.Code != 550 || r.Enhanced.String() != "5.1.1" || r.Text != "no such user here" {
 		t.Errorf("failed line does not carry the remote's words: %v", f)
 	}
-	// Give a retry, if any, the time to happen: three retry intervals.
-	time.Sleep(3 * 300 * time.Millisecond)
+	// No retry can come: the queue keeps the recipient as failed, a final
+	// state that is never leased again, after one attempt, and the MX saw
+	// that one connection. (The state is asserted, rather than the absence
+	// of a retry over some wait, which a slow machine would pass.)
+	out, err := in.postern("", "queue", "show", "--json", id)
+	if err != nil {
+		t.Fatalf("queue show: %v\n%s", err, out)
+	}
+	var m queue.Message
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("queue show --json: %v\n%s", err, out)
+	}
+	if m.State != queue.StateFailed || len(m.Rcpts) != 1 || m.Rcpts[0].State != queue.StateFailed || m.Rcpts[0].Attempts != 1 {
+		t.Errorf("after the 550: %+v, want failed after 1 attempt", m)
+	}
 	if n := rcv.Conns(); n != 1 {
 		t.Errorf("the MX saw %d connections, want 1 (a 550 is final)", n)
 	}

@@ -27,6 +27,9 @@ import (
 // binPath is the postern binary built by TestMain.
 var binPath string
 
+// raceEnabled is set by race_test.go when the tests run with -race.
+var raceEnabled bool
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "postern-e2e-")
 	if err != nil {
@@ -34,7 +37,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binPath = filepath.Join(dir, "postern")
-	build := exec.Command("go", "build", "-o", binPath, ".")
+	// The binary is built as the tests are: with the race detector when
+	// they run with it (make test), so that races in the daemon fail too.
+	args := []string{"build", "-o", binPath}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, ".")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building postern:", err)
