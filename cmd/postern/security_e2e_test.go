@@ -565,12 +565,14 @@ func TestUserRateLimitE2E(t *testing.T) {
 	c.must("RSET", "250 ")
 	c.must("MAIL FROM:<alice@example.test>", "250 ")
 	c.must("RCPT TO:<c@dest.test>", "250 ")
-	if r := c.cmd("RCPT TO:<d@dest.test>"); !regexp.MustCompile(`^450 4\.7\.1 .*try again in \d`).MatchString(r) {
+	// The code and enhanced code are compared as they are; the text is
+	// searched for the wait it announces.
+	if r := c.cmd("RCPT TO:<d@dest.test>"); !strings.HasPrefix(r, "450 4.7.1 ") || !regexp.MustCompile(`try again in \d`).MatchString(r) {
 		t.Errorf("fourth recipient of the day: %q", r)
 	}
 	c.must("RSET", "250 ")
 	r := c.cmd("MAIL FROM:<alice@example.test>")
-	if !regexp.MustCompile(`^450 4\.7\.1 .*try again in (29m5\ds|30m0s)`).MatchString(r) {
+	if !strings.HasPrefix(r, "450 4.7.1 ") || !regexp.MustCompile(`try again in (29m5\ds|30m0s)`).MatchString(r) {
 		t.Errorf("third message within the hour: %q, want 450 4.7.1 and a wait of about 30 minutes", r)
 	}
 }

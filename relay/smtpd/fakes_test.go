@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"net/textproto"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 
 	"postern/auth"
 	"postern/queue"
+	qreply "postern/queue/reply"
 	"postern/relay/certs"
 	"postern/relay/smtpd"
 )
@@ -196,7 +196,8 @@ type reply struct {
 
 func (r reply) String() string { return fmt.Sprintf("%d %s %s", r.code, r.enh, r.text) }
 
-var enhRE = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3}$`)
+// isEnhanced reports whether s is an enhanced status code (RFC 3463).
+func isEnhanced(s string) bool { _, err := qreply.ParseEnhanced(s); return err == nil }
 
 // rawClient speaks SMTP line by line, for exact replies and for commands a
 // polite client would not send.
@@ -236,9 +237,9 @@ func (c *rawClient) read() reply {
 	}
 	r := reply{code: code, lines: strings.Split(msg, "\n")}
 	last := r.lines[len(r.lines)-1]
-	if enh, rest, ok := strings.Cut(last, " "); ok && enhRE.MatchString(enh) {
+	if enh, rest, ok := strings.Cut(last, " "); ok && isEnhanced(enh) {
 		r.enh, r.text = enh, rest
-	} else if enhRE.MatchString(last) {
+	} else if isEnhanced(last) {
 		r.enh = last
 	} else {
 		r.text = last
