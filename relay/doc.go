@@ -1,8 +1,10 @@
 // Package relay holds no code. It is the parent of postern's network rooms,
 // and this comment says how they fit together.
 //
-//	relay/smtpd      the inbound SMTP server: listeners, sessions, header
-//	                 rules; it hands each message to the queue
+//	relay/smtpd      the inbound SMTP server: listeners, sessions; it hands
+//	                 each message to the submission pipeline
+//	relay/submit     the submission pipeline every source shares: header
+//	                 rules, Received, DKIM, durable enqueue
 //	relay/outbound   delivery: MX hosts, smarthosts and the routes between
 //	                 them; implements queue.Deliverer
 //	relay/capture    the other deliverer: a Maildir instead of the network
@@ -14,11 +16,13 @@
 //	                 client-safe text, cause), shared by both SMTP sides
 //	relay/relaytest  real in-process DNS and SMTP peers for tests
 //
-// Mail flows one way: smtpd → queue.Enqueue → the queue's scheduler →
+// Mail flows one way: a source (smtpd) → submit → queue.Enqueue → the
+// queue's scheduler →
 // queue.Deliverer (outbound or capture) → typed results (queue.Result,
 // with the remote's reply as queue/reply values) back into the queue
 // record, the bounces and the logs. No room imports another room of
-// relay except relay/status (and relay/metrics may name smtpd's observer in
-// tests); the queue imports nothing under relay. cmd/postern wires the
+// relay except relay/status, and the sources relay/submit (relay/metrics
+// may name smtpd's observer in tests); the queue imports nothing under
+// relay. cmd/postern wires the
 // rooms together. layout_test.go checks these rules.
 package relay

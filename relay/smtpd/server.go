@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -14,7 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"postern/auth"
-	"postern/queue"
+	"postern/relay/submit"
 )
 
 // Kind is what a listener is for.
@@ -41,13 +40,8 @@ func (k Kind) String() string {
 	return "unknown"
 }
 
-// Enqueuer stores a message durably. Enqueue returns only once the message
-// is synced to disk; its error keeps the cause (errors.Is ENOSPC, EROFS).
-type Enqueuer interface {
-	// EnqueuePrefixed stores prefix() followed by body; prefix is called
-	// once body has been read to EOF (see queue.EnqueuePrefixed).
-	EnqueuePrefixed(ctx context.Context, env *queue.Envelope, body io.Reader, prefix func() ([]byte, error)) (id string, err error)
-}
+// Enqueuer stores a message durably: see submit.Enqueuer.
+type Enqueuer = submit.Enqueuer
 
 // Authenticator checks a user name and password. A wrong pair returns an
 // error wrapping auth.ErrInvalidCredentials after the same delay whether or
@@ -56,11 +50,8 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, name, password string) (*auth.User, error)
 }
 
-// Signer returns the header fields to prepend to a message (DKIM
-// signatures), or nil when the message is not to be signed.
-type Signer interface {
-	Sign(msg io.Reader) ([]byte, error)
-}
+// Signer signs a message (DKIM): see submit.Signer.
+type Signer = submit.Signer
 
 // Observer is told what sessions do, for metrics. Reply sees the replies
 // the session decides (to AUTH, MAIL, RCPT and DATA); replies go-smtp
@@ -122,7 +113,9 @@ type Options struct {
 type Server struct {
 	opts Options
 	smtp *smtp.Server
-	log  *zap.Logger
+	// submit is the pipeline every accepted message goes through.
+	submit *submit.Pipeline
+	log    *zap.Logger
 	// ctx is cancelled when the server is shut down for good, so a session
 	// stuck in Enqueue or Authenticate does not hold up the exit forever.
 	ctx    context.Context
@@ -156,6 +149,12 @@ func NewServer(opts Options) *Server {
 	}
 	opts.Policy.init()
 	s := &Server{opts: opts, log: opts.Logger.With(zap.String("listener", opts.Kind.String()))}
+	if opts.Queue != nil {
+		s.submit = submit.New(submit.Options{
+			Hostname: opts.Hostname, Queue: opts.Queue, Signer: opts.Signer,
+			FixHeaders: opts.Policy.FixHeaders, MaxReceived: opts.Policy.MaxReceived,
+		})
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))

@@ -2,17 +2,11 @@ package smtpd
 
 import (
 	"bufio"
-	"bytes"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -24,6 +18,7 @@ import (
 	"postern/queue"
 	"postern/queue/message"
 	"postern/relay/status"
+	"postern/relay/submit"
 )
 
 // Replies postern gives, each tied to the RFC that names it.
@@ -273,7 +268,7 @@ func (s *session) mail(from string) error {
 		}
 	}
 	if from != "" { // "" is the null reverse-path <> (RFC 5321 §4.5.5)
-		a, err := ParseAddress(from)
+		a, err := submit.ParseAddress(from)
 		if err != nil {
 			return errBadSender.With(err)
 		}
@@ -332,7 +327,7 @@ func (s *session) rcpt(to string) error {
 	if (s.srv.opts.Kind == Submission || s.srv.opts.Kind == Submissions) && s.user == nil {
 		return errAuthRequired
 	}
-	a, err := ParseAddress(to)
+	a, err := submit.ParseAddress(to)
 	if err != nil {
 		return errBadRcpt.With(err)
 	}
@@ -382,13 +377,12 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	if !s.hasMAIL || len(s.rcpts) == 0 {
 		return "", 0, errNoMail
 	}
-	// The message streams from the client to the queue: only its header
-	// section is held in memory (it must be checked and edited before
-	// anything is stored), and the body goes through the DKIM signer into
-	// the queue's inline buffer or spool file as it arrives. A client that
-	// disconnects mid-DATA, or an error on the way, leaves nothing in the
-	// queue. Bare CR and LF are refused or turned into CRLF on the way in
-	// (newline.go), so nothing postern sends contains one.
+	// The message streams from the client to the queue through the
+	// submission pipeline (relay/submit): only its header section is held
+	// in memory, and a client that disconnects mid-DATA, or an error on
+	// the way, leaves nothing in the queue. Bare CR and LF are refused or
+	// turned into CRLF on the way in (newline.go), so nothing postern
+	// sends contains one.
 	pol := s.policy()
 	var in io.Reader
 	if pol.ForbidBareNewline && !inPrefixes(s.ip, pol.BareNewlineExclusions) {
@@ -398,31 +392,12 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 		defer cr.Release()
 		in = cr
 	}
-	// The buffers live for one message and are reused: allocated anew
-	// they were most of the garbage a message made. Nothing reads them
-	// once data returns (the queue has read the body to its end or given
-	// up, and stop has ended the signer).
-	br := dataReaders.Get().(*bufio.Reader)
+	// Nothing reads the buffer once Submit returns (the queue has read
+	// the body to its end or given up, and the signer has ended).
+	br := submit.Readers.Get().(*bufio.Reader)
 	br.Reset(in)
-	defer func() { br.Reset(nil); dataReaders.Put(br) }()
-	hdr, err := message.ReadHeader(br, maxHeaderBytes)
-	if err != nil {
-		return "", 0, s.dataError(err)
-	}
+	defer func() { br.Reset(nil); submit.Readers.Put(br) }()
 
-	now := time.Now()
-	msg := editHeader(hdr, pol.FixHeaders, now, s.messageID)
-	if pol.MaxReceived > 0 && msg.received > pol.MaxReceived {
-		return "", 0, errMailLoop.With(fmt.Errorf("%d Received fields", msg.received))
-	}
-	if s.user != nil && pol.checksHeaderFrom(s.srv.opts.Kind) {
-		if err := checkHeaderFrom(msg, s.user); err != nil {
-			s.log.Warn("header sender not allowed", zap.Strings("from", msg.from), zap.Strings("sender", msg.sender), zap.Error(err))
-			return "", 0, errHeaderFrom.With(err)
-		}
-	}
-
-	received := s.receivedHeader(now)
 	env := &queue.Envelope{
 		From:     s.from,
 		Rcpts:    append([]string(nil), s.rcpts...),
@@ -434,76 +409,27 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	if s.anyDSN {
 		env.DSN = append([]queue.RcptDSN(nil), s.dsn...)
 	}
+	proto := "ESMTP"
+	o := &submit.Origin{IP: s.ip, Helo: s.conn.Hostname()}
+	if st, ok := s.conn.TLSConnectionState(); ok {
+		o.TLS = &st
+		proto += "S"
+	}
 	if s.user != nil {
 		env.User = s.user.Name
+		proto += "A"
+		o.User, o.CheckHeaderFrom = s.user, pol.checksHeaderFrom(s.srv.opts.Kind)
 	}
-
-	body := &countingReader{r: io.MultiReader(msg.Reader(), br)}
-	var signer Signer
-	if s.srv.opts.Signer != nil {
-		signer = s.srv.opts.Signer()
+	o.Protocol = proto
+	id, size, err = s.srv.submit.Submit(s.srv.ctx, env, o, br)
+	if rj, ok := errors.AsType[*submit.Rejected](err); ok && rj.From != nil {
+		s.log.Warn("header sender not allowed", zap.Strings("from", rj.From), zap.Strings("sender", rj.Sender), zap.Error(rj.Status.Err))
 	}
-	src, prefix, stop := signWhileReading(body, signer, received)
-	defer stop()
-	id, err = s.srv.opts.Queue.EnqueuePrefixed(s.srv.ctx, env, src, prefix)
 	if err != nil {
 		return "", 0, s.dataError(err)
 	}
-	return id, int64(len(received)) + body.n + int64(stop()), nil
+	return id, size, nil
 }
-
-// dataReaders holds the 32 KiB readers data reads a message through.
-var dataReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
-
-// signWhileReading returns the message as src for the queue to read, and
-// the prefix function the queue calls at the end of it: the Received field
-// and, with a signer, the DKIM signatures computed from the very bytes the
-// queue read (a tee into the signer, through a pipe, so the message is
-// never held whole). stop ends the signer if the queue stopped early and
-// returns the length of the signatures; it may be called more than once.
-func signWhileReading(body io.Reader, signer Signer, received []byte) (src io.Reader, prefix func() ([]byte, error), stop func() int) {
-	if signer == nil {
-		return body, func() ([]byte, error) { return received, nil }, func() int { return 0 }
-	}
-	pr, pw := io.Pipe()
-	type result struct {
-		sig []byte
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		sig, err := signer.Sign(pr)
-		// Sign may stop reading early (no key for this domain): keep
-		// draining, or the tee would block the queue.
-		io.Copy(io.Discard, pr)
-		done <- result{sig, err}
-	}()
-	var (
-		once sync.Once
-		res  result
-	)
-	finish := func(err error) {
-		once.Do(func() {
-			pw.CloseWithError(err)
-			res = <-done
-		})
-	}
-	prefix = func() ([]byte, error) {
-		finish(nil) // the queue has read everything: the signer sees EOF
-		if res.err != nil {
-			// A domain with a key never sends unsigned mail.
-			return nil, status.Internal.With(res.err)
-		}
-		return append(append([]byte(nil), received...), res.sig...), nil
-	}
-	stop = func() int {
-		finish(errAborted)
-		return len(res.sig)
-	}
-	return io.TeeReader(body, pw), prefix, stop
-}
-
-var errAborted = errors.New("message not queued")
 
 // dataError gives an error met while reading or queueing a message its
 // reply.
@@ -514,8 +440,6 @@ func (s *session) dataError(err error) error {
 		// client hears the 521; then the connection closes.
 		s.closeAfterReply()
 		return errBareNewline.With(err)
-	case errors.Is(err, message.ErrHeaderTooLarge):
-		return errHeaderSize.With(err)
 	case errors.Is(err, smtp.ErrTooLongLine):
 		// go-smtp stops reading and closes after this reply: a
 		// permanent one, so that the client does not send the same
@@ -534,96 +458,11 @@ func (s *session) dataError(err error) error {
 	return err // go-smtp's ErrDataTooLarge is a 552 5.3.4 SMTPError; others become 451 4.3.0
 }
 
-// maxHeaderBytes bounds the header section, the only part of a message
-// held in memory while it streams. Real headers are a few KiB; Postfix
-// stops reading headers at 100 KiB.
-const maxHeaderBytes = 1 << 20
-
 var (
 	// RFC 5321 §4.5.3.1.6 allows 1,000 octets a line; go-smtp reads up
 	// to 2,000. RFC 3463 X.6.0: a message content problem.
 	errLineTooLong = status.New(554, 6, 0, "Message line too long")
-
-	// RFC 3463 §3.4 X.3.4: message too big for system.
-	errHeaderSize = status.New(552, 3, 4, "Message header section too large")
 )
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// receivedHeader builds the trace field of RFC 5321 §4.4, with the
-// protocol keyword of RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA).
-func (s *session) receivedHeader(now time.Time) []byte {
-	proto := "ESMTP"
-	if s.isTLS() {
-		proto += "S"
-	}
-	if s.user != nil {
-		proto += "A"
-	}
-	var b bytes.Buffer
-	// RFC 5321 §4.1.3: an IPv6 address literal is tagged "IPv6:".
-	lit := s.ip.String()
-	if s.ip.Is6() {
-		lit = "IPv6:" + lit
-	}
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (postern) with %s",
-		sanitizeHelo(s.conn.Hostname()), lit, s.srv.opts.Hostname, proto)
-	if st, ok := s.conn.TLSConnectionState(); ok {
-		fmt.Fprintf(&b, "\r\n\t(%s %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
-	}
-	// "for" only with a single recipient: listing several would disclose
-	// Bcc recipients to each other (RFC 5321 §7.2).
-	if len(s.rcpts) == 1 {
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0])
-	}
-	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
-	return b.Bytes()
-}
-
-// messageID makes a Message-ID for a message that has none (RFC 5322
-// §3.6.4: unique; a random left part and our host name on the right).
-func (s *session) messageID() string {
-	var b [16]byte
-	rand.Read(b[:]) // never fails (Go 1.24+)
-	host := s.srv.opts.Hostname
-	if host == "" {
-		host = "postern.invalid"
-	}
-	return "<" + hex.EncodeToString(b[:]) + "@" + host + ">"
-}
-
-// sanitizeHelo keeps the client's HELO name printable and short, since it
-// is copied into a header.
-func sanitizeHelo(h string) string {
-	if len(h) > 255 {
-		h = h[:255]
-	}
-	// Keep what a domain or address literal may hold; anything else (a
-	// quote, a backslash, a parenthesis) could open a quoted string or a
-	// comment that swallows the rest of the field.
-	out := []byte(h)
-	for i, c := range out {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-			c == '.' || c == '-' || c == '_' || c == ':' || c == '[' || c == ']'
-		if !ok {
-			out[i] = '_'
-		}
-	}
-	if len(out) == 0 {
-		return "unknown"
-	}
-	return string(out)
-}
 
 func (s *session) Reset() {
 	s.from, s.hasMAIL, s.rcpts = "", false, nil

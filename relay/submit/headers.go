@@ -1,4 +1,4 @@
-package smtpd
+package submit
 
 import (
 	"bytes"
@@ -11,7 +11,6 @@ import (
 
 	"postern/auth"
 	"postern/queue/message"
-	"postern/relay/status"
 )
 
 // editedMessage is a message with the header rules applied, as slices of
@@ -109,15 +108,6 @@ func (e *editedMessage) Reader() io.Reader {
 var headerAddresses = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
 }}
-
-// Replies of the header rules.
-var (
-	// RFC 3463 §3.5 X.4.6 "Routing loop detected"; RFC 5321 §6.3 counts
-	// Received fields to find loops.
-	errMailLoop = status.New(554, 4, 6, "Too many Received header fields: mail loop")
-	// RFC 3463 §3.8 X.7.1: the header From or Sender is not the user's.
-	errHeaderFrom = status.New(550, 7, 1, "From or Sender header address not allowed for this user")
-)
 
 var (
 	errNoFrom        = errors.New("no From: field")

@@ -1,0 +1,129 @@
+package submit
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"postern/auth"
+	"postern/queue"
+	"postern/relay/status"
+)
+
+// memQueue keeps the one message it is given, as stored.
+type memQueue struct {
+	env  *queue.Envelope
+	data string
+}
+
+func (q *memQueue) EnqueuePrefixed(_ context.Context, env *queue.Envelope, body io.Reader, prefix func() ([]byte, error)) (string, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return "", err
+	}
+	p, err := prefix()
+	if err != nil {
+		return "", err
+	}
+	q.env, q.data = env, string(p)+string(b)
+	return "0000000000000001", nil
+}
+
+type fixedSigner string
+
+func (s fixedSigner) Sign(msg io.Reader) ([]byte, error) {
+	io.Copy(io.Discard, msg)
+	if s == "" {
+		return nil, errors.New("key broken")
+	}
+	return []byte(s), nil
+}
+
+func submitString(t *testing.T, p *Pipeline, o *Origin, msg string) (*memQueue, string, int64, error) {
+	t.Helper()
+	q := p.opts.Queue.(*memQueue)
+	env := &queue.Envelope{From: "alice@example.test", Rcpts: []string{"bob@example.org"}}
+	id, size, err := p.Submit(context.Background(), env, o, bufio.NewReader(strings.NewReader(msg)))
+	return q, id, size, err
+}
+
+// TestSubmit: the whole pipeline on one message: header rules, Received
+// for a network client and for a local user, the signature before it all,
+// and the size as stored.
+func TestSubmit(t *testing.T) {
+	alice := auth.NewUser("alice", []auth.Pattern{auth.MustParsePattern("alice@example.test")})
+	for _, tt := range []struct {
+		name     string
+		o        *Origin
+		received string
+	}{
+		{"network", &Origin{IP: netip.MustParseAddr("192.0.2.7"), Helo: "client.test", Protocol: "ESMTPA", User: alice, CheckHeaderFrom: true},
+			"Received: from client.test ([192.0.2.7])\r\n\tby mx.test (postern) with ESMTPA\r\n\tfor <bob@example.org>;\r\n\t"},
+		{"IPv6", &Origin{IP: netip.MustParseAddr("2001:db8::1"), Helo: "x(y)", Protocol: "ESMTP"},
+			"Received: from x_y_ ([IPv6:2001:db8::1])\r\n\tby mx.test (postern) with ESMTP\r\n\tfor <bob@example.org>;\r\n\t"},
+		{"local user", &Origin{UID: 1000, UserName: "alice"},
+			"Received: by mx.test (postern, from userid 1000 alice)\r\n\tfor <bob@example.org>;\r\n\t"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := New(Options{Hostname: "mx.test", Queue: &memQueue{}, FixHeaders: true,
+				Signer: func() Signer { return fixedSigner("DKIM-Signature: x\r\n") }})
+			q, id, size, err := submitString(t, p, tt.o, "From: alice@example.test\r\nBcc: hidden@example.org\r\nDate: x\r\n\r\nbody\r\n")
+			if err != nil || id != "0000000000000001" {
+				t.Fatalf("Submit: %q, %v", id, err)
+			}
+			if !strings.HasPrefix(q.data, tt.received) {
+				t.Errorf("message starts %q, want the Received field %q", q.data, tt.received)
+			}
+			rest := q.data[strings.Index(q.data, "DKIM-Signature"):]
+			want := "DKIM-Signature: x\r\nMessage-ID: <"
+			if !strings.HasPrefix(rest, want) || strings.Contains(q.data, "Bcc") || !strings.HasSuffix(q.data, "From: alice@example.test\r\nDate: x\r\n\r\nbody\r\n") {
+				t.Errorf("stored %q", q.data)
+			}
+			if size != int64(len(q.data)) {
+				t.Errorf("size %d, stored %d bytes", size, len(q.data))
+			}
+		})
+	}
+}
+
+// TestSubmitRefusals: each refusal is the status a source replies with,
+// and nothing is queued.
+func TestSubmitRefusals(t *testing.T) {
+	alice := auth.NewUser("alice", []auth.Pattern{auth.MustParsePattern("alice@example.test")})
+	for _, tt := range []struct {
+		name   string
+		signer Signer
+		o      *Origin
+		msg    string
+		want   *status.Error
+	}{
+		{"loop", nil, &Origin{}, strings.Repeat("Received: x\r\n", 3) + "\r\nbody\r\n", ErrMailLoop},
+		{"someone else's From", nil, &Origin{User: alice, CheckHeaderFrom: true}, "From: ceo@example.test\r\n\r\nbody\r\n", ErrHeaderFrom},
+		{"header too large", nil, &Origin{}, "X: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\n", ErrHeaderSize},
+		{"signing fails", fixedSigner(""), &Origin{}, "From: alice@example.test\r\n\r\nbody\r\n", status.Internal},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := New(Options{Hostname: "mx.test", Queue: &memQueue{}, MaxReceived: 2, FixHeaders: true})
+			if tt.signer != nil {
+				p.opts.Signer = func() Signer { return tt.signer }
+			}
+			q, _, _, err := submitString(t, p, tt.o, tt.msg)
+			if st := status.From(err); st == nil || st.Code != tt.want.Code || st.Message != tt.want.Message {
+				t.Errorf("err %v, want %v", err, tt.want)
+			}
+			if q.env != nil {
+				t.Error("a refused message was queued")
+			}
+		})
+	}
+	// Without the check, someone else's From passes (a service account's
+	// listener).
+	p := New(Options{Hostname: "mx.test", Queue: &memQueue{}})
+	if _, _, _, err := submitString(t, p, &Origin{User: alice}, "From: ceo@example.test\r\n\r\nbody\r\n"); err != nil {
+		t.Errorf("From check off: %v", err)
+	}
+}
