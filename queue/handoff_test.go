@@ -161,3 +161,36 @@ func TestHandOffRollback(t *testing.T) {
 		t.Errorf("Get(%s) after delivery: %v, want ErrNotFound", id, err)
 	}
 }
+
+// TestStopDelivery: the first step of a shutdown. The attempt in flight
+// goes on and its result is recorded; a message enqueued afterwards is
+// neither handed off nor leased, even when due, but kept for the next
+// start; Close then waits for nothing more.
+func TestStopDelivery(t *testing.T) {
+	h := newHarness(t)
+	q := h.open()
+	h.fake.block = make(chan struct{})
+	q.Start()
+	inFlight := h.enqueue("a@x.test", "m1\r\n", "b@y.test")
+	<-h.fake.called
+	q.StopDelivery()
+	later := h.enqueue("a@x.test", "m2\r\n", "c@y.test")
+	q.notify()
+	h.advance(time.Hour) // due, if anything were leasing
+	close(h.fake.block)
+	h.wait(1)
+	if _, err := q.Get(inFlight); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the attempt in flight was not recorded: Get(%s) = %v", inFlight, err)
+	}
+	if err := q.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if calls := h.fake.Calls(); len(calls) != 1 {
+		t.Errorf("%d attempts, want 1: nothing may start after StopDelivery", len(calls))
+	}
+	h.fake = newFake()
+	q = h.open()
+	if r := h.get(later).Rcpts[0]; r.Attempts != 0 || r.State != StateQueued {
+		t.Errorf("message enqueued after StopDelivery: attempts %d, state %s; want 0, queued", r.Attempts, r.State)
+	}
+}

@@ -310,7 +310,8 @@ type Queue struct {
 	accepting bool
 
 	kick     chan struct{} // capacity 1: "look at the schedule again"
-	stopping chan struct{} // closed by Close: lease nothing more
+	stopping chan struct{} // closed by StopDelivery or Close: lease nothing more
+	stopOnce sync.Once
 	runCtx   context.Context
 	cancel   context.CancelFunc // cuts off attempts when Close times out
 	sem      chan struct{}      // Workers slots
@@ -709,13 +710,15 @@ func (q *Queue) Start() {
 	})
 }
 
-// Close stops leasing, waits for attempts in progress until ctx is done,
-// then closes the database. Attempts still running when ctx is done are
-// cancelled and their results dropped: their lease stands, so they are
-// retried after their backoff. Close may be called whether or not Start
-// was; later calls return the first call's result.
-func (q *Queue) Close(ctx context.Context) error {
-	q.closeOnce.Do(func() {
+// StopDelivery starts no new delivery attempt from now on: nothing more is
+// leased, and a message enqueued later is not handed to a worker (it waits,
+// durably, for the next Start). Attempts in flight go on, and their
+// results are recorded; Close waits for them. Enqueue and the operators'
+// methods keep working until Close. It is the first step of a shutdown:
+// sessions still finishing may queue their messages, and no attempt is
+// started that the shutdown would have to cut off.
+func (q *Queue) StopDelivery() {
+	q.stopOnce.Do(func() {
 		// Taking startOnce makes a concurrent Start either finish first
 		// (its dispatcher is then in wg) or never start.
 		q.startOnce.Do(func() {})
@@ -723,6 +726,17 @@ func (q *Queue) Close(ctx context.Context) error {
 		q.accepting = false // before wg.Wait: see reserve
 		q.mu.Unlock()
 		close(q.stopping)
+	})
+}
+
+// Close stops leasing, waits for attempts in progress until ctx is done,
+// then closes the database. Attempts still running when ctx is done are
+// cancelled and their results dropped: their lease stands, so they are
+// retried after their backoff. Close may be called whether or not Start
+// was; later calls return the first call's result.
+func (q *Queue) Close(ctx context.Context) error {
+	q.closeOnce.Do(func() {
+		q.StopDelivery()
 		done := make(chan struct{})
 		go func() { q.wg.Wait(); close(done) }()
 		var waitErr error

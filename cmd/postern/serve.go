@@ -286,14 +286,30 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	return s.shutdown()
 }
 
-// shutdown stops in the order that loses nothing: stop accepting and let
-// sessions finish (a session cut off has not had its 250, so the client
-// still holds its message), then let delivery attempts end or keep their
-// lease, then close the queue database.
+// shutdown stops in the order that loses nothing and duplicates nothing:
+//
+//  1. No new delivery attempt starts (queue.StopDelivery); attempts in
+//     flight go on.
+//  2. The listeners stop accepting; sessions with no transaction open are
+//     closed at once, the others finish their message (a session cut off
+//     before its 250 has not had the message acknowledged, so the client
+//     still holds it), within shutdown_timeout.
+//  3. The queue closes once the attempts in flight have ended, within a
+//     budget of its own: shutdown_timeout from the signal, running while
+//     the sessions finish, not after them. An attempt still running then
+//     is cut off and keeps its lease: it is retried after the next start,
+//     which may deliver that one message twice, never lose it.
+//
+// An idle client (a connection pool) no longer uses up the time the
+// deliveries in flight needed to end cleanly.
 func (s *server) shutdown() error {
 	s.ready.Store(false)
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout.D())
+	budget := s.cfg.ShutdownTimeout.D()
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
+	queueCtx, queueCancel := context.WithTimeout(context.Background(), budget)
+	defer queueCancel()
+	s.queue.StopDelivery()
 	var wg sync.WaitGroup
 	for _, srv := range s.smtp {
 		wg.Add(1)
@@ -309,7 +325,7 @@ func (s *server) shutdown() error {
 	}
 	wg.Wait()
 	s.wg.Wait()
-	err := s.queue.Close(ctx)
+	err := s.queue.Close(queueCtx)
 	if c, ok := s.deliverer.(io.Closer); ok {
 		c.Close()
 	}

@@ -129,6 +129,25 @@ type Receiver struct {
 	failNext map[string][]failure
 	auth     *Credentials // nil: no AUTH
 	auths    []AuthAttempt
+	// hold, when set, holds the reply to the next message: held is
+	// closed once it is recorded, release lets the reply go.
+	hold *heldReply
+}
+
+type heldReply struct{ held, release chan struct{} }
+
+// HoldNextReply makes the Receiver record the next message it is sent and
+// then hold back its reply to the final dot until release is called, as a
+// slow MX that has committed the message but not answered yet. held is
+// closed once the message is recorded: the sender's attempt is in flight.
+// release is safe to call more than once.
+func (r *Receiver) HoldNextReply() (held <-chan struct{}, release func()) {
+	h := &heldReply{held: make(chan struct{}), release: make(chan struct{})}
+	r.mu.Lock()
+	r.hold = h
+	r.mu.Unlock()
+	var once sync.Once
+	return h.held, func() { once.Do(func() { close(h.release) }) }
 }
 
 type failure struct {
@@ -532,7 +551,16 @@ func (s *session) Data(body io.Reader) error {
 	s.r.mu.Lock()
 	s.r.msgs = append(s.r.msgs, m)
 	s.r.notifyLocked()
+	h := s.r.hold
+	s.r.hold = nil
 	s.r.mu.Unlock()
+	if h != nil {
+		close(h.held)
+		select {
+		case <-h.release:
+		case <-s.r.done:
+		}
+	}
 	return nil
 }
 

@@ -397,3 +397,29 @@ func TestReceiverImplicitTLS(t *testing.T) {
 		t.Errorf("messages = %+v", m)
 	}
 }
+
+// TestReceiverHoldNextReply: the next message is recorded, then its reply
+// waits for release; the one after it is answered at once.
+func TestReceiverHoldNextReply(t *testing.T) {
+	r := relaytest.NewReceiver(t, "127.0.0.1:0")
+	held, release := r.HoldNextReply()
+	done := make(chan error, 1)
+	go func() { done <- send(r.Addr(), "a@x.test", []string{"b@y.test"}, nil) }()
+	<-held
+	if n := len(r.Messages()); n != 1 {
+		t.Errorf("%d messages recorded while the reply is held, want 1", n)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the sender got its reply before release: %v", err)
+	default:
+	}
+	release()
+	release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := send(r.Addr(), "a@x.test", []string{"b@y.test"}, nil); err != nil {
+		t.Fatal(err)
+	}
+}

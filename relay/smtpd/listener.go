@@ -196,6 +196,21 @@ type trackedConn struct {
 	idleUntil  time.Time // zero: no idle limit
 	dataUntil  time.Time // set while DATA runs
 	closeAfter bool      // close once the next reply is written
+	inTx       bool      // a transaction is open (MAIL accepted, not ended)
+}
+
+// setInTx records whether the session has a transaction open: a shutdown
+// closes the connections that have none at once, and waits for the others.
+func (c *trackedConn) setInTx(v bool) {
+	c.mu.Lock()
+	c.inTx = v
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) busy() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inTx
 }
 
 func (c *trackedConn) Close() error {

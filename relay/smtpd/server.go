@@ -212,10 +212,17 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-// Shutdown stops listening and waits for open sessions to end, until ctx
-// is done; then it closes them and cancels work in progress. A session cut
-// off before its 250 has not been acknowledged, so nothing is lost: the
-// client still holds the message.
+// Shutdown stops listening, closes the sessions that have no transaction
+// open at once (and each one whose transaction ends, as it ends), and
+// waits for the others to finish until ctx is done; then it closes them
+// and cancels work in progress. A new MAIL meanwhile gets 421 4.3.2 (RFC
+// 5321 §3.8: the server may close the channel with 421 when it must shut
+// down). Nothing is lost: a session closed before its 250 has not had the
+// message acknowledged, so the client still holds it and retries.
+//
+// Idle sessions are not waited for: a client that keeps a connection open
+// between messages (a pool) would otherwise hold the shutdown for its whole
+// budget, and with it the end of the deliveries in flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
@@ -226,21 +233,49 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, l := range lns {
 		l.Close()
 	}
-	err := s.smtp.Shutdown(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.smtp.Shutdown(ctx) }()
+	tick := time.NewTicker(shutdownSweep)
+	defer tick.Stop()
+	var err error
+sweep:
+	for {
+		s.closeConns(func(c *trackedConn) bool { return !c.busy() })
+		select {
+		case err = <-done:
+			break sweep
+		case <-tick.C:
+		}
+	}
 	s.cancel()
 	if err != nil {
 		// go-smtp's Close is a no-op once Shutdown has run.
-		s.mu.Lock()
-		conns := make([]net.Conn, 0, len(s.conns))
-		for c := range s.conns {
-			conns = append(conns, c)
-		}
-		s.mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
+		s.closeConns(func(*trackedConn) bool { return true })
 	}
 	return err
+}
+
+// shutdownSweep is how often Shutdown closes the sessions that have
+// become idle: soon after a busy session's 250, without a hook in every
+// reply.
+const shutdownSweep = 50 * time.Millisecond
+
+// draining reports whether Shutdown has begun.
+func (s *Server) draining() bool { return s.isClosed() }
+
+// closeConns closes the tracked connections that match.
+func (s *Server) closeConns(match func(*trackedConn) bool) {
+	s.mu.Lock()
+	var conns []*trackedConn
+	for c := range s.conns {
+		if tc, ok := c.(*trackedConn); ok && match(tc) {
+			conns = append(conns, tc)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 type zapErrorLog struct{ log *zap.Logger }

@@ -55,6 +55,9 @@ var (
 	// The DATA time limit passed: RFC 3463 §3.5 X.4.2 "Bad connection",
 	// as go-smtp's own idle timeout reply, and the channel closes.
 	errDataTimeout = status.New(421, 4, 2, "Timeout during DATA, closing connection")
+	// RFC 5321 §3.8 and RFC 3463 §3.4 X.3.2 "System not accepting network
+	// messages": the server is shutting down.
+	errShuttingDown = status.New(421, 3, 2, "Server shutting down, try again later")
 )
 
 type session struct {
@@ -257,10 +260,17 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil {
 		s.ret, s.envID = string(opts.Return), opts.EnvelopeID
 	}
+	if s.tc != nil {
+		s.tc.setInTx(true)
+	}
 	return s.reply(nil, 250)
 }
 
 func (s *session) mail(from string) error {
+	if s.srv.draining() {
+		s.closeAfterReply()
+		return errShuttingDown
+	}
 	switch s.srv.opts.Kind {
 	case Submission, Submissions:
 		if s.user == nil {
@@ -470,6 +480,9 @@ var (
 )
 
 func (s *session) Reset() {
+	if s.tc != nil {
+		s.tc.setInTx(false)
+	}
 	s.from, s.hasMAIL, s.rcpts = "", false, nil
 	s.ret, s.envID, s.dsn, s.anyDSN = "", "", nil, false
 }
