@@ -95,13 +95,16 @@ bench: build bench-deps
 	$(GO) test -run '^$$' -bench . -benchmem ./queue/ ./dkim/ ./relay/...
 	BENCH_BIN=$(abspath $(BIN)) BENCH_OUT=$(abspath bin/bench-results.md) \
 	BENCH_COMMAND="make bench" \
-		$(GO) test -tags bench -run '^TestBenchVsPostfix$$' -count=1 -timeout 4h -v ./cmd/postern/
+		$(GO) test -tags bench -run '^(TestBenchVsPostfix|TestBenchSubmission)$$' -count=1 -timeout 4h -v ./cmd/postern/
 
 # Installs what `make bench` drives when missing: Postfix (the contender and
-# smtp-source/smtp-sink), OpenDKIM (Postfix's usual signer) and openssl (its
-# Ed25519 key). Postfix is preseeded to "No configuration", so the system's
-# own instance is neither configured nor started.
-BENCH_DEB_PACKAGES := postfix opendkim opendkim-tools openssl
+# smtp-source/smtp-sink), OpenDKIM (Postfix's usual signer), openssl (its
+# Ed25519 key, the TLS certificate), Dovecot (Postfix's usual SASL server)
+# and Python 3 (smtplib, a client applications use). Postfix is preseeded to
+# "No configuration" and Dovecot is installed with a policy-rc.d that
+# forbids starting services, so neither system instance runs: the benchmark
+# starts its own, in its scratch directory.
+BENCH_DEB_PACKAGES := postfix opendkim opendkim-tools openssl dovecot-core python3
 
 bench-deps:
 	@missing=""; \
@@ -109,13 +112,17 @@ bench-deps:
 	[ -x /usr/sbin/opendkim ] || missing="$$missing opendkim"; \
 	command -v opendkim-genkey >/dev/null || missing="$$missing opendkim-tools"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || missing="$$missing dovecot-core"; \
+	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing benchmark peers:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
+		printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null && $$SUDO chmod 755 /usr/sbin/policy-rc.d && \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_DEB_PACKAGES) >/dev/null || \
-		{ echo "could not install the benchmark peers ($(BENCH_DEB_PACKAGES))" >&2; exit 1; }; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_DEB_PACKAGES) >/dev/null; \
+		status=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; \
+		[ $$status = 0 ] || { echo "could not install the benchmark peers ($(BENCH_DEB_PACKAGES))" >&2; exit 1; }; \
 	fi
 
 clean:

@@ -225,7 +225,7 @@ func TestBenchVsPostfix(t *testing.T) {
 		}
 		var pf *benchPostfix
 		if o.only == "" {
-			pf = e.startPostfix(dkim)
+			pf = e.startPostfix(dkim, nil)
 			defer pf.stop()
 		}
 		var rows []row
@@ -758,24 +758,42 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 	return s
 }
 
-// benchPostfix is a running Postfix instance (and its OpenDKIM, if any).
+// benchPostfix is a running Postfix instance (and its OpenDKIM and
+// Dovecot, if any).
 type benchPostfix struct {
 	addr     string
 	master   *benchProc
 	opendkim *benchProc
+	dovecot  *benchProc
 	maillog  string
+	// With SASL: the submission (STARTTLS) and submissions (implicit TLS)
+	// listeners.
+	submission, submissions string
 }
 
 func (p *benchPostfix) stop() {
 	p.master.stop()
-	if p.opendkim != nil {
-		p.opendkim.stop()
+	for _, q := range []*benchProc{p.opendkim, p.dovecot} {
+		if q != nil {
+			q.stop()
+		}
 	}
 }
 
+// benchSASL configures Postfix with submission listeners whose AUTH is
+// Dovecot's (the usual pairing): the certificate and key for TLS, and the
+// one user with its password, which Dovecot stores in a passwd-file with
+// SHA512-CRYPT (Dovecot never caches passwd-file lookups).
+type benchSASL struct {
+	certFile, keyFile string
+	user, password    string
+}
+
 // startPostfix writes a Postfix configuration into a scratch directory and
-// starts its master daemon (see the comment at the top of this file).
-func (e *benchEnv) startPostfix(dkim string) *benchPostfix {
+// starts its master daemon (see the comment at the top of this file), with
+// OpenDKIM as a milter when dkim is set, and with submission listeners and
+// Dovecot SASL when sasl is.
+func (e *benchEnv) startPostfix(dkim string, sasl *benchSASL) *benchPostfix {
 	e.t.Helper()
 	dir := e.dir("postfix")
 	conf, queue, data := filepath.Join(dir, "conf"), filepath.Join(dir, "queue"), filepath.Join(dir, "data")
@@ -818,13 +836,23 @@ func (e *benchEnv) startPostfix(dkim string) *benchPostfix {
 		}
 	}
 	sinkHost := benchSinkIP
-	e.render("postfix-main.cf.tmpl", filepath.Join(conf, "main.cf"), map[string]any{
+	mainData := map[string]any{
 		"Queue": queue, "Data": data, "SinkHost": sinkHost, "SinkPort": e.sinkPort,
-		"Maillog": pf.maillog, "Milter": milter})
-	e.render("postfix-master.cf.tmpl", filepath.Join(conf, "master.cf"), map[string]any{"Listen": pf.addr})
+		"Maillog": pf.maillog, "Milter": milter}
+	masterData := map[string]any{"Listen": pf.addr}
+	if sasl != nil {
+		pf.submission, pf.submissions = freeAddr(e.t), freeAddr(e.t)
+		mainData["CertFile"], mainData["KeyFile"] = sasl.certFile, sasl.keyFile
+		masterData["Submission"], masterData["Submissions"] = pf.submission, pf.submissions
+	}
+	e.render("postfix-main.cf.tmpl", filepath.Join(conf, "main.cf"), mainData)
+	e.render("postfix-master.cf.tmpl", filepath.Join(conf, "master.cf"), masterData)
 	// Creates the queue's subdirectories with their owners and modes.
 	if out, err := exec.Command("/usr/sbin/postfix", "-c", conf, "check").CombinedOutput(); err != nil {
 		e.t.Fatalf("postfix -c %s check: %v\n%s%s", conf, err, out, benchTail(pf.maillog))
+	}
+	if sasl != nil {
+		pf.dovecot = e.startDovecot(dir, filepath.Join(queue, "private", "auth"), sasl)
 	}
 	var out bytes.Buffer
 	cmd := exec.Command("/usr/lib/postfix/sbin/master", "-c", conf)
