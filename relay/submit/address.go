@@ -3,6 +3,9 @@ package submit
 import (
 	"errors"
 	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // Address is a mailbox as postern handles it: a dot-atom local part and a
@@ -32,9 +35,13 @@ var (
 // unquoted, so "a@b"@c looks like a@b@c: rather than guess which @ routes,
 // postern refuses every address with more than one @. Local parts must be
 // dot-atoms (RFC 5322 §3.2.3), so an address can be written back out without
-// quoting. Domains must be ASCII host names: SMTPUTF8 is not offered, and
-// address literals ([192.0.2.1]) are refused, because a literal bypasses the
-// MX lookup that every policy decision here rests on.
+// quoting. Domains must be host names; an internationalised domain
+// (bücher.example) is converted to its A-labels (xn--bcher-kva.example, RFC
+// 5891 §5, with the lookup profile of UTS #46) and kept so, which is how
+// every server can route it without SMTPUTF8 (RFC 6531 §3.2 asks a client
+// to do so when it can). Address literals ([192.0.2.1]) are refused, because
+// a literal bypasses the MX lookup that every policy decision here rests
+// on. The local part stays ASCII: SMTPUTF8 is not offered.
 //
 // The classic relay tricks are refused by construction: the percent hack
 // (user%other@host) and bang paths (host!user@host) because '%' and '!' in a
@@ -69,6 +76,16 @@ func ParseAddress(s string) (Address, error) {
 	}
 	if strings.HasPrefix(domain, "[") {
 		return Address{}, errAddrLiteral
+	}
+	if !isASCII(domain) {
+		if !utf8.ValidString(domain) {
+			return Address{}, errAddrDomain // idna would replace the bad bytes
+		}
+		a, err := idna.Lookup.ToASCII(domain)
+		if err != nil {
+			return Address{}, errAddrDomain
+		}
+		domain = a
 	}
 	domain = strings.ToLower(domain)
 	if !isHostname(domain) {
@@ -122,6 +139,15 @@ func isHostname(s string) bool {
 			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
 		}
 	}
 	return true

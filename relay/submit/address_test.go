@@ -36,6 +36,11 @@ func TestParseAddress(t *testing.T) {
 		{"first.last@mail.sub.example.test", Address{"first.last", "mail.sub.example.test"}},
 		{"#$&'*+-/=?^_`{|}~@example.test", Address{"#$&'*+-/=?^_`{|}~", "example.test"}},
 		{"a@xn--bcher-kva.example", Address{"a", "xn--bcher-kva.example"}}, // an A-label
+		// Internationalised domains become their A-labels (RFC 5891 §5).
+		{"a@bücher.example", Address{"a", "xn--bcher-kva.example"}},
+		{"a@BÜCHER.Example", Address{"a", "xn--bcher-kva.example"}},
+		{"a@exämple.test", Address{"a", "xn--exmple-cua.test"}},
+		{"a@例え.テスト", Address{"a", "xn--r8jz45g.xn--zckzah"}},
 		{"a@123.example", Address{"a", "123.example"}},
 		{"a@x-y.example", Address{"a", "x-y.example"}},
 		{"1@123.example", Address{"1", "123.example"}},
@@ -80,7 +85,8 @@ func TestParseAddress(t *testing.T) {
 		{"a@example-.test", errAddrDomain},
 		{"a@ex_ample.test", errAddrDomain},
 		{"a@exa mple.test", errAddrDomain},
-		{"a@exämple.test", errAddrDomain},
+		{"a@exa\u00a0mple.test", errAddrDomain}, // a no-break space: no IDNA label
+		{"a@ex\xffample.test", errAddrDomain},    // not UTF-8
 		{"a@" + long(64) + ".test", errAddrDomain},
 		{"a@192.0.2.1]", errAddrDomain},
 		{"a@192.0.2.1", errAddrDomain}, // all-numeric top label
@@ -103,6 +109,7 @@ func FuzzParseAddress(f *testing.F) {
 	for _, s := range []string{
 		"alice@example.test", "Alice@EXAMPLE.Test", "a+b@x.y", "a@b@c", "a@[1.2.3.4]",
 		"a..b@x.y", "a@x.y.", "", "@", "ålice@example.test", strings.Repeat("a", 64) + "@x.y",
+		"a@bücher.example", "a@例え.テスト", "a@xn--bcher-kva.example",
 	} {
 		f.Add(s)
 	}
@@ -115,7 +122,9 @@ func FuzzParseAddress(f *testing.F) {
 			return
 		}
 		out := a.String()
-		if !strings.EqualFold(out, s) || len(out) > 254 || len(a.Local) > 64 {
+		// An internationalised domain comes back as its A-labels; anything
+		// else as it came, but for case.
+		if ascii := isASCII(s); ascii && !strings.EqualFold(out, s) || !ascii && !strings.HasPrefix(out, a.Local+"@") || len(out) > 254 || len(a.Local) > 64 || !isASCII(out) {
 			t.Fatalf("ParseAddress(%q) = %q", s, out)
 		}
 		if a.Domain != strings.ToLower(a.Domain) {
