@@ -18,6 +18,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/textproto"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -224,8 +225,10 @@ func TestRelayTrickCorpus(t *testing.T) {
 		"victim@[dest.test]", "victim@[127.0.0.1].dest.test",
 		// trailing and misplaced dots
 		"victim@dest.test.", "victim@dest.test..", "victim@.dest.test", "victim.@dest.test", ".victim@dest.test",
-		// UTF-8 and IDNA forms
-		"vïctim@dest.test", "victim@dést.test", "victim＠dest.test", "victim@dest．test", "victim@dest。test",
+		// UTF-8 and IDNA forms that could pass for another address (a
+		// genuine internationalised domain, victim@dést.test, is not a
+		// trick: it is accepted as its A-labels, see TestIDNRecipient)
+		"vïctim@dest.test", "victim＠dest.test", "victim@dest．test", "victim@dest。test",
 		"victim@xn--.test", "victim@ab--cd.test", "victim@DEST.test\u200b",
 		// empty and over-long
 		"", "victim@", "@dest.test", "victim", "postmaster",
@@ -807,5 +810,56 @@ func TestTLSReloadE2E(t *testing.T) {
 	}
 	if _, err := rcv.WaitMessages(ctxTimeout(t, 30*time.Second), 1); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIDNRecipient: an internationalised recipient domain is accepted and
+// becomes its A-labels (RFC 5891), which is what is looked up and what the
+// MX is given: no SMTPUTF8 is needed on the way (RFC 6531 §3.2).
+func TestIDNRecipient(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mx("xn--dst-bma.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
+	in := newInstance(t, w.config())
+	in.start()
+	c, err := textproto.Dial("tcp", in.cfg.Relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	step := func(expect int, format string, args ...any) string {
+		t.Helper()
+		id, err := c.Cmd(format, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.StartResponse(id)
+		defer c.EndResponse(id)
+		_, msg, err := c.ReadResponse(expect)
+		if err != nil {
+			t.Fatalf("%s: %v", fmt.Sprintf(format, args...), err)
+		}
+		return msg
+	}
+	if _, _, err := c.ReadResponse(220); err != nil {
+		t.Fatal(err)
+	}
+	step(250, "EHLO client.test")
+	step(250, "MAIL FROM:<app@example.test>")
+	step(250, "RCPT TO:<bob@dést.test>")
+	step(354, "DATA")
+	w2 := c.DotWriter()
+	io.WriteString(w2, testMessage)
+	w2.Close()
+	if _, _, err := c.ReadResponse(250); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := rcv.WaitMessages(ctxTimeout(t, 20*time.Second), 1)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, in.logs.String())
+	}
+	if got := msgs[0].To; len(got) != 1 || got[0] != "bob@xn--dst-bma.test" {
+		t.Errorf("the MX was given %q, want bob@xn--dst-bma.test", got)
 	}
 }

@@ -37,7 +37,7 @@ var (
 // dot-atoms (RFC 5322 §3.2.3), so an address can be written back out without
 // quoting. Domains must be host names; an internationalised domain
 // (bücher.example) is converted to its A-labels (xn--bcher-kva.example, RFC
-// 5891 §5, with the lookup profile of UTS #46) and kept so, which is how
+// 5891 §4, as a name valid for registration) and kept so, which is how
 // every server can route it without SMTPUTF8 (RFC 6531 §3.2 asks a client
 // to do so when it can). Address literals ([192.0.2.1]) are refused, because
 // a literal bypasses the MX lookup that every policy decision here rests
@@ -81,7 +81,13 @@ func ParseAddress(s string) (Address, error) {
 		if !utf8.ValidString(domain) {
 			return Address{}, errAddrDomain // idna would replace the bad bytes
 		}
-		a, err := idna.Lookup.ToASCII(domain)
+		// The registration profile, not the lookup one: it maps nothing,
+		// so a full-width dot (dest．test), an ideographic one or a
+		// zero-width space is refused rather than quietly turned into
+		// another domain (the lookup profile of UTS #46 would make
+		// dest.test of the first and last). Lower case first, since it
+		// takes only lower-case labels.
+		a, err := idna.Registration.ToASCII(strings.ToLower(domain))
 		if err != nil {
 			return Address{}, errAddrDomain
 		}

@@ -87,6 +87,11 @@ func TestParseAddress(t *testing.T) {
 		{"a@exa mple.test", errAddrDomain},
 		{"a@exa\u00a0mple.test", errAddrDomain}, // a no-break space: no IDNA label
 		{"a@ex\xffample.test", errAddrDomain},    // not UTF-8
+		// Forms another profile would map onto a different domain.
+		{"a@dest\uff0etest", errAddrDomain}, // full-width full stop
+		{"a@dest\u3002test", errAddrDomain}, // ideographic full stop
+		{"a@dest.test\u200b", errAddrDomain}, // zero-width space
+		{"a@a\u0301b.test", errAddrDomain},   // not in NFC
 		{"a@" + long(64) + ".test", errAddrDomain},
 		{"a@192.0.2.1]", errAddrDomain},
 		{"a@192.0.2.1", errAddrDomain}, // all-numeric top label
