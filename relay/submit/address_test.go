@@ -86,10 +86,10 @@ func TestParseAddress(t *testing.T) {
 		{"a@ex_ample.test", errAddrDomain},
 		{"a@exa mple.test", errAddrDomain},
 		{"a@exa\u00a0mple.test", errAddrDomain}, // a no-break space: no IDNA label
-		{"a@ex\xffample.test", errAddrDomain},    // not UTF-8
+		{"a@ex\xffample.test", errAddrDomain},   // not UTF-8
 		// Forms another profile would map onto a different domain.
-		{"a@dest\uff0etest", errAddrDomain}, // full-width full stop
-		{"a@dest\u3002test", errAddrDomain}, // ideographic full stop
+		{"a@dest\uff0etest", errAddrDomain},  // full-width full stop
+		{"a@dest\u3002test", errAddrDomain},  // ideographic full stop
 		{"a@dest.test\u200b", errAddrDomain}, // zero-width space
 		{"a@a\u0301b.test", errAddrDomain},   // not in NFC
 		{"a@" + long(64) + ".test", errAddrDomain},
