@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 
 	"go.uber.org/zap"
 
@@ -38,6 +40,7 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 		Port:     dc.Port,
 		TLS:      tlsMode,
 		Logger:   log,
+		Local:    listenAddrs(cfg),
 	}
 	mx := outbound.New(opts)
 
@@ -118,4 +121,24 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 	}
 	log.Info("route", zap.String("route", outbound.DefaultRouteName), zap.Stringer("via", def))
 	return router, nil
+}
+
+// listenAddrs are the addresses of postern's own SMTP listeners, so that
+// delivery never dials itself (outbound.Options.Local). A listener given
+// by host name is resolved now.
+func listenAddrs(cfg *configs.Config) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, a := range []string{cfg.Listen.Submission, cfg.Listen.Submissions, cfg.Listen.Relay} {
+		if a == "" {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(a); err == nil {
+			out = append(out, ap)
+			continue
+		}
+		if ta, err := net.ResolveTCPAddr("tcp", a); err == nil {
+			out = append(out, ta.AddrPort())
+		}
+	}
+	return out
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -72,12 +74,21 @@ type Options struct {
 	// MaxIdlePerHost caps the connections kept open, idle, per
 	// destination; default MaxConnsPerHost.
 	MaxIdlePerHost int
+
+	// Local lists the addresses and ports postern itself listens on (its
+	// SMTP listeners). An MX address that is one of them, or that is
+	// unspecified (0.0.0.0, ::), is a mail loop, never dialed (an
+	// unspecified listener address stands for every local one).
+	Local []netip.AddrPort
 }
 
 // MX delivers messages to the MX hosts of the recipients' domain.
 type MX struct {
 	client
 	res *resolver
+	// ifaces are this machine's addresses, for a listener on an
+	// unspecified address (Options.Local).
+	ifaces []netip.Addr
 }
 
 var _ queue.Deliverer = (*MX)(nil)
@@ -88,10 +99,40 @@ func New(opts Options) *MX {
 	if opts.Port == 0 {
 		opts.Port = DefaultPort
 	}
-	return &MX{
+	m := &MX{
 		client: newClient(opts),
 		res:    &resolver{server: opts.Resolver, shuffle: rand.Shuffle},
 	}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				m.ifaces = append(m.ifaces, p.Addr().Unmap())
+			}
+		}
+	}
+	return m
+}
+
+// loops reports whether dialing ip on the delivery port would reach
+// postern itself (or nothing: an unspecified address), RFC 5321 §5.1's
+// "the SMTP client ... finds itself": Postfix bounces such mail, "mail for
+// X loops back to myself".
+func (m *MX) loops(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.IsUnspecified() {
+		return true
+	}
+	port := uint16(m.opts.Port)
+	for _, l := range m.opts.Local {
+		if l.Port() != port {
+			continue
+		}
+		la := l.Addr().Unmap()
+		if la == ip || la.IsUnspecified() && (ip.IsLoopback() || slices.Contains(m.ifaces, ip)) {
+			return true
+		}
+	}
+	return false
 }
 
 // Close closes the connections kept open for reuse and waits until they
@@ -146,6 +187,10 @@ var (
 	// A domain without MX and without address records cannot receive mail
 	// (RFC 5321 §5.1); Postfix bounces it too.
 	errNoMailHost = status.New(550, 1, 2, "domain has no MX and no address record")
+	// Every address of the domain's mail hosts is postern itself (or
+	// unspecified): RFC 3463 §3.5 X.4.6 "Routing loop detected", final, as
+	// Postfix's "mail for X loops back to myself".
+	errLoop = status.New(554, 4, 6, "mail for this domain loops back to myself")
 )
 
 // Deliver makes one delivery attempt: it finds the MX hosts of d.Domain and
@@ -191,6 +236,7 @@ func (m *MX) deliver(ctx context.Context, d *queue.Delivery, route string) []que
 
 	var last error
 	var lastMTA string
+	dialed, looped := false, false
 	for _, host := range hosts {
 		addrs, err := m.res.addrs(ctx, host)
 		if err != nil {
@@ -209,12 +255,22 @@ func (m *MX) deliver(ctx context.Context, d *queue.Delivery, route string) []que
 			if err := ctx.Err(); err != nil {
 				return fail(err, lastMTA)
 			}
+			if m.loops(ip) {
+				m.log.Warn("MX address loops back to postern itself: skipped", zap.String("id", d.ID),
+					zap.String("domain", d.Domain), zap.String("mx", host), zap.Stringer("ip", ip), zap.Int("port", m.opts.Port))
+				looped = true
+				continue
+			}
+			dialed = true
 			res, err := m.attempt(ctx, d, host, ip, route)
 			if err == nil {
 				return res
 			}
 			last, lastMTA = err, host
 		}
+	}
+	if looped && !dialed && last == nil { // no other host left untried
+		return fail(errLoop.With(fmt.Errorf("mail for %s", d.Domain)), "")
 	}
 	if last == nil { // only when ctx ended during the lookups
 		last = ctx.Err()

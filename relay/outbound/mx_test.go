@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -750,4 +751,29 @@ func TestDeliverBodyErrorMidData(t *testing.T) {
 	if n := len(r.Messages()); n != 0 {
 		t.Fatalf("the receiver accepted %d cut-short message(s)", n)
 	}
+}
+
+// TestMailLoop: an MX that resolves to an unspecified address, or to the
+// address and port postern itself listens on, is never dialed; when it is
+// all the domain has, the mail fails for good as a loop (554 5.4.6), and
+// another MX of the domain still takes it. Other loopback MX hosts, as in
+// every other test here, are fine.
+func TestMailLoop(t *testing.T) {
+	e := newEnv(t)
+	self := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.4"), uint16(e.port))
+	e.mx("zero.test", 10, "mx.zero.test", "0.0.0.0")
+	e.mx("self.test", 10, "mx.self.test", "127.0.0.4")
+	e.mx("any.test", 10, "mx.any.test", "127.0.0.3")
+	e.mx("mixed.test", 10, "mx1.mixed.test", "127.0.0.4")
+	e.mx("mixed.test", 20, "mx2.mixed.test", "127.0.0.2")
+	e.receiver("127.0.0.2")
+	m := e.deliverer(outbound.Options{Local: []netip.AddrPort{self}})
+	ctx := context.Background()
+	check(t, m.Deliver(ctx, e.delivery("zero.test", "b@zero.test")), want{queue.Permanent, "554 5.4.6", ""})
+	check(t, m.Deliver(ctx, e.delivery("self.test", "b@self.test")), want{queue.Permanent, "554 5.4.6", ""})
+	check(t, m.Deliver(ctx, e.delivery("mixed.test", "b@mixed.test")), want{queue.Delivered, "250 ", "mx2.mixed.test"})
+
+	// A listener on every address: any local address on its port loops.
+	any := e.deliverer(outbound.Options{Local: []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(e.port))}})
+	check(t, any.Deliver(ctx, e.delivery("any.test", "b@any.test")), want{queue.Permanent, "554 5.4.6", ""})
 }
