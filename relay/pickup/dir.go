@@ -181,20 +181,28 @@ func modeReasons(m fs.FileMode) (why []string, unsafe bool) {
 	return why, unsafe
 }
 
+// Change is one thing Prepare did, or could not do, for the log.
+type Change struct {
+	Text string
+	// Warn: a mode was wrong, whether or not Prepare could set it right
+	// (someone changed it). Otherwise Prepare made something missing.
+	Warn bool
+}
+
 // Prepare makes the maildrop ready for the daemon at start: it creates
 // dir (and dir/bad) when missing, sets a wrong mode right (the directory
 // is the daemon's own: only bits can have drifted, through a restore or a
-// chmod -R), gives data_dir search permission for others, and returns a
-// line for the log about each thing it changed. It refuses, with an
-// error naming the fix, a dir or bad/ that is a symbolic link, not a
-// directory, or owned by other than data_dir's owner: someone else
-// controls that path, and taking it over would mean trusting them.
-func Prepare(dir string) (changed []string, err error) {
+// chmod -R), gives data_dir search permission for others, and says what
+// it changed. It refuses, with an error naming the fix, a dir or bad/
+// that is a symbolic link, not a directory, or owned by other than
+// data_dir's owner: someone else controls that path, and taking it over
+// would mean trusting them.
+func Prepare(dir string) (changed []Change, err error) {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := MakeDir(dir); err != nil {
 			return nil, err
 		}
-		changed = append(changed, "created "+dir+" (mode "+unixMode(DirMode)+")")
+		changed = append(changed, Change{Text: "created " + dir + " (mode " + unixMode(DirMode) + ")"})
 	}
 	problems, err := Inspect(dir)
 	if err != nil {
@@ -214,17 +222,17 @@ func Prepare(dir string) (changed []string, err error) {
 			if p.Unsafe {
 				return changed, fmt.Errorf("%s: %w", p, err)
 			}
-			changed = append(changed, fmt.Sprintf("could not fix %s: %v", p, err))
+			changed = append(changed, Change{Text: fmt.Sprintf("could not fix %s: %v", p, err), Warn: true})
 			continue
 		}
-		changed = append(changed, "fixed "+p.String())
+		changed = append(changed, Change{Text: "fixed " + p.String(), Warn: true})
 	}
 	bad := filepath.Join(dir, BadDir)
 	if _, err := os.Lstat(bad); errors.Is(err, fs.ErrNotExist) {
 		if err := mkdirOwned(bad, BadMode); err != nil {
 			return changed, err
 		}
-		changed = append(changed, "created "+bad)
+		changed = append(changed, Change{Text: "created " + bad})
 	}
 	return changed, nil
 }

@@ -187,8 +187,9 @@ func TestPrepare(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(changed) != 2 || !strings.HasPrefix(changed[0], "created "+dir) || !strings.HasPrefix(changed[1], "fixed "+data+": ") {
-			t.Errorf("Prepare said %q", changed)
+		if len(changed) != 2 || !strings.HasPrefix(changed[0].Text, "created "+dir) || changed[0].Warn ||
+			!strings.HasPrefix(changed[1].Text, "fixed "+data+": ") || !changed[1].Warn {
+			t.Errorf("Prepare said %+v", changed)
 		}
 		if ps, _ := Inspect(dir); len(ps) != 0 {
 			t.Errorf("after Prepare: %v", ps)
@@ -203,8 +204,9 @@ func TestPrepare(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(changed) != 2 || !strings.HasPrefix(changed[0], "fixed "+dir+": mode 0777") || changed[1] != "created "+filepath.Join(dir, BadDir) {
-			t.Errorf("Prepare said %q", changed)
+		if len(changed) != 2 || !strings.HasPrefix(changed[0].Text, "fixed "+dir+": mode 0777") || !changed[0].Warn ||
+			changed[1] != (Change{Text: "created " + filepath.Join(dir, BadDir)}) {
+			t.Errorf("Prepare said %+v", changed)
 		}
 		if ps, _ := Inspect(dir); len(ps) != 0 {
 			t.Errorf("after Prepare: %v", ps)
