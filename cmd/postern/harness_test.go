@@ -150,7 +150,13 @@ shutdown_timeout: 10s
 // newInstance writes a config into a fresh directory; start runs it.
 func newInstance(t testing.TB, cfg testConfig) *instance {
 	t.Helper()
-	dir := t.TempDir()
+	return newInstanceIn(t, t.TempDir(), cfg)
+}
+
+// newInstanceIn is newInstance in dir, for tests that need a directory
+// other users can reach (t.TempDir's parent is not).
+func newInstanceIn(t testing.TB, dir string, cfg testConfig) *instance {
+	t.Helper()
 	if cfg.Submission == "" && cfg.Submissions == "" && cfg.Relay == "" {
 		cfg.Submission, cfg.Submissions, cfg.Relay = freeAddr(t), freeAddr(t), freeAddr(t)
 	}
