@@ -90,6 +90,9 @@ type instance struct {
 	cfgPath string
 	cfg     testConfig
 	cmd     *exec.Cmd
+	// wrap, when set, is the command serve runs under (setpriv, to run
+	// the server as another user).
+	wrap    []string
 	logs    *logBuffer
 	done    chan struct{}
 	exitErr error
@@ -193,7 +196,8 @@ func (in *instance) addUser(name, password string, allow ...string) {
 func (in *instance) start() {
 	in.t.Helper()
 	in.logs = &logBuffer{}
-	in.cmd = exec.Command(binPath, "serve", "--config", in.cfgPath)
+	argv := append(append([]string(nil), in.wrap...), binPath, "serve", "--config", in.cfgPath)
+	in.cmd = exec.Command(argv[0], argv[1:]...)
 	in.cmd.Stderr = in.logs
 	in.cmd.Stdout = in.logs
 	if err := in.cmd.Start(); err != nil {

@@ -26,11 +26,14 @@ import (
 	"postern/relay/relaytest"
 )
 
-// The users the tests run commands as: nobody, and a user ID with no
-// account at all, in no group of the daemon's.
+// The users the tests run commands as: nobody, a user ID with no account
+// at all, in no group of the server's, and the server's own user and
+// group, as a package would make them (without an account: none is
+// needed).
 const (
 	nobodyUID = 65534
 	otherUID  = 65533
+	serverUID = 65532
 )
 
 func needRootAndSetpriv(t *testing.T) {
@@ -63,15 +66,27 @@ func openInstance(t *testing.T, cfg testConfig) *instance {
 	if err := os.Chmod(in.cfgPath, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The built binary stands for /usr/local/bin/postern, which every
+	// user may run.
+	if err := os.Chmod(filepath.Dir(binPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return in
+}
+
+// setprivArgs is the command line prefix that runs a command as uid, its
+// group the same number, with no other groups.
+func setprivArgs(uid int) []string {
+	id := strconv.Itoa(uid)
+	return []string{"setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups", "--"}
 }
 
 // runAs runs a command as uid (its group the same number, no other
 // groups), with stdin, and returns its output and exit code.
 func runAs(t *testing.T, uid int, stdin string, name string, args ...string) (string, int) {
 	t.Helper()
-	id := strconv.Itoa(uid)
-	cmd := exec.Command("setpriv", append([]string{"--reuid=" + id, "--regid=" + id, "--clear-groups", "--", name}, args...)...)
+	argv := append(append(setprivArgs(uid), name), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = "/"
 	return runCmd(t, cmd, stdin)
 }
@@ -102,15 +117,25 @@ func TestMaildropWhileStopped(t *testing.T) {
 	// sendmail through the drop and the queue to it.
 	rcv := w.receiver("127.0.2.2", relaytest.WithServer(func(s *smtp.Server) { s.EnableDSN = true }))
 	in := openInstance(t, w.config())
-	// A start and a stop, as after installing: serve makes data_dir and
-	// the maildrop.
-	in.start()
-	in.stop()
+	// The server runs as its own user, as in production: the installer
+	// made data_dir for it, and a start and a stop made the maildrop.
+	// So the server reads drops through the group the maildrop gives
+	// them, not as root.
 	data := filepath.Join(in.dir, "data")
 	maildrop := filepath.Join(data, "maildrop")
-	for path, want := range map[string]fs.FileMode{data: fs.ModeDir | 0o711, maildrop: pickup.DirMode} {
-		if fi, err := os.Lstat(path); err != nil || fi.Mode() != want {
-			t.Fatalf("%s: %v, %v; want mode %v", path, fi.Mode(), err, want)
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(data, serverUID, serverUID); err != nil {
+		t.Fatal(err)
+	}
+	in.wrap = setprivArgs(serverUID)
+	in.start()
+	in.stop()
+	for path, want := range map[string]fs.FileMode{data: fs.ModeDir | 0o701, maildrop: pickup.DirMode} {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode() != want || fi.Sys().(*syscall.Stat_t).Uid != serverUID || fi.Sys().(*syscall.Stat_t).Gid != serverUID {
+			t.Fatalf("%s: %v, %v; want mode %v, owned by %d:%d\n%s", path, fi.Mode(), err, want, serverUID, serverUID, in.logs.String())
 		}
 	}
 
@@ -129,10 +154,8 @@ func TestMaildropWhileStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := fi.Sys().(*syscall.Stat_t)
-	dfi, _ := os.Lstat(maildrop)
-	if st.Uid != nobodyUID || st.Gid != dfi.Sys().(*syscall.Stat_t).Gid || fi.Mode() != pickup.DropMode {
-		t.Errorf("drop %s: uid %d gid %d mode %v; want nobody's, the maildrop's group, %v", drop, st.Uid, st.Gid, fi.Mode(), pickup.DropMode)
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobodyUID || st.Gid != serverUID || fi.Mode() != pickup.DropMode {
+		t.Errorf("drop %s: uid %d gid %d mode %v; want nobody's, the server's group %d, %v", drop, st.Uid, st.Gid, fi.Mode(), serverUID, pickup.DropMode)
 	}
 	// Another local user can neither list the maildrop nor read the drop.
 	if out, code := runAs(t, otherUID, "", "ls", maildrop); code == 0 || !strings.Contains(out, "Permission denied") {

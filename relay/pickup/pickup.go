@@ -50,9 +50,6 @@ type Options struct {
 	// Logger gets one line per drop: "picked up", "drop refused", "drop
 	// deferred". nil discards them.
 	Logger *slog.Logger
-	// Now is the clock, for the age of abandoned temporary files; nil
-	// means time.Now.
-	Now func() time.Time
 	// LookupUser names a user ID for the Received field; nil uses os/user.
 	LookupUser func(uid int) string
 }
@@ -85,9 +82,6 @@ func New(opts Options) *Pickup {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
 	}
 	if opts.LookupUser == nil {
 		opts.LookupUser = func(uid int) string {
@@ -326,7 +320,7 @@ func (p *Pickup) moveAside(name string) (string, error) {
 // sendmail killed between creating and renaming its drop left.
 func (p *Pickup) staleTemp(name string, r *Round) {
 	fi, err := os.Lstat(filepath.Join(p.opts.Dir, name))
-	if err != nil || p.opts.Now().Sub(fi.ModTime()) < staleTemp {
+	if err != nil || time.Since(fi.ModTime()) < staleTemp {
 		return
 	}
 	uid, _ := owner(fi)

@@ -91,7 +91,7 @@ type fixture struct {
 	sub *fakeSubmit
 	log *logs
 	p   *Pickup
-	now time.Time
+	now time.Time // when the fixture was made: drops are dated from it
 }
 
 func newFixture(t *testing.T, lim Limits) *fixture {
@@ -99,11 +99,11 @@ func newFixture(t *testing.T, lim Limits) *fixture {
 	if _, err := Prepare(dir); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, dir: dir, sub: &fakeSubmit{}, log: &logs{}, now: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)}
+	// The pickup keeps the real clock: the files' times are real too.
+	f := &fixture{t: t, dir: dir, sub: &fakeSubmit{}, log: &logs{}, now: time.Now()}
 	f.p = New(Options{
 		Dir: dir, Submit: f.sub, Limits: lim,
 		Logger:     slog.New(slog.NewJSONHandler(f.log, nil)),
-		Now:        func() time.Time { return f.now },
 		LookupUser: func(uid int) string { return fmt.Sprintf("user%d", uid) },
 	})
 	return f
