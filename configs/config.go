@@ -336,6 +336,10 @@ func (c *Config) BareNewlineExclusions() []netip.Prefix {
 // ProxyProtocolFrom returns listen_proxy_protocol_from parsed.
 func (c *Config) ProxyProtocolFrom() []netip.Prefix { return prefixes(c.ListenProxyProtocolFrom, nil) }
 
+// MaildropDir is where `postern sendmail` leaves messages the daemon
+// could not take, for the daemon to pick up (relay/pickup).
+func (c *Config) MaildropDir() string { return filepath.Join(c.DataDir, "maildrop") }
+
 // CaptureDir is where delivery.mode capture keeps messages (a Maildir).
 func (c *Config) CaptureDir() string { return filepath.Join(c.DataDir, "capture") }
 

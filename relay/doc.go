@@ -5,6 +5,8 @@
 //	                 each message to the submission pipeline
 //	relay/submit     the submission pipeline every source shares: header
 //	                 rules, Received, DKIM, durable enqueue
+//	relay/pickup     the other source: the maildrop, where sendmail leaves
+//	                 what the daemon could not take, and its pickup loop
 //	relay/outbound   delivery: MX hosts, smarthosts and the routes between
 //	                 them; implements queue.Deliverer
 //	relay/capture    the other deliverer: a Maildir instead of the network
@@ -16,7 +18,7 @@
 //	                 client-safe text, cause), shared by both SMTP sides
 //	relay/relaytest  real in-process DNS and SMTP peers for tests
 //
-// Mail flows one way: a source (smtpd) → submit → queue.Enqueue → the
+// Mail flows one way: a source (smtpd or pickup) → submit → queue.Enqueue → the
 // queue's scheduler →
 // queue.Deliverer (outbound or capture) → typed results (queue.Result,
 // with the remote's reply as queue/reply values) back into the queue

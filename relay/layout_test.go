@@ -25,12 +25,15 @@ func TestLayout(t *testing.T) {
 		{"postern/queue/...", []string{"net/http", "postern/relay/", "postern/cmd/"}},
 		// The submission pipeline takes from every source and gives to the
 		// queue: it imports no source and no deliverer.
-		{"postern/relay/submit", []string{"postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
-		{"postern/relay/smtpd", []string{"postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
-		{"postern/relay/outbound", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
-		{"postern/relay/capture", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/outbound", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
-		{"postern/relay/httpapi", []string{"postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/cmd/"}},
-		{"postern/relay/metrics", []string{"net/http/httptest", "postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/cmd/"}},
+		{"postern/relay/submit", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/smtpd", []string{"postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		// The maildrop's pickup is a source like smtpd: it feeds the
+		// pipeline and knows no other source and no deliverer.
+		{"postern/relay/pickup", []string{"postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/outbound", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/capture", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/httpapi", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/cmd/"}},
+		{"postern/relay/metrics", []string{"net/http/httptest", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/cmd/"}},
 		{"postern/relay/status", []string{"postern/relay/", "postern/queue", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}}, // queue/reply, a leaf, only
 		{"postern/relay/certs", []string{"postern/"}},
 		// The queue's leaves, shared by every room: they import nothing

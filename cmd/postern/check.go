@@ -12,6 +12,7 @@ import (
 	"postern/configs"
 	"postern/dkim"
 	"postern/relay/outbound"
+	"postern/relay/pickup"
 )
 
 // cmdConfigCheck validates the configuration and everything it points to
@@ -93,12 +94,35 @@ func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 	}
 	p, w := checkSmarthostPasswords(cfg)
 	problems, warnings = append(problems, p...), append(warnings, w...)
+	p, w = checkMaildrop(cfg)
+	problems, warnings = append(problems, p...), append(warnings, w...)
 	_, w, errs := dkim.LoadKeys(dkimKeyConfigs(cfg))
 	for _, e := range errs {
 		problems = append(problems, fmt.Sprintf("%s: %v", cfg.File, e))
 	}
 	for _, s := range w {
 		warnings = append(warnings, "dkim: "+s)
+	}
+	return problems, warnings
+}
+
+// checkMaildrop reports the maildrop directory's permissions as serve will
+// find them (pickup.Inspect): what lets one local user read, delete or
+// forge another's mail, and what serve refuses to start with, are
+// problems; what only keeps local users from leaving mail there, and
+// serve sets right at start, is a warning. A maildrop not made yet is
+// fine: serve makes it.
+func checkMaildrop(cfg *configs.Config) (problems, warnings []string) {
+	found, err := pickup.Inspect(cfg.MaildropDir())
+	if err != nil {
+		problems = append(problems, fmt.Sprintf("%s: data_dir: maildrop: %v", cfg.File, err))
+	}
+	for _, p := range found {
+		if p.Unsafe || !p.Fixable {
+			problems = append(problems, fmt.Sprintf("%s: data_dir: %s", cfg.File, p))
+		} else {
+			warnings = append(warnings, fmt.Sprintf("data_dir: %s (serve does this at start)", p))
+		}
 	}
 	return problems, warnings
 }

@@ -90,6 +90,9 @@ type instance struct {
 	cfgPath string
 	cfg     testConfig
 	cmd     *exec.Cmd
+	// wrap, when set, is the command serve runs under (setpriv, to run
+	// the server as another user).
+	wrap    []string
 	logs    *logBuffer
 	done    chan struct{}
 	exitErr error
@@ -150,7 +153,13 @@ shutdown_timeout: 10s
 // newInstance writes a config into a fresh directory; start runs it.
 func newInstance(t testing.TB, cfg testConfig) *instance {
 	t.Helper()
-	dir := t.TempDir()
+	return newInstanceIn(t, t.TempDir(), cfg)
+}
+
+// newInstanceIn is newInstance in dir, for tests that need a directory
+// other users can reach (t.TempDir's parent is not).
+func newInstanceIn(t testing.TB, dir string, cfg testConfig) *instance {
+	t.Helper()
 	if cfg.Submission == "" && cfg.Submissions == "" && cfg.Relay == "" {
 		cfg.Submission, cfg.Submissions, cfg.Relay = freeAddr(t), freeAddr(t), freeAddr(t)
 	}
@@ -187,7 +196,8 @@ func (in *instance) addUser(name, password string, allow ...string) {
 func (in *instance) start() {
 	in.t.Helper()
 	in.logs = &logBuffer{}
-	in.cmd = exec.Command(binPath, "serve", "--config", in.cfgPath)
+	argv := append(append([]string(nil), in.wrap...), binPath, "serve", "--config", in.cfgPath)
+	in.cmd = exec.Command(argv[0], argv[1:]...)
 	in.cmd.Stderr = in.logs
 	in.cmd.Stdout = in.logs
 	if err := in.cmd.Start(); err != nil {

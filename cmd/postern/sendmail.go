@@ -4,6 +4,9 @@ package main
 // cron, PHP's mail(), logwatch, smartd and countless legacy programs call. It reads one message, submits it to the relay listener
 // of the local server with SMTP, and exits with a sysexits code, so that
 // a caller that knows sendmail's codes (cron, PHP) reacts as it would.
+// When the server cannot take the message (down, unreachable, a broken
+// connection, a 4xx), it leaves it in the maildrop for the server to
+// pick up (relay/pickup) and exits 0: those callers do not retry.
 
 import (
 	"bufio"
@@ -16,11 +19,14 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"postern/queue/message"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"postern/configs"
+	"postern/queue/message"
+	"postern/relay/pickup"
 )
 
 // The exit codes of sysexits.h that sendmail's callers know.
@@ -30,7 +36,7 @@ const (
 	exNoUser   = 67 // EX_NOUSER: the server refused a recipient for good
 	exSoftware = 70 // EX_SOFTWARE: the server refused for a reason not ours to fix
 	exIOErr    = 74 // EX_IOERR: standard input could not be read
-	exTempFail = 75 // EX_TEMPFAIL: try again later (server down, 4xx)
+	exTempFail = 75 // EX_TEMPFAIL: try again later (server down or 4xx, and the maildrop unusable)
 	exConfig   = 78 // EX_CONFIG: postern's configuration is unusable
 )
 
@@ -296,6 +302,17 @@ func cmdSendmail(args []string, stdin io.Reader, stdout io.Writer, stderr io.Wri
 	data := joinMessage(hdr, body)
 
 	reply, err := submitMessage(dialAddr(cfg.Listen.Relay), cfg.Hostname, from, rcpts, data, o)
+	if tf, ok := errors.AsType[tempFailure](err); ok {
+		d := &pickup.Drop{From: from, Rcpts: rcpts, Notify: o.notify, Ret: o.ret, EnvID: o.envID}
+		path, err := dropMessage(cfg, d, data)
+		if err != nil {
+			return err.withReason(tf)
+		}
+		if o.verbose {
+			fmt.Fprintf(stdout, "postern could not take the message (%s): left in the maildrop as %s, it is queued when postern runs\n", tf, path)
+		}
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -305,31 +322,81 @@ func cmdSendmail(args []string, stdin io.Reader, stdout io.Writer, stderr io.Wri
 	return nil
 }
 
+// tempFailure is why the server could not take a message for now: it was
+// not reachable, the connection broke, or it answered 4xx.
+type tempFailure string
+
+func (t tempFailure) Error() string { return string(t) }
+
+// dropFailure is why a message could not be left in the maildrop, with
+// its exit code.
+type dropFailure struct {
+	code int
+	msg  string
+}
+
+func (f *dropFailure) withReason(why tempFailure) error {
+	return exitError{f.code, fmt.Sprintf("postern sendmail: %s, and %s; message not sent", why, f.msg)}
+}
+
+// dropMessage leaves data with envelope d in the maildrop, after the
+// checks the pickup would make: a message it would refuse for good is not
+// left there to be refused unseen, but fails now, with the exit code the
+// server's 5xx would have given.
+func dropMessage(cfg *configs.Config, d *pickup.Drop, data []byte) (string, *dropFailure) {
+	err := d.Validate()
+	if err == nil {
+		err = maildropLimits(cfg).Check(d)
+	}
+	if err == nil {
+		err = maildropLimits(cfg).CheckMessage(bytes.NewReader(data))
+	}
+	if err != nil {
+		code := exDataErr
+		if errors.Is(err, pickup.ErrRcpt) {
+			code = exNoUser
+		}
+		return "", &dropFailure{code, fmt.Sprintf("the maildrop would refuse it: %v", err)}
+	}
+	path, err := pickup.Write(cfg.MaildropDir(), d, data, time.Now())
+	if err != nil {
+		return "", &dropFailure{exTempFail, fmt.Sprintf("it cannot be left in the maildrop: %v", err)}
+	}
+	return path, nil
+}
+
 // submitMessage runs the SMTP transaction with the relay listener. All or
 // nothing: when the server refuses any recipient, no message is sent, so
 // that a caller retrying after a failure never sends a second copy to the
-// others.
+// others. A temporary failure is a tempFailure (the caller turns to the
+// maildrop); a permanent one an exitError.
 func submitMessage(addr, helo, from string, rcpts []string, data []byte, o *sendmailOpts) (string, error) {
 	fail := func(code int, format string, a ...any) (string, error) {
 		return "", exitError{code, "postern sendmail: " + fmt.Sprintf(format, a...)}
 	}
+	temp := func(format string, a ...any) (string, error) {
+		return "", tempFailure(fmt.Sprintf(format, a...))
+	}
 	conn, err := net.DialTimeout("tcp", addr, 30*time.Second)
 	if err != nil {
-		return fail(exTempFail, "cannot reach postern at %s (listen.relay): %v; message not sent", addr, unwrapOpErr(err))
+		return temp("cannot reach postern at %s (listen.relay): %v", addr, unwrapOpErr(err))
 	}
 	conn.SetDeadline(time.Now().Add(sendmailTimeout))
 	c := smtp.NewClient(conn)
 	defer c.Close()
 	// classify turns a failure at step into an exit: 4xx and broken
-	// connections are temporary, 5xx says which input was wrong.
+	// connections are temporary, 5xx says which input was wrong. A
+	// connection that broke after the message was sent may have queued
+	// it: the maildrop then makes a second copy, which is better than
+	// none.
 	classify := func(step string, permanent int, err error) (string, error) {
 		var se *smtp.SMTPError
 		if !errors.As(err, &se) {
-			return fail(exTempFail, "%s: %v; message not sent", step, unwrapOpErr(err))
+			return temp("%s: %v", step, unwrapOpErr(err))
 		}
 		line := oneLineReply(se)
 		if se.Code/100 == 4 {
-			return fail(exTempFail, "%s: server said %s; message not sent", step, line)
+			return temp("%s: server said %s", step, line)
 		}
 		return fail(permanent, "%s: server said %s; message not sent", step, line)
 	}

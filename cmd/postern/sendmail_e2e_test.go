@@ -258,8 +258,14 @@ func FuzzSendmailHeader(f *testing.F) {
 func sendmailCmd(t *testing.T, bin string, env []string, stdin string, args ...string) (string, int) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	cmd.Stdin = strings.NewReader(stdin)
 	cmd.Env = append(os.Environ(), env...)
+	return runCmd(t, cmd, stdin)
+}
+
+// runCmd runs cmd with stdin and returns its output and exit code.
+func runCmd(t *testing.T, cmd *exec.Cmd, stdin string) (string, int) {
+	t.Helper()
+	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	switch {
@@ -268,7 +274,7 @@ func sendmailCmd(t *testing.T, bin string, env []string, stdin string, args ...s
 	case errors.As(err, &ee):
 		return string(out), ee.ExitCode()
 	}
-	t.Fatalf("running %s: %v", bin, err)
+	t.Fatalf("running %s: %v", cmd.Path, err)
 	return "", -1
 }
 
@@ -388,12 +394,33 @@ func TestSendmailExitCodes(t *testing.T) {
 		t.Errorf("%d messages accepted; every case above must send nothing", n)
 	}
 
-	// With the server stopped: EX_TEMPFAIL, so that cron and PHP retry or
-	// report, not bounce.
+	// With the server stopped: the message waits in the maildrop, exit 0
+	// (cron and PHP do not retry; maildrop_e2e_test.go follows it to the
+	// MX).
 	in.stop()
+	maildrop := filepath.Join(in.dir, "data", "maildrop")
 	out, code := run("To: b@example.org\n\nx\n", "-t")
-	if code != exTempFail || !strings.Contains(out, "cannot reach postern at "+in.cfg.Relay) {
-		t.Errorf("server stopped: exit %d, %q; want 75", code, out)
+	if code != 0 || out != "" || len(drops(t, maildrop)) != 1 {
+		t.Errorf("server stopped: exit %d, %q, drops %q; want 0, silent, one drop", code, out, drops(t, maildrop))
+	}
+	// A message the pickup would refuse is not left there: it fails now,
+	// as the server's 5xx would have made it fail.
+	out, code = run("Subject: x\n\n"+strings.Repeat("x", 2001)+"\n", "b@example.org")
+	if code != exDataErr || !strings.Contains(out, "the maildrop would refuse it: 554 5.6.0 Message line too long") {
+		t.Errorf("a line too long with the server stopped: exit %d, %q; want 65", code, out)
+	}
+	// Only when the maildrop cannot take it either: EX_TEMPFAIL, so that
+	// cron and PHP report it rather than bounce.
+	if err := os.RemoveAll(maildrop); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(maildrop, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code = run("To: b@example.org\n\nx\n", "-t")
+	if code != exTempFail || !strings.Contains(out, "cannot reach postern at "+in.cfg.Relay) ||
+		!strings.Contains(out, "it cannot be left in the maildrop") || strings.Count(out, "\n") != 1 {
+		t.Errorf("server stopped and no maildrop: exit %d, %q; want 75 on one line", code, out)
 	}
 
 	// No relay listener: a configuration error.

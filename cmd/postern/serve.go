@@ -26,7 +26,10 @@ import (
 	"postern/relay/certs"
 	"postern/relay/httpapi"
 	"postern/relay/metrics"
+	"postern/relay/pickup"
 	"postern/relay/smtpd"
+	// Named: the end-to-end tests have a func submit.
+	pipeline "postern/relay/submit"
 )
 
 func cmdServe(args []string, stderr io.Writer) error {
@@ -104,8 +107,11 @@ type server struct {
 	// closed after the queue, when no attempt can use it any more.
 	deliverer queue.Deliverer
 	smtp      []*smtpd.Server
-	admin     *http.Server
-	metrics   *metrics.Metrics
+	// pickup queues what sendmail left in the maildrop; it stops before
+	// the queue closes.
+	pickup  *pickup.Pickup
+	admin   *http.Server
+	metrics *metrics.Metrics
 	// ready is true between start-up and the beginning of shutdown
 	// (/readyz).
 	ready atomic.Bool
@@ -116,14 +122,29 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	s := &server{cfg: cfg, log: log}
 	logEffectiveConfig(cfg, log)
 
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	// Search permission for others (o+x, no r): local users' sendmail
+	// reaches the maildrop in it by name. Everything else postern keeps
+	// there is 0600, or in a 0700 directory.
+	if err := os.MkdirAll(cfg.DataDir, 0o711); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
+	}
+	// The maildrop's modes are set right, or serve refuses to start: see
+	// pickup.Prepare.
+	changed, err := pickup.Prepare(cfg.MaildropDir())
+	for _, c := range changed {
+		if c.Warn {
+			log.Warn("maildrop: " + c.Text)
+		} else {
+			log.Info("maildrop: " + c.Text)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("maildrop: %w", err)
 	}
 
 	if w := hostnameWarning(cfg); w != "" {
 		log.Warn(w)
 	}
-	var err error
 	s.certs, err = certs.Load(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.DataDir, cfg.Hostname)
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
@@ -250,6 +271,18 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	}
 
 	s.queue.Start()
+	// Drops are queued as if their owner had used the relay listener:
+	// the same header rules and limits.
+	s.pickup = pickup.New(pickup.Options{
+		Dir: cfg.MaildropDir(),
+		Submit: pipeline.New(pipeline.Options{
+			Hostname: cfg.Hostname, Queue: s.queue, Signer: s.currentSigner,
+			FixHeaders: policy.FixHeaders, MaxReceived: policy.MaxReceived,
+		}),
+		Limits: maildropLimits(cfg),
+		Logger: slogOf(log),
+	})
+	s.pickup.Start()
 	for _, b := range listeners {
 		s.wg.Add(1)
 		go func() {
@@ -293,7 +326,8 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 //  2. The listeners stop accepting; sessions with no transaction open are
 //     closed at once, the others finish their message (a session cut off
 //     before its 250 has not had the message acknowledged, so the client
-//     still holds it), within shutdown_timeout.
+//     still holds it), within shutdown_timeout. Then the maildrop's pickup
+//     stops (a drop it had not queued stays in the maildrop).
 //  3. The queue closes once the attempts in flight have ended, within a
 //     budget of its own: shutdown_timeout from the signal, running while
 //     the sessions finish, not after them. An attempt still running then
@@ -324,6 +358,7 @@ func (s *server) shutdown() error {
 		s.admin.Shutdown(ctx)
 	}
 	wg.Wait()
+	s.pickup.Stop(ctx)
 	s.wg.Wait()
 	err := s.queue.Close(queueCtx)
 	if c, ok := s.deliverer.(io.Closer); ok {
@@ -331,6 +366,17 @@ func (s *server) shutdown() error {
 	}
 	s.log.Info("postern stopped")
 	return err
+}
+
+// maildropLimits are the relay listener's limits, which the pickup applies
+// to drops as well, and sendmail before it leaves one.
+func maildropLimits(cfg *configs.Config) pickup.Limits {
+	return pickup.Limits{
+		MaxMessageBytes:  int64(cfg.Limits.MaxMessageSize),
+		MaxRecipients:    cfg.Limits.MaxRecipients,
+		SenderDomains:    cfg.Relay.AllowedSenderDomains,
+		RecipientDomains: cfg.Relay.AllowedRecipientDomains,
+	}
 }
 
 // reload is SIGHUP: certificate, users and DKIM keys are read again; what

@@ -325,8 +325,4 @@ func rateLimited(what string, r Rate, wait time.Duration) *status.Error {
 	return status.New(450, 7, 1, fmt.Sprintf("%s limit reached (%s), try again in %s", what, r, wait))
 }
 
-func domainIn(domain string, list []string) bool {
-	return slices.ContainsFunc(list, func(d string) bool { return strings.EqualFold(strings.TrimSuffix(d, "."), domain) })
-}
-
 func (p *Policy) checksHeaderFrom(k Kind) bool { return slices.Contains(p.CheckHeaderFrom, k) }

@@ -295,7 +295,7 @@ func (s *session) mail(from string) error {
 	}
 	pol := s.policy()
 	if s.srv.opts.Kind == TrustedRelay && len(pol.RelaySenderDomains) > 0 && from != "" {
-		if _, dom, _ := strings.Cut(from, "@"); !domainIn(dom, pol.RelaySenderDomains) {
+		if _, dom, _ := strings.Cut(from, "@"); !submit.DomainIn(dom, pol.RelaySenderDomains) {
 			s.log.Warn("sender domain not allowed on the relay listener", zap.String("from", from))
 			return errSenderNotAllowed
 		}
@@ -347,7 +347,7 @@ func (s *session) rcpt(to string) error {
 		return errBadRcpt.With(err)
 	}
 	pol := s.policy()
-	if s.srv.opts.Kind == TrustedRelay && len(pol.RelayRecipientDomains) > 0 && !domainIn(a.Domain, pol.RelayRecipientDomains) {
+	if s.srv.opts.Kind == TrustedRelay && len(pol.RelayRecipientDomains) > 0 && !submit.DomainIn(a.Domain, pol.RelayRecipientDomains) {
 		s.log.Warn("recipient domain not allowed on the relay listener", zap.String("rcpt", a.String()))
 		return errRelayDeniedRcpt
 	}

@@ -2,6 +2,7 @@ package submit
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -157,4 +158,12 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
+}
+
+// DomainIn reports whether domain is one of list, compared without case
+// and without a trailing dot on the list's side: the relay listener's
+// relay.allowed_sender_domains and relay.allowed_recipient_domains, which
+// every source applies the same way.
+func DomainIn(domain string, list []string) bool {
+	return slices.ContainsFunc(list, func(d string) bool { return strings.EqualFold(strings.TrimSuffix(d, "."), domain) })
 }
