@@ -60,4 +60,11 @@
 // else (another password, a changed or deleted user, the first
 // authentication after a start) a full check. Only successes are cached,
 // so the failure timing is unchanged.
+//
+// At most Store.MaxChecks full checks (runtime.NumCPU() by default) run at
+// once, the dummy check of an unknown user included; an attempt that finds
+// none free waits up to Store.CheckWait and then fails with ErrBusy, which
+// the SMTP session answers 454 4.7.0, so that an AUTH flood cannot take the
+// CPU from sessions already sending. Cache hits need no slot, and the
+// failure padding does not hold one.
 package auth

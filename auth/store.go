@@ -96,7 +96,8 @@ type storedUser struct {
 // logged once per change of the file. A missing file is an empty set.
 //
 // A password that passes a full bcrypt check is remembered for CacheTTL
-// (see verifiedCache).
+// (see verifiedCache), and at most MaxChecks full checks run at once (see
+// ErrBusy).
 //
 // A Store is safe for concurrent use. Set its fields before first use.
 type Store struct {
@@ -111,6 +112,14 @@ type Store struct {
 	// CacheSize bounds the cache (one entry per user, the oldest evicted
 	// first). Zero means DefaultCacheSize.
 	CacheSize int
+	// MaxChecks bounds the full (bcrypt) password checks running at once.
+	// Zero means runtime.NumCPU().
+	MaxChecks int
+	// CheckWait is how long an attempt waits for a check slot before it
+	// fails with ErrBusy. Zero means DefaultCheckWait.
+	CheckWait time.Duration
+	// Observer, when set, is told of waits for a check slot and refusals.
+	Observer Observer
 
 	log *zap.Logger
 
@@ -119,10 +128,15 @@ type Store struct {
 	cur   atomic.Pointer[userSet]
 	cache *verifiedCache
 
-	// Seams for tests: the clock, the padding sleep and the hash check.
+	slotsOnce sync.Once
+	slots     chan struct{}
+
+	// Seams for tests: the clock, the padding sleep, the hash check and
+	// the timer of the wait for a check slot.
 	now     func() time.Time
 	sleep   func(ctx context.Context, d time.Duration) error
 	compare func(hash, password []byte) error
+	after   func(d time.Duration) (<-chan time.Time, func() bool)
 }
 
 // watchedFile is a file the Store serves from and re-reads when it
@@ -159,6 +173,7 @@ func NewStore(usersPath string, log *zap.Logger) (*Store, error) {
 		now:     time.Now,
 		sleep:   sleepCtx,
 		compare: bcrypt.CompareHashAndPassword,
+		after:   afterTimer,
 	}
 	s.users = watchedFile{
 		path: usersPath, what: "users file", items: "users",
@@ -184,8 +199,8 @@ func NewStore(usersPath string, log *zap.Logger) (*Store, error) {
 // Reload re-reads the users file now, whether or not it changed, and
 // returns why it could not be loaded (the previous set then stays in
 // service). It also empties the cache of verified passwords, so that
-// SIGHUP is a way to make every user's next authentication a full check.
-// It is for SIGHUP and for tests; Authenticate does not need it.
+// SIGHUP is a way to make every user's next authentication a full check. It is for SIGHUP and for tests;
+// Authenticate does not need it.
 func (s *Store) Reload() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -336,10 +351,12 @@ func (s *Store) install(uf *usersFile) error {
 //
 // Success returns the user at once. What success costs depends on the
 // password: a password that passed a full check within CacheTTL costs one
-// HMAC; any other password a full bcrypt check.
+// HMAC; any other password a full bcrypt check, which waits for one of
+// MaxChecks slots and fails with ErrBusy when none frees up within
+// CheckWait.
 //
-// Every failure returns ErrInvalidCredentials and takes the same time,
-// whatever its cause (STYLE habit 10): an unknown user is checked
+// Every other failure returns ErrInvalidCredentials and takes the same
+// time, whatever its cause (STYLE habit 10): an unknown user is checked
 // against a dummy hash of the same cost, and the attempt is padded to
 // FailureDelay (plus jitter) from its start, so that neither the CPU spent
 // nor the reply time tells an attacker which names exist. If ctx ends
@@ -384,7 +401,14 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (*User,
 		}
 	}
 
-	err := s.compare(hash, pw)
+	release, err := s.acquireCheck(ctx)
+	if err != nil {
+		// Nothing was checked: not a failed attempt, and not padded (the
+		// wait for a slot already took longer than the padding would).
+		return nil, err
+	}
+	err = s.compare(hash, pw)
+	release()
 	if su != nil && pwOK && err == nil {
 		if s.CacheTTL > 0 {
 			size := s.CacheSize
