@@ -133,12 +133,14 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			zap.String("hostname", cfg.Hostname))
 	}
 
+	s.metrics = metrics.NewMetrics()
 	// Users matter only where AUTH is offered.
 	if cfg.Auth.UsersFile != "" && (cfg.Listen.Submission != "" || cfg.Listen.Submissions != "") {
 		s.users, err = auth.NewStore(cfg.Auth.UsersFile, log)
 		if err != nil {
 			return fmt.Errorf("auth.users_file: %w", err)
 		}
+		s.users.Observer = s.metrics
 	}
 
 	if err := s.loadDKIM(); err != nil {
@@ -148,7 +150,6 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	s.metrics = metrics.NewMetrics()
 
 	mx, err := newDeliverer(cfg, log)
 	if err != nil {
