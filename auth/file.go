@@ -19,9 +19,9 @@ var (
 // binary file by mistake produces a readable error rather than a screenful.
 const maxReportedProblems = 50
 
-// ParseError lists every problem found in a users file, so that one run of
-// the server or the CLI shows everything that needs fixing. It never quotes a
-// password hash.
+// ParseError lists every problem found in a users or keys file, so that one
+// run of the server or the CLI shows everything that needs fixing. It never
+// quotes a password or key hash.
 type ParseError struct {
 	Path     string
 	Problems []LineProblem

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -88,9 +89,10 @@ type storedUser struct {
 	user *User
 }
 
-// Store is the live view of a users file that the server authenticates
-// against. It re-reads the file when the file changes (checked on every
-// Authenticate: authentication is rare and a stat is cheap), so users are
+// Store is the live view of a users file, and of the keys file of its
+// application passwords, that the server authenticates against. It
+// re-reads a file when it changes (checked on every Authenticate:
+// authentication is rare and a stat is cheap), so users and keys are
 // added, changed and removed without a restart. A file that becomes invalid
 // or unreadable leaves the last good set in service, and the reason is
 // logged once per change of the file. A missing file is an empty set.
@@ -123,10 +125,12 @@ type Store struct {
 
 	log *zap.Logger
 
-	mu    sync.Mutex // serialises reloads
-	users watchedFile
-	cur   atomic.Pointer[userSet]
-	cache *verifiedCache
+	mu      sync.Mutex // serialises reloads
+	users   watchedFile
+	keys    watchedFile
+	cur     atomic.Pointer[userSet]
+	curKeys atomic.Pointer[keySet]
+	cache   *verifiedCache
 
 	slotsOnce sync.Once
 	slots     chan struct{}
@@ -137,6 +141,16 @@ type Store struct {
 	sleep   func(ctx context.Context, d time.Duration) error
 	compare func(hash, password []byte) error
 	after   func(d time.Duration) (<-chan time.Time, func() bool)
+}
+
+// keySet is one successfully loaded version of the keys file.
+type keySet struct {
+	byID map[string]*storedKey
+}
+
+type storedKey struct {
+	user string // nameKey of the user
+	hash [sha256.Size]byte
 }
 
 // watchedFile is a file the Store serves from and re-reads when it
@@ -158,14 +172,19 @@ type watchedFile struct {
 	served bool
 }
 
-// NewStore loads the users file at usersPath. Unlike a later reload, an
-// invalid or unreadable file is an error here: the server should not start
-// with users it cannot read. A missing file is an empty set (logged as a
+// NewStore loads the users file at usersPath and the keys file at keysPath
+// ("" means DefaultKeysFile(usersPath)). Unlike a later reload, an invalid
+// or unreadable file is an error here: the server should not start with
+// users it cannot read. A missing users file is an empty set (logged as a
 // warning), so that a server with no users yet can start and `postern user
-// add` brings the first one to life. log may be nil.
-func NewStore(usersPath string, log *zap.Logger) (*Store, error) {
+// add` brings the first one to life; a missing keys file is the usual state
+// of a server without application passwords. log may be nil.
+func NewStore(usersPath, keysPath string, log *zap.Logger) (*Store, error) {
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if keysPath == "" {
+		keysPath = DefaultKeysFile(usersPath)
 	}
 	s := &Store{
 		log:     log,
@@ -190,22 +209,38 @@ func NewStore(usersPath string, log *zap.Logger) (*Store, error) {
 			return s.install(uf)
 		},
 	}
+	s.keys = watchedFile{
+		path: keysPath, what: "keys file", items: "application passwords",
+		log: log.With(zap.String("keys_file", keysPath)),
+		install: func(data []byte) error {
+			kf := &keysFile{}
+			if data != nil {
+				var err error
+				if kf, err = parseKeys(keysPath, data); err != nil {
+					return err
+				}
+			}
+			s.installKeys(kf, data != nil)
+			return nil
+		},
+	}
 	if err := s.Reload(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// Reload re-reads the users file now, whether or not it changed, and
-// returns why it could not be loaded (the previous set then stays in
-// service). It also empties the cache of verified passwords, so that
-// SIGHUP is a way to make every user's next authentication a full check. It is for SIGHUP and for tests;
+// Reload re-reads the users and keys files now, whether or not they
+// changed, and returns why they could not be loaded (the previous set of a
+// file that failed then stays in service). It also empties the cache of
+// verified passwords, so that SIGHUP is a way to make every user's next
+// authentication a full check. It is for SIGHUP and for tests;
 // Authenticate does not need it.
 func (s *Store) Reload() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cache.retain(func(string, []byte) bool { return false })
-	return s.loadLocked(&s.users)
+	return errors.Join(s.loadLocked(&s.users), s.loadLocked(&s.keys))
 }
 
 // Len returns the number of users in service.
@@ -214,6 +249,7 @@ func (s *Store) Len() int { return len(s.cur.Load().byKey) }
 // refresh reloads every file whose fingerprint changed, logging failures.
 func (s *Store) refresh() {
 	s.refreshFile(&s.users)
+	s.refreshFile(&s.keys)
 }
 
 // refreshFile reloads w if its fingerprint changed, logging failures.
@@ -346,17 +382,32 @@ func (s *Store) install(uf *usersFile) error {
 	return nil
 }
 
+// installKeys makes kf the set of keys in service.
+func (s *Store) installKeys(kf *keysFile, exists bool) {
+	set := &keySet{byID: make(map[string]*storedKey, len(kf.keys))}
+	for _, r := range kf.keys {
+		set.byID[r.ID] = &storedKey{user: nameKey(r.User), hash: r.hash}
+	}
+	old := s.curKeys.Swap(set)
+	if old == nil && !exists {
+		return // the usual state: no application passwords
+	}
+	s.keys.log.Info("keys file loaded", zap.Int("keys", len(set.byID)))
+}
+
 // Authenticate checks name and password against the users file, re-reading
-// it first if it changed.
+// it first if it changed. The password may also be one of the user's
+// application passwords (see AddKey).
 //
 // Success returns the user at once. What success costs depends on the
-// password: a password that passed a full check within CacheTTL costs one
-// HMAC; any other password a full bcrypt check, which waits for one of
-// MaxChecks slots and fails with ErrBusy when none frees up within
-// CheckWait.
+// password: an application password costs a SHA-256; a password that
+// passed a full check within CacheTTL, one HMAC; any other password a full
+// bcrypt check, which waits for one of MaxChecks slots and fails with
+// ErrBusy when none frees up within CheckWait.
 //
 // Every other failure returns ErrInvalidCredentials and takes the same
-// time, whatever its cause (STYLE habit 10): an unknown user is checked
+// time, whatever its cause (STYLE habit 10): a wrong application password
+// goes on to the bcrypt check like any password, an unknown user is checked
 // against a dummy hash of the same cost, and the attempt is padded to
 // FailureDelay (plus jitter) from its start, so that neither the CPU spent
 // nor the reply time tells an attacker which names exist. If ctx ends
@@ -377,6 +428,14 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (*User,
 		key = nameKey(name)
 		su = set.byKey[key]
 	}
+	// A user's own password may look like a key: a key that does not
+	// match is checked as a password, which also makes a wrong key cost
+	// what a wrong password costs.
+	if u, owner, id := s.checkKey(set, password); u != nil && owner == key {
+		s.verified(u, "app_password", id)
+		return u, nil
+	}
+
 	hash := set.dummy
 	if su != nil {
 		hash = su.hash
@@ -396,7 +455,7 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (*User,
 	if s.CacheTTL > 0 {
 		mac = s.cache.sum(key, hash, pw)
 		if su != nil && pwOK && s.cache.hit(key, hash, mac, start) {
-			s.verified(su.user, "cache")
+			s.verified(su.user, "cache", "")
 			return su.user, nil
 		}
 	}
@@ -418,7 +477,7 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (*User,
 			now := s.now()
 			s.cache.put(key, hash, mac, now.Add(s.CacheTTL), now, size)
 		}
-		s.verified(su.user, "bcrypt")
+		s.verified(su.user, "bcrypt", "")
 		return su.user, nil
 	}
 	if su != nil && err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
@@ -428,10 +487,62 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (*User,
 	return nil, s.fail(ctx, start)
 }
 
+// AuthenticateKey checks an application password given without a user
+// name (a bearer key, for the HTTP API to come) and returns its user and
+// the key's ID. It re-reads the users and keys files first if they changed.
+// A key whose user is no longer in the users file authenticates nobody.
+// Every failure returns ErrInvalidCredentials after the same padding as
+// Authenticate's failures.
+func (s *Store) AuthenticateKey(ctx context.Context, secret string) (*User, string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
+	start := s.now()
+	s.refresh()
+	if u, _, id := s.checkKey(s.cur.Load(), secret); u != nil {
+		s.verified(u, "app_password", id)
+		return u, id, nil
+	}
+	return nil, "", s.fail(ctx, start)
+}
+
+// dummyKeyHash stands in for the hash of a key that does not exist, so
+// that an unknown ID costs the same comparison as a wrong secret.
+var dummyKeyHash [sha256.Size]byte
+
+// checkKey returns the user of set whose application password secret is,
+// with the user's nameKey and the key's ID, or a nil user.
+func (s *Store) checkKey(set *userSet, secret string) (u *User, owner, id string) {
+	id, ok := keyIDOf(secret)
+	if !ok {
+		return nil, "", ""
+	}
+	k := s.curKeys.Load().byID[id]
+	want := &dummyKeyHash
+	if k != nil {
+		want = &k.hash
+	}
+	sum := sha256.Sum256([]byte(secret))
+	if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 || k == nil {
+		return nil, "", ""
+	}
+	su := set.byKey[k.user]
+	if su == nil {
+		return nil, "", ""
+	}
+	return su.user, k.user, id
+}
+
 // verified logs, at debug level, how a user's credentials were verified:
-// "bcrypt" (a full check) or "cache".
-func (s *Store) verified(u *User, by string) {
-	s.log.Debug("credentials verified", zap.String("user", u.Name), zap.String("by", by))
+// "bcrypt" (a full check), "cache" or "app_password" (with the key's ID).
+func (s *Store) verified(u *User, by, keyID string) {
+	if ce := s.log.Check(zap.DebugLevel, "credentials verified"); ce != nil {
+		fields := []zap.Field{zap.String("user", u.Name), zap.String("by", by)}
+		if keyID != "" {
+			fields = append(fields, zap.String("key_id", keyID))
+		}
+		ce.Write(fields...)
+	}
 }
 
 // fail pads a failed attempt that began at start and returns its error.

@@ -58,7 +58,7 @@ func (f *fakeTime) takeSleeps() []time.Duration {
 func newTestStore(t *testing.T, path string) (*Store, *fakeTime, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
-	s, err := NewStore(path, zap.New(core))
+	s, err := NewStore(path, "", zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +151,7 @@ func testFailureTiming(t *testing.T, cacheTTL time.Duration) {
 		{"unknown user", "bob@example.test", "pw", false, dummy},
 		{"empty password", "alice@example.test", "", false, aliceHash},
 		{"overlong name", strings.Repeat("x", 300), "pw", false, dummy},
+		{"a key's form, no such key", "alice@example.test", "pk_aaaaaaaaaaaaa_" + strings.Repeat("a", 32), false, aliceHash},
 	}
 	if cacheTTL > 0 {
 		cases = append(cases, timingCase{"success from the cache", "alice@example.test", "pw", true, nil})
@@ -352,7 +353,7 @@ func TestUnreadableFileKeepsUsers(t *testing.T) {
 func TestNewStoreRejectsInvalidFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users")
 	os.WriteFile(path, []byte("nonsense\n"), 0o600)
-	_, err := NewStore(path, nil)
+	_, err := NewStore(path, "", nil)
 	var perr *ParseError
 	if !errors.As(err, &perr) || perr.Problems[0].Line != 1 {
 		t.Errorf("NewStore = %v, want *ParseError for line 1", err)

@@ -136,7 +136,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	s.metrics = metrics.NewMetrics()
 	// Users matter only where AUTH is offered.
 	if cfg.Auth.UsersFile != "" && (cfg.Listen.Submission != "" || cfg.Listen.Submissions != "") {
-		s.users, err = auth.NewStore(cfg.Auth.UsersFile, log)
+		s.users, err = auth.NewStore(cfg.Auth.UsersFile, "", log)
 		if err != nil {
 			return fmt.Errorf("auth.users_file: %w", err)
 		}
