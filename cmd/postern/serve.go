@@ -136,10 +136,12 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	s.metrics = metrics.NewMetrics()
 	// Users matter only where AUTH is offered.
 	if cfg.Auth.UsersFile != "" && (cfg.Listen.Submission != "" || cfg.Listen.Submissions != "") {
-		s.users, err = auth.NewStore(cfg.Auth.UsersFile, "", log)
+		s.users, err = auth.NewStore(cfg.Auth.UsersFile, cfg.Auth.KeysFile, log)
 		if err != nil {
-			return fmt.Errorf("auth.users_file: %w", err)
+			return fmt.Errorf("auth: %w", err)
 		}
+		s.users.CacheTTL = cfg.Auth.CacheTTL.D()
+		s.users.CacheSize = cfg.Auth.CacheSize
 		s.users.Observer = s.metrics
 	}
 
@@ -318,8 +320,9 @@ func (s *server) shutdown() error {
 	return err
 }
 
-// reload is SIGHUP: certificate, users and DKIM keys are read again; what
-// fails to load keeps the old version in service.
+// reload is SIGHUP: certificate, users, application passwords and DKIM
+// keys are read again, and the cache of verified passwords is emptied;
+// what fails to load keeps the old version in service.
 func (s *server) reload() {
 	s.log.Info("reloading (SIGHUP)")
 	if err := s.certs.Reload(); err != nil {
