@@ -306,6 +306,23 @@ func ListKeys(keysPath, name string) ([]KeyInfo, error) {
 	return out, nil
 }
 
+// Orphans returns the keys among keys whose user is not among users (names
+// compared as the Store compares them): they authenticate nobody, but a
+// user added again under that name would get them back.
+func Orphans(keys []KeyInfo, users []UserInfo) []KeyInfo {
+	known := make(map[string]bool, len(users))
+	for _, u := range users {
+		known[nameKey(u.Name)] = true
+	}
+	var out []KeyInfo
+	for _, k := range keys {
+		if !known[nameKey(k.User)] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // DeleteKey revokes the key id of the user name: a running server refuses
 // it from its next authentication on. ErrNoSuchKey when the user has no
 // such key.

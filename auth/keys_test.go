@@ -447,3 +447,16 @@ func TestKeysFileReload(t *testing.T) {
 		t.Errorf("key after its file was removed: %v", err)
 	}
 }
+
+func TestOrphans(t *testing.T) {
+	keys := []KeyInfo{{ID: "a", User: "Alice@example.test"}, {ID: "b", User: "gone@example.test"}, {ID: "c", User: "ÜBER@example.test"}}
+	users := []UserInfo{{Name: "alice@EXAMPLE.test"}, {Name: "über@example.test"}}
+	var ids []string
+	for _, k := range Orphans(keys, users) {
+		ids = append(ids, k.ID)
+	}
+	// Names fold ASCII case only, as the Store compares them.
+	if fmt.Sprint(ids) != "[b c]" {
+		t.Errorf("Orphans = %v, want [b c]", ids)
+	}
+}
