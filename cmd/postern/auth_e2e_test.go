@@ -88,12 +88,7 @@ func verifiedBy(in *instance, user string, n int) []string {
 
 func TestAppPasswordE2E(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
-	w.mx("dest.test", "127.0.2.2")
-	rcv := w.receiver("127.0.2.2")
-	in := newInstance(t, w.config())
-	in.addUser("alice@example.test", "correct horse")
-	in.start()
+	in, rcv := aliceToDest(t)
 
 	// Made while the server runs: it sees the new keys file.
 	out, err := in.postern("", "user", "key", "add", "alice@example.test", "--label", "e2e app")
