@@ -7,6 +7,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -36,7 +37,7 @@ func Example() {
 	}
 
 	// What the server does.
-	store, err := auth.NewStore(users, nil)
+	store, err := auth.NewStore(users, "", nil)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -72,4 +73,52 @@ func ExampleParsePattern() {
 	// Output:
 	// @example.test true false
 	// sender pattern "*@example.test": write @example.test for any address at a domain
+}
+
+// Application passwords: one per application, revoked one by one, and
+// usable with the user name (AUTH) or alone (a bearer key).
+func ExampleAddKey() {
+	dir, err := os.MkdirTemp("", "postern-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	users := filepath.Join(dir, "users")
+	keys := auth.DefaultKeysFile(users) // users.keys
+
+	auth.BcryptCost = bcrypt.MinCost // only to keep the example fast
+	if err := auth.Add(users, "alice@example.test", "correct horse", nil); err != nil {
+		log.Fatal(err)
+	}
+
+	// What `postern user key add alice@example.test --label backup` does.
+	secret, info, err := auth.AddKey(keys, users, "alice@example.test", "backup")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("key:", len(secret), "characters, naming its id:", strings.HasPrefix(secret, "pk_"+info.ID+"_"))
+
+	store, err := auth.NewStore(users, keys, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	store.FailureDelay = 1
+	ctx := context.Background()
+	u, err := store.Authenticate(ctx, "alice@example.test", secret)
+	fmt.Println("AUTH with the key:", u.Name, err)
+	u, id, err := store.AuthenticateKey(ctx, secret)
+	fmt.Println("the key alone:", u.Name, id == info.ID, err)
+
+	// What `postern user key del alice@example.test ID` does: the running
+	// store refuses the key at once.
+	if err := auth.DeleteKey(keys, "alice@example.test", info.ID); err != nil {
+		log.Fatal(err)
+	}
+	_, err = store.Authenticate(ctx, "alice@example.test", secret)
+	fmt.Println("after del:", err)
+	// Output:
+	// key: 49 characters, naming its id: true
+	// AUTH with the key: alice@example.test <nil>
+	// the key alone: alice@example.test true <nil>
+	// after del: invalid credentials
 }

@@ -19,9 +19,9 @@ var (
 // binary file by mistake produces a readable error rather than a screenful.
 const maxReportedProblems = 50
 
-// ParseError lists every problem found in a users file, so that one run of
-// the server or the CLI shows everything that needs fixing. It never quotes a
-// password hash.
+// ParseError lists every problem found in a users or keys file, so that one
+// run of the server or the CLI shows everything that needs fixing. It never
+// quotes a password or key hash.
 type ParseError struct {
 	Path     string
 	Problems []LineProblem
@@ -78,42 +78,23 @@ type usersFile struct {
 // parseUsers parses data, the content of the file at path (path is used only
 // in error messages). Every line is examined and every problem reported.
 func parseUsers(path string, data []byte) (*usersFile, error) {
-	text := string(data)
-	text = strings.TrimSuffix(text, "\n")
 	f := &usersFile{path: path, byKey: map[string]*record{}}
-	if text != "" {
-		f.lines = strings.Split(text, "\n")
-	}
-	perr := &ParseError{Path: path}
-	problem := func(line int, format string, args ...any) {
-		if len(perr.Problems) >= maxReportedProblems {
-			perr.Omitted++
-			return
-		}
-		perr.Problems = append(perr.Problems, LineProblem{Line: line + 1, Msg: fmt.Sprintf(format, args...)})
-	}
-	for i, raw := range f.lines {
-		raw = strings.TrimSuffix(raw, "\r")
-		f.lines[i] = raw
-		line := strings.TrimSpace(raw)
-		if line == "" || line[0] == '#' {
-			continue
-		}
+	lines, err := scanLines(path, data, func(i int, line string, problem problemFunc) {
 		// Never quote the line: it holds a hash, or worse a password.
 		fields := strings.SplitN(line, ":", 3)
 		if len(fields) < 2 {
-			problem(i, "want NAME:HASH:ALLOW, found no ':'")
-			continue
+			problem("want NAME:HASH:ALLOW, found no ':'")
+			return
 		}
 		rec := &record{name: fields[0], hash: fields[1], line: i}
 		bad := false
 		if err := ValidateName(rec.name); err != nil {
-			problem(i, "%v", err)
+			problem("%v", err)
 			bad = true
 		}
 		cost, err := checkHash(rec.hash)
 		if err != nil {
-			problem(i, "%v", err)
+			problem("%v", err)
 			bad = true
 		}
 		rec.cost = cost
@@ -129,13 +110,13 @@ func parseUsers(path string, data []byte) (*usersFile, error) {
 			for item := range strings.SplitSeq(allow, ",") {
 				item = strings.TrimSpace(item)
 				if item == "" {
-					problem(i, "empty sender pattern in allow list (doubled or trailing comma?)")
+					problem("empty sender pattern in allow list (doubled or trailing comma?)")
 					bad = true
 					continue
 				}
 				p, err := ParsePattern(item)
 				if err != nil {
-					problem(i, "%v", err)
+					problem("%v", err)
 					bad = true
 					continue
 				}
@@ -143,20 +124,59 @@ func parseUsers(path string, data []byte) (*usersFile, error) {
 			}
 		}
 		if bad {
-			continue
+			return
 		}
 		key := nameKey(rec.name)
 		if prev, ok := f.byKey[key]; ok {
-			problem(i, "duplicate user %q (first on line %d; names ignore case)", rec.name, prev.line+1)
-			continue
+			problem("duplicate user %q (first on line %d; names ignore case)", rec.name, prev.line+1)
+			return
 		}
 		f.byKey[key] = rec
 		f.users = append(f.users, rec)
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.lines = lines
+	return f, nil
+}
+
+// problemFunc reports one problem on the line being parsed.
+type problemFunc func(format string, args ...any)
+
+// scanLines splits data, the content of the file at path, into lines (LF;
+// a trailing CR is dropped) and calls each for every line that is not
+// blank or a '#' comment, with the line's index and its text without
+// surrounding whitespace. It returns the lines as they are, so that edits
+// keep comments and layout, and a *ParseError if each reported anything.
+// It is the users file's syntax, kept apart from the meaning of a line so
+// that other files of the same kind can share it.
+func scanLines(path string, data []byte, each func(i int, line string, problem problemFunc)) ([]string, error) {
+	text := strings.TrimSuffix(string(data), "\n")
+	var lines []string
+	if text != "" {
+		lines = strings.Split(text, "\n")
+	}
+	perr := &ParseError{Path: path}
+	for i, raw := range lines {
+		raw = strings.TrimSuffix(raw, "\r")
+		lines[i] = raw
+		line := strings.TrimSpace(raw)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		each(i, line, func(format string, args ...any) {
+			if len(perr.Problems) >= maxReportedProblems {
+				perr.Omitted++
+				return
+			}
+			perr.Problems = append(perr.Problems, LineProblem{Line: i + 1, Msg: fmt.Sprintf(format, args...)})
+		})
 	}
 	if len(perr.Problems) > 0 {
 		return nil, perr
 	}
-	return f, nil
+	return lines, nil
 }
 
 // readUsers reads and parses the file at path. A missing file is an empty

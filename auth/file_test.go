@@ -36,17 +36,24 @@ func describe(f *usersFile, err error) string {
 // TestParseGolden parses testdata/parse/CASE/users and compares the result
 // with testdata/parse/CASE/want. Run with -update to regenerate.
 func TestParseGolden(t *testing.T) {
-	dirs, err := filepath.Glob("testdata/parse/*")
+	golden(t, "testdata/parse", "users", func(data []byte) string { return describe(parseUsers("users", data)) })
+}
+
+// golden runs one subtest per directory of dir: it reads the file named
+// input there, and compares describe's account of it with the file want
+// beside it (rewritten instead with -update).
+func golden(t *testing.T, dir, input string, describe func([]byte) string) {
+	dirs, err := filepath.Glob(filepath.Join(dir, "*"))
 	if err != nil || len(dirs) == 0 {
-		t.Fatalf("no golden cases: %v", err)
+		t.Fatalf("no golden cases in %s: %v", dir, err)
 	}
 	for _, dir := range dirs {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
-			data, err := os.ReadFile(filepath.Join(dir, "users"))
+			data, err := os.ReadFile(filepath.Join(dir, input))
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := describe(parseUsers("users", data))
+			got := describe(data)
 			wantPath := filepath.Join(dir, "want")
 			if *update {
 				if err := os.WriteFile(wantPath, []byte(got), 0o644); err != nil {

@@ -1,16 +1,18 @@
 package auth
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
 
-// FuzzParseUsers: the parser never panics, and whatever it accepts
-// survives being written out and read back.
-func FuzzParseUsers(f *testing.F) {
-	seeds, _ := filepath.Glob("testdata/parse/*/users")
+// addSeedFiles adds the content of every file matching pattern to f's
+// seed corpus.
+func addSeedFiles(f *testing.F, pattern string) {
+	seeds, _ := filepath.Glob(pattern)
 	for _, s := range seeds {
 		data, err := os.ReadFile(s)
 		if err != nil {
@@ -18,6 +20,12 @@ func FuzzParseUsers(f *testing.F) {
 		}
 		f.Add(data)
 	}
+}
+
+// FuzzParseUsers: the parser never panics, and whatever it accepts
+// survives being written out and read back.
+func FuzzParseUsers(f *testing.F) {
+	addSeedFiles(f, "testdata/parse/*/users")
 	f.Add([]byte("a:b:c:d\n::\n:\n\r\n#\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		uf, err := parseUsers("users", data)
@@ -27,30 +35,82 @@ func FuzzParseUsers(f *testing.F) {
 			}
 			return
 		}
-		// Round trip through render.
-		var b strings.Builder
-		for _, r := range uf.users {
-			b.WriteString(render(r.name, r.hash, r.allow) + "\n")
-		}
-		again, err := parseUsers("users", []byte(b.String()))
+		roundTrip(t, uf.users, func(r *record) string { return render(r.name, r.hash, r.allow) },
+			func(data []byte) ([]*record, error) {
+				f, err := parseUsers("users", data)
+				if err != nil {
+					return nil, err
+				}
+				return f.users, nil
+			},
+			func(a, b *record) bool { return a.name == b.name && a.hash == b.hash && slices.Equal(a.allow, b.allow) })
+	})
+}
+
+// FuzzParseKeys: the keys-file parser never panics, never quotes what
+// stands where a hash belongs, and whatever it accepts survives being
+// written out and read back.
+func FuzzParseKeys(f *testing.F) {
+	addSeedFiles(f, "testdata/keys/*/keys")
+	f.Add([]byte("a:b:c:d:e:f\n::::\n:\n\r\n#\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		kf, err := parseKeys("keys", data)
 		if err != nil {
-			t.Fatalf("rendered file does not parse: %v\n%s", err, b.String())
-		}
-		if len(again.users) != len(uf.users) {
-			t.Fatalf("%d users, then %d", len(uf.users), len(again.users))
-		}
-		for i, r := range uf.users {
-			q := again.users[i]
-			if q.name != r.name || q.hash != r.hash || len(q.allow) != len(r.allow) {
-				t.Fatalf("user %d changed: %+v -> %+v", i, r, q)
+			msg := err.Error()
+			if msg == "" {
+				t.Fatal("empty error text")
 			}
-			for j := range r.allow {
-				if q.allow[j] != r.allow[j] {
-					t.Fatalf("pattern changed: %v -> %v", r.allow[j], q.allow[j])
+			// User names and labels are quoted, and may hold anything.
+			var lines [][]string
+			quotable := ""
+			for line := range strings.Lines(string(data)) {
+				fields := strings.SplitN(strings.TrimSpace(line), ":", 5)
+				lines = append(lines, fields)
+				for i, f := range fields {
+					if i == 1 || i == 4 {
+						quotable += f + "\x00" + fmt.Sprintf("%q", f) + "\x00"
+					}
 				}
 			}
+			for _, fields := range lines {
+				if len(fields) >= 3 && len(fields[2]) >= 20 && strings.Contains(msg, fields[2]) && !strings.Contains(quotable, fields[2]) {
+					t.Fatalf("error quotes the hash field %q:\n%s", fields[2], msg)
+				}
+			}
+			return
 		}
+		roundTrip(t, kf.keys, renderKey,
+			func(data []byte) ([]*keyRecord, error) {
+				f, err := parseKeys("keys", data)
+				if err != nil {
+					return nil, err
+				}
+				return f.keys, nil
+			},
+			func(a, b *keyRecord) bool { return a.KeyInfo == b.KeyInfo && a.hash == b.hash })
 	})
+}
+
+// roundTrip checks that the records a parser accepted, rendered one a
+// line and parsed again, come back the same.
+func roundTrip[R any](t *testing.T, recs []R, render func(R) string, parse func([]byte) ([]R, error), same func(a, b R) bool) {
+	t.Helper()
+	var b strings.Builder
+	for _, r := range recs {
+		b.WriteString(render(r) + "\n")
+	}
+	again, err := parse([]byte(b.String()))
+	if err != nil {
+		t.Fatalf("rendered file does not parse: %v\n%s", err, b.String())
+	}
+	if len(again) != len(recs) {
+		t.Fatalf("%d records, then %d", len(recs), len(again))
+	}
+	for i := range recs {
+		if !same(recs[i], again[i]) {
+			t.Fatalf("record %d changed: %+v -> %+v", i, recs[i], again[i])
+		}
+	}
 }
 
 // FuzzParsePattern: no panics; an accepted pattern round-trips through

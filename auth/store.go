@@ -1,8 +1,11 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -86,12 +89,17 @@ type storedUser struct {
 	user *User
 }
 
-// Store is the live view of a users file that the server authenticates
-// against. It re-reads the file when the file changes (checked on every
-// Authenticate: authentication is rare and a stat is cheap), so users are
+// Store is the live view of a users file, and of the keys file of its
+// application passwords, that the server authenticates against. It
+// re-reads a file when it changes (checked on every Authenticate:
+// authentication is rare and a stat is cheap), so users and keys are
 // added, changed and removed without a restart. A file that becomes invalid
 // or unreadable leaves the last good set in service, and the reason is
 // logged once per change of the file. A missing file is an empty set.
+//
+// A password that passes a full bcrypt check is remembered for CacheTTL
+// (see verifiedCache), and at most MaxChecks full checks run at once (see
+// ErrBusy).
 //
 // A Store is safe for concurrent use. Set its fields before first use.
 type Store struct {
@@ -99,63 +107,154 @@ type Store struct {
 	// takes, plus up to 10% of random jitter. Zero means
 	// DefaultFailureDelay.
 	FailureDelay time.Duration
+	// CacheTTL is how long a password that passed a full check is
+	// remembered, as a keyed hash, so that the same password again skips
+	// bcrypt. Zero disables the cache.
+	CacheTTL time.Duration
+	// CacheSize bounds the cache (one entry per user, the oldest evicted
+	// first). Zero means DefaultCacheSize.
+	CacheSize int
+	// MaxChecks bounds the full (bcrypt) password checks running at once.
+	// Zero means runtime.NumCPU().
+	MaxChecks int
+	// CheckWait is how long an attempt waits for a check slot before it
+	// fails with ErrBusy. Zero means DefaultCheckWait.
+	CheckWait time.Duration
+	// Observer, when set, is told of waits for a check slot and refusals.
+	Observer Observer
 
-	path string
-	log  *zap.Logger
+	log *zap.Logger
 
-	mu  sync.Mutex // serialises reloads
-	fp  fingerprint
-	cur atomic.Pointer[userSet]
+	mu      sync.Mutex // serialises reloads
+	users   watchedFile
+	keys    watchedFile
+	cur     atomic.Pointer[userSet]
+	curKeys atomic.Pointer[keySet]
+	cache   *verifiedCache
 
-	// Seams for tests: the clock, the padding sleep and the hash check.
+	slotsOnce sync.Once
+	slots     chan struct{}
+
+	// Seams for tests: the clock, the padding sleep, the hash check and
+	// the timer of the wait for a check slot.
 	now     func() time.Time
 	sleep   func(ctx context.Context, d time.Duration) error
 	compare func(hash, password []byte) error
+	after   func(d time.Duration) (<-chan time.Time, func() bool)
 }
 
-// NewStore loads the users file at path. Unlike a later reload, an invalid
+// keySet is one successfully loaded version of the keys file.
+type keySet struct {
+	byID map[string]*storedKey
+}
+
+type storedKey struct {
+	user string // nameKey of the user
+	hash [sha256.Size]byte
+}
+
+// watchedFile is a file the Store serves from and re-reads when it
+// changes.
+type watchedFile struct {
+	path string
+	// what names the file and items what it holds, in log messages:
+	// "users file", "users".
+	what, items string
+	log         *zap.Logger
+	fp          fingerprint
+	// install parses the content of the file (nil: the file does not
+	// exist) and puts it in service, or returns why it cannot.
+	install func(data []byte) error
+	// missing is logged (at warning level) when the file is found not to
+	// exist at start or after it existed; "" logs nothing.
+	missing string
+	// served: a version of the file (or its absence) is in service.
+	served bool
+}
+
+// NewStore loads the users file at usersPath and the keys file at keysPath
+// ("" means DefaultKeysFile(usersPath)). Unlike a later reload, an invalid
 // or unreadable file is an error here: the server should not start with
-// users it cannot read. A missing file is an empty set (logged as a
+// users it cannot read. A missing users file is an empty set (logged as a
 // warning), so that a server with no users yet can start and `postern user
-// add` brings the first one to life. log may be nil.
-func NewStore(path string, log *zap.Logger) (*Store, error) {
+// add` brings the first one to life; a missing keys file is the usual state
+// of a server without application passwords. log may be nil.
+func NewStore(usersPath, keysPath string, log *zap.Logger) (*Store, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	if keysPath == "" {
+		keysPath = DefaultKeysFile(usersPath)
+	}
 	s := &Store{
-		path:    path,
-		log:     log.With(zap.String("users_file", path)),
+		log:     log,
+		cache:   newVerifiedCache(),
 		now:     time.Now,
 		sleep:   sleepCtx,
 		compare: bcrypt.CompareHashAndPassword,
+		after:   afterTimer,
 	}
-	if err := s.load(); err != nil {
+	s.users = watchedFile{
+		path: usersPath, what: "users file", items: "users",
+		log:     log.With(zap.String("users_file", usersPath)),
+		missing: "users file does not exist; no user can authenticate",
+		install: func(data []byte) error {
+			uf := &usersFile{byKey: map[string]*record{}}
+			if data != nil {
+				var err error
+				if uf, err = parseUsers(usersPath, data); err != nil {
+					return err
+				}
+			}
+			return s.install(uf)
+		},
+	}
+	s.keys = watchedFile{
+		path: keysPath, what: "keys file", items: "application passwords",
+		log: log.With(zap.String("keys_file", keysPath)),
+		install: func(data []byte) error {
+			kf := &keysFile{}
+			if data != nil {
+				var err error
+				if kf, err = parseKeys(keysPath, data); err != nil {
+					return err
+				}
+			}
+			s.installKeys(kf, data != nil)
+			return nil
+		},
+	}
+	if err := s.Reload(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// Reload re-reads the users file now, whether or not it changed, and
-// returns why it could not be loaded (the previous set then stays in
-// service). It is for SIGHUP and for tests; Authenticate does not need it.
+// Reload re-reads the users and keys files now, whether or not they
+// changed, and returns why they could not be loaded (the previous set of a
+// file that failed then stays in service). It also empties the cache of
+// verified passwords, so that SIGHUP is a way to make every user's next
+// authentication a full check. It is for SIGHUP and for tests;
+// Authenticate does not need it.
 func (s *Store) Reload() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.loadLocked()
+	s.cache.retain(func(string, []byte) bool { return false })
+	return errors.Join(s.loadLocked(&s.users), s.loadLocked(&s.keys))
 }
 
 // Len returns the number of users in service.
 func (s *Store) Len() int { return len(s.cur.Load().byKey) }
 
-func (s *Store) load() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.loadLocked()
+// refresh reloads every file whose fingerprint changed, logging failures.
+func (s *Store) refresh() {
+	s.refreshFile(&s.users)
+	s.refreshFile(&s.keys)
 }
 
-// refresh reloads the file if its fingerprint changed, logging failures.
-func (s *Store) refresh() {
-	fi, err := os.Stat(s.path)
+// refreshFile reloads w if its fingerprint changed, logging failures.
+func (s *Store) refreshFile(w *watchedFile) {
+	fi, err := os.Stat(w.path)
 	var fp fingerprint
 	if err == nil {
 		fp = fingerprintOf(fi)
@@ -164,41 +263,43 @@ func (s *Store) refresh() {
 		// the last good set; complain once, until a stat succeeds again.
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.fp != (fingerprint{}) {
-			s.log.Error("cannot stat users file; keeping the previous users", zap.Error(err))
-			s.fp = fingerprint{}
+		if w.fp != (fingerprint{}) {
+			w.log.Error("cannot stat "+w.what+"; keeping the previous "+w.items, zap.Error(err))
+			w.fp = fingerprint{}
 		}
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if fp == s.fp && s.cur.Load() != nil {
+	if fp == w.fp && w.served {
 		return
 	}
-	if err := s.loadLocked(); err != nil {
-		s.log.Error("users file not reloaded; keeping the previous users", zap.Error(err))
+	if err := s.loadLocked(w); err != nil {
+		w.log.Error(w.what+" not reloaded; keeping the previous "+w.items, zap.Error(err))
 	}
 }
 
-// loadLocked reads, parses and installs the users file. The fingerprint is
-// taken from the open file, so that it describes exactly the bytes read, and
-// it is recorded even when the content is invalid, so that a broken file is
-// reported once rather than on every authentication.
-func (s *Store) loadLocked() error {
-	f, err := os.Open(s.path)
+// loadLocked reads, parses and installs w. The fingerprint is taken from
+// the open file, so that it describes exactly the bytes read, and it is
+// recorded even when the content is invalid, so that a broken file is
+// reported once rather than on every authentication. s.mu is held.
+func (s *Store) loadLocked(w *watchedFile) error {
+	f, err := os.Open(w.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		if s.fp.exists || s.cur.Load() == nil {
-			s.log.Warn("users file does not exist; no user can authenticate")
+		// Said at start (no fingerprint yet is the zero one too, but
+		// nothing is installed) and when a file that existed goes.
+		if w.missing != "" && (w.fp.exists || !w.served) {
+			w.log.Warn(w.missing)
 		}
-		s.fp = fingerprint{}
-		return s.install(&usersFile{byKey: map[string]*record{}})
+		w.fp = fingerprint{}
+		return w.installed(nil)
 	}
 	if err != nil {
 		// Remember what the file looked like, so the error is logged once
 		// and a fix (chmod, chown: a new ctime) triggers a reload.
-		s.fp = fingerprint{}
-		if fi, serr := os.Stat(s.path); serr == nil {
-			s.fp = fingerprintOf(fi)
+		w.fp = fingerprint{}
+		if fi, serr := os.Stat(w.path); serr == nil {
+			w.fp = fingerprintOf(fi)
 		}
 		return err
 	}
@@ -207,22 +308,29 @@ func (s *Store) loadLocked() error {
 	if err != nil {
 		return err
 	}
-	s.fp = fingerprintOf(fi)
+	w.fp = fingerprintOf(fi)
 	data, err := io.ReadAll(f)
 	if err != nil {
 		return err
 	}
-	uf, err := parseUsers(s.path, data)
-	if err != nil {
-		return err
+	if data == nil {
+		data = []byte{} // nil would mean "missing"
 	}
-	return s.install(uf)
+	return w.installed(data)
+}
+
+// installed installs data and records that w is in service.
+func (w *watchedFile) installed(data []byte) error {
+	err := w.install(data)
+	w.served = w.served || err == nil
+	return err
 }
 
 // install makes uf the set in service.
 func (s *Store) install(uf *usersFile) error {
 	set := &userSet{byKey: make(map[string]*storedUser, len(uf.users)), cost: BcryptCost}
 	costs := map[int]int{}
+	log := s.users.log
 	for _, r := range uf.users {
 		set.byKey[nameKey(r.name)] = &storedUser{
 			hash: []byte(r.hash),
@@ -230,7 +338,7 @@ func (s *Store) install(uf *usersFile) error {
 		}
 		costs[r.cost]++
 		if len(r.allow) == 0 {
-			s.log.Warn("user has an empty allow list and may send as nobody", zap.String("user", r.name))
+			log.Warn("user has an empty allow list and may send as nobody", zap.String("user", r.name))
 		}
 	}
 	if len(costs) > 0 {
@@ -243,7 +351,7 @@ func (s *Store) install(uf *usersFile) error {
 		// Mixed costs let timing tell the weaker hashes' users apart from
 		// unknown ones, within the jitter. `postern user passwd` rehashes
 		// at BcryptCost.
-		s.log.Warn("password hashes use different bcrypt costs", zap.Any("users_per_cost", costs))
+		log.Warn("password hashes use different bcrypt costs", zap.Any("users_per_cost", costs))
 	}
 	old := s.cur.Load()
 	if old != nil && old.cost == set.cost {
@@ -258,24 +366,52 @@ func (s *Store) install(uf *usersFile) error {
 		set.dummy = h
 	}
 	s.cur.Store(set)
+	// A changed or removed user's verified password is dead at once. (The
+	// cache checks the stored hash on every hit anyway: a check that was
+	// under way during this reload may still add an entry for the old
+	// hash, which is then never used.)
+	s.cache.retain(func(user string, stored []byte) bool {
+		su := set.byKey[user]
+		return su != nil && bytes.Equal(su.hash, stored)
+	})
 	msg := "users file loaded"
 	if old != nil {
 		msg = "users file reloaded"
 	}
-	s.log.Info(msg, zap.Int("users", len(set.byKey)), zap.Int("bcrypt_cost", set.cost))
+	log.Info(msg, zap.Int("users", len(set.byKey)), zap.Int("bcrypt_cost", set.cost))
 	return nil
 }
 
+// installKeys makes kf the set of keys in service.
+func (s *Store) installKeys(kf *keysFile, exists bool) {
+	set := &keySet{byID: make(map[string]*storedKey, len(kf.keys))}
+	for _, r := range kf.keys {
+		set.byID[r.ID] = &storedKey{user: nameKey(r.User), hash: r.hash}
+	}
+	old := s.curKeys.Swap(set)
+	if old == nil && !exists {
+		return // the usual state: no application passwords
+	}
+	s.keys.log.Info("keys file loaded", zap.Int("keys", len(set.byID)))
+}
+
 // Authenticate checks name and password against the users file, re-reading
-// it first if it changed.
+// it first if it changed. The password may also be one of the user's
+// application passwords (see AddKey).
 //
-// Success returns the user at once. Every failure returns
-// ErrInvalidCredentials and takes the same time, whatever its cause (STYLE
-// habit 10): an unknown user is checked against a dummy hash of the same
-// cost, and the attempt is padded to FailureDelay (plus jitter) from its
-// start, so that neither the CPU spent nor the reply time tells an attacker
-// which names exist. If ctx ends during the padding, the error also wraps
-// ctx.Err().
+// Success returns the user at once. What success costs depends on the
+// password: an application password costs a SHA-256; a password that
+// passed a full check within CacheTTL, one HMAC; any other password a full
+// bcrypt check, which waits for one of MaxChecks slots and fails with
+// ErrBusy when none frees up within CheckWait.
+//
+// Every other failure returns ErrInvalidCredentials and takes the same
+// time, whatever its cause (STYLE habit 10): a wrong application password
+// goes on to the bcrypt check like any password, an unknown user is checked
+// against a dummy hash of the same cost, and the attempt is padded to
+// FailureDelay (plus jitter) from its start, so that neither the CPU spent
+// nor the reply time tells an attacker which names exist. If ctx ends
+// during the padding, the error also wraps ctx.Err().
 func (s *Store) Authenticate(ctx context.Context, name, password string) (*User, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -284,10 +420,22 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (*User,
 	s.refresh()
 	set := s.cur.Load()
 
-	var su *storedUser
+	var (
+		su  *storedUser
+		key string
+	)
 	if len(name) <= MaxNameLen {
-		su = set.byKey[nameKey(name)]
+		key = nameKey(name)
+		su = set.byKey[key]
 	}
+	// A user's own password may look like a key: a key that does not
+	// match is checked as a password, which also makes a wrong key cost
+	// what a wrong password costs.
+	if u, owner, id := s.checkKey(set, password); u != nil && owner == key {
+		s.verified(u, "app_password", id)
+		return u, nil
+	}
+
 	hash := set.dummy
 	if su != nil {
 		hash = su.hash
@@ -301,18 +449,108 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (*User,
 	if len(pw) > MaxPasswordLen {
 		pw = pw[:MaxPasswordLen]
 	}
-	err := s.compare(hash, pw)
+	// The MAC is computed for every attempt, cached user or not, so that
+	// the cache adds the same cost to every failure.
+	var mac [sha256.Size]byte
+	if s.CacheTTL > 0 {
+		mac = s.cache.sum(key, hash, pw)
+		if su != nil && pwOK && s.cache.hit(key, hash, mac, start) {
+			s.verified(su.user, "cache", "")
+			return su.user, nil
+		}
+	}
+
+	release, err := s.acquireCheck(ctx)
+	if err != nil {
+		// Nothing was checked: not a failed attempt, and not padded (the
+		// wait for a slot already took longer than the padding would).
+		return nil, err
+	}
+	err = s.compare(hash, pw)
+	release()
 	if su != nil && pwOK && err == nil {
+		if s.CacheTTL > 0 {
+			size := s.CacheSize
+			if size <= 0 {
+				size = DefaultCacheSize
+			}
+			now := s.now()
+			s.cache.put(key, hash, mac, now.Add(s.CacheTTL), now, size)
+		}
+		s.verified(su.user, "bcrypt", "")
 		return su.user, nil
 	}
 	if su != nil && err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
 		// checkHash validated it at load; say so without quoting it.
-		s.log.Error("stored password hash unusable", zap.String("user", su.user.Name), zap.Error(err))
+		s.users.log.Error("stored password hash unusable", zap.String("user", su.user.Name), zap.Error(err))
 	}
-	if perr := s.pad(ctx, start); perr != nil {
-		return nil, fmt.Errorf("%w (%w)", ErrInvalidCredentials, perr)
+	return nil, s.fail(ctx, start)
+}
+
+// AuthenticateKey checks an application password given without a user
+// name (a bearer key, for the HTTP API to come) and returns its user and
+// the key's ID. It re-reads the users and keys files first if they changed.
+// A key whose user is no longer in the users file authenticates nobody.
+// Every failure returns ErrInvalidCredentials after the same padding as
+// Authenticate's failures.
+func (s *Store) AuthenticateKey(ctx context.Context, secret string) (*User, string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
 	}
-	return nil, ErrInvalidCredentials
+	start := s.now()
+	s.refresh()
+	if u, _, id := s.checkKey(s.cur.Load(), secret); u != nil {
+		s.verified(u, "app_password", id)
+		return u, id, nil
+	}
+	return nil, "", s.fail(ctx, start)
+}
+
+// dummyKeyHash stands in for the hash of a key that does not exist, so
+// that an unknown ID costs the same comparison as a wrong secret.
+var dummyKeyHash [sha256.Size]byte
+
+// checkKey returns the user of set whose application password secret is,
+// with the user's nameKey and the key's ID, or a nil user.
+func (s *Store) checkKey(set *userSet, secret string) (u *User, owner, id string) {
+	id, ok := keyIDOf(secret)
+	if !ok {
+		return nil, "", ""
+	}
+	k := s.curKeys.Load().byID[id]
+	want := &dummyKeyHash
+	if k != nil {
+		want = &k.hash
+	}
+	sum := sha256.Sum256([]byte(secret))
+	if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 || k == nil {
+		return nil, "", ""
+	}
+	su := set.byKey[k.user]
+	if su == nil {
+		return nil, "", ""
+	}
+	return su.user, k.user, id
+}
+
+// verified logs, at debug level, how a user's credentials were verified:
+// "bcrypt" (a full check), "cache" or "app_password" (with the key's ID).
+func (s *Store) verified(u *User, by, keyID string) {
+	if ce := s.log.Check(zap.DebugLevel, "credentials verified"); ce != nil {
+		fields := []zap.Field{zap.String("user", u.Name), zap.String("by", by)}
+		if keyID != "" {
+			fields = append(fields, zap.String("key_id", keyID))
+		}
+		ce.Write(fields...)
+	}
+}
+
+// fail pads a failed attempt that began at start and returns its error.
+func (s *Store) fail(ctx context.Context, start time.Time) error {
+	if err := s.pad(ctx, start); err != nil {
+		return fmt.Errorf("%w (%w)", ErrInvalidCredentials, err)
+	}
+	return ErrInvalidCredentials
 }
 
 // pad sleeps until FailureDelay plus jitter has passed since start.

@@ -58,7 +58,7 @@ func (f *fakeTime) takeSleeps() []time.Duration {
 func newTestStore(t *testing.T, path string) (*Store, *fakeTime, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
-	s, err := NewStore(path, zap.New(core))
+	s, err := NewStore(path, "", zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,14 +113,22 @@ func TestAuthenticate(t *testing.T) {
 // TestFailureTiming checks the constant-time contract without a wall
 // clock: every failure, unknown user or not, runs exactly one hash
 // comparison and is padded to FailureDelay(+jitter) from its start; a
-// success is not padded.
+// success is not padded. With the cache on, the failures come after the
+// user's password is cached, and still cost one full check each.
 func TestFailureTiming(t *testing.T) {
+	for _, ttl := range []time.Duration{0, time.Hour} {
+		t.Run("cache_ttl="+ttl.String(), func(t *testing.T) { testFailureTiming(t, ttl) })
+	}
+}
+
+func testFailureTiming(t *testing.T, cacheTTL time.Duration) {
 	path := filepath.Join(t.TempDir(), "users")
 	if err := Add(path, "alice@example.test", "pw", nil); err != nil {
 		t.Fatal(err)
 	}
 	s, ft, _ := newTestStore(t, path)
 	s.FailureDelay = 500 * time.Millisecond
+	s.CacheTTL = cacheTTL
 	var compared [][]byte
 	s.compare = func(hash, pw []byte) error {
 		compared = append(compared, hash)
@@ -131,17 +139,22 @@ func TestFailureTiming(t *testing.T) {
 	dummy := s.cur.Load().dummy
 	ctx := context.Background()
 
-	cases := []struct {
+	type timingCase struct {
 		desc     string
 		name, pw string
 		ok       bool
-		hash     []byte
-	}{
+		hash     []byte // compared against; nil: no comparison
+	}
+	cases := []timingCase{
 		{"success", "alice@example.test", "pw", true, aliceHash},
 		{"wrong password", "alice@example.test", "nope", false, aliceHash},
 		{"unknown user", "bob@example.test", "pw", false, dummy},
 		{"empty password", "alice@example.test", "", false, aliceHash},
 		{"overlong name", strings.Repeat("x", 300), "pw", false, dummy},
+		{"a key's form, no such key", "alice@example.test", "pk_aaaaaaaaaaaaa_" + strings.Repeat("a", 32), false, aliceHash},
+	}
+	if cacheTTL > 0 {
+		cases = append(cases, timingCase{"success from the cache", "alice@example.test", "pw", true, nil})
 	}
 	for _, c := range cases {
 		t.Run(c.desc, func(t *testing.T) {
@@ -150,7 +163,10 @@ func TestFailureTiming(t *testing.T) {
 			if (err == nil) != c.ok {
 				t.Fatalf("err = %v", err)
 			}
-			if len(compared) != 1 || string(compared[0]) != string(c.hash) {
+			if c.hash == nil && len(compared) != 0 {
+				t.Errorf("compared against %q, want no full check", compared)
+			}
+			if c.hash != nil && (len(compared) != 1 || string(compared[0]) != string(c.hash)) {
 				t.Errorf("compared against %q, want exactly %q", compared, c.hash)
 			}
 			sleeps := ft.takeSleeps()
@@ -337,7 +353,7 @@ func TestUnreadableFileKeepsUsers(t *testing.T) {
 func TestNewStoreRejectsInvalidFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users")
 	os.WriteFile(path, []byte("nonsense\n"), 0o600)
-	_, err := NewStore(path, nil)
+	_, err := NewStore(path, "", nil)
 	var perr *ParseError
 	if !errors.As(err, &perr) || perr.Problems[0].Line != 1 {
 		t.Errorf("NewStore = %v, want *ParseError for line 1", err)

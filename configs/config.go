@@ -85,7 +85,20 @@ type TLSConfig struct {
 
 type AuthConfig struct {
 	UsersFile string `yaml:"users_file"`
+	// KeysFile holds the users' application passwords; "" means the users
+	// file's path with ".keys" appended (filled in by Load).
+	KeysFile string `yaml:"keys_file"`
+	// CacheTTL is how long a password that passed a full bcrypt check is
+	// remembered (as an HMAC), so that the same password again skips
+	// bcrypt; 0 disables the cache.
+	CacheTTL Duration `yaml:"cache_ttl"`
+	// CacheSize bounds the cache: one entry per user, the oldest evicted.
+	CacheSize int `yaml:"cache_size"`
 }
+
+// maxAuthCacheSize bounds auth.cache_size: an entry is a few hundred
+// bytes, and a million users is far beyond what postern is for.
+const maxAuthCacheSize = 1_000_000
 
 type RelayConfig struct {
 	TrustedNetworks []string `yaml:"trusted_networks"`
@@ -308,6 +321,10 @@ func (c *Config) resolvePaths(dir string) error {
 	abs(&c.TLS.CertFile)
 	abs(&c.TLS.KeyFile)
 	abs(&c.Auth.UsersFile)
+	abs(&c.Auth.KeysFile)
+	if c.Auth.KeysFile == "" && c.Auth.UsersFile != "" {
+		c.Auth.KeysFile = c.Auth.UsersFile + ".keys" // auth.DefaultKeysFile
+	}
 	abs(&c.Admin.TokenFile)
 	for i := range c.DKIM.Keys {
 		abs(&c.DKIM.Keys[i].KeyFile)
@@ -443,6 +460,15 @@ func (c *Config) validate() Errors {
 
 	if c.Auth.UsersFile == "" && (c.Listen.Submission != "" || c.Listen.Submissions != "") {
 		bad("auth.users_file", "must be set when a submission listener is enabled")
+	}
+	if c.Auth.KeysFile != "" && filepath.Clean(c.Auth.KeysFile) == filepath.Clean(c.Auth.UsersFile) {
+		bad("auth.keys_file", "is auth.users_file: the application passwords need a file of their own (empty means the users file's path plus .keys)")
+	}
+	if c.Auth.CacheTTL < 0 {
+		bad("auth.cache_ttl", "must not be negative (0s disables the cache)")
+	}
+	if c.Auth.CacheSize < 1 || c.Auth.CacheSize > maxAuthCacheSize {
+		bad("auth.cache_size", "%d is not from 1 to %d (to disable the cache, set auth.cache_ttl: 0s)", c.Auth.CacheSize, maxAuthCacheSize)
 	}
 
 	for i, n := range c.Relay.TrustedNetworks {

@@ -70,6 +70,9 @@ func TestLoadBuiltin(t *testing.T) {
 		// Builtin paths are relative to the current directory.
 		{"data_dir", c.DataDir, "data"},
 		{"auth.users_file", c.Auth.UsersFile, filepath.Join("data", "users")},
+		{"auth.keys_file", c.Auth.KeysFile, filepath.Join("data", "users.keys")},
+		{"auth.cache_ttl", c.Auth.CacheTTL.D(), time.Hour},
+		{"auth.cache_size", c.Auth.CacheSize, 10000},
 		{"log.level", c.Log.Level, "info"},
 		{"log.format", c.Log.Format, "console"},
 		{"listen.submission", c.Listen.Submission, "127.0.0.1:2587"},
@@ -125,6 +128,7 @@ func TestLoadPartialFiles(t *testing.T) {
 		{"hostname only", "hostname: mail.example.com\n", func(c *Config) { c.Hostname = "mail.example.com" }},
 		{"empty section keeps its defaults", "delivery:\n", func(*Config) {}},
 		{"one nested key", "delivery:\n  retry:\n    max: 2h\n", func(c *Config) { c.Delivery.Retry.Max = Duration(2 * time.Hour) }},
+		{"the password cache off", "auth: {cache_ttl: 0s}\n", func(c *Config) { c.Auth.CacheTTL = 0 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeConfig(t, tc.text)
@@ -152,7 +156,7 @@ func TestLoadMissingFile(t *testing.T) {
 func TestRelativePathsFollowTheConfigFile(t *testing.T) {
 	const text = `
 data_dir: spool/../data
-auth: {users_file: ./users}
+auth: {users_file: ./users, keys_file: secret/keys}
 tls: {cert_file: tls/cert.pem, key_file: /etc/ssl/private/key.pem}
 dkim:
   keys:
@@ -164,6 +168,7 @@ dkim:
 		for _, p := range []struct{ key, got, want string }{
 			{"data_dir", c.DataDir, filepath.Join(dir, "data")},
 			{"auth.users_file", c.Auth.UsersFile, filepath.Join(dir, "users")},
+			{"auth.keys_file", c.Auth.KeysFile, filepath.Join(dir, "secret", "keys")},
 			{"tls.cert_file", c.TLS.CertFile, filepath.Join(dir, "tls", "cert.pem")},
 			{"tls.key_file", c.TLS.KeyFile, "/etc/ssl/private/key.pem"},
 			{"dkim.keys[0].key_file", c.DKIM.Keys[0].KeyFile, filepath.Join(dir, "dkim", "a.pem")},
@@ -207,6 +212,19 @@ dkim:
 		}
 		if want := filepath.Join(dir, "data", "users"); c.Auth.UsersFile != want {
 			t.Errorf("auth.users_file = %q, want %q", c.Auth.UsersFile, want)
+		}
+		if want := filepath.Join(dir, "data", "users.keys"); c.Auth.KeysFile != want {
+			t.Errorf("auth.keys_file = %q, want %q", c.Auth.KeysFile, want)
+		}
+	})
+	t.Run("the keys file follows a users file set elsewhere", func(t *testing.T) {
+		path := writeConfig(t, "auth: {users_file: /etc/postern/users}\n")
+		c, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Auth.KeysFile != "/etc/postern/users.keys" {
+			t.Errorf("auth.keys_file = %q, want /etc/postern/users.keys", c.Auth.KeysFile)
 		}
 	})
 }
@@ -440,6 +458,9 @@ tls:
   key_file: /etc/postern/key.pem
 auth:
   users_file: /etc/postern/users
+  keys_file: /etc/postern/app-passwords
+  cache_ttl: 30m
+  cache_size: 500
 relay:
   trusted_networks:
     - 10.0.0.0/8
@@ -477,6 +498,9 @@ func TestOneThingWrong(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the baseline does not load: %v", err)
 		}
+		if c.Auth.KeysFile != "/etc/postern/app-passwords" || c.Auth.CacheTTL.D() != 30*time.Minute || c.Auth.CacheSize != 500 {
+			t.Errorf("the baseline's auth section loaded as %+v", c.Auth)
+		}
 		if c.Limits.MaxMessageSize != 50<<20 || c.Delivery.Retry.Lifetime.D() != 96*time.Hour ||
 			len(c.DKIM.Keys) != 2 || !c.DKIM.Keys[0].SignSubdomains || c.Relay.TrustedNetworks[1] != "2001:db8::/32" {
 			t.Errorf("the baseline loaded as %+v", c)
@@ -504,6 +528,12 @@ func TestOneThingWrong(t *testing.T) {
 		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:http", "listen.admin", ""},
 		{"  key_file: /etc/postern/key.pem", `  key_file: ""`, "tls", "tls:"},
 		{"  users_file: /etc/postern/users", `  users_file: ""`, "auth.users_file", ""},
+		{"  keys_file: /etc/postern/app-passwords", "  keys_file: /etc/postern/./users", "auth.keys_file", ""},
+		{"  cache_ttl: 30m", "  cache_ttl: -1s", "auth.cache_ttl", ""},
+		{"  cache_ttl: 30m", "  cache_ttl: 30", "auth.cache_ttl", ""},
+		{"  cache_size: 500", "  cache_size: 0", "auth.cache_size", ""},
+		{"  cache_size: 500", "  cache_size: 1000001", "auth.cache_size", ""},
+		{"  cache_size: 500", "  cache_size: many", "auth.cache_size", ""},
 		{"    - 2001:db8::/32", "    - 2001:db8::/129", "relay.trusted_networks[1]", ""},
 		{"    - 2001:db8::/32", "    - [10.0.0.0/8]", "relay.trusted_networks[1]", ""},
 		{"  max_message_size: 50MiB", "  max_message_size: 50MB", "limits.max_message_size", ""},

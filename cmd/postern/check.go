@@ -78,9 +78,12 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 // would, so that `config check` passing means `serve` starts.
 func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 	if cfg.Auth.UsersFile != "" {
-		if _, err := auth.List(cfg.Auth.UsersFile); err != nil {
+		users, err := auth.List(cfg.Auth.UsersFile)
+		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: auth.users_file: %v", cfg.File, err))
 		}
+		p, w := checkKeysFile(cfg, users, err == nil)
+		problems, warnings = append(problems, p...), append(warnings, w...)
 	}
 	if cfg.TLS.CertFile != "" {
 		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
@@ -125,6 +128,25 @@ func checkMaildrop(cfg *configs.Config) (problems, warnings []string) {
 		}
 	}
 	return problems, warnings
+}
+
+// checkKeysFile reads the keys file as serve will. A key whose user is not
+// in the users file (known when usersOK) is only a warning: it
+// authenticates nobody, but a user added again under that name would get
+// it back.
+func checkKeysFile(cfg *configs.Config, users []auth.UserInfo, usersOK bool) (problems, warnings []string) {
+	keys, err := auth.ListKeys(cfg.Auth.KeysFile, "")
+	if err != nil {
+		return []string{fmt.Sprintf("%s: auth.keys_file: %v", cfg.File, err)}, nil
+	}
+	if !usersOK {
+		return nil, nil
+	}
+	for _, k := range auth.Orphans(keys, users) {
+		warnings = append(warnings, fmt.Sprintf("auth.keys_file: application password %s belongs to %s, who is not in auth.users_file: it authenticates nobody (remove it: postern user key del %s %s)",
+			k.ID, k.User, k.User, k.ID))
+	}
+	return nil, warnings
 }
 
 // checkSmarthostPasswords reads every smarthost password file as serve

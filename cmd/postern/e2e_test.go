@@ -81,6 +81,20 @@ const testMessage = "From: Alice <alice@example.test>\r\n" +
 	".leading dot survives dot-stuffing\r\n" +
 	"\tand whitespace stays.\r\n"
 
+// aliceToDest runs postern with the user alice@example.test (password
+// "correct horse") and an MX for dest.test at 127.0.2.2, whose receiver it
+// returns.
+func aliceToDest(t testing.TB) (*instance, *relaytest.Receiver) {
+	t.Helper()
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
+	in := newInstance(t, w.config())
+	in.addUser("alice@example.test", "correct horse")
+	in.start()
+	return in, rcv
+}
+
 // submit sends testMessage with swaks over STARTTLS + AUTH.
 func submit(t testing.TB, in *instance, mech, user, pass, from, to string) (string, error) {
 	t.Helper()
@@ -98,12 +112,7 @@ var queuedRE = regexp.MustCompile(`OK: queued as ([0-9A-F]+)`) // the queue ID i
 
 func TestSubmitAndDeliverByteForByte(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
-	w.mx("dest.test", "127.0.2.2")
-	rcv := w.receiver("127.0.2.2")
-	in := newInstance(t, w.config())
-	in.addUser("alice@example.test", "correct horse")
-	in.start()
+	in, rcv := aliceToDest(t)
 
 	for _, mech := range []string{"PLAIN", "LOGIN"} {
 		out, err := submit(t, in, mech, "alice@example.test", "correct horse", "alice@example.test", "bob@dest.test")

@@ -35,6 +35,9 @@ Usage:
   postern user passwd NAME  [--config FILE]
   postern user del NAME     [--config FILE]
   postern user list         [--config FILE]
+  postern user key add NAME [--label TEXT] [--config FILE]   a new application password
+  postern user key list NAME   [--config FILE]
+  postern user key del NAME ID [--config FILE]
   postern queue list     [--state S] [--json] [--config FILE]   the queue, like mailq
   postern queue show ID  [--json] [--config FILE]
   postern queue retry ID|--all     [--config FILE]

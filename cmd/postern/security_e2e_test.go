@@ -347,12 +347,7 @@ func TestOpenRelayRefusedAtStart(t *testing.T) {
 // fields are a loop.
 func TestHeaderRulesE2E(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
-	w.mx("dest.test", "127.0.2.2")
-	rcv := w.receiver("127.0.2.2")
-	in := newInstance(t, w.config())
-	in.addUser("alice@example.test", "correct horse")
-	in.start()
+	in, rcv := aliceToDest(t)
 
 	c := secSubmitter(t, in, "127.0.0.1", "alice@example.test", "correct horse")
 	c.must("MAIL FROM:<alice@example.test>", "250 ")

@@ -154,12 +154,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			zap.String("hostname", cfg.Hostname))
 	}
 
+	s.metrics = metrics.NewMetrics()
 	// Users matter only where AUTH is offered.
 	if cfg.Auth.UsersFile != "" && (cfg.Listen.Submission != "" || cfg.Listen.Submissions != "") {
-		s.users, err = auth.NewStore(cfg.Auth.UsersFile, log)
+		s.users, err = auth.NewStore(cfg.Auth.UsersFile, cfg.Auth.KeysFile, log)
 		if err != nil {
-			return fmt.Errorf("auth.users_file: %w", err)
+			return fmt.Errorf("auth: %w", err)
 		}
+		s.users.CacheTTL = cfg.Auth.CacheTTL.D()
+		s.users.CacheSize = cfg.Auth.CacheSize
+		s.users.Observer = s.metrics
 	}
 
 	if err := s.loadDKIM(); err != nil {
@@ -169,7 +173,6 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	s.metrics = metrics.NewMetrics()
 
 	mx, err := newDeliverer(cfg, log)
 	if err != nil {
@@ -379,8 +382,9 @@ func maildropLimits(cfg *configs.Config) pickup.Limits {
 	}
 }
 
-// reload is SIGHUP: certificate, users and DKIM keys are read again; what
-// fails to load keeps the old version in service.
+// reload is SIGHUP: certificate, users, application passwords and DKIM
+// keys are read again, and the cache of verified passwords is emptied;
+// what fails to load keeps the old version in service.
 func (s *server) reload() {
 	s.log.Info("reloading (SIGHUP)")
 	if err := s.certs.Reload(); err != nil {

@@ -18,7 +18,8 @@ import (
 // tests can make as many as they like.
 //
 // It implements queue.Observer for delivery outcomes; the SMTP side reports
-// through Accepted, Reply and AuthFailure. The methods are safe for
+// through Accepted, Reply and AuthFailure (smtpd.Observer), and the users
+// store through CheckWaited and CheckRefused (auth.Observer). The methods are safe for
 // concurrent use, and a nil *Metrics records nothing, so a component can be
 // built without metrics.
 type Metrics struct {
@@ -34,6 +35,8 @@ type Metrics struct {
 	acceptedBytes *prometheus.CounterVec
 	replies       *prometheus.CounterVec
 	authFailures  prometheus.Counter
+	checksWaited  prometheus.Counter
+	checksRefused prometheus.Counter
 	depth         *depthCollector
 }
 
@@ -42,22 +45,14 @@ type Metrics struct {
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
-		delivered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "postern_messages_delivered_total",
-			Help: "Recipients the remote server accepted.",
-		}),
-		deferred: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "postern_messages_deferred_total",
-			Help: "Recipients whose delivery attempt failed temporarily.",
-		}),
-		bounced: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "postern_messages_bounced_total",
-			Help: "Delivery status notifications queued (failures, delay warnings and success reports).",
-		}),
-		failed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "postern_recipients_failed_total",
-			Help: "Recipients that failed permanently: rejected, expired or bounced by the administrator.",
-		}),
+		delivered: counter("postern_messages_delivered_total",
+			"Recipients the remote server accepted."),
+		deferred: counter("postern_messages_deferred_total",
+			"Recipients whose delivery attempt failed temporarily."),
+		bounced: counter("postern_messages_bounced_total",
+			"Delivery status notifications queued (failures, delay warnings and success reports)."),
+		failed: counter("postern_recipients_failed_total",
+			"Recipients that failed permanently: rejected, expired or bounced by the administrator."),
 		attempt: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "postern_delivery_attempt_duration_seconds",
 			Help: "Time of one delivery attempt (one Deliverer call).",
@@ -77,10 +72,12 @@ func NewMetrics() *Metrics {
 			Name: "postern_smtp_replies_total",
 			Help: "SMTP replies sent to clients, by reply code.",
 		}, []string{"code"}),
-		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "postern_auth_failures_total",
-			Help: "Failed SMTP AUTH attempts.",
-		}),
+		authFailures: counter("postern_auth_failures_total",
+			"Failed SMTP AUTH attempts."),
+		checksWaited: counter("postern_auth_checks_waited_total",
+			"AUTH attempts that found every password check slot taken and waited for one."),
+		checksRefused: counter("postern_auth_checks_refused_total",
+			"AUTH attempts that waited in vain for a password check slot and got 454 4.7.0."),
 		depth: &depthCollector{desc: prometheus.NewDesc(
 			"postern_queue_depth",
 			"Messages in the queue, by state, read at scrape time.",
@@ -88,7 +85,8 @@ func NewMetrics() *Metrics {
 	}
 	m.reg.MustRegister(
 		m.delivered, m.deferred, m.bounced, m.failed, m.attempt,
-		m.accepted, m.acceptedBytes, m.replies, m.authFailures, m.depth,
+		m.accepted, m.acceptedBytes, m.replies, m.authFailures,
+		m.checksWaited, m.checksRefused, m.depth,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -97,6 +95,11 @@ func NewMetrics() *Metrics {
 		Registry: m.reg,
 	})
 	return m
+}
+
+// counter is a plain counter: most of postern's metrics are.
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 }
 
 // Handler serves the metrics in the Prometheus exposition formats; the
@@ -180,6 +183,22 @@ func (m *Metrics) Reply(code int) {
 func (m *Metrics) AuthFailure() {
 	if m != nil {
 		m.authFailures.Inc()
+	}
+}
+
+// CheckWaited counts one AUTH attempt that waited for a password check
+// slot (auth.Observer).
+func (m *Metrics) CheckWaited() {
+	if m != nil {
+		m.checksWaited.Inc()
+	}
+}
+
+// CheckRefused counts one AUTH attempt refused for want of a password
+// check slot (auth.Observer).
+func (m *Metrics) CheckRefused() {
+	if m != nil {
+		m.checksRefused.Inc()
 	}
 }
 

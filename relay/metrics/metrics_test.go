@@ -14,14 +14,18 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"postern/auth"
 	"postern/queue"
 	"postern/relay/smtpd"
 )
 
-// Metrics is also what the SMTP listeners report to. The check lives in a
-// test so that this package does not import relay/smtpd (and go-smtp) for
-// it.
-var _ smtpd.Observer = (*Metrics)(nil)
+// Metrics is also what the SMTP listeners and the users store report to.
+// The checks live in a test so that this package does not import
+// relay/smtpd (and go-smtp) or auth for them.
+var (
+	_ smtpd.Observer = (*Metrics)(nil)
+	_ auth.Observer  = (*Metrics)(nil)
+)
 
 // scrape fetches the exposition through Handler and parses it, as
 // Prometheus would.
@@ -90,6 +94,9 @@ func TestMetrics(t *testing.T) {
 	m.Reply(535)
 	m.Reply(99) // not an SMTP code
 	m.AuthFailure()
+	m.CheckWaited()
+	m.CheckWaited()
+	m.CheckRefused()
 	// No queued message left; an unknown state is reported as it is.
 	m.WatchQueue(fakeDepth{queue.StateDeferred: 1, queue.StateHeld: 1, queue.StateFailed: 1})
 
@@ -110,6 +117,8 @@ func TestMetrics(t *testing.T) {
 		{"postern_smtp_replies_total", "code=535", 1},
 		{"postern_smtp_replies_total", "code=other", 1},
 		{"postern_auth_failures_total", "", 1},
+		{"postern_auth_checks_waited_total", "", 2},
+		{"postern_auth_checks_refused_total", "", 1},
 		{"postern_queue_depth", "state=queued", 0}, // present at zero
 		{"postern_queue_depth", "state=deferred", 1},
 		{"postern_queue_depth", "state=held", 1},
@@ -162,6 +171,8 @@ func TestMetricsNil(t *testing.T) {
 	m.Accepted("relay", 1)
 	m.Reply(250)
 	m.AuthFailure()
+	m.CheckWaited()
+	m.CheckRefused()
 	m.WatchQueue(fakeDepth{})
 }
 

@@ -70,7 +70,8 @@ func (q *fakeQueue) messages() ([]queue.Envelope, [][]byte) {
 }
 
 // fakeAuth knows one user, alice with password "secret", who may send as
-// alice@example.test only. The user "broken" makes it fail internally.
+// alice@example.test only. The user "broken" makes it fail internally, and
+// "busy" finds every password check slot taken.
 type fakeAuth struct{}
 
 var _ smtpd.Authenticator = fakeAuth{}
@@ -82,6 +83,8 @@ func (fakeAuth) Authenticate(_ context.Context, name, password string) (*auth.Us
 	switch {
 	case name == "broken":
 		return nil, errAuthBackend
+	case name == "busy":
+		return nil, fmt.Errorf("fake: %w", auth.ErrBusy)
 	case name == "alice" && password == "secret":
 		return auth.NewUser("alice", []auth.Pattern{auth.MustParsePattern("alice@example.test")}), nil
 	}

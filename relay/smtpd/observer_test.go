@@ -82,6 +82,9 @@ func TestObserver(t *testing.T) {
 		{name: "authenticator failure", steps: concat(ehloTLS, []step{
 			{send: "AUTH PLAIN " + plainIR("", "broken", "x"), code: 454, enh: "4.7.0"},
 		}), replies: []int{454}},
+		{name: "no password check slot", steps: concat(ehloTLS, []step{
+			{send: "AUTH PLAIN " + plainIR("", "busy", "x"), code: 454, enh: "4.7.0"},
+		}), replies: []int{454}},
 		{name: "malformed response", steps: concat(ehloTLS, []step{
 			{send: "AUTH PLAIN " + b64("no separators"), code: 501, enh: "5.5.2"},
 		}), replies: []int{501}},

@@ -412,13 +412,20 @@ func TestTimeouts(t *testing.T) {
 	})
 }
 
-func TestAuthThrottle(t *testing.T) {
+// throttledServer starts a submission server whose AUTH throttle slows
+// after one failure and refuses after two, and returns its address and its
+// log.
+func throttledServer(t *testing.T) (string, *observer.ObservedLogs) {
 	core, logs := observer.New(zap.InfoLevel)
 	opts := submissionOpts(t, &fakeQueue{})
 	opts.Logger = zap.New(core)
 	opts.Policy = &smtpd.Policy{AuthThrottle: &auth.Throttle{
 		MaxFailures: 1, Window: time.Hour, Cooldown: time.Hour, BaseDelay: time.Millisecond}}
-	addr := startServer(t, opts)
+	return startServer(t, opts), logs
+}
+
+func TestAuthThrottle(t *testing.T) {
+	addr, logs := throttledServer(t)
 
 	// Alice's usual address has logged in before the attack.
 	c := rawFrom(t, "127.0.0.3", addr)
@@ -453,6 +460,25 @@ func TestAuthThrottle(t *testing.T) {
 	for _, e := range logs.FilterField(zap.String("client_ip", "127.0.0.3")).All() {
 		if e.Message == "auth delayed" || e.Message == "auth refused" {
 			t.Errorf("the known address was slowed: %v", e)
+		}
+	}
+}
+
+// TestAuthBusyIsNotAFailure: an attempt refused for want of a password
+// check slot checked nothing, so the throttle does not count it: a client
+// that met a busy server is neither slowed nor refused afterwards.
+func TestAuthBusyIsNotAFailure(t *testing.T) {
+	addr, logs := throttledServer(t)
+
+	busy := step{send: "AUTH PLAIN " + plainIR("", "busy", "x"), code: 454, enh: "4.7.0"}
+	c := rawFrom(t, "127.0.0.2", addr)
+	c.run(concat(ehloTLS, []step{busy, busy, busy, authAlice}))
+	if n := logs.FilterMessage("auth busy").FilterField(zap.String("username", "busy")).Len(); n != 3 {
+		t.Errorf("%d auth busy lines naming the user, want 3", n)
+	}
+	for _, msg := range []string{"auth delayed", "auth refused", "authentication failed", "authentication error"} {
+		if n := logs.FilterMessage(msg).Len(); n != 0 {
+			t.Errorf("%d %q lines after busy refusals, want none", n, msg)
 		}
 	}
 }

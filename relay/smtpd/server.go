@@ -45,7 +45,9 @@ type Enqueuer = submit.Enqueuer
 
 // Authenticator checks a user name and password. A wrong pair returns an
 // error wrapping auth.ErrInvalidCredentials after the same delay whether or
-// not the user exists; any other error is an internal failure.
+// not the user exists; an error wrapping auth.ErrBusy means the pair was
+// not checked for want of capacity (454, not counted as a failure); any
+// other error is an internal failure.
 type Authenticator interface {
 	Authenticate(ctx context.Context, name, password string) (*auth.User, error)
 }

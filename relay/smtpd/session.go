@@ -234,6 +234,12 @@ func (s *session) authenticate(name, password string) error {
 		// the password.
 		s.log.Warn("authentication failed", zap.String("username", name))
 		return errAuthFailed.SMTP()
+	case errors.Is(err, auth.ErrBusy):
+		// Every password check slot stayed taken: nothing was checked, so
+		// it is no failed guess for the throttle, and the client may try
+		// again (RFC 4954 §6: 454 is a temporary authentication failure).
+		s.log.Warn("auth busy", zap.String("username", name))
+		return errAuthTemp.SMTP()
 	default:
 		s.log.Error("authentication error", zap.Error(err))
 		return errAuthTemp.SMTP()

@@ -93,6 +93,12 @@ func TestSubmissionReplies(t *testing.T) {
 		{"authenticator failure is temporary and opaque", concat(ehloTLS, []step{
 			{send: "AUTH PLAIN " + plainIR("", "broken", "x"), code: 454, enh: "4.7.0", notContain: secrets},
 		})},
+		{"no password check slot is a temporary failure, and AUTH may be tried again", concat(ehloTLS, []step{
+			{send: "AUTH PLAIN " + plainIR("", "busy", "x"), code: 454, enh: "4.7.0", text: "Temporary authentication failure"},
+			{send: "AUTH LOGIN " + b64("busy"), code: 334},
+			{send: b64("x"), code: 454, enh: "4.7.0"},
+			authAlice,
+		})},
 		{"unknown mechanism", concat(ehloTLS, []step{
 			{send: "AUTH CRAM-MD5", code: 504, enh: "5.5.4"},
 		})},
