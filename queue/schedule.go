@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"postern/queue/reply"
 	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"postern/queue/reply"
 )
 
 const (
