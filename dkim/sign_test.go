@@ -9,12 +9,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"postern/queue/message"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"postern/queue/message"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden want-headers.txt files")

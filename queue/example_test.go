@@ -6,10 +6,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"postern/queue/reply"
 	"strings"
 
 	"postern/queue"
+	"postern/queue/reply"
 )
 
 // printer is a tiny Deliverer: it prints each delivery and accepts every

@@ -12,7 +12,6 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
-	"postern/queue/reply"
 	"slices"
 	"strings"
 	"sync"
@@ -23,6 +22,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/exp/zapslog"
 	"go.uber.org/zap/zaptest/observer"
+
+	"postern/queue/reply"
 )
 
 // t0 is the fake clock's start. Any fixed instant will do.

@@ -16,12 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"postern/queue/reply"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"postern/queue/reply"
 )
 
 // binPath is the postern binary built by TestMain.

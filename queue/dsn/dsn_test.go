@@ -13,10 +13,11 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
-	"postern/queue/reply"
 	"strings"
 	"testing"
 	"time"
+
+	"postern/queue/reply"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")

@@ -3,11 +3,11 @@ package dsn_test
 import (
 	"bytes"
 	"fmt"
-	"postern/queue/reply"
 	"strings"
 	"time"
 
 	"postern/queue/dsn"
+	"postern/queue/reply"
 )
 
 // A bounce for one recipient whose server answered 550, returning the
