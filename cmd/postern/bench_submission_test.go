@@ -703,11 +703,18 @@ func benchGoReuse(addr string, path benchPath, body []byte, n int) ([]benchSteps
 const benchPythonClient = `
 import json, multiprocessing, smtplib, ssl, sys, time
 a = json.loads(sys.argv[1])
+# One TLS context per client process, made once, as an application keeps
+# one: ssl.create_default_context() loads the system's CA bundle, about
+# 20 ms of the client's CPU, which a context per connection would add to
+# every message (and that would measure Python, not the server).
+_ctx = None
 def ctx():
-    c = ssl.create_default_context()
-    c.check_hostname = False
-    c.verify_mode = ssl.CERT_NONE
-    return c
+    global _ctx
+    if _ctx is None:
+        _ctx = ssl.create_default_context()
+        _ctx.check_hostname = False
+        _ctx.verify_mode = ssl.CERT_NONE
+    return _ctx
 def client(n):
     host, port = a["addr"].rsplit(":", 1)
     out = []
