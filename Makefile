@@ -95,7 +95,8 @@ bench: build bench-deps
 	$(GO) test -run '^$$' -bench . -benchmem ./queue/ ./dkim/ ./relay/...
 	BENCH_BIN=$(abspath $(BIN)) BENCH_OUT=$(abspath bin/bench-results.md) \
 	BENCH_COMMAND="make bench" \
-		$(GO) test -tags bench -run '^(TestBenchVsPostfix|TestBenchSubmission)$$' -count=1 -timeout 4h -v ./cmd/postern/
+		BENCH_TOXIPROXY=$(abspath bin/tools/toxiproxy-server) \
+		$(GO) test -tags bench -run '^(TestBenchVsPostfix|TestBenchSubmission|TestBenchLatency)$$' -count=1 -timeout 4h -v ./cmd/postern/
 
 # Installs what `make bench` drives when missing: Postfix (the contender and
 # smtp-source/smtp-sink), OpenDKIM (Postfix's usual signer), openssl (its
@@ -106,7 +107,15 @@ bench: build bench-deps
 # starts its own, in its scratch directory.
 BENCH_DEB_PACKAGES := postfix opendkim opendkim-tools openssl dovecot-core python3
 
+# toxiproxy (Shopify's latency proxy: tc netem is not available on these
+# machines) is a Go program: installed from the module proxy into bin/tools.
+TOXIPROXY_VERSION := v2.12.0
+
 bench-deps:
+	@[ -x bin/tools/toxiproxy-server ] || { \
+		echo "installing toxiproxy $(TOXIPROXY_VERSION) into bin/tools"; \
+		mkdir -p bin/tools && GOBIN=$(abspath bin/tools) $(GO) install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION) && \
+		mv bin/tools/server bin/tools/toxiproxy-server; }
 	@missing=""; \
 	[ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/smtp-sink ] && [ -x /usr/lib/postfix/sbin/master ] || missing="$$missing postfix"; \
 	[ -x /usr/sbin/opendkim ] || missing="$$missing opendkim"; \

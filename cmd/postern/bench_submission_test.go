@@ -155,7 +155,7 @@ func TestBenchSubmission(t *testing.T) {
 
 	var pf *benchPostfix
 	if o.only == "" && len(cells) > 0 {
-		pf = e.startPostfix("", &benchSASL{certFile: certFile, keyFile: keyFile, user: benchSubUser, password: benchSubPass})
+		pf = e.startPostfix(benchPostfixOpts{sasl: &benchSASL{certFile: certFile, keyFile: keyFile, user: benchSubUser, password: benchSubPass}})
 		defer pf.stop()
 	}
 

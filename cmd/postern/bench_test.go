@@ -225,7 +225,7 @@ func TestBenchVsPostfix(t *testing.T) {
 		}
 		var pf *benchPostfix
 		if o.only == "" {
-			pf = e.startPostfix(dkim, nil)
+			pf = e.startPostfix(benchPostfixOpts{dkim: dkim})
 			defer pf.stop()
 		}
 		var rows []row
@@ -789,11 +789,21 @@ type benchSASL struct {
 	user, password    string
 }
 
+// benchPostfixOpts say what a Postfix instance has beyond the plain relay
+// to the sink.
+type benchPostfixOpts struct {
+	dkim string     // OpenDKIM as a milter: "rsa" or "ed25519"
+	sasl *benchSASL // submission listeners with Dovecot SASL
+	// transport, when set, is the path of a texthash transport map that
+	// routes each domain to its own next hop, in place of relayhost.
+	transport string
+}
+
 // startPostfix writes a Postfix configuration into a scratch directory and
 // starts its master daemon (see the comment at the top of this file), with
-// OpenDKIM as a milter when dkim is set, and with submission listeners and
-// Dovecot SASL when sasl is.
-func (e *benchEnv) startPostfix(dkim string, sasl *benchSASL) *benchPostfix {
+// what o asks for.
+func (e *benchEnv) startPostfix(o benchPostfixOpts) *benchPostfix {
+	dkim, sasl := o.dkim, o.sasl
 	e.t.Helper()
 	dir := e.dir("postfix")
 	conf, queue, data := filepath.Join(dir, "conf"), filepath.Join(dir, "queue"), filepath.Join(dir, "data")
@@ -837,7 +847,7 @@ func (e *benchEnv) startPostfix(dkim string, sasl *benchSASL) *benchPostfix {
 	}
 	sinkHost := benchSinkIP
 	mainData := map[string]any{
-		"Queue": queue, "Data": data, "SinkHost": sinkHost, "SinkPort": e.sinkPort,
+		"Queue": queue, "Data": data, "SinkHost": sinkHost, "SinkPort": e.sinkPort, "Transport": o.transport,
 		"Maillog": pf.maillog, "Milter": milter}
 	masterData := map[string]any{"Listen": pf.addr}
 	if sasl != nil {
