@@ -8,8 +8,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Real peers the integration tests drive: swaks (client), Postfix's
-# smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier).
-DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy
+# smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier), curl
+# (HTTP client of the admin API).
+DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl
 
 # Fuzz targets run briefly by `make test` and at length by `make fuzz`.
 FUZZTIME      ?= 3s
@@ -39,6 +40,7 @@ unit:
 deps:
 	@missing=""; \
 	command -v swaks >/dev/null || missing="$$missing swaks"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null || missing="$$missing libnet-ssleay-perl"; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \

@@ -74,8 +74,16 @@ type ListenConfig struct {
 
 type AdminConfig struct {
 	// TokenFile holds the bearer token the admin API requires; "" = none
-	// (the listener should then stay on loopback).
+	// (allowed only with listen.admin on loopback).
 	TokenFile string `yaml:"token_file"`
+	// TLS serves the admin API over TLS with the listeners' certificate;
+	// required, with a token, when listen.admin is not on loopback.
+	TLS bool `yaml:"tls"`
+	// AllowedHosts are the names, besides the listener's own address
+	// (and localhost for a loopback one), that requests may carry in their
+	// Host header: anything else is refused, so that a web page cannot
+	// reach the API through DNS rebinding.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 type TLSConfig struct {
@@ -450,6 +458,14 @@ func (c *Config) validate() Errors {
 		}
 		seen[addr] = key
 	}
+	if a := c.Listen.Admin; a != "" && !IsLoopback(a) && (!c.Admin.TLS || c.Admin.TokenFile == "") {
+		bad("listen.admin", "%q is not a loopback address: the admin API can then change the queue for anyone who reaches it, so it needs admin.tls: true and admin.token_file (a token never travels in clear over a network)", a)
+	}
+	for i, h := range c.Admin.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, " /\\@") {
+			bad(fmt.Sprintf("admin.allowed_hosts[%d]", i), "%q is not a host name or host:port", h)
+		}
+	}
 	if c.Listen.Submission == "" && c.Listen.Submissions == "" && c.Listen.Relay == "" {
 		bad("listen", "no SMTP listener: set at least one of submission, submissions, relay")
 	}
@@ -785,4 +801,19 @@ func smarthostNames(hs []Smarthost) []string {
 		return []string{"none configured"}
 	}
 	return out
+}
+
+// IsLoopback reports whether a listen address (host:port) binds loopback
+// only: 127.0.0.0/8, ::1 or localhost. An empty host (every address) is
+// not.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -524,7 +524,7 @@ func TestOneThingWrong(t *testing.T) {
 		{"  submission: 0.0.0.0:587", "  submission: 0.0.0.0:0", "listen.submission", ""},
 		{"  submissions: 0.0.0.0:465", "  submissions: mail.example.com:465", "listen.submissions", ""},
 		{"  relay: 10.0.0.1:25", "  relay: 0.0.0.0:587", "listen.relay", ""},
-		{"  admin: 127.0.0.1:8025", "  admin: 0.0.0.0:465", "listen.admin", ""},
+		{"  admin: 127.0.0.1:8025", "  admin: 0.0.0.0:8025", "listen.admin", ""}, // not loopback, without TLS and a token
 		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:http", "listen.admin", ""},
 		{"  key_file: /etc/postern/key.pem", `  key_file: ""`, "tls", "tls:"},
 		{"  users_file: /etc/postern/users", `  users_file: ""`, "auth.users_file", ""},
@@ -666,5 +666,37 @@ func TestSyntaxErrorOnFirstLine(t *testing.T) {
 	errs := loadErrors(t, writeConfig(t, "\thostname: a.example\n"))
 	if len(errs) != 1 || errs[0].Line != 1 || strings.Contains(errs[0].Msg, "yaml:") {
 		t.Errorf("got %q, want one error at line 1 without yaml.v3's prefix", errs)
+	}
+}
+
+// TestAdminOffLoopback: an admin listener beyond loopback is allowed with
+// TLS and a token, and refused with either missing; allowed_hosts is read.
+func TestAdminOffLoopback(t *testing.T) {
+	base := "hostname: mail.example.com\nlisten: {admin: \"0.0.0.0:8025\", relay: \"127.0.0.1:2525\", submission: \"\", submissions: \"\"}\n"
+	for _, tt := range []struct {
+		admin string
+		ok    bool
+	}{
+		{"admin: {tls: true, token_file: token, allowed_hosts: [postern.example.com, \"10.0.0.5:8025\"]}\n", true},
+		{"admin: {tls: true}\n", false},
+		{"admin: {token_file: token}\n", false},
+		{"admin: {tls: true, token_file: token, allowed_hosts: [\"a b\"]}\n", false},
+	} {
+		path := writeConfig(t, base+tt.admin)
+		if tt.ok {
+			if c, err := Load(path); err != nil || len(c.Admin.AllowedHosts) != 2 {
+				t.Errorf("%s: %v", tt.admin, err)
+			}
+			continue
+		}
+		if errs := loadErrors(t, path); len(errs) != 1 {
+			t.Errorf("%s: errors %v, want 1", tt.admin, errs)
+		}
+	}
+	for addr, want := range map[string]bool{"127.0.0.1:8025": true, "127.1.2.3:1": true, "[::1]:8025": true, "localhost:8025": true,
+		"0.0.0.0:8025": false, ":8025": false, "[::]:8025": false, "10.0.0.5:8025": false, "8025": false} {
+		if IsLoopback(addr) != want {
+			t.Errorf("IsLoopback(%q) = %v", addr, !want)
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -153,14 +156,24 @@ func newAdminClient(cfg *configs.Config) (*adminClient, error) {
 		return nil, exitError{exitFail, fmt.Sprintf("postern: listen.admin is empty in %s: the queue commands need the admin API", cfg.File)}
 	}
 	addr := dialAddr(cfg.Listen.Admin)
+	// Never through an HTTP proxy from the environment: the request
+	// carries the admin token.
+	tr := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: adminTimeout}).DialContext}
+	scheme := "http"
+	if cfg.Admin.TLS {
+		tc, err := adminTLSConfig(cfg)
+		if err != nil {
+			return nil, exitError{exitFail, "postern: " + err.Error()}
+		}
+		tr.TLSClientConfig = tc
+		scheme = "https"
+	}
 	c := &adminClient{
 		addr: addr,
-		base: "http://" + addr,
+		base: scheme + "://" + addr,
 		http: &http.Client{
-			Timeout: adminTimeout,
-			// Never through an HTTP proxy from the environment: the
-			// request carries the admin token.
-			Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: adminTimeout}).DialContext},
+			Timeout:   adminTimeout,
+			Transport: tr,
 			// Never follow a redirect: the API sends none, and a
 			// cleaned-up path could turn one action into another.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -172,6 +185,29 @@ func newAdminClient(cfg *configs.Config) (*adminClient, error) {
 	}
 	c.token = token
 	return c, nil
+}
+
+// adminTLSConfig verifies the admin listener's certificate, which is the
+// server's own (tls.cert_file, or the self-signed one in data_dir): it is
+// trusted as itself, beside the system roots, and checked for the
+// configured hostname, whichever address the CLI dials.
+func adminTLSConfig(cfg *configs.Config) (*tls.Config, error) {
+	certFile := cfg.TLS.CertFile
+	if certFile == "" {
+		certFile = filepath.Join(cfg.DataDir, "selfsigned.crt")
+	}
+	pem, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("admin.tls: the admin API's certificate: %w", err)
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("admin.tls: no certificate in %s", certFile)
+	}
+	return &tls.Config{RootCAs: roots, ServerName: cfg.Hostname, MinVersion: tls.VersionTLS12}, nil
 }
 
 // readAdminToken reads admin.token_file ("" = no token) the same way for

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -262,9 +263,14 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			s.queue.Close(context.Background())
 			return fmt.Errorf("listen.admin: %w", err)
 		}
+		if cfg.Admin.TLS {
+			// The same certificate as SMTP, reloaded with it on SIGHUP.
+			adminLn = tls.NewListener(adminLn, s.certs.Config())
+		}
 		s.admin = &http.Server{
 			Handler: httpapi.NewHandler(httpapi.Options{
 				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
+				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			WriteTimeout:      30 * time.Second,
