@@ -73,8 +73,8 @@ type ListenConfig struct {
 }
 
 type AdminConfig struct {
-	// TokenFile holds the bearer token the admin API requires; "" = none
-	// (allowed only with listen.admin on loopback).
+	// TokenFile holds the bearer token the admin API requires; "" = a
+	// token serve generates in data_dir (GeneratedAdminTokenPath).
 	TokenFile string `yaml:"token_file"`
 	// TLS serves the admin API over TLS with the listeners' certificate;
 	// required, with a token, when listen.admin is not on loopback.
@@ -365,6 +365,10 @@ func (c *Config) ProxyProtocolFrom() []netip.Prefix { return prefixes(c.ListenPr
 // could not take, for the daemon to pick up (relay/pickup).
 func (c *Config) MaildropDir() string { return filepath.Join(c.DataDir, "maildrop") }
 
+// GeneratedAdminTokenPath is where serve keeps the admin API's token when
+// admin.token_file is not set.
+func (c *Config) GeneratedAdminTokenPath() string { return filepath.Join(c.DataDir, "admin.token") }
+
 // CaptureDir is where delivery.mode capture keeps messages (a Maildir).
 func (c *Config) CaptureDir() string { return filepath.Join(c.DataDir, "capture") }
 
@@ -458,8 +462,8 @@ func (c *Config) validate() Errors {
 		}
 		seen[addr] = key
 	}
-	if a := c.Listen.Admin; a != "" && !IsLoopback(a) && (!c.Admin.TLS || c.Admin.TokenFile == "") {
-		bad("listen.admin", "%q is not a loopback address: the admin API can then change the queue for anyone who reaches it, so it needs admin.tls: true and admin.token_file (a token never travels in clear over a network)", a)
+	if a := c.Listen.Admin; a != "" && !IsLoopback(a) && !c.Admin.TLS {
+		bad("listen.admin", "%q is not a loopback address: set admin.tls: true, so that the admin token never travels in clear over a network", a)
 	}
 	for i, h := range c.Admin.AllowedHosts {
 		if h == "" || strings.ContainsAny(h, " /\\@") {

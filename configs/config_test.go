@@ -670,7 +670,7 @@ func TestSyntaxErrorOnFirstLine(t *testing.T) {
 }
 
 // TestAdminOffLoopback: an admin listener beyond loopback is allowed with
-// TLS and a token, and refused with either missing; allowed_hosts is read.
+// TLS and refused without; allowed_hosts is read.
 func TestAdminOffLoopback(t *testing.T) {
 	base := "hostname: mail.example.com\nlisten: {admin: \"0.0.0.0:8025\", relay: \"127.0.0.1:2525\", submission: \"\", submissions: \"\"}\n"
 	for _, tt := range []struct {
@@ -678,7 +678,7 @@ func TestAdminOffLoopback(t *testing.T) {
 		ok    bool
 	}{
 		{"admin: {tls: true, token_file: token, allowed_hosts: [postern.example.com, \"10.0.0.5:8025\"]}\n", true},
-		{"admin: {tls: true}\n", false},
+		{"admin: {tls: true, allowed_hosts: [a.example, b.example]}\n", true},
 		{"admin: {token_file: token}\n", false},
 		{"admin: {tls: true, token_file: token, allowed_hosts: [\"a b\"]}\n", false},
 	} {

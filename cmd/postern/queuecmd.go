@@ -1,12 +1,15 @@
 package main
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,6 +19,7 @@ import (
 	"time"
 
 	"postern/configs"
+	"postern/queue/durable"
 )
 
 // adminTimeout bounds every call to the admin API: an operator at a prompt
@@ -179,7 +183,17 @@ func newAdminClient(cfg *configs.Config) (*adminClient, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 	}
-	token, err := readAdminToken(cfg.Admin.TokenFile)
+	path := cfg.Admin.TokenFile
+	if path == "" {
+		path = cfg.GeneratedAdminTokenPath()
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			path = "" // the server has never run: it will say it is down
+		}
+	}
+	token, err := readAdminToken(path)
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, exitError{exitFail, "postern: " + err.Error() + " (run this as the server's user, or root)"}
+	}
 	if err != nil {
 		return nil, exitError{exitFail, "postern: " + err.Error()}
 	}
@@ -208,6 +222,22 @@ func adminTLSConfig(cfg *configs.Config) (*tls.Config, error) {
 		return nil, fmt.Errorf("admin.tls: no certificate in %s", certFile)
 	}
 	return &tls.Config{RootCAs: roots, ServerName: cfg.Hostname, MinVersion: tls.VersionTLS12}, nil
+}
+
+// ensureAdminToken returns the token the server generated in data_dir
+// when admin.token_file is not set, creating it (mode 0600) on first
+// start: the admin API never answers changes without a token, and the CLI
+// of a user who can read data_dir finds it there.
+func ensureAdminToken(cfg *configs.Config) (string, error) {
+	path := cfg.GeneratedAdminTokenPath()
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		b := make([]byte, 32)
+		rand.Read(b)
+		if err := durable.WriteFile(path, []byte(base64.RawURLEncoding.EncodeToString(b)+"\n"), 0o600); err != nil {
+			return "", fmt.Errorf("admin token: %w", err)
+		}
+	}
+	return readAdminToken(path)
 }
 
 // readAdminToken reads admin.token_file ("" = no token) the same way for

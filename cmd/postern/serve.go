@@ -171,6 +171,9 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		return err
 	}
 	adminToken, err := readAdminToken(cfg.Admin.TokenFile)
+	if err == nil && adminToken == "" && cfg.Listen.Admin != "" {
+		adminToken, err = ensureAdminToken(cfg)
+	}
 	if err != nil {
 		return err
 	}
