@@ -121,6 +121,12 @@ type Options struct {
 	// Observer receives counts for metrics; nil discards them.
 	Observer Observer
 
+	// Subscribers get the events of submitted messages (events.go);
+	// none: no event is recorded.
+	Subscribers []Subscriber
+	// Suppression turns on the suppression list (suppress.go).
+	Suppression SuppressionOptions
+
 	// lazyWait replaces the constant of that name when set (tests).
 	lazyWait time.Duration
 }
@@ -138,6 +144,16 @@ type Envelope struct {
 	Ret   string    `json:"ret,omitempty"`   // "FULL" or "HDRS" (§4.3); "" = not given
 	EnvID string    `json:"envid,omitempty"` // ENVID (§4.4), xtext-decoded
 	DSN   []RcptDSN `json:"dsn,omitempty"`   // parallel to Rcpts; nil when no RCPT had DSN parameters
+
+	// What events carry (Options.Subscribers): the Message-ID field's
+	// value, and the tags and metadata a submitter gave the HTTP API.
+	MessageID string            `json:"message_id,omitempty"`
+	Tags      []string          `json:"tags,omitempty"`
+	Metadata  map[string]string `json:"metadata,omitempty"`
+
+	// IdempotencyKey, when set, is remembered with User for
+	// IdempotencyWindow (see Idempotent). Not stored with the message.
+	IdempotencyKey string `json:"-"`
 }
 
 // RcptDSN holds the per-recipient DSN parameters of RFC 3461.
@@ -288,6 +304,11 @@ type Queue struct {
 	warnAge  time.Duration // Options.DelayWarning
 	keep     time.Duration // Options.KeepFailed
 	obs      Observer
+	subs     []Subscriber
+	suppress SuppressionOptions
+	// eventKick (capacity 1) is signalled after commits that recorded
+	// events.
+	eventKick chan struct{}
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -350,6 +371,9 @@ func Open(opts Options) (*Queue, error) {
 		warnAge:     max(opts.DelayWarning, 0),
 		keep:        opts.KeepFailed,
 		obs:         opts.Observer,
+		subs:        opts.Subscribers,
+		suppress:    opts.Suppression,
+		eventKick:   make(chan struct{}, 1),
 		inflight:    make(map[uint64]int),
 		depth:       make(map[State]int),
 		kick:        make(chan struct{}, 1),
@@ -406,6 +430,12 @@ func Open(opts Options) (*Queue, error) {
 	if err := q.countDepth(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if n, err := q.dropUnsubscribed(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("queue: outbox: %w", err)
+	} else if n > 0 {
+		q.log.Warn("dropped event deliveries of subscribers no longer configured", slog.Int("deliveries", n))
 	}
 	q.runCtx, q.cancel = context.WithCancel(context.Background())
 	q.lazyWait = cmp.Or(opts.lazyWait, lazyWait)
@@ -566,6 +596,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		jobs = group(0, rec, allRcpts(rec), q.body(rec, inline))
 	}
 	var n64 uint64
+	var events int
 	undo := func() {}
 	err = q.batch(func(tx *bolt.Tx) error {
 		// batch may run this more than once; only the run in the
@@ -575,10 +606,19 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		undo = func() {}
 		var err error
 		n64, err = insert(tx, data, inline, rec.Spool, rec.Next)
-		if err == nil && handOff {
+		if err != nil {
+			return err
+		}
+		if err := putIdempotency(tx, env, n64, now); err != nil {
+			return err
+		}
+		if events, err = q.emit(tx, acceptedEvents(n64, rec, now, q.subs)); err != nil {
+			return err
+		}
+		if handOff {
 			undo = q.markInflight(n64, len(jobs))
 		}
-		return err
+		return nil
 	})
 	q.dbMu.RUnlock()
 	if err != nil {
@@ -590,6 +630,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		return "", fmt.Errorf("queue: commit message: %w", errnoOf(err))
 	}
 	q.count(map[State]int{StateQueued: 1})
+	q.eventsRecorded(events)
 	if handOff {
 		q.handOff(n64, jobs)
 	} else {
