@@ -21,6 +21,9 @@ type editedMessage struct {
 	received int      // Received: fields
 	from     []string // values of From: fields
 	sender   []string // values of Sender: fields
+	// messageID is the Message-ID field's value, trimmed (the first, if
+	// several), or the one added; "" when there is none.
+	messageID string
 }
 
 // editHeader applies the header rules to the header section h. With fix, Date: and
@@ -54,6 +57,9 @@ func editHeader(h *message.Header, fix bool, now time.Time, msgID func() string)
 		case "date":
 			hasDate = true
 		case "message-id":
+			if !hasID {
+				e.messageID = strings.TrimSpace(h.Value(f))
+			}
 			hasID = true
 		case "bcc", "resent-bcc":
 			if fix {
@@ -73,7 +79,8 @@ func editHeader(h *message.Header, fix bool, now time.Time, msgID func() string)
 			b.WriteString("Date: " + now.Format(time.RFC1123Z) + "\r\n")
 		}
 		if !hasID {
-			b.WriteString("Message-ID: " + msgID() + "\r\n")
+			e.messageID = msgID()
+			b.WriteString("Message-ID: " + e.messageID + "\r\n")
 		}
 		e.parts = append(e.parts, b.Bytes())
 	}

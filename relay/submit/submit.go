@@ -150,6 +150,8 @@ func (p *Pipeline) Submit(ctx context.Context, env *queue.Envelope, o *Origin, b
 		}
 	}
 
+	// Events name the message by it (queue.Event.MessageID).
+	env.MessageID = msg.messageID
 	received := p.received(o, env.Rcpts, now)
 	body := &countingReader{r: io.MultiReader(msg.Reader(), br)}
 	var signer Signer
