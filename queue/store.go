@@ -21,8 +21,9 @@ var (
 	bSpool    = []byte("spool")
 	bSchedule = []byte("schedule")
 	bPurge    = []byte("purge")
+	bState    = []byte("state") // state.go
 
-	allBuckets = [][]byte{bMeta, bMessages, bBodies, bSpool, bSchedule, bPurge}
+	allBuckets = [][]byte{bMeta, bMessages, bBodies, bSpool, bSchedule, bPurge, bState}
 
 	keyVersion = []byte("version")
 )
