@@ -160,9 +160,3 @@ const (
 	STSPolicyInvalid    ResultType = "sts-policy-invalid"
 	STSWebPKIInvalid    ResultType = "sts-webpki-invalid"
 )
-
-// resultTypes lists every result type, for validation of stored counts.
-var resultTypes = []ResultType{
-	StartTLSNotSupported, CertificateHostMismatch, CertificateExpired, CertificateNotTrusted, ValidationFailure,
-	TLSAInvalid, DNSSECInvalid, DANERequired, STSPolicyFetchError, STSPolicyInvalid, STSWebPKIInvalid,
-}
