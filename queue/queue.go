@@ -138,6 +138,15 @@ type Envelope struct {
 	Ret   string    `json:"ret,omitempty"`   // "FULL" or "HDRS" (§4.3); "" = not given
 	EnvID string    `json:"envid,omitempty"` // ENVID (§4.4), xtext-decoded
 	DSN   []RcptDSN `json:"dsn,omitempty"`   // parallel to Rcpts; nil when no RCPT had DSN parameters
+
+	// RequireTLS is the REQUIRETLS parameter of MAIL FROM (RFC 8689
+	// §4.1): the message may travel only over TLS that authenticates
+	// every server, to servers that offer REQUIRETLS themselves.
+	RequireTLS bool `json:"requiretls,omitempty"`
+	// TLSOptional is a "TLS-Required: No" header field (RFC 8689 §5)
+	// without REQUIRETLS: the sender asks that the recipient domain's TLS
+	// policy (MTA-STS, DANE) not stop the message.
+	TLSOptional bool `json:"tls_optional,omitempty"`
 }
 
 // RcptDSN holds the per-recipient DSN parameters of RFC 3461.

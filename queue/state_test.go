@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,6 +97,38 @@ func TestState(t *testing.T) {
 	for _, ns := range []string{"", "a/b", string(make([]byte, 65))} {
 		if _, err := NewStateStore[cached](q, ns); err == nil {
 			t.Errorf("NewStateStore(%q) accepted", ns)
+		}
+	}
+}
+
+// TestRequireTLSReachesDelivery: the REQUIRETLS flag and a TLS-Required:
+// No request are kept with the message, across a restart, and reach the
+// Deliverer.
+func TestRequireTLSReachesDelivery(t *testing.T) {
+	h := newHarness(t)
+	q := h.open()
+	for _, env := range []*Envelope{
+		{From: "a@x.test", Rcpts: []string{"b@y.test"}, RequireTLS: true},
+		{From: "a@x.test", Rcpts: []string{"c@y.test"}, TLSOptional: true},
+		{From: "a@x.test", Rcpts: []string{"d@y.test"}},
+	} {
+		if _, err := q.Enqueue(context.Background(), env, strings.NewReader("Subject: x\r\n\r\nx\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Restart before delivery: the flags come from the stored record.
+	q.Close(context.Background())
+	q = h.open()
+	q.Start()
+	h.wait(3)
+	got := map[string][2]bool{}
+	for _, c := range h.fake.Calls() {
+		got[c.Rcpts[0]] = [2]bool{c.RequireTLS, c.TLSOptional}
+	}
+	want := map[string][2]bool{"b@y.test": {true, false}, "c@y.test": {false, true}, "d@y.test": {false, false}}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: RequireTLS, TLSOptional = %v, want %v", k, got[k], w)
 		}
 	}
 }

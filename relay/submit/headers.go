@@ -21,6 +21,8 @@ type editedMessage struct {
 	received int      // Received: fields
 	from     []string // values of From: fields
 	sender   []string // values of Sender: fields
+	// tlsOptional: a "TLS-Required: No" field (RFC 8689 §5).
+	tlsOptional bool
 }
 
 // editHeader applies the header rules to the header section h. With fix, Date: and
@@ -51,6 +53,11 @@ func editHeader(h *message.Header, fix bool, now time.Time, msgID func() string)
 			e.from = append(e.from, h.Value(f))
 		case "sender":
 			e.sender = append(e.sender, h.Value(f))
+		case "tls-required":
+			// RFC 8689 §5: the field's one defined value is "No",
+			// case-insensitive; it stays in the message for the hops
+			// after postern.
+			e.tlsOptional = strings.EqualFold(strings.TrimSpace(h.Value(f)), "no")
 		case "date":
 			hasDate = true
 		case "message-id":
