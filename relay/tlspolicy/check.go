@@ -36,11 +36,11 @@ func Check(p HostPolicy, cs tls.ConnectionState, mxHost string) (ok bool, failur
 	switch p.Mode {
 	case DANE:
 		if rt := matchDANE(p.TLSA, cs.PeerCertificates, names, now); rt != "" {
-			return false, rt
+			return p.relaxed, rt
 		}
 	case WebPKI:
 		if rt := verifyWebPKI(cs.PeerCertificates, names, p.roots, now); rt != "" {
-			return false, rt
+			return p.relaxed, rt
 		}
 	}
 	if p.Testing && p.Mode != WebPKI && p.Mode != DANE {
@@ -59,7 +59,7 @@ func (p HostPolicy) NoSTARTTLS() (ok bool, failure ResultType) {
 	if p.RequiresTLS() {
 		return false, StartTLSNotSupported
 	}
-	if p.Testing {
+	if p.Testing || p.Mode != Opportunistic { // relaxed
 		return true, StartTLSNotSupported
 	}
 	return true, p.Failure
@@ -78,7 +78,7 @@ func (p HostPolicy) HandshakeFailed(err error) (plain bool, failure ResultType) 
 	if p.RequiresTLS() {
 		return false, rt
 	}
-	if p.Testing {
+	if p.Testing || p.Mode != Opportunistic { // relaxed
 		return true, rt
 	}
 	return true, p.Failure

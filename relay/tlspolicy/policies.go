@@ -190,8 +190,14 @@ func (e *HostError) Reply() reply.Reply {
 // hosts (lower case, no final dot), reached on Options.Port. A
 // *HostError says the host must not be used at all.
 func (dp *DomainPolicy) Host(ctx context.Context, host string) (HostPolicy, error) {
-	ps := dp.ps
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	p, err := dp.host(ctx, host)
+	p.mxSecure = slices.Contains(dp.secureMX, host)
+	return p, err
+}
+
+func (dp *DomainPolicy) host(ctx context.Context, host string) (HostPolicy, error) {
+	ps := dp.ps
 	names := []string{host}
 	none := ReportPolicy{Type: PolicyTypeNone, Domain: dp.Domain}
 

@@ -91,11 +91,17 @@ type HostPolicy struct {
 
 	// roots verifies WebPKI certificates; nil means the system roots.
 	roots *x509.CertPool
+	// mxSecure: the host was named by a DNSSEC-secure MX answer (RFC
+	// 8689 §4.2.1 accepts that, or MTA-STS, for REQUIRETLS).
+	mxSecure bool
+	// relaxed: the message asked for "TLS-Required: No" (RFC 8689 §5):
+	// failures are reported, never enforced.
+	relaxed bool
 }
 
 // RequiresTLS reports whether a session without TLS must not carry the
 // message.
-func (p HostPolicy) RequiresTLS() bool { return p.Mode != Opportunistic }
+func (p HostPolicy) RequiresTLS() bool { return p.Mode != Opportunistic && !p.relaxed }
 
 // Authenticated reports whether the policy authenticates the server
 // (DANE or WebPKI, enforced): what REQUIRETLS (RFC 8689 §5) asks of every
