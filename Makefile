@@ -9,8 +9,13 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Real peers the integration tests drive: swaks (client), Postfix's
 # smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier), curl
-# (HTTP client of the admin API).
-DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl
+# (HTTP client of the admin API), and for outbound TLS policy: openssl (the
+# test CA), nsd (authoritative DNS for signed zones), ldnsutils (ldns-keygen,
+# ldns-signzone) and unbound (the validating resolver DANE trusts). A
+# policy-rc.d keeps the packages from starting system services (nsd and
+# unbound would take port 53): the tests start their own, on loopback.
+DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl \
+	openssl nsd unbound ldnsutils
 
 # Fuzz targets run briefly by `make test` and at length by `make fuzz`.
 FUZZTIME      ?= 3s
@@ -45,13 +50,19 @@ deps:
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	/usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null || missing="$$missing python3-dkim python3-nacl"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/sbin/nsd ] || missing="$$missing nsd"; \
+	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
+	command -v ldns-signzone >/dev/null && command -v ldns-keygen >/dev/null || missing="$$missing ldnsutils"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing test peers:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
+		printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null && $$SUDO chmod 755 /usr/sbin/policy-rc.d && \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null || \
-		{ echo "could not install the test peers ($(DEB_PACKAGES)); the integration tests need them" >&2; exit 1; }; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
+		status=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; \
+		[ $$status = 0 ] || { echo "could not install the test peers ($(DEB_PACKAGES)); the integration tests need them" >&2; exit 1; }; \
 	fi
 	$(GO) mod download
 

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -187,6 +188,66 @@ type DeliveryConfig struct {
 	// KeepFailed is how long a failed message's record (not its body)
 	// stays visible to `postern queue list --state failed`.
 	KeepFailed Duration `yaml:"keep_failed"`
+	// MTASTS enforces the MTA-STS policies recipient domains publish
+	// (RFC 8461).
+	MTASTS bool `yaml:"mta_sts"`
+	// DANE authenticates MX hosts by their TLSA records (RFC 7672) when
+	// Resolver is a validating resolver on loopback, whose AD bit can be
+	// trusted.
+	DANE bool `yaml:"dane"`
+	// TLSPolicy are configured policies by recipient domain, for domains
+	// that publish none; DANE and MTA-STS come first.
+	TLSPolicy map[string]TLSPolicyEntry `yaml:"tls_policy"`
+	// TLSReports configures TLS reports (RFC 8460) to the domains that
+	// ask for them.
+	TLSReports TLSReportsConfig `yaml:"tls_reports"`
+}
+
+// TLSPolicyEntry is the configured policy of one domain.
+type TLSPolicyEntry struct {
+	// Mode is dane | mta-sts | verify | encrypt | may.
+	Mode string `yaml:"mode"`
+}
+
+// TLSPolicyModes are the values of delivery.tls_policy's mode, as
+// relay/tlspolicy names them.
+var TLSPolicyModes = []string{"dane", "mta-sts", "verify", "encrypt", "may"}
+
+// TLSReportsConfig configures TLS reports.
+type TLSReportsConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// Organization is the report's organization-name; "" = hostname.
+	Organization string `yaml:"organization"`
+	// Contact is the report's contact-info and the sender of mailed
+	// reports; "" = postmaster@hostname.
+	Contact string `yaml:"contact"`
+}
+
+// DANEResolver reports whether delivery.resolver may be trusted for
+// DANE: delivery.dane is on and the resolver is on loopback, so no one
+// between postern and it can forge its AD bit.
+func (c *Config) DANEResolver() bool {
+	if !c.Delivery.DANE || c.Delivery.Resolver == "" {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(c.Delivery.Resolver)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// TLSReportOrganization and TLSReportContact are delivery.tls_reports'
+// values with their defaults filled in.
+func (c *Config) TLSReportOrganization() string {
+	if c.Delivery.TLSReports.Organization != "" {
+		return c.Delivery.TLSReports.Organization
+	}
+	return c.Hostname
+}
+
+func (c *Config) TLSReportContact() string {
+	if c.Delivery.TLSReports.Contact != "" {
+		return c.Delivery.TLSReports.Contact
+	}
+	return "postmaster@" + c.Hostname
 }
 
 // Smarthost is an upstream relay.
@@ -547,6 +608,7 @@ func (c *Config) validate() Errors {
 
 	c.validatePolicy(bad)
 	c.validateRouting(bad)
+	c.validateTLSPolicy(bad)
 
 	type sel struct{ d, s string }
 	dkimSeen := map[sel]int{}
@@ -820,4 +882,43 @@ func IsLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// validateTLSPolicy checks delivery.tls_policy and delivery.tls_reports.
+func (c *Config) validateTLSPolicy(bad func(key, format string, args ...any)) {
+	doms := make([]string, 0, len(c.Delivery.TLSPolicy))
+	for d := range c.Delivery.TLSPolicy {
+		doms = append(doms, d)
+	}
+	sort.Strings(doms)
+	lower := map[string]string{}
+	for _, d := range doms {
+		key := fmt.Sprintf("delivery.tls_policy[%q]", d)
+		if !validHostname(d) || strings.HasSuffix(d, ".") || strings.HasPrefix(d, ".") {
+			bad(key, "%q is not a domain name (one domain per entry; subdomains are not included)", d)
+		}
+		if other, dup := lower[strings.ToLower(d)]; dup {
+			bad(key, "%q is %q again (domains are compared without case)", d, other)
+		}
+		lower[strings.ToLower(d)] = d
+		switch m := c.Delivery.TLSPolicy[d].Mode; {
+		case m == "":
+			bad(key+".mode", "must be set: one of %s", strings.Join(TLSPolicyModes, ", "))
+		case !slices.Contains(TLSPolicyModes, m):
+			bad(key+".mode", "%q is not one of %s", m, strings.Join(TLSPolicyModes, ", "))
+		}
+		if c.Delivery.TLSPolicy[d].Mode == "dane" && !c.DANEResolver() {
+			bad(key+".mode", "dane needs delivery.dane: true and delivery.resolver set to a validating resolver on loopback (127.0.0.1:53, say): without them no host of %s could be used", d)
+		}
+	}
+	r := c.Delivery.TLSReports
+	if r.Contact != "" && strings.ContainsAny(r.Contact, " \t\r\n<>") {
+		bad("delivery.tls_reports.contact", "%q is not an address or URI", r.Contact)
+	}
+	if c.Delivery.TLSReports.Enabled && c.TLSReportContact() != "" && !strings.Contains(c.TLSReportContact(), "@") {
+		bad("delivery.tls_reports.contact", "%q: reports are mailed from this address, so it must be one", c.TLSReportContact())
+	}
+	if strings.ContainsAny(r.Organization, "\r\n") {
+		bad("delivery.tls_reports.organization", "must be one line")
+	}
 }

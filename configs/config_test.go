@@ -366,6 +366,7 @@ func TestErrorString(t *testing.T) {
 // the exact output of `Load`, one error a line. Run with -update to rewrite
 // the .want files, then read the diff.
 var badCases = []string{
+	"bad_tls_policy",
 	"unknown_top_key",
 	"unknown_nested_key",
 	"unknown_key_no_hint",
@@ -698,5 +699,38 @@ func TestAdminOffLoopback(t *testing.T) {
 		if IsLoopback(addr) != want {
 			t.Errorf("IsLoopback(%q) = %v", addr, !want)
 		}
+	}
+}
+
+// TestTLSPolicyLoads: a valid delivery.tls_policy and tls_reports load as
+// written; DANE is trusted only with a loopback resolver.
+func TestTLSPolicyLoads(t *testing.T) {
+	c, err := Load(writeConfig(t, `hostname: mail.example.test
+delivery:
+  resolver: 127.0.0.1:53
+  tls_policy:
+    example.org: {mode: dane}
+    bank.example: {mode: verify}
+  tls_reports: {enabled: false, organization: Example, contact: tlsrpt@example.test}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Delivery.TLSPolicy) != 2 || c.Delivery.TLSPolicy["example.org"].Mode != "dane" || c.Delivery.TLSPolicy["bank.example"].Mode != "verify" {
+		t.Errorf("tls_policy = %v", c.Delivery.TLSPolicy)
+	}
+	if !c.Delivery.MTASTS || !c.DANEResolver() || c.Delivery.TLSReports.Enabled || c.TLSReportContact() != "tlsrpt@example.test" || c.TLSReportOrganization() != "Example" {
+		t.Errorf("delivery = %+v", c.Delivery)
+	}
+	c.Delivery.Resolver = "192.0.2.53:53"
+	if c.DANEResolver() {
+		t.Error("DANE trusts a resolver off this machine")
+	}
+	c.Delivery.Resolver, c.Delivery.DANE = "127.0.0.1:53", false
+	if c.DANEResolver() {
+		t.Error("DANE on with delivery.dane: false")
+	}
+	if d := Default(); d.TLSReportContact() != "postmaster@localhost" || !d.Delivery.TLSReports.Enabled {
+		t.Errorf("defaults: contact %q, enabled %v", d.TLSReportContact(), d.Delivery.TLSReports.Enabled)
 	}
 }

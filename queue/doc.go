@@ -32,8 +32,17 @@
 //	          user ‖ NUL ‖ key → JSON Accepted (id, Message-ID, time)
 //	idempotency-expiry
 //	          expiry (8 bytes) ‖ user ‖ NUL ‖ key → ""
+//	state     one nested bucket per namespace, key → JSON value: the
+//	          durable state other rooms keep beside the queue (state.go)
 //
-// Format version 1 gained the purge bucket and the record's held, purge
+// The state bucket is a small generic store (StateStore): a room names its
+// namespace ("mta-sts", "tlsrpt") and the type of its values, and gets
+// Get, Put, PutAll, Delete and List, each write a shared, synced commit.
+// The queue does not know what the values mean; the room that owns a
+// namespace documents its keys and values. Unreadable values are reported
+// with their key, never skipped silently, so the owner can delete them.
+//
+// Format version 1 gained the purge and state buckets and the record's held, purge
 // and per-recipient DSN fields without a migration: the bucket is created
 // at Open, and absent fields read as their zero values.
 //

@@ -154,6 +154,14 @@ type Envelope struct {
 	// IdempotencyKey, when set, is remembered with User for
 	// IdempotencyWindow (see Idempotent). Not stored with the message.
 	IdempotencyKey string `json:"-"`
+	// RequireTLS is the REQUIRETLS parameter of MAIL FROM (RFC 8689
+	// §4.1): the message may travel only over TLS that authenticates
+	// every server, to servers that offer REQUIRETLS themselves.
+	RequireTLS bool `json:"requiretls,omitempty"`
+	// TLSOptional is a "TLS-Required: No" header field (RFC 8689 §5)
+	// without REQUIRETLS: the sender asks that the recipient domain's TLS
+	// policy (MTA-STS, DANE) not stop the message.
+	TLSOptional bool `json:"tls_optional,omitempty"`
 }
 
 // RcptDSN holds the per-recipient DSN parameters of RFC 3461.

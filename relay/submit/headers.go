@@ -24,6 +24,8 @@ type editedMessage struct {
 	// messageID is the Message-ID field's value, trimmed (the first, if
 	// several), or the one added; "" when there is none.
 	messageID string
+	// tlsOptional: a "TLS-Required: No" field (RFC 8689 §5).
+	tlsOptional bool
 }
 
 // editHeader applies the header rules to the header section h. With fix, Date: and
@@ -54,6 +56,11 @@ func editHeader(h *message.Header, fix bool, now time.Time, msgID func() string)
 			e.from = append(e.from, h.Value(f))
 		case "sender":
 			e.sender = append(e.sender, h.Value(f))
+		case "tls-required":
+			// RFC 8689 §5: the field's one defined value is "No",
+			// case-insensitive; it stays in the message for the hops
+			// after postern.
+			e.tlsOptional = strings.EqualFold(strings.TrimSpace(h.Value(f)), "no")
 		case "date":
 			hasDate = true
 		case "message-id":
