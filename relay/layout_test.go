@@ -38,6 +38,9 @@ func TestLayout(t *testing.T) {
 		{"postern/relay/capture", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		{"postern/relay/httpapi", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/cmd/"}},
 		{"postern/relay/metrics", []string{"net/http/httptest", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/cmd/"}},
+		// Webhook delivery reads the queue's outbox through an interface
+		// of its own; cmd/postern turns the config into its endpoints.
+		{"postern/relay/webhooks", []string{"postern/relay/", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}},
 		{"postern/relay/status", []string{"postern/relay/", "postern/queue", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}}, // queue/reply, a leaf, only
 		{"postern/relay/certs", []string{"postern/"}},
 		// The queue's leaves, shared by every room: they import nothing
