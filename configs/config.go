@@ -55,6 +55,8 @@ type Config struct {
 	DKIM                    DKIMConfig  `yaml:"dkim"`
 	Admin                   AdminConfig `yaml:"admin"`
 	ShutdownTimeout         Duration    `yaml:"shutdown_timeout"`
+	// Webhooks are the endpoints that delivery events are posted to.
+	Webhooks []Webhook `yaml:"webhooks"`
 
 	// File is the path the configuration was read from, or Builtin.
 	File string `yaml:"-"`
@@ -369,6 +371,15 @@ func (c *Config) fillListDefaults() {
 			c.Delivery.Smarthosts[i].TLS = "starttls" // RFC 8314 would prefer implicit; port 587 speaks STARTTLS
 		}
 	}
+	for i := range c.Webhooks {
+		w := &c.Webhooks[i]
+		if w.Name == "" {
+			w.Name = DefaultWebhookName(w.URL)
+		}
+		if w.RetryFor == 0 {
+			w.RetryFor = DefaultWebhookRetryFor
+		}
+	}
 }
 
 // parentKey returns "a.b" for "a.b.c" and "a.b" for "a.b[2]".
@@ -400,6 +411,9 @@ func (c *Config) resolvePaths(dir string) error {
 	}
 	for i := range c.Delivery.Smarthosts {
 		abs(&c.Delivery.Smarthosts[i].PasswordFile)
+	}
+	for i := range c.Webhooks {
+		abs(&c.Webhooks[i].SecretFile)
 	}
 	return nil
 }
@@ -609,6 +623,7 @@ func (c *Config) validate() Errors {
 	c.validatePolicy(bad)
 	c.validateRouting(bad)
 	c.validateTLSPolicy(bad)
+	c.validateWebhooks(bad)
 
 	type sel struct{ d, s string }
 	dkimSeen := map[sel]int{}

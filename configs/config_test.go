@@ -488,6 +488,15 @@ dkim:
       selector: s2024
       key_file: /etc/postern/dkim/example.org.pem
 shutdown_timeout: 1m
+webhooks:
+  - name: app
+    url: https://hooks.example.com/postern
+    secret_file: /etc/postern/webhook.secret
+    events: [message.delivered, message.bounced]
+    users: [alice]
+    retry_for: 48h
+  - url: http://127.0.0.1:9000/hook
+    secret_file: /etc/postern/local.secret
 `
 
 // TestOneThingWrong (STYLE habit 9): the baseline loads cleanly; each
@@ -505,6 +514,10 @@ func TestOneThingWrong(t *testing.T) {
 		if c.Limits.MaxMessageSize != 50<<20 || c.Delivery.Retry.Lifetime.D() != 96*time.Hour ||
 			len(c.DKIM.Keys) != 2 || !c.DKIM.Keys[0].SignSubdomains || c.Relay.TrustedNetworks[1] != "2001:db8::/32" {
 			t.Errorf("the baseline loaded as %+v", c)
+		}
+		if w := c.Webhooks; len(w) != 2 || w[0].Name != "app" || w[0].RetryFor.D() != 48*time.Hour ||
+			!strings.HasPrefix(w[1].Name, "127.0.0.1-") || w[1].RetryFor != DefaultWebhookRetryFor {
+			t.Errorf("the baseline's webhooks loaded as %+v", c.Webhooks)
 		}
 	})
 
@@ -558,6 +571,17 @@ func TestOneThingWrong(t *testing.T) {
 		{"    - domain: example.org", "    - domain: example..org", "dkim.keys[1].domain", ""},
 		{"      selector: s2024\n      key_file: /etc/postern/dkim/example.com.pem", "      selector: s_2024!\n      key_file: /etc/postern/dkim/example.com.pem", "dkim.keys[0].selector", "      selector: s_2024!"},
 		{"      key_file: /etc/postern/dkim/example.org.pem", `      key_file: ""`, "dkim.keys[1].key_file", ""},
+		{"  - name: app", "  - name: my app", "webhooks[0].name", ""},
+		{"  - url: http://127.0.0.1:9000/hook", "  - name: app  # again\n    url: http://127.0.0.1:9000/hook", "webhooks[1].name", "  - name: app  # again"},
+		{"    url: https://hooks.example.com/postern", "    url: http://hooks.example.com/postern", "webhooks[0].url", ""}, // plain http off loopback
+		{"    url: https://hooks.example.com/postern", "    url: ftp://hooks.example.com/postern", "webhooks[0].url", ""},
+		{"    url: https://hooks.example.com/postern", "    url: https://user:pw@hooks.example.com/postern", "webhooks[0].url", ""},
+		{"    url: https://hooks.example.com/postern", "    url: /postern", "webhooks[0].url", ""},
+		{"    secret_file: /etc/postern/local.secret", `    secret_file: ""`, "webhooks[1].secret_file", ""},
+		{"    events: [message.delivered, message.bounced]", "    events: [message.delivered, message.opened]", "webhooks[0].events[1]", ""},
+		{"    users: [alice]", `    users: [""]`, "webhooks[0].users[0]", ""},
+		{"    retry_for: 48h", "    retry_for: -1h", "webhooks[0].retry_for", ""},
+		{"    retry_for: 48h", "    retry_for: 2d", "webhooks[0].retry_for", ""},
 		{"      sign_subdomains: true", "      sign_subdomains: sometimes", "dkim.keys[0].sign_subdomains", ""},
 		{"shutdown_timeout: 1m", "shutdown_timeout: 0s", "shutdown_timeout", ""},
 	} {
