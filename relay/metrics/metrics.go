@@ -38,6 +38,8 @@ type Metrics struct {
 	checksWaited  prometheus.Counter
 	checksRefused prometheus.Counter
 	depth         *depthCollector
+	webhooks      *prometheus.CounterVec
+	webhookQueue  *backlogCollector
 }
 
 // NewMetrics returns a Metrics with every metric registered, along with the
@@ -82,11 +84,19 @@ func NewMetrics() *Metrics {
 			"postern_queue_depth",
 			"Messages in the queue, by state, read at scrape time.",
 			[]string{"state"}, nil)},
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_webhook_deliveries_total",
+			Help: "Webhook delivery attempts, by endpoint and result (delivered, retried, given_up).",
+		}, []string{"endpoint", "result"}),
+		webhookQueue: &backlogCollector{desc: prometheus.NewDesc(
+			"postern_webhook_pending",
+			"Events waiting to be delivered to each webhook endpoint (failing ones included), read at scrape time.",
+			[]string{"endpoint"}, nil)},
 	}
 	m.reg.MustRegister(
 		m.delivered, m.deferred, m.bounced, m.failed, m.attempt,
 		m.accepted, m.acceptedBytes, m.replies, m.authFailures,
-		m.checksWaited, m.checksRefused, m.depth,
+		m.checksWaited, m.checksRefused, m.depth, m.webhooks, m.webhookQueue,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
