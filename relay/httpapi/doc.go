@@ -26,13 +26,15 @@
 //	POST   /api/queue/{id}/release   undo hold
 //	POST   /api/queue/{id}/bounce    fail every pending recipient (a bounce is sent)
 //	DELETE /api/queue/{id}           remove the message silently
+//	GET    /api/webhooks?limit=N     per webhook endpoint: pending and failing
+//	                                 counts and the first N deliveries (100)
 //	GET    /metrics                  Prometheus text exposition
 //	GET    /healthz                  200 "ok" while the process serves HTTP
 //	GET    /readyz                   200 when Options.Ready returns nil, else 503
 //
 // Successful API calls answer 200 with a JSON body. Errors answer
-// {"error": "..."} with 400 (bad state filter), 401 (missing or wrong bearer
-// token), 404 (unknown message or path), 405 (wrong method), 409 (the
+// {"error": "..."} with 400 (bad state filter or limit), 401 (missing or
+// wrong bearer token), 404 (unknown message or path), 405 (wrong method), 409 (the
 // message is not in a state that allows the action, such as retrying a held
 // message), 503 (the queue is closed) or 500.
 //
@@ -46,8 +48,8 @@
 // supervisors (systemd, Kubernetes, load balancers) that are awkward to give
 // secrets to, and the answers say nothing but "up" or "not ready because X".
 // Metrics carry no secrets either: counters, reply codes, listener names and
-// queue depths, never an address, a message ID or a user name. What they do
-// reveal is traffic volume; an operator who minds that keeps listen.admin on
+// queue depths, webhook endpoint names, never an address, a message ID or
+// a user name. What they do reveal is traffic volume; an operator who minds that keeps listen.admin on
 // loopback (the default) or behind a firewall, which the queue API without a
 // token needs anyway.
 package httpapi

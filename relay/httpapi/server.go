@@ -26,6 +26,9 @@ type Options struct {
 	// Ready reports whether postern is ready to serve (for /readyz); a
 	// non-nil error is the reason it is not. nil means always ready.
 	Ready func() error
+	// Webhooks serves GET /api/webhooks (token required, like the queue
+	// endpoints); nil answers 404 there.
+	Webhooks Webhooks
 	// Metrics is served on /metrics (relay/metrics' Handler); nil answers
 	// 404 there.
 	Metrics http.Handler
@@ -49,6 +52,7 @@ type Options struct {
 
 type handler struct {
 	q     Queue
+	wh    Webhooks
 	token *[sha256.Size]byte // nil: no token required
 	ready func() error
 	m     http.Handler
@@ -63,7 +67,7 @@ func NewHandler(opts Options) http.Handler {
 	if opts.Queue == nil {
 		panic("httpapi: NewHandler without Options.Queue")
 	}
-	h := &handler{q: opts.Queue, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
+	h := &handler{q: opts.Queue, wh: opts.Webhooks, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
 	if opts.Token != "" {
 		sum := sha256.Sum256([]byte(opts.Token))
 		h.token = &sum
