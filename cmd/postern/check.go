@@ -95,6 +95,7 @@ func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 	if _, err := readAdminToken(cfg.Admin.TokenFile); err != nil {
 		problems = append(problems, fmt.Sprintf("%s: %v", cfg.File, err))
 	}
+	problems = append(problems, checkWebhookSecrets(cfg)...)
 	p, w := checkSmarthostPasswords(cfg)
 	problems, warnings = append(problems, p...), append(warnings, w...)
 	p, w = checkMaildrop(cfg)

@@ -42,6 +42,7 @@ Usage:
   postern queue show ID  [--json] [--config FILE]
   postern queue retry ID|--all     [--config FILE]
   postern queue hold|release|delete|bounce ID  [--config FILE]
+  postern webhooks list  [--json] [--limit N] [--config FILE]   pending and failing webhook deliveries
   postern dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits 2048] [--out FILE]
   postern dkim dns       [--config FILE]   print the DNS TXT record of every configured key
   postern sendmail [FLAGS] [RCPT...]       sendmail's interface: submit standard input
@@ -146,6 +147,12 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		return cmdQueue(s, r, stdout, stderr)
+	case "webhooks":
+		s, r, err := sub()
+		if err != nil {
+			return err
+		}
+		return cmdWebhooks(s, r, stdout)
 	case "dkim":
 		s, r, err := sub()
 		if err != nil {

@@ -30,6 +30,7 @@ import (
 	"postern/relay/pickup"
 	"postern/relay/smtpd"
 	"postern/relay/tlspolicy"
+	"postern/relay/webhooks"
 	// Named: the end-to-end tests have a func submit.
 	pipeline "postern/relay/submit"
 )
@@ -122,6 +123,9 @@ type server struct {
 	tlsReports  *tlspolicy.Reporter
 	tlsCancel   context.CancelFunc
 	tlsWG       sync.WaitGroup
+	// webhooks posts the queue's events; it stops before the queue
+	// closes.
+	webhooks *webhooks.Manager
 	// ready is true between start-up and the beginning of shutdown
 	// (/readyz).
 	ready atomic.Bool
@@ -187,6 +191,10 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		return err
 	}
 
+	hooks, subscribers, err := webhookEndpoints(cfg)
+	if err != nil {
+		return err
+	}
 	mx, err := newDeliverer(cfg, log)
 	if err != nil {
 		return err
@@ -207,11 +215,13 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		KeepFailed:   cfg.Delivery.KeepFailed.D(),
 		Observer:     s.metrics,
 		Logger:       slogOf(log),
+		Subscribers:  subscribers,
 	})
 	if err != nil {
 		return err
 	}
 	s.metrics.WatchQueue(s.queue)
+	s.metrics.WatchWebhooks(s.queue)
 
 	// Bind every listener before serving any, so a port in use is a clean
 	// start-up error rather than a half-running server.
@@ -281,7 +291,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		}
 		s.admin = &http.Server{
 			Handler: httpapi.NewHandler(httpapi.Options{
-				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
+				Queue: s.queue, Webhooks: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
 				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
@@ -310,6 +320,8 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		Logger: slogOf(log),
 	})
 	s.pickup.Start()
+	s.webhooks = webhooks.New(webhooks.Options{Source: s.queue, Endpoints: hooks, Observer: s.metrics, Logger: log})
+	s.webhooks.Start()
 	for _, b := range listeners {
 		s.wg.Add(1)
 		go func() {
@@ -359,7 +371,10 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 //     budget of its own: shutdown_timeout from the signal, running while
 //     the sessions finish, not after them. An attempt still running then
 //     is cut off and keeps its lease: it is retried after the next start,
-//     which may deliver that one message twice, never lose it.
+//     which may deliver that one message twice, never lose it. Just
+//     before, the webhook senders stop, within that same budget: a request
+//     cut off records nothing, so its event is posted again after the
+//     next start (at least once).
 //
 // An idle client (a connection pool) no longer uses up the time the
 // deliveries in flight needed to end cleanly.
@@ -389,6 +404,7 @@ func (s *server) shutdown() error {
 	s.wg.Wait()
 	s.tlsCancel()
 	s.tlsWG.Wait()
+	s.webhooks.Stop(queueCtx)
 	err := s.queue.Close(queueCtx)
 	if c, ok := s.deliverer.(io.Closer); ok {
 		c.Close()
