@@ -68,11 +68,7 @@ func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
 		// router cleans into /api/queue/retry: retry everything.
 		return usageErr("queue %s: the message ID is empty", sub)
 	}
-	cfg, err := loadConfig(*cfgFlag)
-	if err != nil {
-		return err
-	}
-	c, err := newAdminClient(cfg)
+	c, err := dialAdmin(*cfgFlag)
 	if err != nil {
 		return err
 	}
@@ -153,6 +149,16 @@ type adminClient struct {
 	base  string // "http://" + addr
 	token string
 	http  *http.Client
+}
+
+// dialAdmin loads the config at path (the --config flag) and returns a
+// client of its admin API: what every admin command starts with.
+func dialAdmin(path string) (*adminClient, error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	return newAdminClient(cfg)
 }
 
 func newAdminClient(cfg *configs.Config) (*adminClient, error) {

@@ -91,11 +91,7 @@ func cmdWebhooks(sub string, args []string, stdout io.Writer) error {
 	} else if len(pos) > 0 {
 		return usageErr("webhooks list takes no arguments, got %q", pos)
 	}
-	cfg, err := loadConfig(*cfgFlag)
-	if err != nil {
-		return err
-	}
-	c, err := newAdminClient(cfg)
+	c, err := dialAdmin(*cfgFlag)
 	if err != nil {
 		return err
 	}
