@@ -215,11 +215,21 @@ func (s *sender) wake() {
 	}
 }
 
+// fetch is how many due deliveries one DueEvents call asks for. The
+// call walks every delivery the endpoint has waiting (to find each
+// message's first and the next due time), so a backlog is read in
+// batches of this size rather than once per request.
+const fetch = 256
+
 // run takes due deliveries, up to Concurrency at once, until ctx ends,
 // then waits for its requests in flight.
 func (s *sender) run(ctx context.Context) {
 	conc := s.m.opts.Concurrency
 	inflight := map[uint64]bool{}
+	// buf holds due deliveries not started yet, each the first of its
+	// message: the next event of a message is only handed out by a later
+	// DueEvents call, after this one is done.
+	var buf []queue.EventDelivery
 	finished := make(chan uint64, conc)
 	var timer *time.Timer
 	defer func() {
@@ -232,25 +242,31 @@ func (s *sender) run(ctx context.Context) {
 	}()
 	for {
 		var next time.Time
-		if len(inflight) < conc {
-			// In-flight deliveries are still due (and head their
+		if len(buf) == 0 && len(inflight) < conc {
+			// In-flight deliveries are still due (and first of their
 			// message), so they come back here: skip them.
-			due, n, err := s.m.opts.Source.DueEvents(s.ep.Name, s.m.opts.Now(), conc)
+			due, n, err := s.m.opts.Source.DueEvents(s.ep.Name, s.m.opts.Now(), fetch)
 			if err != nil {
 				s.log.Error("webhook: reading due events", zap.Error(err))
 				n = s.m.opts.Now().Add(5 * time.Second)
 			}
 			next = n
 			for _, d := range due {
-				if inflight[d.Seq] || len(inflight) == conc {
-					continue
+				if !inflight[d.Seq] {
+					buf = append(buf, d)
 				}
-				inflight[d.Seq] = true
-				go func() { s.deliver(d); finished <- d.Seq }()
 			}
 		}
+		for len(buf) > 0 && len(inflight) < conc {
+			d := buf[0]
+			buf = buf[1:]
+			inflight[d.Seq] = true
+			go func() { s.deliver(d); finished <- d.Seq }()
+		}
+		// With deliveries still buffered, the next wake-up is a request
+		// finishing; the timer is for when nothing due is left.
 		var tc <-chan time.Time
-		if !next.IsZero() {
+		if !next.IsZero() && len(buf) == 0 {
 			wait := max(next.Sub(s.m.opts.Now()), 0)
 			if timer == nil {
 				timer = time.NewTimer(wait)
