@@ -351,7 +351,7 @@ var ErrNoDelivery = errors.New("queue: no such event delivery")
 // EventDone ends sub's delivery of event seq: made, or given up. The event
 // itself goes with its last delivery.
 func (q *Queue) EventDone(sub string, seq uint64) error {
-	return q.update(func(tx *bolt.Tx) error {
+	return q.sharedUpdate(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDeliveries)
 		k := deliveryKey(sub, seq)
 		if b.Get(k) == nil {
@@ -374,7 +374,7 @@ func (q *Queue) EventDone(sub string, seq uint64) error {
 // EventRetry records a failed attempt of sub's delivery of event seq and
 // when to try again.
 func (q *Queue) EventRetry(sub string, seq uint64, next time.Time, errText string) error {
-	return q.update(func(tx *bolt.Tx) error {
+	return q.sharedUpdate(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDeliveries)
 		k := deliveryKey(sub, seq)
 		v := b.Get(k)
