@@ -92,8 +92,8 @@ fuzz:
 		done; \
 	done
 
-# Benchmarks: first the in-package Go benchmarks (queue, DKIM, SMTP session),
-# then the side-by-side run of the built binary against Postfix on this
+# Benchmarks: first the in-package Go benchmarks (queue, DKIM, SMTP session,
+# webhook delivery), then the side-by-side run of the built binary against Postfix on this
 # machine (cmd/postern/bench_test.go, build tag `bench`; it explains how
 # Postfix and OpenDKIM are isolated). The table goes to stdout and to
 # bin/bench-results.md. Knobs: BENCH_REPS=N repetitions per cell (default 3,

@@ -17,6 +17,9 @@
 //	                 TLS it needs (DANE, MTA-STS, configured, opportunistic),
 //	                 the check after STARTTLS, the MTA-STS cache and the
 //	                 TLS reports (RFC 8460); delivery calls it
+//	relay/webhooks   delivery webhooks: the queue's events (its outbox)
+//	                 posted to HTTP endpoints, signed, retried, in order
+//	                 per message
 //	relay/certs      the listeners' TLS certificate
 //	relay/status     the one SMTP status type (reply code, enhanced code,
 //	                 client-safe text, cause), shared by both SMTP sides
@@ -26,7 +29,8 @@
 // queue's scheduler →
 // queue.Deliverer (outbound or capture) → typed results (queue.Result,
 // with the remote's reply as queue/reply values) back into the queue
-// record, the bounces and the logs. No room imports another room of
+// record, the bounces and the logs; the events that record writes go
+// out through relay/webhooks. No room imports another room of
 // relay except relay/status, and the sources relay/submit (relay/metrics
 // may name smtpd's observer in tests); the queue imports nothing under
 // relay. cmd/postern wires the

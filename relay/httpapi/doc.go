@@ -34,9 +34,9 @@
 //
 // Successful API calls answer 200 with a JSON body. Errors answer
 // {"error": "..."} with 400 (bad state filter or limit), 401 (missing or
-// wrong bearer token), 404 (unknown message or path), 405 (wrong method), 409 (the
-// message is not in a state that allows the action, such as retrying a held
-// message), 503 (the queue is closed) or 500.
+// wrong bearer token), 404 (unknown message or path), 405 (wrong method),
+// 409 (the message is not in a state that allows the action, such as
+// retrying a held message), 503 (the queue is closed) or 500.
 //
 // # Authentication
 //
@@ -49,7 +49,7 @@
 // secrets to, and the answers say nothing but "up" or "not ready because X".
 // Metrics carry no secrets either: counters, reply codes, listener names and
 // queue depths, webhook endpoint names, never an address, a message ID or
-// a user name. What they do reveal is traffic volume; an operator who minds that keeps listen.admin on
-// loopback (the default) or behind a firewall, which the queue API without a
-// token needs anyway.
+// a user name. What they do reveal is traffic volume; an operator who
+// minds that keeps listen.admin on loopback (the default) or behind a
+// firewall, which the queue API without a token needs anyway.
 package httpapi
