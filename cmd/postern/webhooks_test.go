@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -85,5 +87,37 @@ func TestWebhookTable(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestConfigCheckWebhooks: one run of config check reports a webhook's
+// bad URL (from the config) and another's bad secret file (read as serve
+// reads it), and passes once both are right.
+func TestConfigCheckWebhooks(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "hook.secret")
+	os.WriteFile(secret, []byte("not a secret\n"), 0o600)
+	hooks := func(url string) string {
+		return fmt.Sprintf("webhooks:\n  - {name: a, url: %q, secret_file: %s}\n  - {name: b, url: https://hooks.example.com/b, secret_file: %s}\n", url, secret, secret)
+	}
+	in := newInstance(t, testConfig{Relay: freeAddr(t), Resolver: "127.0.0.1:53", DeliveryPort: 25, Extra: hooks("http://hooks.example.com/a")})
+	var out bytes.Buffer
+	err := cmdConfigCheck([]string{"--config", in.cfgPath}, &out)
+	msg := fmt.Sprint(err)
+	for _, want := range []string{"webhooks[0].url", "plain http to a host that is not loopback",
+		"webhooks[0].secret_file", "webhooks[1].secret_file", "must start with \"whsec_\"", "3 problem(s)"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("config check lacks %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "not a secret") {
+		t.Error("config check quotes the secret file")
+	}
+	os.WriteFile(secret, []byte("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"), 0o600)
+	os.WriteFile(in.cfgPath, []byte(testConfig{Relay: in.cfg.Relay, Resolver: "127.0.0.1:53", DeliveryPort: 25, Extra: hooks("http://127.0.0.1:9/a")}.yaml(in.dir)), 0o600)
+	out.Reset()
+	if err := cmdConfigCheck([]string{"--config", in.cfgPath}, &out); err != nil {
+		t.Errorf("a good webhooks section: %v\n%s", err, out.String())
 	}
 }
