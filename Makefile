@@ -93,9 +93,9 @@ fuzz:
 	done
 
 # Benchmarks: first the in-package Go benchmarks (queue, DKIM, SMTP session,
-# webhook delivery), then the side-by-side run of the built binary against Postfix on this
-# machine (cmd/postern/bench_test.go, build tag `bench`; it explains how
-# Postfix and OpenDKIM are isolated). The table goes to stdout and to
+# webhook delivery), then the side-by-side run of the built binary against
+# Postfix on this machine (cmd/postern/bench_test.go, build tag `bench`; it
+# explains how Postfix and OpenDKIM are isolated). The table goes to stdout and to
 # bin/bench-results.md. Knobs: BENCH_REPS=N repetitions per cell (default 3,
 # medians reported), BENCH_QUICK=1 (one repetition, small counts: a smoke
 # test, not a measurement), BENCH_DIR (scratch parent, default /var/spool;
@@ -109,7 +109,7 @@ bench: build bench-deps
 	BENCH_BIN=$(abspath $(BIN)) BENCH_OUT=$(abspath bin/bench-results.md) \
 	BENCH_COMMAND="make bench" \
 		BENCH_TOXIPROXY=$(abspath bin/tools/toxiproxy-server) \
-		$(GO) test -tags bench -run '^(TestBenchVsPostfix|TestBenchSubmission|TestBenchLatency)$$' -count=1 -timeout 4h -v ./cmd/postern/
+		$(GO) test -tags bench -run '^(TestBenchVsPostfix|TestBenchSubmission|TestBenchAPI|TestBenchLatency)$$' -count=1 -timeout 4h -v ./cmd/postern/
 
 # Installs what `make bench` drives when missing: Postfix (the contender and
 # smtp-source/smtp-sink), OpenDKIM (Postfix's usual signer), openssl (its
