@@ -33,11 +33,13 @@ type hookReceiver struct {
 
 // hookRequest is one request the receiver logged.
 type hookRequest struct {
-	ID        string `json:"id"`
-	Timestamp string `json:"timestamp"`
-	Valid     bool   `json:"valid"`
-	Status    int    `json:"status"`
-	Body      string `json:"body"`
+	Path      string  `json:"path"`
+	At        float64 `json:"at"`
+	ID        string  `json:"id"`
+	Timestamp string  `json:"timestamp"`
+	Valid     bool    `json:"valid"`
+	Status    int     `json:"status"`
+	Body      string  `json:"body"`
 }
 
 // hookBody is the part of a webhook body the tests read.
@@ -164,7 +166,8 @@ func decodeBody(t testing.TB, r hookRequest) hookBody {
 }
 
 // checkOnceEach fails the test for a request with a bad signature or an
-// event accepted twice.
+// event accepted twice by one endpoint (each endpoint has its own path;
+// two endpoints get the same event with the same id).
 func checkOnceEach(t testing.TB, rs []hookRequest) {
 	t.Helper()
 	seen := map[string]bool{}
@@ -173,10 +176,10 @@ func checkOnceEach(t testing.TB, rs []hookRequest) {
 			t.Errorf("request %s: the signature did not verify", r.ID)
 		}
 		if r.Status/100 == 2 {
-			if seen[r.ID] {
-				t.Errorf("event %s accepted twice", r.ID)
+			if seen[r.Path+" "+r.ID] {
+				t.Errorf("event %s accepted twice at %s", r.ID, r.Path)
 			}
-			seen[r.ID] = true
+			seen[r.Path+" "+r.ID] = true
 		}
 	}
 }
@@ -365,5 +368,53 @@ func TestWebhookSurvivesCrash(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("deliveries still pending after both were accepted: %+v", webhooksList(t, in))
 		}
+	}
+}
+
+// TestWebhooksCarryTheSendAPIsTags: a message sent through the send API
+// with tags and metadata has them in each of its events, with the
+// Message-ID and queue id the API answered and the key's user; an
+// endpoint limited to delivered events gets only those.
+func TestWebhooksCarryTheSendAPIsTags(t *testing.T) {
+	t.Parallel()
+	hook := startHookReceiver(t, "200")
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.4")
+	w.receiver("127.0.2.4")
+	cfg := w.config()
+	cfg.API = freeAddr(t)
+	cfg.Extra = hook.config() + fmt.Sprintf("  - name: delivered-only\n    url: http://127.0.0.1:%d/delivered\n    secret_file: %s\n    events: [message.delivered]\n", hook.port, hook.secret)
+	in := newInstance(t, cfg)
+	in.addUser("alice@example.test", "correct horse")
+	in.start()
+	out, err := in.postern("", "user", "key", "add", "alice@example.test", "--label", "webhooks")
+	if err != nil {
+		t.Fatalf("user key add: %v\n%s", err, out)
+	}
+	req := `{"from": "alice@example.test", "to": ["bob@dest.test"], "subject": "hi", "text": "hello",
+		"tags": ["welcome", "b"], "metadata": {"order": "1234", "plan": "pro"}}`
+	status, _, body := curlAPI(t, in, "POST", "/v1/messages", lastLine(out), "application/json", req)
+	var sent struct {
+		ID        string `json:"id"`
+		MessageID string `json:"message_id"`
+	}
+	if err := json.Unmarshal(body, &sent); status != 202 || err != nil {
+		t.Fatalf("POST: %d %s", status, body)
+	}
+	rs := hook.waitAccepted(in, 3, 60*time.Second) // accepted and delivered to app, delivered to delivered-only
+	checkOnceEach(t, rs)
+	var types []string
+	for _, r := range accepted(rs) {
+		b := decodeBody(t, r)
+		types = append(types, b.Type)
+		d := b.Data
+		if d.QueueID != sent.ID || d.MessageID != sent.MessageID || d.User != "alice@example.test" || d.Recipient != "bob@dest.test" ||
+			!slices.Equal(d.Tags, []string{"welcome", "b"}) || d.Metadata["order"] != "1234" || d.Metadata["plan"] != "pro" || len(d.Metadata) != 2 {
+			t.Errorf("%s: data %+v, want what the API was given and answered (%+v)", b.Type, d, sent)
+		}
+	}
+	slices.Sort(types)
+	if want := []string{"message.accepted", "message.delivered", "message.delivered"}; !slices.Equal(types, want) {
+		t.Errorf("events %v, want %v (delivered-only gets no accepted)", types, want)
 	}
 }

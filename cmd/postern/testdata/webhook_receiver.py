@@ -16,7 +16,8 @@ port on its first line of output. Each request gets the status named by
 STATUS_FILE, read at every request: a space-separated list, one per
 request in order, the last repeated ("500 200": the first request fails).
 A request whose signature does not verify gets 401. Each request is
-appended to LOG_FILE as one JSON line: id, timestamp, valid, status, body.
+appended to LOG_FILE as one JSON line: path, at (the receiver's clock), id,
+timestamp, valid, status, body.
 """
 import base64
 import hashlib
@@ -68,7 +69,8 @@ class Handler(BaseHTTPRequestHandler):
             if not valid:
                 status = 401
             with open(log_file, "a") as f:
-                f.write(json.dumps({"id": self.headers.get("webhook-id"),
+                f.write(json.dumps({"path": self.path, "at": time.time(),
+                                    "id": self.headers.get("webhook-id"),
                                     "timestamp": self.headers.get("webhook-timestamp"),
                                     "valid": valid, "status": status,
                                     "body": body.decode()}) + "\n")
@@ -82,6 +84,15 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # postern killed (the crash test) or stopped with a connection
+        # open: not the receiver's error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
+server = Server(("127.0.0.1", port), Handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
