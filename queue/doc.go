@@ -111,9 +111,10 @@
 // rolled back. Each subscriber that wants an event gets a delivery row of
 // its own; DueEvents hands out at most one per message at a time, so a
 // subscriber sees each message's events in order, and EventDone and
-// EventRetry record what came of an attempt; EventBacklogs counts what
-// waits, for operators and metrics. Nothing is written without
-// subscribers.
+// EventRetry record what came of an attempt (through the group commit, so
+// that the results of a subscriber's concurrent requests share an fsync);
+// EventBacklogs counts what waits, for operators and metrics. Nothing is
+// written without subscribers.
 //
 // With Options.Suppression, a recipient that fails for good because its
 // address does not exist (enhanced codes 5.1.x for bad mailbox, domain,
