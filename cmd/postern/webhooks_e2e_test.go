@@ -204,7 +204,7 @@ func TestWebhooksReportEveryOutcome(t *testing.T) {
 	in.start()
 	out, err := submit(t, in, "PLAIN", "alice@example.test", "correct horse", "alice@example.test", "defer@dest.test,ok@dest.test,bad@dest.test")
 	if err != nil {
-		t.Fatalf("swaks: %v\n%s", err, out)
+		t.Fatalf("swaks: %v\n%s\npostern's log:\n%s", err, out, in.logs.String())
 	}
 	m := queuedRE.FindStringSubmatch(out)
 	if m == nil {
