@@ -54,7 +54,10 @@ type Config struct {
 	ListenProxyProtocolFrom []string    `yaml:"listen_proxy_protocol_from"`
 	DKIM                    DKIMConfig  `yaml:"dkim"`
 	Admin                   AdminConfig `yaml:"admin"`
-	ShutdownTimeout         Duration    `yaml:"shutdown_timeout"`
+	// Suppression is the list of addresses a user's mail is no longer
+	// sent to (queue/suppress.go).
+	Suppression     SuppressionConfig `yaml:"suppression"`
+	ShutdownTimeout Duration          `yaml:"shutdown_timeout"`
 
 	// File is the path the configuration was read from, or Builtin.
 	File string `yaml:"-"`
@@ -85,6 +88,16 @@ type AdminConfig struct {
 	// Host header: anything else is refused, so that a web page cannot
 	// reach the API through DNS rebinding.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+}
+
+// SuppressionConfig turns the suppression list on: a recipient that
+// failed for good because its address does not exist is not sent the
+// user's later mail (refused at RCPT).
+type SuppressionConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// ExpireAfter is how long an automatic suppression lasts; 0: until an
+	// operator removes it.
+	ExpireAfter Duration `yaml:"expire_after"`
 }
 
 type TLSConfig struct {
@@ -601,6 +614,9 @@ func (c *Config) validate() Errors {
 	}
 	if c.Delivery.DelayWarning < 0 {
 		bad("delivery.delay_warning", "must not be negative (0 disables delay warnings)")
+	}
+	if c.Suppression.ExpireAfter < 0 {
+		bad("suppression.expire_after", "must not be negative (0 keeps a suppression until it is removed)")
 	}
 	if c.Delivery.KeepFailed <= 0 {
 		bad("delivery.keep_failed", "must be positive (for example 168h)")

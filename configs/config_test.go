@@ -93,6 +93,8 @@ func TestLoadBuiltin(t *testing.T) {
 		{"delivery.retry.lifetime", c.Delivery.Retry.Lifetime.D(), 120 * time.Hour},
 		{"dkim.keys", len(c.DKIM.Keys), 0},
 		{"shutdown_timeout", c.ShutdownTimeout.D(), 30 * time.Second},
+		{"suppression.enabled", c.Suppression.Enabled, true},
+		{"suppression.expire_after", c.Suppression.ExpireAfter.D(), time.Duration(0)},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -487,6 +489,9 @@ dkim:
     - domain: example.org
       selector: s2024
       key_file: /etc/postern/dkim/example.org.pem
+suppression:
+  enabled: true
+  expire_after: 720h
 shutdown_timeout: 1m
 `
 
@@ -506,6 +511,9 @@ func TestOneThingWrong(t *testing.T) {
 			len(c.DKIM.Keys) != 2 || !c.DKIM.Keys[0].SignSubdomains || c.Relay.TrustedNetworks[1] != "2001:db8::/32" {
 			t.Errorf("the baseline loaded as %+v", c)
 		}
+		if !c.Suppression.Enabled || c.Suppression.ExpireAfter.D() != 720*time.Hour {
+			t.Errorf("the baseline's suppression section loaded as %+v", c.Suppression)
+		}
 	})
 
 	for _, tc := range []struct {
@@ -514,6 +522,10 @@ func TestOneThingWrong(t *testing.T) {
 		line     string // the line the error points at, when not the changed one
 	}{
 		{"hostname: mail.example.com", "hostname: mail..example.com", "hostname", ""},
+		{"  expire_after: 720h", "  expire_after: -1h", "suppression.expire_after", ""},
+		{"  expire_after: 720h", "  expire_after: 30 days", "suppression.expire_after", ""},
+		{"  expire_after: 720h", "  expire_afer: 720h", "suppression.expire_afer", ""},
+		{"  enabled: true", "  enabled: yes please", "suppression.enabled", ""},
 		{"hostname: mail.example.com", `hostname: ""`, "hostname", ""},
 		{"hostname: mail.example.com", "hostname: [mail.example.com]", "hostname", ""},
 		{"hostname: mail.example.com", "hostnme: mail.example.com", "hostnme", ""},

@@ -205,8 +205,11 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		Hostname:     cfg.Hostname,
 		DelayWarning: cfg.Delivery.DelayWarning.D(),
 		KeepFailed:   cfg.Delivery.KeepFailed.D(),
-		Observer:     s.metrics,
-		Logger:       slogOf(log),
+		Suppression: queue.SuppressionOptions{
+			Enabled: cfg.Suppression.Enabled, ExpireAfter: cfg.Suppression.ExpireAfter.D(),
+		},
+		Observer: s.metrics,
+		Logger:   slogOf(log),
 	})
 	if err != nil {
 		return err
@@ -229,6 +232,12 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	// per-client and per-user limits, the AUTH throttle) count across
 	// listeners.
 	policy := newRelayPolicy(cfg)
+	// With the list off, nothing is suppressed at RCPT either: entries
+	// already on disk wait, unused, until it is turned back on.
+	var sups smtpd.Suppressions
+	if cfg.Suppression.Enabled {
+		sups = s.queue
+	}
 	for _, l := range []struct {
 		kind smtpd.Kind
 		addr string
@@ -255,6 +264,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			Trusted:         cfg.TrustedPrefixes(),
 			Auth:            s.authenticator(),
 			Queue:           s.queue,
+			Suppressions:    sups,
 			Signer:          s.currentSigner,
 			Logger:          log,
 			Observer:        s.metrics,
