@@ -291,7 +291,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		}
 		s.admin = &http.Server{
 			Handler: httpapi.NewHandler(httpapi.Options{
-				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
+				Queue: s.queue, Suppressions: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
 				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,

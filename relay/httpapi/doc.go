@@ -26,13 +26,19 @@
 //	POST   /api/queue/{id}/release   undo hold
 //	POST   /api/queue/{id}/bounce    fail every pending recipient (a bounce is sent)
 //	DELETE /api/queue/{id}           remove the message silently
+//	GET    /api/suppressions?user=U  suppressed addresses, by user then
+//	                                 address; no user parameter: every
+//	                                 user's; user= (empty): mail without
+//	                                 AUTH (the relay listener)
+//	PUT    /api/suppressions/{addr}?user=U     suppress addr for U (manual)
+//	DELETE /api/suppressions/{addr}?user=U     let mail to addr through again
 //	GET    /metrics                  Prometheus text exposition
 //	GET    /healthz                  200 "ok" while the process serves HTTP
 //	GET    /readyz                   200 when Options.Ready returns nil, else 503
 //
 // Successful API calls answer 200 with a JSON body. Errors answer
-// {"error": "..."} with 400 (bad state filter), 401 (missing or wrong bearer
-// token), 404 (unknown message or path), 405 (wrong method), 409 (the
+// {"error": "..."} with 400 (bad state filter or address), 401 (missing or wrong bearer
+// token), 404 (unknown message, address not suppressed, or path), 405 (wrong method), 409 (the
 // message is not in a state that allows the action, such as retrying a held
 // message), 503 (the queue is closed) or 500.
 //
