@@ -57,6 +57,7 @@ type Config struct {
 	// Suppression is the list of addresses a user's mail is no longer
 	// sent to (queue/suppress.go).
 	Suppression     SuppressionConfig `yaml:"suppression"`
+	Bounces         BouncesConfig     `yaml:"bounces"`
 	ShutdownTimeout Duration          `yaml:"shutdown_timeout"`
 
 	// File is the path the configuration was read from, or Builtin.
@@ -74,6 +75,23 @@ type ListenConfig struct {
 	Submissions string `yaml:"submissions"` // implicit TLS, AUTH required (RFC 8314)
 	Relay       string `yaml:"relay"`       // no AUTH, trusted networks only
 	Admin       string `yaml:"admin"`       // HTTP admin and metrics
+	// MX receives bounces and complaint reports for bounces.domain (port
+	// 25 in production), and nothing else.
+	MX string `yaml:"mx"`
+}
+
+// BouncesConfig turns on VERP return paths and the bounce intake
+// (listen.mx): mail is sent with MAIL FROM b+TOKEN@Domain, and the reports
+// that come back there become events and suppressions.
+type BouncesConfig struct {
+	// Domain is the bounce domain; "" turns VERP off.
+	Domain string `yaml:"domain"`
+	// SecretFile holds the key that authenticates tokens; "" = one serve
+	// generates in data_dir (GeneratedBounceSecretPath).
+	SecretFile string `yaml:"secret_file"`
+	// Keep is how long what a late report needs of a message is kept
+	// after the message leaves the queue.
+	Keep Duration `yaml:"keep"`
 }
 
 type AdminConfig struct {
@@ -408,6 +426,7 @@ func (c *Config) resolvePaths(dir string) error {
 		c.Auth.KeysFile = c.Auth.UsersFile + ".keys" // auth.DefaultKeysFile
 	}
 	abs(&c.Admin.TokenFile)
+	abs(&c.Bounces.SecretFile)
 	for i := range c.DKIM.Keys {
 		abs(&c.DKIM.Keys[i].KeyFile)
 	}
@@ -438,6 +457,12 @@ func (c *Config) ProxyProtocolFrom() []netip.Prefix { return prefixes(c.ListenPr
 // MaildropDir is where `postern sendmail` leaves messages the daemon
 // could not take, for the daemon to pick up (relay/pickup).
 func (c *Config) MaildropDir() string { return filepath.Join(c.DataDir, "maildrop") }
+
+// GeneratedBounceSecretPath is where serve keeps the key of the VERP
+// tokens when bounces.secret_file is not set.
+func (c *Config) GeneratedBounceSecretPath() string {
+	return filepath.Join(c.DataDir, "bounces.secret")
+}
 
 // GeneratedAdminTokenPath is where serve keeps the admin API's token when
 // admin.token_file is not set.
@@ -513,9 +538,10 @@ func (c *Config) validate() Errors {
 		"listen.submissions": c.Listen.Submissions,
 		"listen.relay":       c.Listen.Relay,
 		"listen.admin":       c.Listen.Admin,
+		"listen.mx":          c.Listen.MX,
 	}
 	seen := map[string]string{}
-	for _, key := range []string{"listen.submission", "listen.submissions", "listen.relay", "listen.admin"} {
+	for _, key := range []string{"listen.submission", "listen.submissions", "listen.relay", "listen.admin", "listen.mx"} {
 		addr := listeners[key]
 		if addr == "" {
 			continue
@@ -614,6 +640,15 @@ func (c *Config) validate() Errors {
 	}
 	if c.Delivery.DelayWarning < 0 {
 		bad("delivery.delay_warning", "must not be negative (0 disables delay warnings)")
+	}
+	if d := c.Bounces.Domain; d != "" && (!validHostname(d) || strings.Contains(d, "_") || !strings.Contains(d, ".")) {
+		bad("bounces.domain", "%q is not a domain name (for example bounces.example.com; empty turns VERP off)", d)
+	}
+	if c.Listen.MX != "" && c.Bounces.Domain == "" {
+		bad("listen.mx", "needs bounces.domain: the MX listener accepts mail for the bounce domain only")
+	}
+	if c.Bounces.Keep <= 0 {
+		bad("bounces.keep", "must be positive (for example 168h): how long a late bounce can still be matched")
 	}
 	if c.Suppression.ExpireAfter < 0 {
 		bad("suppression.expire_after", "must not be negative (0 keeps a suppression until it is removed)")

@@ -94,6 +94,10 @@ func TestLoadBuiltin(t *testing.T) {
 		{"dkim.keys", len(c.DKIM.Keys), 0},
 		{"shutdown_timeout", c.ShutdownTimeout.D(), 30 * time.Second},
 		{"suppression.enabled", c.Suppression.Enabled, true},
+		{"listen.mx", c.Listen.MX, ""},
+		{"bounces.domain", c.Bounces.Domain, ""},
+		{"bounces.secret_file", c.Bounces.SecretFile, ""},
+		{"bounces.keep", c.Bounces.Keep.D(), 168 * time.Hour},
 		{"suppression.expire_after", c.Suppression.ExpireAfter.D(), time.Duration(0)},
 	}
 	for _, ch := range checks {
@@ -492,6 +496,10 @@ dkim:
 suppression:
   enabled: true
   expire_after: 720h
+bounces:
+  domain: bounces.example.com
+  secret_file: /etc/postern/bounces.secret
+  keep: 72h
 shutdown_timeout: 1m
 `
 
@@ -510,6 +518,9 @@ func TestOneThingWrong(t *testing.T) {
 		if c.Limits.MaxMessageSize != 50<<20 || c.Delivery.Retry.Lifetime.D() != 96*time.Hour ||
 			len(c.DKIM.Keys) != 2 || !c.DKIM.Keys[0].SignSubdomains || c.Relay.TrustedNetworks[1] != "2001:db8::/32" {
 			t.Errorf("the baseline loaded as %+v", c)
+		}
+		if c.Bounces.Domain != "bounces.example.com" || c.Bounces.SecretFile != "/etc/postern/bounces.secret" || c.Bounces.Keep.D() != 72*time.Hour {
+			t.Errorf("the baseline's bounces section loaded as %+v", c.Bounces)
 		}
 		if !c.Suppression.Enabled || c.Suppression.ExpireAfter.D() != 720*time.Hour {
 			t.Errorf("the baseline's suppression section loaded as %+v", c.Suppression)
@@ -539,6 +550,10 @@ func TestOneThingWrong(t *testing.T) {
 		{"  relay: 10.0.0.1:25", "  relay: 0.0.0.0:587", "listen.relay", ""},
 		{"  admin: 127.0.0.1:8025", "  admin: 0.0.0.0:8025", "listen.admin", ""}, // not loopback, without TLS and a token
 		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:http", "listen.admin", ""},
+		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:8025\n  mx: 0.0.0.0:465", "listen.mx", "  mx: 0.0.0.0:465"}, // the port of submissions
+		{"  domain: bounces.example.com", "  domain: bounces..example.com", "bounces.domain", ""},
+		{"  domain: bounces.example.com", "  domain: localhost", "bounces.domain", ""},
+		{"  keep: 72h", "  keep: 0s", "bounces.keep", ""},
 		{"  key_file: /etc/postern/key.pem", `  key_file: ""`, "tls", "tls:"},
 		{"  users_file: /etc/postern/users", `  users_file: ""`, "auth.users_file", ""},
 		{"  keys_file: /etc/postern/app-passwords", "  keys_file: /etc/postern/./users", "auth.keys_file", ""},
@@ -744,5 +759,19 @@ delivery:
 	}
 	if d := Default(); d.TLSReportContact() != "postmaster@localhost" || !d.Delivery.TLSReports.Enabled {
 		t.Errorf("defaults: contact %q, enabled %v", d.TLSReportContact(), d.Delivery.TLSReports.Enabled)
+	}
+}
+
+// TestMXNeedsBounceDomain: listen.mx accepts mail for the bounce domain
+// only, so it cannot run without one.
+func TestMXNeedsBounceDomain(t *testing.T) {
+	text := strings.Replace(baseline, "  domain: bounces.example.com\n", "  domain: \"\"\n", 1)
+	text = strings.Replace(text, "  admin: 127.0.0.1:8025\n", "  admin: 127.0.0.1:8025\n  mx: 0.0.0.0:25\n", 1)
+	errs := loadErrors(t, writeConfig(t, text))
+	if len(errs) != 1 || errs[0].Key != "listen.mx" {
+		t.Errorf("got %q, want one error for listen.mx", errs)
+	}
+	if _, err := Load(writeConfig(t, strings.Replace(text, "  domain: \"\"\n", "  domain: bounces.example.com\n", 1))); err != nil {
+		t.Errorf("with the domain: %v", err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"postern/configs"
 	"postern/dkim"
 	"postern/queue"
+	"postern/relay/bounces"
 	"postern/relay/certs"
 	"postern/relay/httpapi"
 	"postern/relay/metrics"
@@ -109,6 +110,8 @@ type server struct {
 	// closed after the queue, when no attempt can use it any more.
 	deliverer queue.Deliverer
 	smtp      []*smtpd.Server
+	// bounceMX is listen.mx's server (nil when off).
+	bounceMX *bounces.MX
 	// pickup queues what sendmail left in the maildrop; it stops before
 	// the queue closes.
 	pickup  *pickup.Pickup
@@ -187,6 +190,10 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		return err
 	}
 
+	tokens, err := bounceTokens(cfg)
+	if err != nil {
+		return err
+	}
 	mx, err := newDeliverer(cfg, log)
 	if err != nil {
 		return err
@@ -208,6 +215,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		Suppression: queue.SuppressionOptions{
 			Enabled: cfg.Suppression.Enabled, ExpireAfter: cfg.Suppression.ExpireAfter.D(),
 		},
+		Bounces:  bounceOptions(cfg, tokens),
 		Observer: s.metrics,
 		Logger:   slogOf(log),
 	})
@@ -277,11 +285,31 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		s.smtp = append(s.smtp, srv)
 		log.Info("listening", zap.String("listener", l.kind.String()), zap.Stringer("addr", ln.Addr()))
 	}
+	var mxLn net.Listener
+	if cfg.Listen.MX != "" {
+		mxLn, err = net.Listen("tcp", cfg.Listen.MX)
+		if err != nil {
+			closeAll()
+			s.queue.Close(context.Background())
+			return fmt.Errorf("listen.mx: %w", err)
+		}
+		s.bounceMX = bounces.NewMX(bounces.MXOptions{
+			Hostname: cfg.Hostname, Tokens: tokens, Queue: s.queue, TLS: s.certs.Config(),
+			// A report with RET=FULL carries the whole original.
+			MaxMessageBytes: int64(cfg.Limits.MaxMessageSize) + 64<<10,
+			Logger:          log,
+		})
+		log.Info("listening", zap.String("listener", "mx"), zap.Stringer("addr", mxLn.Addr()),
+			zap.String("bounce_domain", tokens.Domain()))
+	}
 	var adminLn net.Listener
 	if cfg.Listen.Admin != "" {
 		adminLn, err = net.Listen("tcp", cfg.Listen.Admin)
 		if err != nil {
 			closeAll()
+			if mxLn != nil {
+				mxLn.Close()
+			}
 			s.queue.Close(context.Background())
 			return fmt.Errorf("listen.admin: %w", err)
 		}
@@ -326,6 +354,15 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			defer s.wg.Done()
 			if err := b.srv.Serve(b.l); err != nil {
 				log.Error("listener stopped", zap.Error(err))
+			}
+		}()
+	}
+	if s.bounceMX != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.bounceMX.Serve(mxLn); err != nil {
+				log.Error("mx listener stopped", zap.Error(err))
 			}
 		}()
 	}
@@ -388,6 +425,15 @@ func (s *server) shutdown() error {
 			defer wg.Done()
 			if err := srv.Shutdown(ctx); err != nil {
 				s.log.Warn("sessions cut off at shutdown", zap.Error(err))
+			}
+		}()
+	}
+	if s.bounceMX != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.bounceMX.Shutdown(ctx); err != nil {
+				s.log.Warn("mx sessions cut off at shutdown", zap.Error(err))
 			}
 		}()
 	}
