@@ -17,6 +17,9 @@
 //	                 TLS it needs (DANE, MTA-STS, configured, opportunistic),
 //	                 the check after STARTTLS, the MTA-STS cache and the
 //	                 TLS reports (RFC 8460); delivery calls it
+//	relay/bounces    bounce intake: VERP return-path tokens, the DSN and
+//	                 ARF parsers, and the listen.mx server that turns the
+//	                 reports into queue events and suppressions
 //	relay/certs      the listeners' TLS certificate
 //	relay/status     the one SMTP status type (reply code, enhanced code,
 //	                 client-safe text, cause), shared by both SMTP sides
