@@ -72,7 +72,7 @@ func suppressionEnv(t *testing.T) (*env, *fakeSuppressions) {
 	return newEnv(t, Options{Token: testToken, Suppressions: sups}), sups
 }
 
-func addresses(t *testing.T, body []byte) []string {
+func suppressionRows(t *testing.T, body []byte) []string {
 	t.Helper()
 	var ss []queue.Suppression
 	if err := json.Unmarshal(body, &ss); err != nil {
@@ -102,7 +102,7 @@ func TestSuppressionsList(t *testing.T) {
 		if w.Code != http.StatusOK {
 			t.Fatalf("GET %s: %d %s", tc.target, w.Code, w.Body)
 		}
-		if got := addresses(t, w.Body.Bytes()); !slices.Equal(got, tc.want) {
+		if got := suppressionRows(t, w.Body.Bytes()); !slices.Equal(got, tc.want) {
 			t.Errorf("GET %s: %q, want %q", tc.target, got, tc.want)
 		}
 	}
