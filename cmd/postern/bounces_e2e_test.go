@@ -178,7 +178,8 @@ var verpRE = regexp.MustCompile(`from=<(b\+[a-z2-7]{32}@bounces\.postern\.test)>
 // return path; Postfix accepts the unknown user, bounces it later to that
 // return path, at listen.mx; the bounce becomes a message.bounced (the log
 // line) and a suppression, and the next message to the address is refused
-// at RCPT. listen.mx refuses every other recipient and never relays.
+// at RCPT. listen.mx refuses every other recipient and never relays; a
+// complaint report to the same return path becomes message.complained.
 func TestPostfixBouncesToListenMX(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
@@ -200,8 +201,9 @@ func TestPostfixBouncesToListenMX(t *testing.T) {
 	}
 	// Postfix saw the VERP return path, not the sender.
 	log, _ := os.ReadFile(maillog)
-	if m := verpRE.FindSubmatch(log); m == nil {
-		t.Errorf("Postfix's log shows no VERP return path:\n%s", log)
+	m := verpRE.FindSubmatch(log)
+	if m == nil {
+		t.Fatalf("Postfix's log shows no VERP return path:\n%s", log)
 	}
 	// postern accepted the message before Postfix bounced it: it was
 	// delivered, and the bounce reached postern by listen.mx alone.
@@ -231,5 +233,35 @@ func TestPostfixBouncesToListenMX(t *testing.T) {
 		if got := d.cmd(c.send); !strings.HasPrefix(got, c.want) {
 			t.Errorf("%s: %q, want %s", c.send, got, c.want)
 		}
+	}
+
+	// Last, a complaint (RFC 5965 Appendix B's report) about the same
+	// message to the same return path: message.complained, and the
+	// suppression becomes a complaint.
+	arf, err := os.ReadFile(filepath.Join("..", "..", "relay", "bounces", "testdata", "arf-rfc5965.eml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, mxAddr)
+	for _, line := range []string{"EHLO fbl.example.com", "MAIL FROM:<>", "RCPT TO:<" + string(m[1]) + ">"} {
+		if got := c.cmd(line); !strings.HasPrefix(got, "250") {
+			t.Fatalf("%s: %q", line, got)
+		}
+	}
+	if got := c.cmd("DATA"); !strings.HasPrefix(got, "354") {
+		t.Fatalf("DATA: %q", got)
+	}
+	// No line of the sample starts with a dot: no dot-stuffing needed.
+	body := strings.ReplaceAll(strings.TrimRight(string(arf), "\n"), "\n", "\r\n")
+	if got := c.cmd(body + "\r\n."); !strings.HasPrefix(got, "250") {
+		t.Fatalf("end of DATA: %q", got)
+	}
+	e = in.waitLog(30*time.Second, func(e logEntry) bool { return e.isMsg("mx: message.complained") })
+	if e.str("rcpt") != "nosuchuser@dest.test" || e.str("feedback_type") != "abuse" {
+		t.Errorf("complaint log line %v", e)
+	}
+	out, _ = in.postern("", "suppression", "list")
+	if !strings.Contains(out, "complaint") {
+		t.Errorf("suppression list after the complaint:\n%s", out)
 	}
 }
