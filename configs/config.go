@@ -54,8 +54,12 @@ type Config struct {
 	ListenProxyProtocolFrom []string    `yaml:"listen_proxy_protocol_from"`
 	DKIM                    DKIMConfig  `yaml:"dkim"`
 	Admin                   AdminConfig `yaml:"admin"`
-	API                     APIConfig   `yaml:"api"`
-	ShutdownTimeout         Duration    `yaml:"shutdown_timeout"`
+	// Suppression is the list of addresses a user's mail is no longer
+	// sent to (queue/suppress.go).
+	Suppression     SuppressionConfig `yaml:"suppression"`
+	Bounces         BouncesConfig     `yaml:"bounces"`
+	API             APIConfig         `yaml:"api"`
+	ShutdownTimeout Duration          `yaml:"shutdown_timeout"`
 	// Webhooks are the endpoints that delivery events are posted to.
 	Webhooks []Webhook `yaml:"webhooks"`
 
@@ -75,6 +79,23 @@ type ListenConfig struct {
 	Relay       string `yaml:"relay"`       // no AUTH, trusted networks only
 	Admin       string `yaml:"admin"`       // HTTP admin and metrics
 	API         string `yaml:"api"`         // HTTP send API for applications
+	// MX receives bounces and complaint reports for bounces.domain (port
+	// 25 in production), and nothing else.
+	MX string `yaml:"mx"`
+}
+
+// BouncesConfig turns on VERP return paths and the bounce intake
+// (listen.mx): mail is sent with MAIL FROM b+TOKEN@Domain, and the reports
+// that come back there become events and suppressions.
+type BouncesConfig struct {
+	// Domain is the bounce domain; "" turns VERP off.
+	Domain string `yaml:"domain"`
+	// SecretFile holds the key that authenticates tokens; "" = one serve
+	// generates in data_dir (GeneratedBounceSecretPath).
+	SecretFile string `yaml:"secret_file"`
+	// Keep is how long what a late report needs of a message is kept
+	// after the message leaves the queue.
+	Keep Duration `yaml:"keep"`
 }
 
 type AdminConfig struct {
@@ -89,6 +110,16 @@ type AdminConfig struct {
 	// Host header: anything else is refused, so that a web page cannot
 	// reach the API through DNS rebinding.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+}
+
+// SuppressionConfig turns the suppression list on: a recipient that
+// failed for good because its address does not exist is not sent the
+// user's later mail (refused at RCPT).
+type SuppressionConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// ExpireAfter is how long an automatic suppression lasts; 0: until an
+	// operator removes it.
+	ExpireAfter Duration `yaml:"expire_after"`
 }
 
 // APIConfig is the send API's listener (listen.api).
@@ -423,6 +454,7 @@ func (c *Config) resolvePaths(dir string) error {
 		c.Auth.KeysFile = c.Auth.UsersFile + ".keys" // auth.DefaultKeysFile
 	}
 	abs(&c.Admin.TokenFile)
+	abs(&c.Bounces.SecretFile)
 	for i := range c.DKIM.Keys {
 		abs(&c.DKIM.Keys[i].KeyFile)
 	}
@@ -456,6 +488,12 @@ func (c *Config) ProxyProtocolFrom() []netip.Prefix { return prefixes(c.ListenPr
 // MaildropDir is where `postern sendmail` leaves messages the daemon
 // could not take, for the daemon to pick up (relay/pickup).
 func (c *Config) MaildropDir() string { return filepath.Join(c.DataDir, "maildrop") }
+
+// GeneratedBounceSecretPath is where serve keeps the key of the VERP
+// tokens when bounces.secret_file is not set.
+func (c *Config) GeneratedBounceSecretPath() string {
+	return filepath.Join(c.DataDir, "bounces.secret")
+}
 
 // GeneratedAdminTokenPath is where serve keeps the admin API's token when
 // admin.token_file is not set.
@@ -531,10 +569,11 @@ func (c *Config) validate() Errors {
 		"listen.submissions": c.Listen.Submissions,
 		"listen.relay":       c.Listen.Relay,
 		"listen.admin":       c.Listen.Admin,
+		"listen.mx":          c.Listen.MX,
 		"listen.api":         c.Listen.API,
 	}
 	seen := map[string]string{}
-	for _, key := range []string{"listen.submission", "listen.submissions", "listen.relay", "listen.admin", "listen.api"} {
+	for _, key := range []string{"listen.submission", "listen.submissions", "listen.relay", "listen.admin", "listen.mx", "listen.api"} {
 		addr := listeners[key]
 		if addr == "" {
 			continue
@@ -633,6 +672,18 @@ func (c *Config) validate() Errors {
 	}
 	if c.Delivery.DelayWarning < 0 {
 		bad("delivery.delay_warning", "must not be negative (0 disables delay warnings)")
+	}
+	if d := c.Bounces.Domain; d != "" && (!validHostname(d) || strings.Contains(d, "_") || !strings.Contains(d, ".")) {
+		bad("bounces.domain", "%q is not a domain name (for example bounces.example.com; empty turns VERP off)", d)
+	}
+	if c.Listen.MX != "" && c.Bounces.Domain == "" {
+		bad("listen.mx", "needs bounces.domain: the MX listener accepts mail for the bounce domain only")
+	}
+	if c.Bounces.Keep <= 0 {
+		bad("bounces.keep", "must be positive (for example 168h): how long a late bounce can still be matched")
+	}
+	if c.Suppression.ExpireAfter < 0 {
+		bad("suppression.expire_after", "must not be negative (0 keeps a suppression until it is removed)")
 	}
 	if c.Delivery.KeepFailed <= 0 {
 		bad("delivery.keep_failed", "must be positive (for example 168h)")

@@ -93,6 +93,12 @@ func TestLoadBuiltin(t *testing.T) {
 		{"delivery.retry.lifetime", c.Delivery.Retry.Lifetime.D(), 120 * time.Hour},
 		{"dkim.keys", len(c.DKIM.Keys), 0},
 		{"shutdown_timeout", c.ShutdownTimeout.D(), 30 * time.Second},
+		{"suppression.enabled", c.Suppression.Enabled, true},
+		{"listen.mx", c.Listen.MX, ""},
+		{"bounces.domain", c.Bounces.Domain, ""},
+		{"bounces.secret_file", c.Bounces.SecretFile, ""},
+		{"bounces.keep", c.Bounces.Keep.D(), 168 * time.Hour},
+		{"suppression.expire_after", c.Suppression.ExpireAfter.D(), time.Duration(0)},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -487,6 +493,13 @@ dkim:
     - domain: example.org
       selector: s2024
       key_file: /etc/postern/dkim/example.org.pem
+suppression:
+  enabled: true
+  expire_after: 720h
+bounces:
+  domain: bounces.example.com
+  secret_file: /etc/postern/bounces.secret
+  keep: 72h
 shutdown_timeout: 1m
 webhooks:
   - name: app
@@ -519,6 +532,12 @@ func TestOneThingWrong(t *testing.T) {
 			!strings.HasPrefix(w[1].Name, "127.0.0.1-") || w[1].RetryFor != DefaultWebhookRetryFor {
 			t.Errorf("the baseline's webhooks loaded as %+v", c.Webhooks)
 		}
+		if c.Bounces.Domain != "bounces.example.com" || c.Bounces.SecretFile != "/etc/postern/bounces.secret" || c.Bounces.Keep.D() != 72*time.Hour {
+			t.Errorf("the baseline's bounces section loaded as %+v", c.Bounces)
+		}
+		if !c.Suppression.Enabled || c.Suppression.ExpireAfter.D() != 720*time.Hour {
+			t.Errorf("the baseline's suppression section loaded as %+v", c.Suppression)
+		}
 	})
 
 	for _, tc := range []struct {
@@ -527,6 +546,10 @@ func TestOneThingWrong(t *testing.T) {
 		line     string // the line the error points at, when not the changed one
 	}{
 		{"hostname: mail.example.com", "hostname: mail..example.com", "hostname", ""},
+		{"  expire_after: 720h", "  expire_after: -1h", "suppression.expire_after", ""},
+		{"  expire_after: 720h", "  expire_after: 30 days", "suppression.expire_after", ""},
+		{"  expire_after: 720h", "  expire_afer: 720h", "suppression.expire_afer", ""},
+		{"  enabled: true", "  enabled: yes please", "suppression.enabled", ""},
 		{"hostname: mail.example.com", `hostname: ""`, "hostname", ""},
 		{"hostname: mail.example.com", "hostname: [mail.example.com]", "hostname", ""},
 		{"hostname: mail.example.com", "hostnme: mail.example.com", "hostnme", ""},
@@ -540,6 +563,10 @@ func TestOneThingWrong(t *testing.T) {
 		{"  relay: 10.0.0.1:25", "  relay: 0.0.0.0:587", "listen.relay", ""},
 		{"  admin: 127.0.0.1:8025", "  admin: 0.0.0.0:8025", "listen.admin", ""}, // not loopback, without TLS and a token
 		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:http", "listen.admin", ""},
+		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:8025\n  mx: 0.0.0.0:465", "listen.mx", "  mx: 0.0.0.0:465"}, // the port of submissions
+		{"  domain: bounces.example.com", "  domain: bounces..example.com", "bounces.domain", ""},
+		{"  domain: bounces.example.com", "  domain: localhost", "bounces.domain", ""},
+		{"  keep: 72h", "  keep: 0s", "bounces.keep", ""},
 		{"  key_file: /etc/postern/key.pem", `  key_file: ""`, "tls", "tls:"},
 		{"  users_file: /etc/postern/users", `  users_file: ""`, "auth.users_file", ""},
 		{"  keys_file: /etc/postern/app-passwords", "  keys_file: /etc/postern/./users", "auth.keys_file", ""},
@@ -756,6 +783,20 @@ delivery:
 	}
 	if d := Default(); d.TLSReportContact() != "postmaster@localhost" || !d.Delivery.TLSReports.Enabled {
 		t.Errorf("defaults: contact %q, enabled %v", d.TLSReportContact(), d.Delivery.TLSReports.Enabled)
+	}
+}
+
+// TestMXNeedsBounceDomain: listen.mx accepts mail for the bounce domain
+// only, so it cannot run without one.
+func TestMXNeedsBounceDomain(t *testing.T) {
+	text := strings.Replace(baseline, "  domain: bounces.example.com\n", "  domain: \"\"\n", 1)
+	text = strings.Replace(text, "  admin: 127.0.0.1:8025\n", "  admin: 127.0.0.1:8025\n  mx: 0.0.0.0:25\n", 1)
+	errs := loadErrors(t, writeConfig(t, text))
+	if len(errs) != 1 || errs[0].Key != "listen.mx" {
+		t.Errorf("got %q, want one error for listen.mx", errs)
+	}
+	if _, err := Load(writeConfig(t, strings.Replace(text, "  domain: \"\"\n", "  domain: bounces.example.com\n", 1))); err != nil {
+		t.Errorf("with the domain: %v", err)
 	}
 }
 

@@ -27,12 +27,17 @@ type Deliverer interface {
 
 // Delivery is one attempt: one message, recipients at one domain.
 type Delivery struct {
-	ID      string    // queue ID, for logs
-	From    string    // envelope sender; "" is the null reverse-path
-	Rcpts   []string  // recipients, all at Domain
-	Domain  string    // lower-cased recipient domain
-	Attempt int       // 1 for the first attempt
-	Created time.Time // when the message was accepted
+	ID   string // queue ID, for logs
+	From string // envelope sender; "" is the null reverse-path
+	// ReturnPath, when not "", is the reverse-path to send in MAIL FROM
+	// instead of From: a VERP address that brings this delivery's
+	// bounces back to postern (Options.Bounces). From stays what routes
+	// the message and what the queue's own DSNs go to.
+	ReturnPath string
+	Rcpts      []string  // recipients, all at Domain
+	Domain     string    // lower-cased recipient domain
+	Attempt    int       // 1 for the first attempt
+	Created    time.Time // when the message was accepted
 	// Body is the message as stored (headers and body, CRLF line ends).
 	// Open may be called more than once (one per MX tried).
 	Body Body
@@ -47,6 +52,14 @@ type Delivery struct {
 	// RequireTLS and TLSOptional are the envelope's (RFC 8689): see
 	// Envelope. The deliverer honours them; relay/tlspolicy says how.
 	RequireTLS, TLSOptional bool
+}
+
+// MailFrom is the reverse-path MAIL FROM carries: ReturnPath, or From.
+func (d *Delivery) MailFrom() string {
+	if d.ReturnPath != "" {
+		return d.ReturnPath
+	}
+	return d.From
 }
 
 // Body gives repeatable access to a stored message.

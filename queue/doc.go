@@ -32,6 +32,10 @@
 //	          user ‖ NUL ‖ key → JSON Accepted (id, Message-ID, time)
 //	idempotency-expiry
 //	          expiry (8 bytes) ‖ user ‖ NUL ‖ key → ""
+//	traces    id → JSON Trace: what a late bounce or complaint needs of a
+//	          message that is gone (trace.go)
+//	trace-expiry
+//	          expiry (8 bytes) ‖ id → "", walked by the purge
 //	state     one nested bucket per namespace, key → JSON value: the
 //	          durable state other rooms keep beside the queue (state.go)
 //
@@ -122,6 +126,18 @@
 // list in that same transaction. Enqueue writes an Envelope's
 // IdempotencyKey with the message it inserts, so a key can never name a
 // message that was not committed.
+//
+// With Options.Bounces (trace.go), each delivery of a submitted message
+// with a sender carries a return path of its own (VERP: BounceOptions.
+// ReturnPath gets the message's id and the indexes of the delivery's
+// recipients) in Delivery.ReturnPath, while Envelope.From, which the
+// queue's own DSNs go to, is unchanged. A message that leaves the queue
+// (its last recipient final) leaves a trace in that same transaction:
+// user, listener, Message-ID, tags, metadata and recipients, kept for
+// BounceOptions.Keep (7 days by default), so that a bounce or a complaint
+// that arrives after delivery can still be matched and reported (Trace).
+// RecordFeedback writes what such a report says, its events and the
+// suppressions it calls for, in one transaction.
 //
 // # Bounces
 //

@@ -53,6 +53,9 @@ type Event struct {
 	Attempt   int               `json:"attempt,omitempty"`
 	RemoteMTA string            `json:"remote_mta,omitempty"`
 	Reply     reply.Reply       `json:"reply,omitzero"`
+	// FeedbackType is a complaint's kind, as the report named it (RFC
+	// 5965 §3.5: abuse, fraud, virus, other).
+	FeedbackType string `json:"feedback_type,omitempty"`
 }
 
 // Subscriber is one consumer of events (a webhook endpoint): each event it

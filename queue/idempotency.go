@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"time"
@@ -65,12 +64,7 @@ func putIdempotency(tx *bolt.Tx, env *Envelope, id uint64, now time.Time) error 
 // purgeIdempotency forgets the keys whose window has passed.
 func purgeIdempotency(tx *bolt.Tx, now time.Time) error {
 	exp, keys := tx.Bucket(bIdempotencyExp), tx.Bucket(bIdempotency)
-	var done [][]byte
-	c := exp.Cursor()
-	for k, _ := c.First(); k != nil && schedTime(k) <= now.UnixNano() && len(done) < purgeChunk; k, _ = c.Next() {
-		done = append(done, bytes.Clone(k))
-	}
-	for _, k := range done {
+	for _, k := range expiredKeys(exp, now) {
 		if err := exp.Delete(k); err != nil {
 			return err
 		}

@@ -126,6 +126,9 @@ type Options struct {
 	Subscribers []Subscriber
 	// Suppression turns on the suppression list (suppress.go).
 	Suppression SuppressionOptions
+	// Bounces turns on VERP return paths and the traces late bounces
+	// are matched with (trace.go).
+	Bounces BounceOptions
 
 	// lazyWait replaces the constant of that name when set (tests).
 	lazyWait time.Duration
@@ -314,6 +317,7 @@ type Queue struct {
 	obs      Observer
 	subs     []Subscriber
 	suppress SuppressionOptions
+	bounces  BounceOptions
 	// eventKick (capacity 1) is signalled after commits that recorded
 	// events.
 	eventKick chan struct{}
@@ -381,6 +385,7 @@ func Open(opts Options) (*Queue, error) {
 		obs:         opts.Observer,
 		subs:        opts.Subscribers,
 		suppress:    opts.Suppression,
+		bounces:     opts.Bounces,
 		eventKick:   make(chan struct{}, 1),
 		inflight:    make(map[uint64]int),
 		depth:       make(map[State]int),
@@ -406,6 +411,9 @@ func Open(opts Options) (*Queue, error) {
 	}
 	if q.keep <= 0 {
 		q.keep = defaultKeepFailed
+	}
+	if q.bounces.Keep <= 0 {
+		q.bounces.Keep = defaultTraceKeep
 	}
 	if q.obs == nil {
 		q.obs = nopObserver{}

@@ -387,6 +387,9 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 		if err := q.suppressFailures(tx, id, before, rec, now); err != nil {
 			return err
 		}
+		if err := q.keepTrace(tx, id, rec, sv, now); err != nil {
+			return err
+		}
 		o := &changed{before: before, after: rec, saved: sv, reported: items}
 		if len(q.subs) > 0 {
 			if o.events, err = q.emit(tx, changeEvents(id, before, rec, items, now)); err != nil {

@@ -49,6 +49,8 @@ type job struct {
 	id  uint64
 	idx []int // indexes into the record's Rcpts, parallel to d.Rcpts
 	d   *Delivery
+	// traced: the message gets VERP return paths (trace.go).
+	traced bool
 }
 
 // dispatch is the scheduler loop: lease what is due while workers are free,
@@ -267,7 +269,7 @@ func group(id uint64, rec *record, due []int, body Body) []*job {
 		dom := domainOf(r.Address)
 		j := byDomain[dom]
 		if j == nil {
-			j = &job{id: id, d: &Delivery{
+			j = &job{id: id, traced: rec.traced(), d: &Delivery{
 				ID:      formatID(id),
 				From:    rec.Env.From,
 				Domain:  dom,
@@ -364,6 +366,9 @@ func (q *Queue) attempt(j *job) (results []Result) {
 			}
 		}
 	}()
+	if j.traced && q.bounces.ReturnPath != nil {
+		j.d.ReturnPath = q.bounces.ReturnPath(j.d.ID, j.idx)
+	}
 	results = q.deliver.Deliver(q.runCtx, j.d)
 	if len(results) != len(j.d.Rcpts) {
 		q.log.Error("deliverer broke its contract", slog.String("id", j.d.ID),

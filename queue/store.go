@@ -30,9 +30,13 @@ var (
 	bSuppressed     = []byte("suppressed")
 	bIdempotency    = []byte("idempotency")
 	bIdempotencyExp = []byte("idempotency-expiry")
+	// What late bounces and complaints need of a message after it is
+	// gone, with the expiry index the purge walks (trace.go).
+	bTraces   = []byte("traces")
+	bTraceExp = []byte("trace-expiry")
 
 	allBuckets = [][]byte{bMeta, bMessages, bBodies, bSpool, bSchedule, bPurge, bState,
-		bOutbox, bDeliveries, bSuppressed, bIdempotency, bIdempotencyExp}
+		bOutbox, bDeliveries, bSuppressed, bIdempotency, bIdempotencyExp, bTraces, bTraceExp}
 
 	keyVersion = []byte("version")
 )

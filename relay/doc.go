@@ -17,6 +17,9 @@
 //	                 TLS it needs (DANE, MTA-STS, configured, opportunistic),
 //	                 the check after STARTTLS, the MTA-STS cache and the
 //	                 TLS reports (RFC 8460); delivery calls it
+//	relay/bounces    bounce intake: VERP return-path tokens, the DSN and
+//	                 ARF parsers, and the listen.mx server that turns the
+//	                 reports into queue events and suppressions
 //	relay/webhooks   delivery webhooks: the queue's events (its outbox)
 //	                 posted to HTTP endpoints, signed, retried, in order
 //	                 per message

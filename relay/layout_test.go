@@ -37,6 +37,10 @@ func TestLayout(t *testing.T) {
 		{"postern/relay/tlspolicy", []string{"postern/queue", "postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/relay/status", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}},
 		{"postern/relay/capture", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		{"postern/relay/httpapi", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/cmd/"}},
+		// Bounce intake: its own SMTP server; never the submission
+		// pipeline (nothing it receives is queued) nor a deliverer
+		// (nothing is relayed).
+		{"postern/relay/bounces", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		{"postern/relay/metrics", []string{"net/http/httptest", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/cmd/"}},
 		// Webhook delivery reads the queue's outbox through an interface
 		// of its own; cmd/postern turns the config into its endpoints.

@@ -44,16 +44,18 @@ func (s *server) listenAPI() (net.Listener, error) {
 func (s *server) apiHandler(submit *pipeline.Pipeline, policy *smtpd.Policy) http.Handler {
 	cfg := s.cfg
 	return httpapi.NewSendHandler(httpapi.SendOptions{
-		Queue:          s.queue,
-		Submitter:      submit,
-		Keys:           s.users,
-		Limiter:        policy,
-		MaxMessageSize: int64(cfg.Limits.MaxMessageSize),
-		MaxRecipients:  cfg.Limits.MaxRecipients,
-		Accepted:       s.metrics.Accepted,
-		Logger:         s.log,
-		Listen:         cfg.Listen.API,
-		AllowedHosts:   cfg.API.AllowedHosts,
-		Hostname:       cfg.Hostname,
+		Queue:     s.queue,
+		Submitter: submit,
+		Keys:      s.users,
+		Limiter:   policy,
+		// With the list off, SMTP sends to suppressed addresses too.
+		IgnoreSuppressions: !cfg.Suppression.Enabled,
+		MaxMessageSize:     int64(cfg.Limits.MaxMessageSize),
+		MaxRecipients:      cfg.Limits.MaxRecipients,
+		Accepted:           s.metrics.Accepted,
+		Logger:             s.log,
+		Listen:             cfg.Listen.API,
+		AllowedHosts:       cfg.API.AllowedHosts,
+		Hostname:           cfg.Hostname,
 	})
 }

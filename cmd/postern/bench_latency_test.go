@@ -239,7 +239,7 @@ func (e *benchEnv) runLatencyPostern(c benchLatCell, fwd *benchForwarder, mxPort
 	p := e.start("postern", cmd, syscall.SIGKILL, false)
 	defer p.stop()
 	tg := benchTarget{name: "postern", addr: data["Listen"].(string), proc: p, logTip: logf.Name()}
-	if err := benchWaitGreeting(tg.addr, 30*time.Second, p.exited); err != nil {
+	if err := waitGreeting(tg.addr, 30*time.Second, p.exited); err != nil {
 		return benchLatSample{err: fmt.Errorf("postern did not start: %v (log %s)", err, benchTail(logf.Name()))}
 	}
 	return e.runLatency(tg, c, fwd)

@@ -401,7 +401,7 @@ func (e *benchEnv) startPosternSubmission(certFile, keyFile string) (benchSubTar
 	p := e.start("postern", cmd, syscall.SIGKILL, false)
 	tg.logTip = logf.Name()
 	stop := func() { p.stop(); logf.Close() }
-	if err := benchWaitGreeting(tg.relay, 30*time.Second, p.exited); err != nil {
+	if err := waitGreeting(tg.relay, 30*time.Second, p.exited); err != nil {
 		stop()
 		e.t.Fatalf("postern did not start: %v (log %s)", err, benchTail(logf.Name()))
 	}

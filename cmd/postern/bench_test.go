@@ -60,7 +60,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -630,7 +629,7 @@ func (e *benchEnv) startSink() *benchSink {
 	e.start("smtp-sink", cmd, syscall.SIGKILL, false)
 	go s.read(out)
 	// Ready when it accepts connections.
-	if err := benchWaitGreeting(fmt.Sprintf("%s:%d", benchSinkIP, e.sinkPort), 10*time.Second, nil); err != nil {
+	if err := waitGreeting(fmt.Sprintf("%s:%d", benchSinkIP, e.sinkPort), 10*time.Second, nil); err != nil {
 		e.t.Fatalf("smtp-sink: %v\n%s", err, stderr.String())
 	}
 	return s
@@ -690,31 +689,6 @@ func (s *benchSink) counted() int {
 	return s.count
 }
 
-// benchWaitGreeting dials addr until it answers with a 220 greeting.
-func benchWaitGreeting(addr string, timeout time.Duration, exited func() bool) error {
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		if exited != nil && exited() {
-			return errors.New("the process exited")
-		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			line, err := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if err == nil && strings.HasPrefix(line, "220") {
-				return nil
-			}
-			last = fmt.Errorf("greeting %q: %v", line, err)
-		} else {
-			last = err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s not answering with 220 within %s: %v", addr, timeout, last)
-}
-
 // benchTarget is a running system under test.
 type benchTarget struct {
 	name   string
@@ -748,7 +722,7 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 	p := e.start("postern", cmd, syscall.SIGKILL, false)
 	defer p.stop()
 	tg := benchTarget{name: "postern", addr: data["Listen"].(string), proc: p, logTip: logf.Name()}
-	if err := benchWaitGreeting(tg.addr, 30*time.Second, p.exited); err != nil {
+	if err := waitGreeting(tg.addr, 30*time.Second, p.exited); err != nil {
 		return benchSample{err: fmt.Errorf("postern did not start: %v (log %s)", err, benchTail(logf.Name()))}
 	}
 	s := e.measure(tg, c)
@@ -869,7 +843,7 @@ func (e *benchEnv) startPostfix(o benchPostfixOpts) *benchPostfix {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// SIGTERM, not SIGKILL: master passes it on to its children.
 	pf.master = e.start("postfix master", cmd, syscall.SIGTERM, true)
-	if err := benchWaitGreeting(pf.addr, 30*time.Second, pf.master.exited); err != nil {
+	if err := waitGreeting(pf.addr, 30*time.Second, pf.master.exited); err != nil {
 		pf.stop()
 		e.t.Fatalf("Postfix did not start: %v\n%s%s", err, out.String(), benchTail(pf.maillog))
 	}

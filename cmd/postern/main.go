@@ -42,6 +42,8 @@ Usage:
   postern queue show ID  [--json] [--config FILE]
   postern queue retry ID|--all     [--config FILE]
   postern queue hold|release|delete|bounce ID  [--config FILE]
+  postern suppression list [--user U] [--json] [--config FILE]   suppressed addresses (--user "": the relay listener's)
+  postern suppression add|del ADDRESS [--user U] [--config FILE]
   postern webhooks list  [--json] [--limit N] [--config FILE]   pending and failing webhook deliveries
   postern dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits 2048] [--out FILE]
   postern dkim dns       [--config FILE]   print the DNS TXT record of every configured key
@@ -147,6 +149,12 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		return cmdQueue(s, r, stdout, stderr)
+	case "suppression":
+		s, r, err := sub()
+		if err != nil {
+			return err
+		}
+		return cmdSuppression(s, r, stdout)
 	case "webhooks":
 		s, r, err := sub()
 		if err != nil {

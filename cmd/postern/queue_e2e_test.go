@@ -79,6 +79,17 @@ func bounceWorld(t *testing.T) (*world, *relaytest.Receiver, *relaytest.Receiver
 	return w, dest, w.receiver("127.0.2.3")
 }
 
+// startBounceWorld starts postern, with its admin API and extra config
+// (YAML), in bounceWorld.
+func startBounceWorld(t *testing.T, extra string) (*instance, *relaytest.Receiver, *relaytest.Receiver) {
+	w, dest, senderMX := bounceWorld(t)
+	cfg := w.config()
+	cfg.Admin, cfg.Extra = freeAddr(t), extra
+	in := newInstance(t, cfg)
+	in.start()
+	return in, dest, senderMX
+}
+
 func TestBounceReachesSender(t *testing.T) {
 	t.Parallel()
 	w, _, senderMX := bounceWorld(t)
@@ -123,8 +134,18 @@ func TestBounceReachesSender(t *testing.T) {
 }
 
 // pySend submits with Python's smtplib, which (unlike swaks) speaks the
-// DSN extension's parameters.
+// DSN extension's parameters; every recipient must be accepted.
 func pySend(t testing.TB, addr, from, to string, mailOpts, rcptOpts []string) {
+	t.Helper()
+	if refused := pySMTP(t, addr, from, []string{to}, mailOpts, rcptOpts); len(refused) > 0 {
+		t.Fatalf("smtplib: refused %q", refused)
+	}
+}
+
+// pySMTP submits one message to rcpts with Python's smtplib and returns
+// the recipients the server refused, with their replies ("550 5.1.1
+// text"); smtplib sends the message to the others.
+func pySMTP(t testing.TB, addr, from string, rcpts, mailOpts, rcptOpts []string) map[string]string {
 	t.Helper()
 	host, port, _ := strings.Cut(addr, ":")
 	script := `
@@ -132,8 +153,12 @@ import smtplib, sys, json
 a = json.loads(sys.argv[1])
 s = smtplib.SMTP(a["host"], int(a["port"]), timeout=30)
 s.ehlo("python.test")
-s.sendmail(a["from"], [a["to"]], a["msg"].encode(), mail_options=a["mail"], rcpt_options=a["rcpt"])
+try:
+    refused = s.sendmail(a["from"], a["rcpts"], a["msg"].encode(), mail_options=a["mail"], rcpt_options=a["rcpt"])
+except smtplib.SMTPRecipientsRefused as e:
+    refused = e.recipients
 s.quit()
+print(json.dumps({r: "%d %s" % (c, m.decode()) for r, (c, m) in refused.items()}))
 `
 	// smtplib wants lists, not None.
 	if mailOpts == nil {
@@ -142,20 +167,27 @@ s.quit()
 	if rcptOpts == nil {
 		rcptOpts = []string{}
 	}
-	args, _ := json.Marshal(map[string]any{"host": host, "port": port, "from": from, "to": to,
+	args, _ := json.Marshal(map[string]any{"host": host, "port": port, "from": from, "rcpts": rcpts,
 		"msg": testMessage, "mail": mailOpts, "rcpt": rcptOpts})
-	if out, err := exec.Command("python3", "-c", script, string(args)).CombinedOutput(); err != nil {
-		t.Fatalf("smtplib: %v\n%s", err, out)
+	var stderr bytes.Buffer
+	cmd := exec.Command("python3", "-c", script, string(args))
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("smtplib: %v\n%s%s", err, out, stderr.Bytes())
 	}
+	var refused map[string]string
+	if err := json.Unmarshal(out, &refused); err != nil {
+		t.Fatalf("smtplib printed %q: %v", out, err)
+	}
+	return refused
 }
 
 func TestNoBounceForNullSenderOrNotifyNever(t *testing.T) {
 	t.Parallel()
-	w, dest, senderMX := bounceWorld(t)
-	cfg := w.config()
-	cfg.Admin = freeAddr(t)
-	in := newInstance(t, cfg)
-	in.start()
+	// The suppression list would refuse the second message to
+	// nobody@dest.test at RCPT, after the first failed.
+	in, dest, senderMX := startBounceWorld(t, "suppression: {enabled: false}\n")
 
 	// A bounce of a bounce would loop: a null-sender message that fails
 	// produces nothing.

@@ -68,7 +68,7 @@ func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
 		// router cleans into /api/queue/retry: retry everything.
 		return usageErr("queue %s: the message ID is empty", sub)
 	}
-	c, err := dialAdmin(*cfgFlag)
+	c, err := adminClientFor(*cfgFlag)
 	if err != nil {
 		return err
 	}
@@ -79,33 +79,12 @@ func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
 		if state != "" {
 			path += "?state=" + url.QueryEscape(state)
 		}
-		body, err := c.call(http.MethodGet, path, "")
-		if err != nil {
-			return err
-		}
-		if asJSON {
-			_, err := stdout.Write(body)
-			return err
-		}
 		var ms []apiMessage
-		if err := json.Unmarshal(body, &ms); err != nil {
-			return fmt.Errorf("the admin API at %s sent an unreadable list: %v", c.addr, err)
-		}
-		return writeQueueTable(stdout, ms, queueNow())
+		return c.get(path, "", asJSON, stdout, &ms, func() error { return writeQueueTable(stdout, ms, queueNow()) })
 	case "show":
-		body, err := c.call(http.MethodGet, "/api/queue/"+url.PathEscape(pos[0]), pos[0])
-		if err != nil {
-			return err
-		}
-		if asJSON {
-			_, err := stdout.Write(body)
-			return err
-		}
 		var m apiMessage
-		if err := json.Unmarshal(body, &m); err != nil {
-			return fmt.Errorf("the admin API at %s sent an unreadable message: %v", c.addr, err)
-		}
-		return writeMessage(stdout, &m, queueNow())
+		return c.get("/api/queue/"+url.PathEscape(pos[0]), pos[0], asJSON, stdout, &m,
+			func() error { return writeMessage(stdout, &m, queueNow()) })
 	case "retry":
 		if all {
 			body, err := c.call(http.MethodPost, "/api/queue/retry", "")
@@ -151,9 +130,8 @@ type adminClient struct {
 	http  *http.Client
 }
 
-// dialAdmin loads the config at path (the --config flag) and returns a
-// client of its admin API: what every admin command starts with.
-func dialAdmin(path string) (*adminClient, error) {
+// adminClientFor is the admin client of the config at path (--config).
+func adminClientFor(path string) (*adminClient, error) {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, err
@@ -337,6 +315,24 @@ func (c *adminClient) call(method, path, id string) ([]byte, error) {
 		msg = resp.Status
 	}
 	return nil, exitError{exitFail, "postern: " + msg}
+}
+
+// get GETs path (id, if not "", names the message a 404 is about) and
+// prints the reply: as the API sent it with asJSON, else decoded into v
+// and printed by print.
+func (c *adminClient) get(path, id string, asJSON bool, stdout io.Writer, v any, print func() error) error {
+	body, err := c.call(http.MethodGet, path, id)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		_, err := stdout.Write(body)
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("the admin API at %s sent an unreadable reply: %v", c.addr, err)
+	}
+	return print()
 }
 
 // apiMessage and apiRecipient are the admin API's JSON for a queued

@@ -24,6 +24,7 @@ import (
 	"postern/configs"
 	"postern/dkim"
 	"postern/queue"
+	"postern/relay/bounces"
 	"postern/relay/certs"
 	"postern/relay/httpapi"
 	"postern/relay/metrics"
@@ -110,6 +111,8 @@ type server struct {
 	// closed after the queue, when no attempt can use it any more.
 	deliverer queue.Deliverer
 	smtp      []*smtpd.Server
+	// bounceMX is listen.mx's server (nil when off).
+	bounceMX *bounces.MX
 	// pickup queues what sendmail left in the maildrop; it stops before
 	// the queue closes.
 	pickup *pickup.Pickup
@@ -197,6 +200,10 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	tokens, err := bounceTokens(cfg)
+	if err != nil {
+		return err
+	}
 	mx, err := newDeliverer(cfg, log)
 	if err != nil {
 		return err
@@ -215,9 +222,13 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		Hostname:     cfg.Hostname,
 		DelayWarning: cfg.Delivery.DelayWarning.D(),
 		KeepFailed:   cfg.Delivery.KeepFailed.D(),
-		Observer:     s.metrics,
-		Logger:       slogOf(log),
-		Subscribers:  subscribers,
+		Suppression: queue.SuppressionOptions{
+			Enabled: cfg.Suppression.Enabled, ExpireAfter: cfg.Suppression.ExpireAfter.D(),
+		},
+		Bounces:     bounceOptions(cfg, tokens),
+		Observer:    s.metrics,
+		Logger:      slogOf(log),
+		Subscribers: subscribers,
 	})
 	if err != nil {
 		return err
@@ -241,6 +252,12 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	// per-client and per-user limits, the AUTH throttle) count across
 	// listeners.
 	policy := newRelayPolicy(cfg)
+	// With the list off, nothing is suppressed at RCPT either: entries
+	// already on disk wait, unused, until it is turned back on.
+	var sups smtpd.Suppressions
+	if cfg.Suppression.Enabled {
+		sups = s.queue
+	}
 	for _, l := range []struct {
 		kind smtpd.Kind
 		addr string
@@ -267,6 +284,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			Trusted:         cfg.TrustedPrefixes(),
 			Auth:            s.authenticator(),
 			Queue:           s.queue,
+			Suppressions:    sups,
 			Signer:          s.currentSigner,
 			Logger:          log,
 			Observer:        s.metrics,
@@ -279,11 +297,31 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		s.smtp = append(s.smtp, srv)
 		log.Info("listening", zap.String("listener", l.kind.String()), zap.Stringer("addr", ln.Addr()))
 	}
+	var mxLn net.Listener
+	if cfg.Listen.MX != "" {
+		mxLn, err = net.Listen("tcp", cfg.Listen.MX)
+		if err != nil {
+			closeAll()
+			s.queue.Close(context.Background())
+			return fmt.Errorf("listen.mx: %w", err)
+		}
+		s.bounceMX = bounces.NewMX(bounces.MXOptions{
+			Hostname: cfg.Hostname, Tokens: tokens, Queue: s.queue, TLS: s.certs.Config(),
+			// A report with RET=FULL carries the whole original.
+			MaxMessageBytes: int64(cfg.Limits.MaxMessageSize) + 64<<10,
+			Logger:          log,
+		})
+		log.Info("listening", zap.String("listener", "mx"), zap.Stringer("addr", mxLn.Addr()),
+			zap.String("bounce_domain", tokens.Domain()))
+	}
 	var adminLn net.Listener
 	if cfg.Listen.Admin != "" {
 		adminLn, err = net.Listen("tcp", cfg.Listen.Admin)
 		if err != nil {
 			closeAll()
+			if mxLn != nil {
+				mxLn.Close()
+			}
 			s.queue.Close(context.Background())
 			return fmt.Errorf("listen.admin: %w", err)
 		}
@@ -293,7 +331,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		}
 		s.admin = &http.Server{
 			Handler: httpapi.NewHandler(httpapi.Options{
-				Queue: s.queue, Webhooks: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
+				Queue: s.queue, Suppressions: s.queue, Webhooks: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
 				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
@@ -308,6 +346,9 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		if err != nil {
 			if adminLn != nil {
 				adminLn.Close()
+			}
+			if mxLn != nil {
+				mxLn.Close()
 			}
 			closeAll()
 			s.queue.Close(context.Background())
@@ -352,6 +393,15 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			defer s.wg.Done()
 			if err := b.srv.Serve(b.l); err != nil {
 				log.Error("listener stopped", zap.Error(err))
+			}
+		}()
+	}
+	if s.bounceMX != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.bounceMX.Serve(mxLn); err != nil {
+				log.Error("mx listener stopped", zap.Error(err))
 			}
 		}()
 	}
@@ -417,6 +467,15 @@ func (s *server) shutdown() error {
 			defer wg.Done()
 			if err := srv.Shutdown(ctx); err != nil {
 				s.log.Warn("sessions cut off at shutdown", zap.Error(err))
+			}
+		}()
+	}
+	if s.bounceMX != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.bounceMX.Shutdown(ctx); err != nil {
+				s.log.Warn("mx sessions cut off at shutdown", zap.Error(err))
 			}
 		}()
 	}

@@ -91,7 +91,7 @@ func cmdWebhooks(sub string, args []string, stdout io.Writer) error {
 	} else if len(pos) > 0 {
 		return usageErr("webhooks list takes no arguments, got %q", pos)
 	}
-	c, err := dialAdmin(*cfgFlag)
+	c, err := adminClientFor(*cfgFlag)
 	if err != nil {
 		return err
 	}

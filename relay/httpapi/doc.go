@@ -37,15 +37,22 @@
 //	DELETE /api/queue/{id}           remove the message silently
 //	GET    /api/webhooks?limit=N     per webhook endpoint: pending and failing
 //	                                 counts and the first N deliveries (100)
+//	GET    /api/suppressions?user=U  suppressed addresses, by user then
+//	                                 address; no user parameter: every
+//	                                 user's; user= (empty): mail without
+//	                                 AUTH (the relay listener)
+//	PUT    /api/suppressions/{addr}?user=U     suppress addr for U (manual)
+//	DELETE /api/suppressions/{addr}?user=U     let mail to addr through again
 //	GET    /metrics                  Prometheus text exposition
 //	GET    /healthz                  200 "ok" while the process serves HTTP
 //	GET    /readyz                   200 when Options.Ready returns nil, else 503
 //
 // Successful API calls answer 200 with a JSON body. Errors answer
-// {"error": "..."} with 400 (bad state filter or limit), 401 (missing or
-// wrong bearer token), 404 (unknown message or path), 405 (wrong method),
-// 409 (the message is not in a state that allows the action, such as
-// retrying a held message), 503 (the queue is closed) or 500.
+// {"error": "..."} with 400 (bad state filter, address or limit), 401
+// (missing or wrong bearer token), 404 (unknown message, address not
+// suppressed, or path), 405 (wrong method), 409 (the message is not in a
+// state that allows the action, such as retrying a held message), 503 (the
+// queue is closed) or 500.
 //
 // # Authentication
 //

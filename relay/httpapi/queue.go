@@ -55,6 +55,7 @@ func (h *handler) queueAPI() http.Handler {
 	api.Handle("/api/queue/retry", methods(h.retryAll, http.MethodPost))
 	api.Handle("/api/queue/{id}", methods(h.message, http.MethodGet, http.MethodDelete))
 	api.Handle("/api/queue/{id}/{action}", methods(h.action, http.MethodPost))
+	h.mountSuppressions(api)
 	api.Handle("/api/webhooks", methods(h.webhooks, http.MethodGet))
 	api.HandleFunc("/", notFound)
 	return api

@@ -67,6 +67,9 @@ type SendOptions struct {
 	Submitter Submitter
 	Keys      KeyAuthenticator
 	Limiter   Limiter // nil: no limits
+	// IgnoreSuppressions sends to suppressed addresses too (the
+	// configuration's suppression.enabled: false), as SMTP then does.
+	IgnoreSuppressions bool
 	// MaxMessageSize bounds the message as built (and a raw one as
 	// sent); MaxRecipients the envelope.
 	MaxMessageSize int64
@@ -301,6 +304,10 @@ func (h *sendHandler) submit(w http.ResponseWriter, r *http.Request, u *auth.Use
 	var keep, suppressed []string
 	var events []queue.Event
 	for _, rc := range env.Rcpts {
+		if h.o.IgnoreSuppressions {
+			keep = append(keep, rc)
+			continue
+		}
 		s, err := h.o.Queue.Suppressed(u.Name, rc)
 		if err != nil {
 			h.internal(w, r, "suppression lookup", err)

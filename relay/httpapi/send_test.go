@@ -93,7 +93,7 @@ type sendEnv struct {
 	h       http.Handler
 }
 
-func newSendEnv(t *testing.T) *sendEnv {
+func newSendEnv(t *testing.T, opts ...func(*SendOptions)) *sendEnv {
 	t.Helper()
 	dir := t.TempDir()
 	q, err := queue.Open(queue.Options{Path: filepath.Join(dir, "queue.db"), Hostname: "mail.example.test"})
@@ -107,7 +107,7 @@ func newSendEnv(t *testing.T) *sendEnv {
 		aliceKey: auth.NewUser("alice@example.test", patterns(t, "alice@example.test", "@news.example.test")),
 		bobKey:   auth.NewUser("bob@example.test", patterns(t, "bob@example.test")),
 	}
-	e.h = NewSendHandler(SendOptions{
+	o := SendOptions{
 		Queue:          q,
 		Submitter:      submit.New(submit.Options{Hostname: "mail.example.test", Queue: rec, FixHeaders: true, MaxReceived: 50}),
 		Keys:           keys,
@@ -116,7 +116,11 @@ func newSendEnv(t *testing.T) *sendEnv {
 		MaxRecipients:  3,
 		Now:            func() time.Time { return time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC) },
 		Listen:         "127.0.0.1:8080",
-	})
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	e.h = NewSendHandler(o)
 	return e
 }
 
@@ -437,6 +441,19 @@ func TestSendSuppressed(t *testing.T) {
 		t.Errorf("delete: %d %s", w.Code, w.Body)
 	}
 	decodeAnswer(t, e.do("POST", "/v1/messages", aliceKey, "", `{"from": "alice@example.test", "to": ["gone@example.org"], "text": "t"}`))
+}
+
+// TestSendSuppressionsOff: with the list off (suppression.enabled: false)
+// the API sends to a listed address, as SMTP does.
+func TestSendSuppressionsOff(t *testing.T) {
+	e := newSendEnv(t, func(o *SendOptions) { o.IgnoreSuppressions = true })
+	if err := e.q.Suppress(queue.Suppression{User: "alice@example.test", Address: "gone@example.org", Reason: "bounce"}); err != nil {
+		t.Fatal(err)
+	}
+	a := decodeAnswer(t, e.do("POST", "/v1/messages", aliceKey, "", `{"from": "alice@example.test", "to": ["gone@example.org"], "text": "t"}`))
+	if m, _ := e.q.Get(a.ID); len(a.Suppressed) != 0 || strings.Join(addresses(m), ",") != "gone@example.org" {
+		t.Errorf("suppressed %v, queued for %v", a.Suppressed, addresses(m))
+	}
 }
 
 // TestMessageStatus: the owner sees the message's state per recipient;

@@ -19,6 +19,8 @@ import (
 type Options struct {
 	// Queue serves the /api/queue endpoints.
 	Queue Queue
+	// Suppressions, when set, serves the /api/suppressions endpoints.
+	Suppressions Suppressions
 	// Token, if not empty, is the bearer token every /api/ request must
 	// present. "" serves the API to anyone who can connect: keep the
 	// listener on loopback then.
@@ -52,7 +54,8 @@ type Options struct {
 
 type handler struct {
 	q     Queue
-	wh    Webhooks
+	sups  Suppressions       // nil: no /api/suppressions
+	wh    Webhooks           // nil: no /api/webhooks
 	token *[sha256.Size]byte // nil: no token required
 	ready func() error
 	m     http.Handler
@@ -67,7 +70,7 @@ func NewHandler(opts Options) http.Handler {
 	if opts.Queue == nil {
 		panic("httpapi: NewHandler without Options.Queue")
 	}
-	h := &handler{q: opts.Queue, wh: opts.Webhooks, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
+	h := &handler{q: opts.Queue, sups: opts.Suppressions, wh: opts.Webhooks, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
 	if opts.Token != "" {
 		sum := sha256.Sum256([]byte(opts.Token))
 		h.token = &sum

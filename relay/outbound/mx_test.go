@@ -262,6 +262,20 @@ func TestDeliverNullSender(t *testing.T) {
 	}
 }
 
+// TestDeliverReturnPath: a delivery with a return path (VERP) sends it in
+// MAIL FROM instead of the sender.
+func TestDeliverReturnPath(t *testing.T) {
+	e := newEnv(t)
+	r := e.receiver("127.0.0.2")
+	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
+	d := e.delivery("example.test", "b@example.test")
+	d.ReturnPath = "b+token@bounces.sender.test"
+	check(t, e.deliverer(outbound.Options{}).Deliver(context.Background(), d), want{queue.Delivered, "250 ", "mx1.example.test"})
+	if m := r.Messages(); len(m) != 1 || m[0].From != "b+token@bounces.sender.test" {
+		t.Fatalf("messages = %+v, want one from the return path", m)
+	}
+}
+
 // TestDeliverNextMX covers the failures that move delivery on to the next
 // MX, and what happens when every MX fails.
 func TestDeliverNextMX(t *testing.T) {

@@ -311,7 +311,9 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 	}
 	ioFail := func(err error) error { return ioErr(ctx, err) }
 
-	utf8 := !isASCII(d.From)
+	// MailFrom: the VERP return path when the queue gave one (routes
+	// still follow d.From, the sender's domain).
+	utf8 := !isASCII(d.MailFrom())
 	for _, r := range d.Rcpts {
 		utf8 = utf8 || !isASCII(r)
 	}
@@ -335,7 +337,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 
 	mailOpts, mailFull := mailOptions(d)
 	mailOpts.Size, mailOpts.UTF8 = d.Body.Size(), utf8
-	if err := sc.Mail(d.From, mailOpts); err != nil {
+	if err := sc.Mail(d.MailFrom(), mailOpts); err != nil {
 		re := remoteError(CmdMAIL, err)
 		ended(re, false)
 		if re == nil || re.Code == 421 {

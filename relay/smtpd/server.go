@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"postern/auth"
+	"postern/queue"
 	"postern/relay/submit"
 )
 
@@ -52,6 +53,17 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, name, password string) (*auth.User, error)
 }
 
+// Suppressions tells whether a user's mail may go to an address (the
+// queue's suppression list implements it). Suppressed returns the
+// suppression of addr for user ("" for mail without AUTH), or nil when
+// there is none or it has expired; an error means the list could not be
+// read, and the recipient is refused for now (451), never let through
+// nor refused for good on a guess. It is called once per RCPT, from many
+// sessions at once, and must not block for long.
+type Suppressions interface {
+	Suppressed(user, addr string) (*queue.Suppression, error)
+}
+
 // Signer signs a message (DKIM): see submit.Signer.
 type Signer = submit.Signer
 
@@ -86,6 +98,9 @@ type Options struct {
 
 	Auth  Authenticator // required for Submission and Submissions
 	Queue Enqueuer
+	// Suppressions, when set, refuses at RCPT the addresses the sending
+	// user's mail is no longer sent to (550 5.1.1).
+	Suppressions Suppressions
 	// Signer, when set, is asked for the current signer for each message,
 	// so keys can be reloaded while sessions run.
 	Signer func() Signer

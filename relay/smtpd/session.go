@@ -61,6 +61,9 @@ var (
 	// RFC 5321 §3.8 and RFC 3463 §3.4 X.3.2 "System not accepting network
 	// messages": the server is shutting down.
 	errShuttingDown = status.New(421, 3, 2, "Server shutting down, try again later")
+	// The suppression list could not be read: RFC 3463 §3.4 X.3.0 with
+	// 451, so the client retries later.
+	errSuppressionsUnavailable = status.New(451, 3, 0, "Temporary local problem, try again later")
 )
 
 type session struct {
@@ -369,6 +372,9 @@ func (s *session) rcpt(to string) error {
 		s.log.Warn("recipient domain not allowed on the relay listener", zap.String("rcpt", a.String()))
 		return errRelayDeniedRcpt
 	}
+	if err := s.checkSuppressed(a.String()); err != nil {
+		return err
+	}
 	if s.user != nil {
 		if wait := pol.users.take(s.user.Name, true, time.Now()); wait > 0 {
 			s.log.Warn("recipient rate limit", zap.Duration("wait", wait))
@@ -377,6 +383,50 @@ func (s *session) rcpt(to string) error {
 	}
 	s.rcpts = append(s.rcpts, a.String())
 	return nil
+}
+
+// checkSuppressed refuses rcpt when the sending user's mail is no longer
+// sent to it. Checked before the recipient rate limit: a refused recipient
+// costs the user nothing.
+func (s *session) checkSuppressed(rcpt string) error {
+	if s.srv.opts.Suppressions == nil {
+		return nil
+	}
+	var user string
+	if s.user != nil {
+		user = s.user.Name
+	}
+	sup, err := s.srv.opts.Suppressions.Suppressed(user, rcpt)
+	if err != nil {
+		return errSuppressionsUnavailable.With(err)
+	}
+	if sup == nil {
+		return nil
+	}
+	s.log.Info("recipient suppressed", zap.String("rcpt", rcpt), zap.String("reason", sup.Reason),
+		zap.Time("since", sup.Created))
+	return suppressedError(sup)
+}
+
+// suppressedError is the RCPT reply for a suppressed recipient: RFC 3463
+// §3.2 X.1.1 "Bad destination mailbox address" with 550 (RFC 5321
+// §4.2.2, mailbox unavailable), the answer the remote itself gave or
+// would give. The text says since when and why, in words a sender can act
+// on (an operator removes the suppression), and nothing internal: not the
+// remote's reply text, not a queue ID.
+func suppressedError(sup *queue.Suppression) *status.Error {
+	why := "by an operator"
+	switch sup.Reason {
+	case queue.SuppressBounce:
+		why = "after a permanent failure"
+		if e := sup.Reply.Enhanced; e.Valid() {
+			why += " (" + e.String() + ")"
+		}
+	case queue.SuppressComplaint:
+		why = "after a spam complaint"
+	}
+	return status.New(550, 1, 1, "Recipient address suppressed since "+
+		sup.Created.UTC().Format(time.DateOnly)+" "+why+": mail to it is not sent")
 }
 
 func (s *session) Data(r io.Reader) error {
