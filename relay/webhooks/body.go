@@ -29,6 +29,9 @@ type data struct {
 	Attempt   int               `json:"attempt"`
 	RemoteMTA string            `json:"remote_mta"`
 	Reply     *replyJSON        `json:"reply"` // null when there was no reply (accepted)
+	// FeedbackType is a complaint's kind (RFC 5965 §3.5: abuse, fraud,
+	// virus, other, ...); "" for other events.
+	FeedbackType string `json:"feedback_type"`
 }
 
 type replyJSON struct {
@@ -49,6 +52,7 @@ func Body(ev *queue.Event) ([]byte, error) {
 		Data: data{
 			QueueID: ev.QueueID, MessageID: ev.MessageID, Recipient: ev.Recipient, User: ev.User,
 			Tags: ev.Tags, Metadata: ev.Metadata, Attempt: ev.Attempt, RemoteMTA: ev.RemoteMTA,
+			FeedbackType: ev.FeedbackType,
 		},
 	}
 	if p.Data.Tags == nil {

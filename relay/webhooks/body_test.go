@@ -35,6 +35,9 @@ func TestBodyGolden(t *testing.T) {
 			e.Type, e.Attempt, e.RemoteMTA = queue.EventBounced, 1, "mx.example.org"
 			e.Reply = reply.Reply{Code: 550, Enhanced: reply.MustEnhanced("5.1.1"), Text: "<bob@example.org>: no such user\nsecond line"}
 		}},
+		{"complained", func(e *queue.Event) { // from a complaint report at listen.mx
+			e.Type, e.FeedbackType = queue.EventComplained, "abuse"
+		}},
 		{"bare", func(e *queue.Event) { // a relay-listener message: no user, tags or metadata
 			e.Type, e.User, e.Tags, e.Metadata, e.MessageID = queue.EventAccepted, "", nil, nil, ""
 		}},
