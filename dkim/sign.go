@@ -196,6 +196,33 @@ func (s *Signer) signErr(keys []*Key, signers []*msgauth.Signer, werr error) err
 	return fmt.Errorf("dkim: %w", werr)
 }
 
+// ForHost returns a Signer for the mail a host sends in its own name, such
+// as the bounces from MAILER-DAEMON@host: the keys of host itself and of
+// every domain above it, each signing mail from host whether or not its
+// sign_subdomains is set. A signature of example.com on mail from
+// mail.example.com passes DMARC's relaxed alignment (RFC 7489 §3.1.1), so
+// a server need not publish keys for its own name; sign_subdomains guards
+// what users may send as, and the server's own notices are not theirs.
+// It returns nil, which signs nothing, when no key fits.
+func (s *Signer) ForHost(host string) *Signer {
+	host, err := normalizeDomain(host)
+	if err != nil || s == nil {
+		return nil
+	}
+	var keys []*Key
+	for _, k := range s.keys {
+		if host == k.Domain || strings.HasSuffix(host, "."+k.Domain) {
+			c := *k
+			c.SignSubdomains = true
+			keys = append(keys, &c)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return NewSigner(keys)
+}
+
 // match returns the keys that sign for any of the author domains, in key
 // order, each once.
 func (s *Signer) match(domains []string) []*Key {

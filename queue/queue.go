@@ -120,6 +120,9 @@ type Options struct {
 	KeepFailed time.Duration
 	// Observer receives counts for metrics; nil discards them.
 	Observer Observer
+	// Signer, when set, signs the notifications the queue composes itself
+	// (the DSNs from MAILER-DAEMON@Hostname); nil sends them unsigned.
+	Signer Signer
 
 	// lazyWait replaces the constant of that name when set (tests).
 	lazyWait time.Duration
@@ -288,6 +291,7 @@ type Queue struct {
 	warnAge  time.Duration // Options.DelayWarning
 	keep     time.Duration // Options.KeepFailed
 	obs      Observer
+	signer   Signer // Options.Signer
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -350,6 +354,7 @@ func Open(opts Options) (*Queue, error) {
 		warnAge:     max(opts.DelayWarning, 0),
 		keep:        opts.KeepFailed,
 		obs:         opts.Observer,
+		signer:      opts.Signer,
 		inflight:    make(map[uint64]int),
 		depth:       make(map[State]int),
 		kick:        make(chan struct{}, 1),

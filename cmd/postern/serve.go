@@ -194,6 +194,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		KeepFailed:   cfg.Delivery.KeepFailed.D(),
 		Observer:     s.metrics,
 		Logger:       slogOf(log),
+		Signer:       bounceSigner{s},
 	})
 	if err != nil {
 		return err
@@ -421,6 +422,15 @@ func dkimKeyConfigs(cfg *configs.Config) []dkim.KeyConfig {
 		out = append(out, dkim.KeyConfig{Domain: k.Domain, Selector: k.Selector, KeyFile: k.KeyFile, SignSubdomains: k.SignSubdomains})
 	}
 	return out
+}
+
+// bounceSigner signs the queue's DSNs, from MAILER-DAEMON@hostname, with
+// the DKIM keys of the hostname's domain (dkim.Signer.ForHost), the ones
+// in service at the time: SIGHUP reloads them for bounces too.
+type bounceSigner struct{ s *server }
+
+func (b bounceSigner) Sign(msg io.Reader) ([]byte, error) {
+	return b.s.signer.Load().ForHost(b.s.cfg.Hostname).Sign(msg)
 }
 
 func (s *server) currentSigner() smtpd.Signer {
