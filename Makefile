@@ -8,8 +8,14 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Real peers the integration tests drive: swaks (client), Postfix's
-# smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier).
-DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy
+# smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier),
+# curl (the dns-01 hook of the ACME tests).
+DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl
+
+# Let's Encrypt's ACME test server, for the tls.acme tests: a Go program,
+# installed from the module proxy into bin/tools (relaytest.PebblePath
+# finds it there).
+PEBBLE_VERSION := v2.10.3
 
 # Fuzz targets run briefly by `make test` and at length by `make fuzz`.
 FUZZTIME      ?= 3s
@@ -43,6 +49,7 @@ deps:
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	/usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null || missing="$$missing python3-dkim python3-nacl"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing test peers:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -52,6 +59,9 @@ deps:
 		{ echo "could not install the test peers ($(DEB_PACKAGES)); the integration tests need them" >&2; exit 1; }; \
 	fi
 	$(GO) mod download
+	@[ -x bin/tools/pebble ] || { \
+		echo "installing pebble $(PEBBLE_VERSION) into bin/tools"; \
+		mkdir -p bin/tools && GOBIN=$(abspath bin/tools) $(GO) install github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION); }
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

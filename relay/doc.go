@@ -14,6 +14,8 @@
 //	relay/metrics    Prometheus metrics; implements the observers that the
 //	                 queue and smtpd define
 //	relay/certs      the listeners' TLS certificate
+//	relay/acme       certificates obtained and renewed from an ACME CA,
+//	                 which relay/certs serves
 //	relay/status     the one SMTP status type (reply code, enhanced code,
 //	                 client-safe text, cause), shared by both SMTP sides
 //	relay/relaytest  real in-process DNS and SMTP peers for tests

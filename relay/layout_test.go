@@ -36,6 +36,8 @@ func TestLayout(t *testing.T) {
 		{"postern/relay/metrics", []string{"net/http/httptest", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/cmd/"}},
 		{"postern/relay/status", []string{"postern/relay/", "postern/queue", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}}, // queue/reply, a leaf, only
 		{"postern/relay/certs", []string{"postern/"}},
+		// ACME obtains what certs serves; cmd/postern plugs it in.
+		{"postern/relay/acme", []string{"postern/"}},
 		// The queue's leaves, shared by every room: they import nothing
 		// of postern.
 		{"postern/queue/reply", []string{"postern/"}},
