@@ -23,6 +23,7 @@ import (
 	"postern/configs"
 	"postern/dkim"
 	"postern/queue"
+	"postern/relay/acme"
 	"postern/relay/certs"
 	"postern/relay/httpapi"
 	"postern/relay/metrics"
@@ -97,9 +98,12 @@ func startCPUProfile(path string) (stop func(), err error) {
 
 // server is everything serve starts, so that it can be stopped in order.
 type server struct {
-	cfg    *configs.Config
-	log    *zap.Logger
-	certs  *certs.Store
+	cfg   *configs.Config
+	log   *zap.Logger
+	certs *certs.Store
+	// acme, with tls.acme, obtains and renews the certificates certs
+	// serves; stopped at shutdown.
+	acme   *acme.Manager
 	users  *auth.Store
 	signer atomic.Pointer[dkim.Signer]
 	queue  *queue.Queue
@@ -149,7 +153,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
-	if s.certs.Generated {
+	switch {
+	case cfg.TLS.ACME != nil:
+		// Built now, started once every listener is bound: a start-up
+		// that fails later leaves no renewal running.
+		s.acme, err = newACME(cfg, log)
+		if err != nil {
+			return fmt.Errorf("tls.acme: %w", err)
+		}
+		s.certs.SetSource(s.acme)
+	case s.certs.Generated:
 		log.Warn("no tls.cert_file configured: using a self-signed certificate; clients that verify certificates will refuse it",
 			zap.String("hostname", cfg.Hostname))
 	}
@@ -274,6 +287,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		log.Info("listening", zap.String("listener", "admin"), zap.Stringer("addr", adminLn.Addr()))
 	}
 
+	if s.acme != nil {
+		if err := s.acme.Start(); err != nil {
+			closeAll()
+			s.queue.Close(context.Background())
+			return fmt.Errorf("tls.acme: %w", err)
+		}
+		log.Info("TLS certificates from ACME: served once obtained, the self-signed one until then",
+			zap.Strings("names", cfg.CertNames()), zap.String("directory", cfg.TLS.ACME.Directory),
+			zap.String("challenge", cfg.TLS.ACME.Challenge))
+	}
 	s.queue.Start()
 	// Drops are queued as if their owner had used the relay listener:
 	// the same header rules and limits.
@@ -368,8 +391,29 @@ func (s *server) shutdown() error {
 	if c, ok := s.deliverer.(io.Closer); ok {
 		c.Close()
 	}
+	if s.acme != nil {
+		s.acme.Stop()
+	}
 	s.log.Info("postern stopped")
 	return err
+}
+
+// newACME builds the certificate manager tls.acme asks for. The dns-01
+// hook's record is looked for through delivery.resolver, the DNS server
+// the rest of postern asks.
+func newACME(cfg *configs.Config, log *zap.Logger) (*acme.Manager, error) {
+	a := cfg.TLS.ACME
+	return acme.New(acme.Options{
+		Names:           cfg.CertNames(),
+		Email:           a.Email,
+		Directory:       a.Directory,
+		Challenge:       a.Challenge,
+		ChallengeListen: a.ChallengeListen,
+		DNSHook:         a.DNSHook,
+		Resolver:        cfg.Delivery.Resolver,
+		StorageDir:      cfg.ACMEDir(),
+		Logger:          log.Named("acme"),
+	})
 }
 
 // maildropLimits are the relay listener's limits, which the pickup applies
