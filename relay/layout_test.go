@@ -46,6 +46,12 @@ func TestLayout(t *testing.T) {
 		{"postern/auth/...", []string{"postern/relay/", "postern/queue", "postern/dkim", "postern/cmd/"}},
 		{"postern/configs/...", []string{"postern/relay/", "postern/queue", "postern/cmd/"}},
 		{"postern/dkim/...", []string{"postern/relay/", "postern/auth", "postern/queue", "postern/queue/dsn", "postern/cmd/"}}, // queue/message only
+		// The SPF evaluator is a leaf: doctor uses it, and a receiving
+		// side could.
+		{"postern/spf", []string{"postern/"}},
+		// doctor reads DNS and reports; the configuration reaches it as
+		// Options, through cmd/postern. It uses spf and dkim only.
+		{"postern/doctor", []string{"postern/relay/", "postern/queue", "postern/auth", "postern/configs", "postern/cmd/"}},
 	} {
 		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", tt.pkgs).CombinedOutput()
 		if err != nil {

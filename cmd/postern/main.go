@@ -44,6 +44,9 @@ Usage:
   postern queue hold|release|delete|bounce ID  [--config FILE]
   postern dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits 2048] [--out FILE]
   postern dkim dns       [--config FILE]   print the DNS TXT record of every configured key
+  postern doctor [--json] [--offline] [--probe DOMAIN] [--ip ADDR,...] [--domain D,...] [--config FILE]
+                                           check DNS, reverse DNS, port 25 and the certificate;
+                                           exit 0 all well, 1 errors, 2 warnings only
   postern sendmail [FLAGS] [RCPT...]       sendmail's interface: submit standard input
   postern mailq          [--config FILE]   print the queue (as postern queue list)
   postern version
@@ -152,6 +155,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		return cmdDKIM(s, r, stdout, stderr)
+	case "doctor":
+		return cmdDoctor(rest, stdout)
 	case "sendmail":
 		return cmdSendmail(rest, stdin, stdout, stderr)
 	case "mailq":

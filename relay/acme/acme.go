@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -216,6 +219,41 @@ func (m *Manager) Certificate(hello *tls.ClientHelloInfo) *tls.Certificate {
 		return nil
 	}
 	return c
+}
+
+// Stored returns the certificate chain stored for name under storageDir
+// (the newest, when several CAs issued one), or nil, nil when there is
+// none: what a Manager on that directory serves once it runs. For `postern
+// doctor`, which reads it without starting one.
+func Stored(storageDir, name string) ([]*x509.Certificate, error) {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	// certmagic's layout: certificates/<CA>/<name>/<name>.crt
+	files, err := filepath.Glob(filepath.Join(storageDir, "certificates", "*", name, name+".crt"))
+	if err != nil {
+		return nil, err
+	}
+	var newest []*x509.Certificate
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var chain []*x509.Certificate
+		for rest := data; ; {
+			var b *pem.Block
+			b, rest = pem.Decode(rest)
+			if b == nil {
+				break
+			}
+			if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+				chain = append(chain, c)
+			}
+		}
+		if len(chain) > 0 && (newest == nil || chain[0].NotAfter.After(newest[0].NotAfter)) {
+			newest = chain
+		}
+	}
+	return newest, nil
 }
 
 // holds reports whether name is one of the names, or matches a wildcard

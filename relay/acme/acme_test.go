@@ -189,6 +189,10 @@ func TestObtain(t *testing.T) {
 			if other == nil || !bytes.Equal(other.Certificate[0], leaf.Raw) {
 				t.Error("a client naming another server does not get the hostname's certificate")
 			}
+			stored, err := Stored(o.StorageDir, s.name)
+			if err != nil || len(stored) == 0 || !stored[0].Equal(leaf) {
+				t.Errorf("Stored: %v, %v; want the certificate served", stored, err)
+			}
 			keys, _ := filepath.Glob(filepath.Join(o.StorageDir, "certificates", "*", s.name, s.name+".key"))
 			if len(keys) != 1 {
 				t.Fatalf("key files %v", keys)

@@ -23,6 +23,9 @@ type Records struct {
 	A    []string // IPv4 addresses, "127.0.0.2"
 	AAAA []string // IPv6 addresses, "::1"
 	TXT  []string // each string is one TXT record (split into 255-byte chunks)
+	// PTR are the names of a reverse name ("10.2.0.192.in-addr.arpa"):
+	// see SetPTR.
+	PTR []string
 	// Rcode, when not zero (dns.RcodeSuccess), is returned instead of any
 	// data: dns.RcodeServerFailure, dns.RcodeRefused...
 	Rcode int
@@ -187,6 +190,16 @@ func (d *DNS) SetTXT(name string, txt ...string) {
 	d.update(name, func(r *Records) { r.TXT = txt })
 }
 
+// SetPTR gives the address ip (IPv4 or IPv6) the reverse DNS names, under
+// its in-addr.arpa or ip6.arpa name.
+func (d *DNS) SetPTR(ip string, names ...string) {
+	rev, err := dns.ReverseAddr(ip)
+	if err != nil {
+		panic("relaytest: SetPTR: " + err.Error())
+	}
+	d.update(rev, func(r *Records) { r.PTR = names })
+}
+
 // SetRcode makes every question about name answer rcode (for instance
 // dns.RcodeServerFailure); dns.RcodeSuccess restores normal answers.
 func (d *DNS) SetRcode(name string, rcode int) {
@@ -278,6 +291,10 @@ func answers(q dns.Question, rr Records, ttl uint32) []dns.RR {
 	case dns.TypeTXT:
 		for _, s := range rr.TXT {
 			out = append(out, &dns.TXT{Hdr: hdr(dns.TypeTXT), Txt: chunk(s, 255)})
+		}
+	case dns.TypePTR:
+		for _, n := range rr.PTR {
+			out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: dns.Fqdn(n)})
 		}
 	}
 	return out

@@ -423,3 +423,27 @@ func TestReceiverHoldNextReply(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDNSPTR: SetPTR answers reverse lookups of IPv4 and IPv6 addresses,
+// as Go's resolver asks them.
+func TestDNSPTR(t *testing.T) {
+	d := relaytest.NewDNS(t, nil)
+	d.SetPTR("192.0.2.10", "mail.example.test")
+	d.SetPTR("2001:db8::10", "mail6.example.test", "other.example.test")
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var dd net.Dialer
+		return dd.DialContext(ctx, network, d.Addr())
+	}}
+	for ip, want := range map[string]string{
+		"192.0.2.10":   "mail.example.test.",
+		"2001:db8::10": "mail6.example.test. other.example.test.",
+	} {
+		names, err := r.LookupAddr(context.Background(), ip)
+		if err != nil || strings.Join(names, " ") != want {
+			t.Errorf("PTR %s: %v, %v; want %s", ip, names, err, want)
+		}
+	}
+	if _, err := r.LookupAddr(context.Background(), "192.0.2.11"); err == nil {
+		t.Error("an address without PTR has a name")
+	}
+}
