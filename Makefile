@@ -8,9 +8,15 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Real peers the integration tests drive: swaks (client), Postfix's
-# smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier),
-# curl (the dns-01 hook of the ACME tests).
-DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl
+# smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier), curl
+# (HTTP client of the admin API, and the dns-01 hook of the ACME tests), and
+# for outbound TLS policy: openssl (the test CA), nsd (authoritative DNS for
+# signed zones), ldnsutils (ldns-keygen, ldns-signzone) and unbound (the
+# validating resolver DANE trusts). A policy-rc.d keeps the packages from
+# starting system services (nsd and unbound would take port 53): the tests
+# start their own, on loopback.
+DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl \
+	openssl nsd unbound ldnsutils
 
 # Let's Encrypt's ACME test server, for the tls.acme tests: a Go program,
 # installed from the module proxy into bin/tools (relaytest.PebblePath
@@ -45,18 +51,24 @@ unit:
 deps:
 	@missing=""; \
 	command -v swaks >/dev/null || missing="$$missing swaks"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null || missing="$$missing libnet-ssleay-perl"; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	/usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null || missing="$$missing python3-dkim python3-nacl"; \
-	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/sbin/nsd ] || missing="$$missing nsd"; \
+	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
+	command -v ldns-signzone >/dev/null && command -v ldns-keygen >/dev/null || missing="$$missing ldnsutils"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing test peers:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
+		printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null && $$SUDO chmod 755 /usr/sbin/policy-rc.d && \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null || \
-		{ echo "could not install the test peers ($(DEB_PACKAGES)); the integration tests need them" >&2; exit 1; }; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
+		status=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; \
+		[ $$status = 0 ] || { echo "could not install the test peers ($(DEB_PACKAGES)); the integration tests need them" >&2; exit 1; }; \
 	fi
 	$(GO) mod download
 	@[ -x bin/tools/pebble ] || { \

@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -74,9 +75,17 @@ type ListenConfig struct {
 }
 
 type AdminConfig struct {
-	// TokenFile holds the bearer token the admin API requires; "" = none
-	// (the listener should then stay on loopback).
+	// TokenFile holds the bearer token the admin API requires; "" = a
+	// token serve generates in data_dir (GeneratedAdminTokenPath).
 	TokenFile string `yaml:"token_file"`
+	// TLS serves the admin API over TLS with the listeners' certificate;
+	// required, with a token, when listen.admin is not on loopback.
+	TLS bool `yaml:"tls"`
+	// AllowedHosts are the names, besides the listener's own address
+	// (and localhost for a loopback one), that requests may carry in their
+	// Host header: anything else is refused, so that a web page cannot
+	// reach the API through DNS rebinding.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 type TLSConfig struct {
@@ -228,6 +237,66 @@ type DeliveryConfig struct {
 	// KeepFailed is how long a failed message's record (not its body)
 	// stays visible to `postern queue list --state failed`.
 	KeepFailed Duration `yaml:"keep_failed"`
+	// MTASTS enforces the MTA-STS policies recipient domains publish
+	// (RFC 8461).
+	MTASTS bool `yaml:"mta_sts"`
+	// DANE authenticates MX hosts by their TLSA records (RFC 7672) when
+	// Resolver is a validating resolver on loopback, whose AD bit can be
+	// trusted.
+	DANE bool `yaml:"dane"`
+	// TLSPolicy are configured policies by recipient domain, for domains
+	// that publish none; DANE and MTA-STS come first.
+	TLSPolicy map[string]TLSPolicyEntry `yaml:"tls_policy"`
+	// TLSReports configures TLS reports (RFC 8460) to the domains that
+	// ask for them.
+	TLSReports TLSReportsConfig `yaml:"tls_reports"`
+}
+
+// TLSPolicyEntry is the configured policy of one domain.
+type TLSPolicyEntry struct {
+	// Mode is dane | mta-sts | verify | encrypt | may.
+	Mode string `yaml:"mode"`
+}
+
+// TLSPolicyModes are the values of delivery.tls_policy's mode, as
+// relay/tlspolicy names them.
+var TLSPolicyModes = []string{"dane", "mta-sts", "verify", "encrypt", "may"}
+
+// TLSReportsConfig configures TLS reports.
+type TLSReportsConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// Organization is the report's organization-name; "" = hostname.
+	Organization string `yaml:"organization"`
+	// Contact is the report's contact-info and the sender of mailed
+	// reports; "" = postmaster@hostname.
+	Contact string `yaml:"contact"`
+}
+
+// DANEResolver reports whether delivery.resolver may be trusted for
+// DANE: delivery.dane is on and the resolver is on loopback, so no one
+// between postern and it can forge its AD bit.
+func (c *Config) DANEResolver() bool {
+	if !c.Delivery.DANE || c.Delivery.Resolver == "" {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(c.Delivery.Resolver)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// TLSReportOrganization and TLSReportContact are delivery.tls_reports'
+// values with their defaults filled in.
+func (c *Config) TLSReportOrganization() string {
+	if c.Delivery.TLSReports.Organization != "" {
+		return c.Delivery.TLSReports.Organization
+	}
+	return c.Hostname
+}
+
+func (c *Config) TLSReportContact() string {
+	if c.Delivery.TLSReports.Contact != "" {
+		return c.Delivery.TLSReports.Contact
+	}
+	return "postmaster@" + c.Hostname
 }
 
 // Smarthost is an upstream relay.
@@ -417,6 +486,10 @@ func (c *Config) ProxyProtocolFrom() []netip.Prefix { return prefixes(c.ListenPr
 // could not take, for the daemon to pick up (relay/pickup).
 func (c *Config) MaildropDir() string { return filepath.Join(c.DataDir, "maildrop") }
 
+// GeneratedAdminTokenPath is where serve keeps the admin API's token when
+// admin.token_file is not set.
+func (c *Config) GeneratedAdminTokenPath() string { return filepath.Join(c.DataDir, "admin.token") }
+
 // CaptureDir is where delivery.mode capture keeps messages (a Maildir).
 func (c *Config) CaptureDir() string { return filepath.Join(c.DataDir, "capture") }
 
@@ -510,6 +583,14 @@ func (c *Config) validate() Errors {
 		}
 		seen[addr] = key
 	}
+	if a := c.Listen.Admin; a != "" && !IsLoopback(a) && !c.Admin.TLS {
+		bad("listen.admin", "%q is not a loopback address: set admin.tls: true, so that the admin token never travels in clear over a network", a)
+	}
+	for i, h := range c.Admin.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, " /\\@") {
+			bad(fmt.Sprintf("admin.allowed_hosts[%d]", i), "%q is not a host name or host:port", h)
+		}
+	}
 	if c.Listen.Submission == "" && c.Listen.Submissions == "" && c.Listen.Relay == "" {
 		bad("listen", "no SMTP listener: set at least one of submission, submissions, relay")
 	}
@@ -588,6 +669,7 @@ func (c *Config) validate() Errors {
 
 	c.validatePolicy(bad)
 	c.validateRouting(bad)
+	c.validateTLSPolicy(bad)
 
 	type sel struct{ d, s string }
 	dkimSeen := map[sel]int{}
@@ -904,4 +986,58 @@ func smarthostNames(hs []Smarthost) []string {
 		return []string{"none configured"}
 	}
 	return out
+}
+
+// IsLoopback reports whether a listen address (host:port) binds loopback
+// only: 127.0.0.0/8, ::1 or localhost. An empty host (every address) is
+// not.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// validateTLSPolicy checks delivery.tls_policy and delivery.tls_reports.
+func (c *Config) validateTLSPolicy(bad func(key, format string, args ...any)) {
+	doms := make([]string, 0, len(c.Delivery.TLSPolicy))
+	for d := range c.Delivery.TLSPolicy {
+		doms = append(doms, d)
+	}
+	sort.Strings(doms)
+	lower := map[string]string{}
+	for _, d := range doms {
+		key := fmt.Sprintf("delivery.tls_policy[%q]", d)
+		if !validHostname(d) || strings.HasSuffix(d, ".") || strings.HasPrefix(d, ".") {
+			bad(key, "%q is not a domain name (one domain per entry; subdomains are not included)", d)
+		}
+		if other, dup := lower[strings.ToLower(d)]; dup {
+			bad(key, "%q is %q again (domains are compared without case)", d, other)
+		}
+		lower[strings.ToLower(d)] = d
+		switch m := c.Delivery.TLSPolicy[d].Mode; {
+		case m == "":
+			bad(key+".mode", "must be set: one of %s", strings.Join(TLSPolicyModes, ", "))
+		case !slices.Contains(TLSPolicyModes, m):
+			bad(key+".mode", "%q is not one of %s", m, strings.Join(TLSPolicyModes, ", "))
+		}
+		if c.Delivery.TLSPolicy[d].Mode == "dane" && !c.DANEResolver() {
+			bad(key+".mode", "dane needs delivery.dane: true and delivery.resolver set to a validating resolver on loopback (127.0.0.1:53, say): without them no host of %s could be used", d)
+		}
+	}
+	r := c.Delivery.TLSReports
+	if r.Contact != "" && strings.ContainsAny(r.Contact, " \t\r\n<>") {
+		bad("delivery.tls_reports.contact", "%q is not an address or URI", r.Contact)
+	}
+	if c.Delivery.TLSReports.Enabled && c.TLSReportContact() != "" && !strings.Contains(c.TLSReportContact(), "@") {
+		bad("delivery.tls_reports.contact", "%q: reports are mailed from this address, so it must be one", c.TLSReportContact())
+	}
+	if strings.ContainsAny(r.Organization, "\r\n") {
+		bad("delivery.tls_reports.organization", "must be one line")
+	}
 }

@@ -366,6 +366,7 @@ func TestErrorString(t *testing.T) {
 // the exact output of `Load`, one error a line. Run with -update to rewrite
 // the .want files, then read the diff.
 var badCases = []string{
+	"bad_tls_policy",
 	"unknown_top_key",
 	"unknown_nested_key",
 	"unknown_key_no_hint",
@@ -524,7 +525,7 @@ func TestOneThingWrong(t *testing.T) {
 		{"  submission: 0.0.0.0:587", "  submission: 0.0.0.0:0", "listen.submission", ""},
 		{"  submissions: 0.0.0.0:465", "  submissions: mail.example.com:465", "listen.submissions", ""},
 		{"  relay: 10.0.0.1:25", "  relay: 0.0.0.0:587", "listen.relay", ""},
-		{"  admin: 127.0.0.1:8025", "  admin: 0.0.0.0:465", "listen.admin", ""},
+		{"  admin: 127.0.0.1:8025", "  admin: 0.0.0.0:8025", "listen.admin", ""}, // not loopback, without TLS and a token
 		{"  admin: 127.0.0.1:8025", "  admin: 127.0.0.1:http", "listen.admin", ""},
 		{"  key_file: /etc/postern/key.pem", `  key_file: ""`, "tls", "tls:"},
 		{"  users_file: /etc/postern/users", `  users_file: ""`, "auth.users_file", ""},
@@ -768,4 +769,69 @@ func TestACMEOneThingWrong(t *testing.T) {
 			t.Errorf("got %v, want one error for tls.acme at line 3", errs)
 		}
 	})
+}
+
+// TestAdminOffLoopback: an admin listener beyond loopback is allowed with
+// TLS and refused without; allowed_hosts is read.
+func TestAdminOffLoopback(t *testing.T) {
+	base := "hostname: mail.example.com\nlisten: {admin: \"0.0.0.0:8025\", relay: \"127.0.0.1:2525\", submission: \"\", submissions: \"\"}\n"
+	for _, tt := range []struct {
+		admin string
+		ok    bool
+	}{
+		{"admin: {tls: true, token_file: token, allowed_hosts: [postern.example.com, \"10.0.0.5:8025\"]}\n", true},
+		{"admin: {tls: true, allowed_hosts: [a.example, b.example]}\n", true},
+		{"admin: {token_file: token}\n", false},
+		{"admin: {tls: true, token_file: token, allowed_hosts: [\"a b\"]}\n", false},
+	} {
+		path := writeConfig(t, base+tt.admin)
+		if tt.ok {
+			if c, err := Load(path); err != nil || len(c.Admin.AllowedHosts) != 2 {
+				t.Errorf("%s: %v", tt.admin, err)
+			}
+			continue
+		}
+		if errs := loadErrors(t, path); len(errs) != 1 {
+			t.Errorf("%s: errors %v, want 1", tt.admin, errs)
+		}
+	}
+	for addr, want := range map[string]bool{"127.0.0.1:8025": true, "127.1.2.3:1": true, "[::1]:8025": true, "localhost:8025": true,
+		"0.0.0.0:8025": false, ":8025": false, "[::]:8025": false, "10.0.0.5:8025": false, "8025": false} {
+		if IsLoopback(addr) != want {
+			t.Errorf("IsLoopback(%q) = %v", addr, !want)
+		}
+	}
+}
+
+// TestTLSPolicyLoads: a valid delivery.tls_policy and tls_reports load as
+// written; DANE is trusted only with a loopback resolver.
+func TestTLSPolicyLoads(t *testing.T) {
+	c, err := Load(writeConfig(t, `hostname: mail.example.test
+delivery:
+  resolver: 127.0.0.1:53
+  tls_policy:
+    example.org: {mode: dane}
+    bank.example: {mode: verify}
+  tls_reports: {enabled: false, organization: Example, contact: tlsrpt@example.test}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Delivery.TLSPolicy) != 2 || c.Delivery.TLSPolicy["example.org"].Mode != "dane" || c.Delivery.TLSPolicy["bank.example"].Mode != "verify" {
+		t.Errorf("tls_policy = %v", c.Delivery.TLSPolicy)
+	}
+	if !c.Delivery.MTASTS || !c.DANEResolver() || c.Delivery.TLSReports.Enabled || c.TLSReportContact() != "tlsrpt@example.test" || c.TLSReportOrganization() != "Example" {
+		t.Errorf("delivery = %+v", c.Delivery)
+	}
+	c.Delivery.Resolver = "192.0.2.53:53"
+	if c.DANEResolver() {
+		t.Error("DANE trusts a resolver off this machine")
+	}
+	c.Delivery.Resolver, c.Delivery.DANE = "127.0.0.1:53", false
+	if c.DANEResolver() {
+		t.Error("DANE on with delivery.dane: false")
+	}
+	if d := Default(); d.TLSReportContact() != "postmaster@localhost" || !d.Delivery.TLSReports.Enabled {
+		t.Errorf("defaults: contact %q, enabled %v", d.TLSReportContact(), d.Delivery.TLSReports.Enabled)
+	}
 }

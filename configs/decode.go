@@ -117,7 +117,7 @@ func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int,
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
-	isLeaf := t.Kind() != reflect.Struct && t.Kind() != reflect.Slice ||
+	isLeaf := t.Kind() != reflect.Struct && t.Kind() != reflect.Slice && t.Kind() != reflect.Map ||
 		reflect.PointerTo(t).Implements(reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem())
 	switch {
 	case isLeaf:
@@ -157,17 +157,7 @@ func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int,
 				fields[name] = f.Type
 			}
 		}
-		seen := map[string]int{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			p := join(path, k.Value)
-			// A key given twice: YAML says the document is invalid, and
-			// which value wins would be a guess.
-			if first, dup := seen[k.Value]; dup {
-				fail(k.Line, p, "already set at line %d", first)
-				continue
-			}
-			seen[k.Value] = k.Line
+		pairs(n, fail, func(k string) string { return join(path, k) }, func(k, v *yaml.Node, p string) {
 			ft, ok := fields[k.Value]
 			if !ok {
 				msg := "unknown key"
@@ -175,11 +165,26 @@ func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int,
 					msg += fmt.Sprintf(" (did you mean %s?)", join(path, s))
 				}
 				fail(k.Line, p, "%s", msg)
-				continue
+				return
 			}
 			lines[p] = k.Line
 			walk(v, ft, p, file, lines, errs)
+		})
+	case t.Kind() == reflect.Map:
+		// A map by name (delivery.tls_policy: {example.org: {...}}):
+		// each value is walked as strictly as a struct field, under the
+		// key path `map["name"]`.
+		if n.Kind != yaml.MappingNode {
+			if n.Tag == "!!null" {
+				return
+			}
+			fail(n.Line, path, "expected a mapping")
+			return
 		}
+		pairs(n, fail, func(k string) string { return fmt.Sprintf("%s[%q]", path, k) }, func(k, v *yaml.Node, p string) {
+			lines[p] = k.Line
+			walk(v, t.Elem(), p, file, lines, errs)
+		})
 	case t.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			if n.Tag == "!!null" {
@@ -199,6 +204,23 @@ func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int,
 			lines[p] = item.Line
 			walk(item, t.Elem(), p, file, lines, errs)
 		}
+	}
+}
+
+// pairs calls each for every key and value of the mapping n, with the
+// key's path as keyPath makes it; a key given twice is an error (YAML
+// says the document is invalid, and which value wins would be a guess).
+func pairs(n *yaml.Node, fail func(line int, p, format string, args ...any), keyPath func(string) string, each func(k, v *yaml.Node, p string)) {
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		p := keyPath(k.Value)
+		if first, dup := seen[k.Value]; dup {
+			fail(k.Line, p, "already set at line %d", first)
+			continue
+		}
+		seen[k.Value] = k.Line
+		each(k, v, p)
 	}
 }
 

@@ -43,6 +43,10 @@ type Delivery struct {
 	// recipient of the message had DSN parameters.
 	Ret, EnvID string
 	DSN        []RcptDSN
+
+	// RequireTLS and TLSOptional are the envelope's (RFC 8689): see
+	// Envelope. The deliverer honours them; relay/tlspolicy says how.
+	RequireTLS, TLSOptional bool
 }
 
 // Body gives repeatable access to a stored message.

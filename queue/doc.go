@@ -22,8 +22,27 @@
 //	          without reading every message
 //	schedule  next-attempt (8-byte big-endian unix nanoseconds) ‖ id → ""
 //	purge     purge time (same encoding) ‖ id → "", one per failed record
+//	outbox    event sequence (8 bytes) → JSON Event (events.go)
+//	outbox-deliveries
+//	          subscriber name ‖ NUL ‖ event sequence → JSON attempts,
+//	          next attempt, last error, queue id
+//	suppressed
+//	          user ‖ NUL ‖ lower-case address → JSON Suppression
+//	idempotency
+//	          user ‖ NUL ‖ key → JSON Accepted (id, Message-ID, time)
+//	idempotency-expiry
+//	          expiry (8 bytes) ‖ user ‖ NUL ‖ key → ""
+//	state     one nested bucket per namespace, key → JSON value: the
+//	          durable state other rooms keep beside the queue (state.go)
 //
-// Format version 1 gained the purge bucket and the record's held, purge
+// The state bucket is a small generic store (StateStore): a room names its
+// namespace ("mta-sts", "tlsrpt") and the type of its values, and gets
+// Get, Put, PutAll, Delete and List, each write a shared, synced commit.
+// The queue does not know what the values mean; the room that owns a
+// namespace documents its keys and values. Unreadable values are reported
+// with their key, never skipped silently, so the owner can delete them.
+//
+// Format version 1 gained the purge and state buckets and the record's held, purge
 // and per-recipient DSN fields without a migration: the bucket is created
 // at Open, and absent fields read as their zero values.
 //
@@ -82,6 +101,25 @@
 //
 // A held message has no schedule entry, so leasing never sees it. Release
 // puts it back with its pending recipients due now.
+//
+// # Events, suppressions and idempotency keys
+//
+// With Options.Subscribers, every state change of a submitted message
+// (accepted, deferred, delayed, delivered, bounced) is also written as
+// Events, in the transaction that makes the change: an outbox, so that a
+// crash can neither lose an event nor record one for a change that was
+// rolled back. Each subscriber that wants an event gets a delivery row of
+// its own; DueEvents hands out at most one per message at a time, so a
+// subscriber sees each message's events in order, and EventDone and
+// EventRetry record what came of an attempt. Nothing is written without
+// subscribers.
+//
+// With Options.Suppression, a recipient that fails for good because its
+// address does not exist (enhanced codes 5.1.x for bad mailbox, domain,
+// syntax, moved, null MX, and 5.2.1) is added to its user's suppression
+// list in that same transaction. Enqueue writes an Envelope's
+// IdempotencyKey with the message it inserts, so a key can never name a
+// message that was not committed.
 //
 // # Bounces
 //

@@ -286,12 +286,21 @@ func (q *Queue) purge(now time.Time) {
 	if q.closed {
 		return
 	}
-	due := false
+	due, keysDue := false, false
 	q.db.View(func(tx *bolt.Tx) error {
 		k, _ := tx.Bucket(bPurge).Cursor().First()
 		due = k != nil && schedTime(k) <= now.UnixNano()
+		k, _ = tx.Bucket(bIdempotencyExp).Cursor().First()
+		keysDue = k != nil && schedTime(k) <= now.UnixNano()
 		return nil
 	})
+	if keysDue {
+		if err := q.db.Update(func(tx *bolt.Tx) error { return purgeIdempotency(tx, now) }); err != nil {
+			q.log.Error("purge idempotency keys", slog.Any("error", err))
+			go q.checkDB(err)
+			return
+		}
+	}
 	if !due {
 		return
 	}

@@ -124,6 +124,12 @@ type Options struct {
 	// (the DSNs from MAILER-DAEMON@Hostname); nil sends them unsigned.
 	Signer Signer
 
+	// Subscribers get the events of submitted messages (events.go);
+	// none: no event is recorded.
+	Subscribers []Subscriber
+	// Suppression turns on the suppression list (suppress.go).
+	Suppression SuppressionOptions
+
 	// lazyWait replaces the constant of that name when set (tests).
 	lazyWait time.Duration
 }
@@ -141,6 +147,24 @@ type Envelope struct {
 	Ret   string    `json:"ret,omitempty"`   // "FULL" or "HDRS" (§4.3); "" = not given
 	EnvID string    `json:"envid,omitempty"` // ENVID (§4.4), xtext-decoded
 	DSN   []RcptDSN `json:"dsn,omitempty"`   // parallel to Rcpts; nil when no RCPT had DSN parameters
+
+	// What events carry (Options.Subscribers): the Message-ID field's
+	// value, and the tags and metadata a submitter gave the HTTP API.
+	MessageID string            `json:"message_id,omitempty"`
+	Tags      []string          `json:"tags,omitempty"`
+	Metadata  map[string]string `json:"metadata,omitempty"`
+
+	// IdempotencyKey, when set, is remembered with User for
+	// IdempotencyWindow (see Idempotent). Not stored with the message.
+	IdempotencyKey string `json:"-"`
+	// RequireTLS is the REQUIRETLS parameter of MAIL FROM (RFC 8689
+	// §4.1): the message may travel only over TLS that authenticates
+	// every server, to servers that offer REQUIRETLS themselves.
+	RequireTLS bool `json:"requiretls,omitempty"`
+	// TLSOptional is a "TLS-Required: No" header field (RFC 8689 §5)
+	// without REQUIRETLS: the sender asks that the recipient domain's TLS
+	// policy (MTA-STS, DANE) not stop the message.
+	TLSOptional bool `json:"tls_optional,omitempty"`
 }
 
 // RcptDSN holds the per-recipient DSN parameters of RFC 3461.
@@ -292,6 +316,11 @@ type Queue struct {
 	keep     time.Duration // Options.KeepFailed
 	obs      Observer
 	signer   Signer // Options.Signer
+	subs     []Subscriber
+	suppress SuppressionOptions
+	// eventKick (capacity 1) is signalled after commits that recorded
+	// events.
+	eventKick chan struct{}
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -355,6 +384,9 @@ func Open(opts Options) (*Queue, error) {
 		keep:        opts.KeepFailed,
 		obs:         opts.Observer,
 		signer:      opts.Signer,
+		subs:        opts.Subscribers,
+		suppress:    opts.Suppression,
+		eventKick:   make(chan struct{}, 1),
 		inflight:    make(map[uint64]int),
 		depth:       make(map[State]int),
 		kick:        make(chan struct{}, 1),
@@ -411,6 +443,12 @@ func Open(opts Options) (*Queue, error) {
 	if err := q.countDepth(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if n, err := q.dropUnsubscribed(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("queue: outbox: %w", err)
+	} else if n > 0 {
+		q.log.Warn("dropped event deliveries of subscribers no longer configured", slog.Int("deliveries", n))
 	}
 	q.runCtx, q.cancel = context.WithCancel(context.Background())
 	q.lazyWait = cmp.Or(opts.lazyWait, lazyWait)
@@ -571,6 +609,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		jobs = group(0, rec, allRcpts(rec), q.body(rec, inline))
 	}
 	var n64 uint64
+	var events int
 	undo := func() {}
 	err = q.batch(func(tx *bolt.Tx) error {
 		// batch may run this more than once; only the run in the
@@ -580,10 +619,19 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		undo = func() {}
 		var err error
 		n64, err = insert(tx, data, inline, rec.Spool, rec.Next)
-		if err == nil && handOff {
+		if err != nil {
+			return err
+		}
+		if err := putIdempotency(tx, env, n64, now); err != nil {
+			return err
+		}
+		if events, err = q.emit(tx, acceptedEvents(n64, rec, now, q.subs)); err != nil {
+			return err
+		}
+		if handOff {
 			undo = q.markInflight(n64, len(jobs))
 		}
-		return err
+		return nil
 	})
 	q.dbMu.RUnlock()
 	if err != nil {
@@ -595,6 +643,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		return "", fmt.Errorf("queue: commit message: %w", errnoOf(err))
 	}
 	q.count(map[State]int{StateQueued: 1})
+	q.eventsRecorded(events)
 	if handOff {
 		q.handOff(n64, jobs)
 	} else {

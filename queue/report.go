@@ -314,6 +314,7 @@ type changed struct {
 	saved         saved
 	dsn           uint64 // id of the DSN queued, 0 if none
 	reported      []planItem
+	events        int // event deliveries recorded
 }
 
 // modify is the one read-modify-write path for a message whose change may
@@ -457,7 +458,15 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 		if err != nil {
 			return err
 		}
+		if err := q.suppressFailures(tx, id, before, rec, now); err != nil {
+			return err
+		}
 		o := &changed{before: before, after: rec, saved: sv, reported: items}
+		if len(q.subs) > 0 {
+			if o.events, err = q.emit(tx, changeEvents(id, before, rec, items, now)); err != nil {
+				return err
+			}
+		}
 		if d != nil {
 			if o.dsn, err = insert(tx, d.data, d.inline, d.spool, d.next); err != nil {
 				return err
@@ -501,6 +510,7 @@ func (q *Queue) committed(id uint64, out *changed) {
 		delta[StateQueued]++
 	}
 	q.count(delta)
+	q.eventsRecorded(out.events)
 	q.removeSpool(out.saved.spool, formatID(id))
 	if out.dsn != 0 {
 		var actions []string

@@ -275,6 +275,9 @@ func group(id uint64, rec *record, due []int, body Body) []*job {
 				Body:    body,
 				Ret:     rec.Env.Ret,
 				EnvID:   rec.Env.EnvID,
+
+				RequireTLS:  rec.Env.RequireTLS,
+				TLSOptional: rec.Env.TLSOptional,
 			}}
 			byDomain[dom] = j
 			jobs = append(jobs, j)

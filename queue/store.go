@@ -21,8 +21,18 @@ var (
 	bSpool    = []byte("spool")
 	bSchedule = []byte("schedule")
 	bPurge    = []byte("purge")
+	bState    = []byte("state") // state.go
+	// Beside the messages: events waiting for subscribers
+	// (events.go), suppressed addresses (suppress.go), and idempotency
+	// keys with their expiry index (idempotency.go).
+	bOutbox         = []byte("outbox")
+	bDeliveries     = []byte("outbox-deliveries")
+	bSuppressed     = []byte("suppressed")
+	bIdempotency    = []byte("idempotency")
+	bIdempotencyExp = []byte("idempotency-expiry")
 
-	allBuckets = [][]byte{bMeta, bMessages, bBodies, bSpool, bSchedule, bPurge}
+	allBuckets = [][]byte{bMeta, bMessages, bBodies, bSpool, bSchedule, bPurge, bState,
+		bOutbox, bDeliveries, bSuppressed, bIdempotency, bIdempotencyExp}
 
 	keyVersion = []byte("version")
 )

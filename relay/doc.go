@@ -13,6 +13,10 @@
 //	relay/httpapi    the daemon's HTTP surface: admin API, probes, metrics
 //	relay/metrics    Prometheus metrics; implements the observers that the
 //	                 queue and smtpd define
+//	relay/tlspolicy  outbound transport security: for each MX host the
+//	                 TLS it needs (DANE, MTA-STS, configured, opportunistic),
+//	                 the check after STARTTLS, the MTA-STS cache and the
+//	                 TLS reports (RFC 8460); delivery calls it
 //	relay/certs      the listeners' TLS certificate
 //	relay/acme       certificates obtained and renewed from an ACME CA,
 //	                 which relay/certs serves

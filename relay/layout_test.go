@@ -31,6 +31,10 @@ func TestLayout(t *testing.T) {
 		// pipeline and knows no other source and no deliverer.
 		{"postern/relay/pickup", []string{"postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		{"postern/relay/outbound", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		// Outbound TLS policy is consulted by delivery and wired by
+		// cmd/postern: it reaches the queue's state store through an
+		// interface of its own, and mails reports through one too.
+		{"postern/relay/tlspolicy", []string{"postern/queue", "postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/relay/status", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}},
 		{"postern/relay/capture", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		{"postern/relay/httpapi", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/cmd/"}},
 		{"postern/relay/metrics", []string{"net/http/httptest", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/cmd/"}},

@@ -216,7 +216,14 @@ func (in *instance) start() {
 		close(in.done)
 	}()
 	in.t.Cleanup(func() { in.kill() })
-	if _, err := in.logs.wait(in.done, 20*time.Second, func(e logEntry) bool { return e.isMsg("postern started") }); err != nil {
+	if _, err := in.logs.wait(in.done, 60*time.Second, func(e logEntry) bool { return e.isMsg("postern started") }); err != nil {
+		// SIGQUIT makes the Go runtime print every goroutine's stack:
+		// where start-up is stuck.
+		in.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-in.done:
+		case <-time.After(10 * time.Second):
+		}
 		in.t.Fatalf("postern did not start: %v\n%s", err, in.logs.String())
 	}
 }

@@ -1,18 +1,25 @@
 package main
 
 import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"postern/configs"
+	"postern/queue/durable"
 )
 
 // adminTimeout bounds every call to the admin API: an operator at a prompt
@@ -153,25 +160,84 @@ func newAdminClient(cfg *configs.Config) (*adminClient, error) {
 		return nil, exitError{exitFail, fmt.Sprintf("postern: listen.admin is empty in %s: the queue commands need the admin API", cfg.File)}
 	}
 	addr := dialAddr(cfg.Listen.Admin)
+	// Never through an HTTP proxy from the environment: the request
+	// carries the admin token.
+	tr := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: adminTimeout}).DialContext}
+	scheme := "http"
+	if cfg.Admin.TLS {
+		tc, err := adminTLSConfig(cfg)
+		if err != nil {
+			return nil, exitError{exitFail, "postern: " + err.Error()}
+		}
+		tr.TLSClientConfig = tc
+		scheme = "https"
+	}
 	c := &adminClient{
 		addr: addr,
-		base: "http://" + addr,
+		base: scheme + "://" + addr,
 		http: &http.Client{
-			Timeout: adminTimeout,
-			// Never through an HTTP proxy from the environment: the
-			// request carries the admin token.
-			Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: adminTimeout}).DialContext},
+			Timeout:   adminTimeout,
+			Transport: tr,
 			// Never follow a redirect: the API sends none, and a
 			// cleaned-up path could turn one action into another.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 	}
-	token, err := readAdminToken(cfg.Admin.TokenFile)
+	path := cfg.Admin.TokenFile
+	if path == "" {
+		path = cfg.GeneratedAdminTokenPath()
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			path = "" // the server has never run: it will say it is down
+		}
+	}
+	token, err := readAdminToken(path)
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, exitError{exitFail, "postern: " + err.Error() + " (run this as the server's user, or root)"}
+	}
 	if err != nil {
 		return nil, exitError{exitFail, "postern: " + err.Error()}
 	}
 	c.token = token
 	return c, nil
+}
+
+// adminTLSConfig verifies the admin listener's certificate, which is the
+// server's own (tls.cert_file, or the self-signed one in data_dir): it is
+// trusted as itself, beside the system roots, and checked for the
+// configured hostname, whichever address the CLI dials.
+func adminTLSConfig(cfg *configs.Config) (*tls.Config, error) {
+	certFile := cfg.TLS.CertFile
+	if certFile == "" {
+		certFile = filepath.Join(cfg.DataDir, "selfsigned.crt")
+	}
+	pem, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("admin.tls: the admin API's certificate: %w", err)
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("admin.tls: no certificate in %s", certFile)
+	}
+	return &tls.Config{RootCAs: roots, ServerName: cfg.Hostname, MinVersion: tls.VersionTLS12}, nil
+}
+
+// ensureAdminToken returns the token the server generated in data_dir
+// when admin.token_file is not set, creating it (mode 0600) on first
+// start: the admin API never answers changes without a token, and the CLI
+// of a user who can read data_dir finds it there.
+func ensureAdminToken(cfg *configs.Config) (string, error) {
+	path := cfg.GeneratedAdminTokenPath()
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		b := make([]byte, 32)
+		rand.Read(b)
+		if err := durable.WriteFile(path, []byte(base64.RawURLEncoding.EncodeToString(b)+"\n"), 0o600); err != nil {
+			return "", fmt.Errorf("admin token: %w", err)
+		}
+	}
+	return readAdminToken(path)
 }
 
 // readAdminToken reads admin.token_file ("" = no token) the same way for

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,7 @@ import (
 	"postern/relay/metrics"
 	"postern/relay/pickup"
 	"postern/relay/smtpd"
+	"postern/relay/tlspolicy"
 	// Named: the end-to-end tests have a func submit.
 	pipeline "postern/relay/submit"
 )
@@ -116,6 +118,14 @@ type server struct {
 	pickup  *pickup.Pickup
 	admin   *http.Server
 	metrics *metrics.Metrics
+	// tlsPolicies and tlsReports are the outbound TLS policy (MTA-STS
+	// cache, DANE, configured policies) and the TLS reporter; their
+	// background loops run under tlsCancel and stop before the queue
+	// closes (the reporter's last flush writes to it).
+	tlsPolicies *tlspolicy.Policies
+	tlsReports  *tlspolicy.Reporter
+	tlsCancel   context.CancelFunc
+	tlsWG       sync.WaitGroup
 	// ready is true between start-up and the beginning of shutdown
 	// (/readyz).
 	ready atomic.Bool
@@ -183,6 +193,9 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		return err
 	}
 	adminToken, err := readAdminToken(cfg.Admin.TokenFile)
+	if err == nil && adminToken == "" && cfg.Listen.Admin != "" {
+		adminToken, err = ensureAdminToken(cfg)
+	}
 	if err != nil {
 		return err
 	}
@@ -276,9 +289,14 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			s.queue.Close(context.Background())
 			return fmt.Errorf("listen.admin: %w", err)
 		}
+		if cfg.Admin.TLS {
+			// The same certificate as SMTP, reloaded with it on SIGHUP.
+			adminLn = tls.NewListener(adminLn, s.certs.Config())
+		}
 		s.admin = &http.Server{
 			Handler: httpapi.NewHandler(httpapi.Options{
 				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
+				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			WriteTimeout:      30 * time.Second,
@@ -298,14 +316,20 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			zap.String("challenge", cfg.TLS.ACME.Challenge))
 	}
 	s.queue.Start()
-	// Drops are queued as if their owner had used the relay listener:
-	// the same header rules and limits.
+	// Drops and TLS reports are queued as if their owner had used the
+	// relay listener: the same header rules and limits.
+	local := pipeline.New(pipeline.Options{
+		Hostname: cfg.Hostname, Queue: s.queue, Signer: s.currentSigner,
+		FixHeaders: policy.FixHeaders, MaxReceived: policy.MaxReceived,
+	})
+	if err := s.startTLSPolicy(local); err != nil {
+		closeAll()
+		s.queue.Close(context.Background())
+		return err
+	}
 	s.pickup = pickup.New(pickup.Options{
-		Dir: cfg.MaildropDir(),
-		Submit: pipeline.New(pipeline.Options{
-			Hostname: cfg.Hostname, Queue: s.queue, Signer: s.currentSigner,
-			FixHeaders: policy.FixHeaders, MaxReceived: policy.MaxReceived,
-		}),
+		Dir:    cfg.MaildropDir(),
+		Submit: local,
 		Limits: maildropLimits(cfg),
 		Logger: slogOf(log),
 	})
@@ -387,6 +411,8 @@ func (s *server) shutdown() error {
 	wg.Wait()
 	s.pickup.Stop(ctx)
 	s.wg.Wait()
+	s.tlsCancel()
+	s.tlsWG.Wait()
 	err := s.queue.Close(queueCtx)
 	if c, ok := s.deliverer.(io.Closer); ok {
 		c.Close()
@@ -414,6 +440,30 @@ func newACME(cfg *configs.Config, log *zap.Logger) (*acme.Manager, error) {
 		StorageDir:      cfg.ACMEDir(),
 		Logger:          log.Named("acme"),
 	})
+}
+
+// startTLSPolicy makes the outbound TLS policy and the TLS reporter and
+// starts their background loops: the MTA-STS refresher, and the
+// reporter's flush and daily send.
+func (s *server) startTLSPolicy(local *pipeline.Pipeline) error {
+	var err error
+	s.tlsPolicies, err = newTLSPolicies(s.cfg, s.queue, s.log)
+	if err != nil {
+		return fmt.Errorf("delivery TLS policy: %w", err)
+	}
+	s.tlsReports, err = newTLSReporter(s.cfg, s.queue, local, s.log)
+	if err != nil {
+		return fmt.Errorf("delivery.tls_reports: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.tlsCancel = cancel
+	s.tlsWG.Add(1)
+	go func() { defer s.tlsWG.Done(); s.tlsPolicies.Run(ctx) }()
+	if s.tlsReports != nil {
+		s.tlsWG.Add(1)
+		go func() { defer s.tlsWG.Done(); s.tlsReports.Run(ctx) }()
+	}
+	return nil
 }
 
 // maildropLimits are the relay listener's limits, which the pickup applies

@@ -381,3 +381,92 @@ func TestHEAD(t *testing.T) {
 		}
 	}
 }
+
+// TestHostCheck: on a loopback listener, a request must name the listener
+// (or localhost) in Host: a web page reaching 127.0.0.1 through DNS
+// rebinding carries its own name and is refused, probes and metrics
+// included; configured names pass; off loopback without names, Host is
+// free (TLS and the token protect the API there).
+func TestHostCheck(t *testing.T) {
+	e := newEnv(t, Options{Listen: "127.0.0.1:8025", Hostname: "Mail.Example.org", AllowedHosts: []string{"postern.example.org", "admin.example.org:9000"},
+		Metrics: metrics.NewMetrics().Handler()})
+	for _, tt := range []struct {
+		host string
+		code int
+	}{
+		{"127.0.0.1:8025", 200},
+		{"localhost:8025", 200},
+		{"LOCALHOST:8025", 200},
+		{"[::1]:8025", 200},
+		{"postern.example.org", 200},
+		{"postern.example.org:8025", 200},
+		{"admin.example.org:9000", 200},
+		{"mail.example.org:8025", 200},
+		{"MAIL.example.org", 200},
+		{"admin.example.org:8025", 421},
+		{"rebind.attacker.example:8025", 421},
+		{"127.0.0.1:9999", 421},
+		{"", 421},
+	} {
+		for _, path := range []string{"/api/queue", "/healthz", "/metrics"} {
+			r := httptest.NewRequest("GET", path, nil)
+			r.Host = tt.host
+			w := httptest.NewRecorder()
+			e.h.ServeHTTP(w, r)
+			if w.Code != tt.code {
+				t.Errorf("GET %s with Host %q: %d, want %d", path, tt.host, w.Code, tt.code)
+			}
+		}
+	}
+	open := newEnv(t, Options{Listen: "0.0.0.0:8025"})
+	r := httptest.NewRequest("GET", "/healthz", nil)
+	r.Host = "10.0.0.5:8025"
+	w := httptest.NewRecorder()
+	open.h.ServeHTTP(w, r)
+	if w.Code != 200 {
+		t.Errorf("off loopback, any Host: %d", w.Code)
+	}
+	// A wildcard listener with names: those names, and loopback (where
+	// the CLI reaches it), nothing else.
+	named := newEnv(t, Options{Listen: "0.0.0.0:8025", AllowedHosts: []string{"admin.example.org"}})
+	for host, want := range map[string]int{"admin.example.org:8025": 200, "127.0.0.1:8025": 200, "10.0.0.5:8025": 421} {
+		r := httptest.NewRequest("GET", "/healthz", nil)
+		r.Host = host
+		w := httptest.NewRecorder()
+		named.h.ServeHTTP(w, r)
+		if w.Code != want {
+			t.Errorf("wildcard listener with names, Host %q: %d, want %d", host, w.Code, want)
+		}
+	}
+}
+
+// TestCrossOriginRefused: a state change a browser makes from another
+// site (CSRF) is refused, whatever the token; the same request from the
+// CLI (no Origin, no Sec-Fetch-Site) or from the same origin goes through.
+func TestCrossOriginRefused(t *testing.T) {
+	e := newEnv(t, Options{Listen: "127.0.0.1:8025"})
+	for _, tt := range []struct {
+		name   string
+		header map[string]string
+		code   int
+	}{
+		{"cross-site fetch", map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
+		{"another origin", map[string]string{"Origin": "https://evil.example"}, 403},
+		{"same origin", map[string]string{"Origin": "http://127.0.0.1:8025", "Sec-Fetch-Site": "same-origin"}, 200},
+		{"the CLI", nil, 200},
+	} {
+		r := httptest.NewRequest("POST", "/api/queue/0000000000000002/retry", nil)
+		r.Host = "127.0.0.1:8025"
+		for k, v := range tt.header {
+			r.Header.Set(k, v)
+		}
+		w := httptest.NewRecorder()
+		e.h.ServeHTTP(w, r)
+		if w.Code != tt.code {
+			t.Errorf("%s: %d, want %d (%s)", tt.name, w.Code, tt.code, w.Body)
+		}
+	}
+	if calls := e.q.Calls(); len(calls) != 2 {
+		t.Errorf("queue calls %v, want the two allowed retries only", calls)
+	}
+}

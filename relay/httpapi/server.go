@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -30,6 +32,19 @@ type Options struct {
 	// Logger receives one line per mutating action and per refused
 	// token; nil discards them.
 	Logger *zap.Logger
+
+	// Listen is the listener's address (host:port). On loopback, a
+	// request must name it, or localhost, in its Host header: a web page
+	// whose name an attacker points at 127.0.0.1 (DNS rebinding) cannot
+	// reach the API. "" (tests) checks no Host.
+	Listen string
+	// AllowedHosts are more names ("host" for any port, or "host:port")
+	// that Host may carry. Off loopback, where TLS and the token protect
+	// the API, Host is checked only when this is set.
+	AllowedHosts []string
+	// Hostname is the server's own name (hostname in the config), which
+	// its certificate carries: Host may always name it, on any port.
+	Hostname string
 }
 
 type handler struct {
@@ -68,7 +83,91 @@ func NewHandler(opts Options) http.Handler {
 		mux.Handle("/metrics", methods(h.m.ServeHTTP, http.MethodGet, http.MethodHead))
 	}
 	mux.HandleFunc("/", notFound)
-	return mux
+
+	// A browser's cross-site request that would change something (a form
+	// or a fetch on a page the operator opens) is refused: Go's
+	// CrossOriginProtection compares Sec-Fetch-Site, or Origin with Host,
+	// and lets safe methods and non-browser clients (the CLI) through.
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.log.Warn("admin: cross-origin request refused", zap.String("remote", r.RemoteAddr),
+			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("origin", r.Header.Get("Origin")))
+		writeError(w, http.StatusForbidden, "cross-origin request refused")
+	}))
+	return h.checkHost(newHostPolicy(opts.Listen, opts.Hostname, opts.AllowedHosts), cop.Handler(mux))
+}
+
+// hostPolicy is which Host headers the listener answers.
+type hostPolicy struct {
+	any      bool            // no check
+	names    map[string]bool // host names, any port (lower case)
+	hostPort map[string]bool // host:port (lower case)
+}
+
+func newHostPolicy(listen, hostname string, extra []string) hostPolicy {
+	p := hostPolicy{names: map[string]bool{}, hostPort: map[string]bool{}}
+	host, port, err := net.SplitHostPort(listen)
+	if listen == "" || err != nil {
+		p.any = true
+		return p
+	}
+	ip := net.ParseIP(host)
+	loopback := host == "localhost" || ip != nil && ip.IsLoopback()
+	if !loopback && len(extra) == 0 {
+		p.any = true // TLS and the token protect it (configs requires both)
+		return p
+	}
+	// A wildcard listener (0.0.0.0, [::]) also answers on loopback, where
+	// the CLI reaches it.
+	if loopback || host == "" || ip != nil && ip.IsUnspecified() {
+		for _, n := range []string{"localhost", "127.0.0.1", "[::1]"} {
+			p.hostPort[n+":"+port] = true
+		}
+	}
+	if host != "" {
+		p.hostPort[strings.ToLower(net.JoinHostPort(host, port))] = true
+	}
+	if hostname != "" {
+		p.names[strings.ToLower(hostname)] = true
+	}
+	for _, e := range extra {
+		e = strings.ToLower(e)
+		if _, _, err := net.SplitHostPort(e); err == nil {
+			p.hostPort[e] = true
+		} else {
+			p.names[strings.Trim(e, "[]")] = true
+		}
+	}
+	return p
+}
+
+func (p hostPolicy) allows(hostHeader string) bool {
+	if p.any {
+		return true
+	}
+	h := strings.ToLower(hostHeader)
+	if p.hostPort[h] {
+		return true
+	}
+	name := h
+	if n, _, err := net.SplitHostPort(h); err == nil {
+		name = n
+	}
+	return p.names[strings.Trim(name, "[]")]
+}
+
+// checkHost refuses a request whose Host header the listener does not
+// answer to, with 421 Misdirected Request (RFC 9110 §15.5.20).
+func (h *handler) checkHost(p hostPolicy, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.allows(r.Host) {
+			h.log.Warn("admin: request for another host refused", zap.String("remote", r.RemoteAddr),
+				zap.String("host", r.Host), zap.String("path", r.URL.Path))
+			writeError(w, http.StatusMisdirectedRequest, "this server does not answer for host "+strconv.Quote(r.Host))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // methods lets only the given methods through to f.

@@ -169,6 +169,9 @@ func NewServer(opts Options) *Server {
 	// DSN (RFC 3461): NOTIFY, RET, ENVID and ORCPT are kept with the
 	// message, honoured in bounces and passed on to remotes that offer DSN.
 	srv.EnableDSN = true
+	// REQUIRETLS (RFC 8689): go-smtp advertises it only on a TLS
+	// connection; the flag is kept with the message for delivery.
+	srv.EnableREQUIRETLS = opts.TLS != nil
 	if opts.Kind != Submissions {
 		srv.TLSConfig = opts.TLS // offered as STARTTLS
 	}

@@ -55,6 +55,9 @@ var (
 	// The DATA time limit passed: RFC 3463 §3.5 X.4.2 "Bad connection",
 	// as go-smtp's own idle timeout reply, and the channel closes.
 	errDataTimeout = status.New(421, 4, 2, "Timeout during DATA, closing connection")
+	// RFC 8689 §4.1 needs REQUIRETLS over TLS; RFC 3463 (RFC 5248)
+	// X.7.10 "Encryption Needed".
+	errRequireTLSPlain = status.New(530, 7, 10, "REQUIRETLS needs a TLS session: use STARTTLS first")
 	// RFC 5321 §3.8 and RFC 3463 §3.4 X.3.2 "System not accepting network
 	// messages": the server is shutting down.
 	errShuttingDown = status.New(421, 3, 2, "Server shutting down, try again later")
@@ -75,6 +78,8 @@ type session struct {
 	from    string
 	hasMAIL bool
 	rcpts   []string
+	// REQUIRETLS (RFC 8689 §4.1) was given with MAIL.
+	requireTLS bool
 	// DSN parameters (RFC 3461), kept for the queue's bounces.
 	ret, envID string
 	dsn        []queue.RcptDSN
@@ -260,11 +265,18 @@ func (s *session) reply(err error, okCode int) error {
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if opts != nil && opts.RequireTLS && !s.isTLS() {
+		// go-smtp takes the parameter on any connection once enabled;
+		// RFC 8689 §4.1 makes it a promise about TLS, which a
+		// plain-text session cannot begin to keep.
+		return s.reply(errRequireTLSPlain, 0)
+	}
 	if err := s.mail(from); err != nil {
 		return s.reply(err, 250)
 	}
 	if opts != nil {
 		s.ret, s.envID = string(opts.Return), opts.EnvelopeID
+		s.requireTLS = opts.RequireTLS
 	}
 	if s.tc != nil {
 		s.tc.setInTx(true)
@@ -426,6 +438,8 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 		Listener: s.srv.opts.Kind.String(),
 		Ret:      s.ret,
 		EnvID:    s.envID,
+
+		RequireTLS: s.requireTLS,
 	}
 	if s.anyDSN {
 		env.DSN = append([]queue.RcptDSN(nil), s.dsn...)
@@ -491,6 +505,7 @@ func (s *session) Reset() {
 	}
 	s.from, s.hasMAIL, s.rcpts = "", false, nil
 	s.ret, s.envID, s.dsn, s.anyDSN = "", "", nil, false
+	s.requireTLS = false
 }
 
 // Logout is called by go-smtp when the connection ends, and also right

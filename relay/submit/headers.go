@@ -21,6 +21,11 @@ type editedMessage struct {
 	received int      // Received: fields
 	from     []string // values of From: fields
 	sender   []string // values of Sender: fields
+	// messageID is the Message-ID field's value, trimmed (the first, if
+	// several), or the one added; "" when there is none.
+	messageID string
+	// tlsOptional: a "TLS-Required: No" field (RFC 8689 §5).
+	tlsOptional bool
 }
 
 // editHeader applies the header rules to the header section h. With fix, Date: and
@@ -51,9 +56,17 @@ func editHeader(h *message.Header, fix bool, now time.Time, msgID func() string)
 			e.from = append(e.from, h.Value(f))
 		case "sender":
 			e.sender = append(e.sender, h.Value(f))
+		case "tls-required":
+			// RFC 8689 §5: the field's one defined value is "No",
+			// case-insensitive; it stays in the message for the hops
+			// after postern.
+			e.tlsOptional = strings.EqualFold(strings.TrimSpace(h.Value(f)), "no")
 		case "date":
 			hasDate = true
 		case "message-id":
+			if !hasID {
+				e.messageID = strings.TrimSpace(h.Value(f))
+			}
 			hasID = true
 		case "bcc", "resent-bcc":
 			if fix {
@@ -73,7 +86,8 @@ func editHeader(h *message.Header, fix bool, now time.Time, msgID func() string)
 			b.WriteString("Date: " + now.Format(time.RFC1123Z) + "\r\n")
 		}
 		if !hasID {
-			b.WriteString("Message-ID: " + msgID() + "\r\n")
+			e.messageID = msgID()
+			b.WriteString("Message-ID: " + e.messageID + "\r\n")
 		}
 		e.parts = append(e.parts, b.Bytes())
 	}

@@ -98,6 +98,12 @@ func TestEditHeaderCounts(t *testing.T) {
 	if len(e.from) != 1 || e.from[0] != `"A" <a@x.test>` || len(e.sender) != 1 || e.sender[0] != "s@x.test" {
 		t.Errorf("from %q sender %q", e.from, e.sender)
 	}
+	if e.messageID != "<fixed@postern.test>" {
+		t.Errorf("added messageID = %q", e.messageID)
+	}
+	if e := editMsg([]byte("Message-ID:  <a@x.test> \r\nMessage-ID: <b@x.test>\r\n\r\n"), true); e.messageID != "<a@x.test>" {
+		t.Errorf("messageID of the first field = %q", e.messageID)
+	}
 }
 
 // TestCheckHeaderFrom: a valid baseline, one change per case.

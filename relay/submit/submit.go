@@ -150,6 +150,11 @@ func (p *Pipeline) Submit(ctx context.Context, env *queue.Envelope, o *Origin, b
 		}
 	}
 
+	// Events name the message by it (queue.Event.MessageID).
+	env.MessageID = msg.messageID
+	// RFC 8689 §5: with REQUIRETLS the header field is ignored.
+	env.TLSOptional = msg.tlsOptional && !env.RequireTLS
+
 	received := p.received(o, env.Rcpts, now)
 	body := &countingReader{r: io.MultiReader(msg.Reader(), br)}
 	var signer Signer

@@ -86,6 +86,9 @@ func TestSubmit(t *testing.T) {
 			if size != int64(len(q.data)) {
 				t.Errorf("size %d, stored %d bytes", size, len(q.data))
 			}
+			if id := q.env.MessageID; !strings.HasPrefix(id, "<") || !strings.Contains(q.data, "Message-ID: "+id+"\r\n") {
+				t.Errorf("envelope's MessageID %q is not the one added", id)
+			}
 		})
 	}
 }
