@@ -60,7 +60,7 @@ func withTerm(record, term string) string {
 // whether all did.
 func (d *doctor) spf(ctx context.Context, dom string) bool {
 	term := d.spfTerm()
-	fresh := ZoneTXT(dom, "v=spf1 "+term+" ~all")
+	fresh := ZoneTXT(dom, SPFValue(term))
 	if len(d.addrs) == 0 {
 		d.add(Finding{Subject: dom, Check: "SPF", Severity: Warning, Summary: "not checked: no outgoing address known (see above)"})
 		return false
@@ -187,7 +187,7 @@ func (d *doctor) dmarc(ctx context.Context, dom string, spfPass bool, signers []
 		f.Severity = Warning
 		f.Summary = "no DMARC record: Gmail and Yahoo require one of bulk senders, and receivers trust mail with one more"
 		f.Fix = "publish one; start with p=none and reports, and tighten it once the reports show your mail passing"
-		f.Records = []string{ZoneTXT("_dmarc."+dom, "v=DMARC1; p=none; rua=mailto:postmaster@"+dom)}
+		f.Records = []string{ZoneTXT("_dmarc."+dom, DMARCValue(dom))}
 		d.add(f)
 		return
 	case len(recs) > 1:
@@ -207,7 +207,7 @@ func (d *doctor) dmarc(ctx context.Context, dom string, spfPass bool, signers []
 			f.Summary += ": " + err.Error()
 		}
 		f.Fix = "correct it"
-		f.Records = []string{ZoneTXT(at, "v=DMARC1; p=none; rua=mailto:postmaster@"+dom)}
+		f.Records = []string{ZoneTXT(at, DMARCValue(dom))}
 		d.add(f)
 		return
 	}
@@ -270,7 +270,7 @@ func (d *doctor) mx(ctx context.Context, dom string) {
 			f.Severity = Warning
 			f.Summary = dom + " has no MX record and no address: replies and bounces to its senders cannot arrive, and some receivers refuse mail from it"
 			f.Fix = "publish an MX record for the server that receives its mail"
-			f.Records = []string{fmt.Sprintf("%s. IN MX 10 <the host that receives mail for %s>.", dom, dom)}
+			f.Records = []string{mxPlaceholder(dom)}
 		}
 	default:
 		sort.Slice(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
@@ -302,7 +302,7 @@ func (d *doctor) tlsRPT(ctx context.Context, dom string) {
 	name := "_smtp._tls." + dom
 	d.reportingRecord(ctx, dom, "TLS-RPT", name, "v=TLSRPTv1", "rua",
 		"optional: servers that send to "+dom+" report TLS failures to the address in it (RFC 8460)",
-		ZoneTXT(name, "v=TLSRPTv1; rua=mailto:tlsrpt@"+dom))
+		ZoneTXT(name, TLSRPTValue(dom)))
 }
 
 // reportingRecord is the shape both MTA-STS and TLS-RPT checks share: one

@@ -123,7 +123,7 @@ func (d *doctor) addressRecords(ctx context.Context, fqdn bool, err error) {
 			f.Records = append(f.Records, zoneAddr(h, a))
 		}
 		if len(f.Records) == 0 {
-			f.Records = []string{h + ". IN A <this host's public IPv4 address>"}
+			f.Records = []string{addrPlaceholder(h)}
 		}
 		d.add(f)
 	default:
@@ -270,7 +270,7 @@ func probe(ctx context.Context, r interface {
 // some for all mail (RFC 7208 §2.3).
 func (d *doctor) heloSPF(ctx context.Context) {
 	h := d.o.Hostname
-	rec := ZoneTXT(h, "v=spf1 a -all")
+	rec := ZoneTXT(h, HostSPFValue)
 	for _, a := range d.addrs {
 		out := spf.CheckHost(ctx, d.o.Resolver, a, h, "postmaster@"+h, h)
 		switch out.Result {
