@@ -2,6 +2,7 @@ package relaytest
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -309,4 +310,34 @@ func chunk(s string, n int) []string {
 		s = s[n:]
 	}
 	return append(out, s)
+}
+
+// ParseZone reads records in zone-file form (RFC 1035 §5: what postern
+// init and doctor print for people to publish) into a Zone: A, AAAA, MX,
+// TXT (its strings joined) and PTR. Names are taken as written, relative
+// ones under the root. A record of another type is an error: the caller
+// would not get what it published.
+func ParseZone(r io.Reader) (Zone, error) {
+	zone := Zone{}
+	p := dns.NewZoneParser(r, ".", "zone")
+	for rr, ok := p.Next(); ok; rr, ok = p.Next() {
+		name := strings.ToLower(strings.TrimSuffix(rr.Header().Name, "."))
+		recs := zone[name]
+		switch rr := rr.(type) {
+		case *dns.A:
+			recs.A = append(recs.A, rr.A.String())
+		case *dns.AAAA:
+			recs.AAAA = append(recs.AAAA, rr.AAAA.String())
+		case *dns.MX:
+			recs.MX = append(recs.MX, MX{Pref: rr.Preference, Host: rr.Mx})
+		case *dns.TXT:
+			recs.TXT = append(recs.TXT, strings.Join(rr.Txt, ""))
+		case *dns.PTR:
+			recs.PTR = append(recs.PTR, rr.Ptr)
+		default:
+			return nil, fmt.Errorf("relaytest: ParseZone: %s records are not served: %s", dns.TypeToString[rr.Header().Rrtype], rr)
+		}
+		zone[name] = recs
+	}
+	return zone, p.Err()
 }

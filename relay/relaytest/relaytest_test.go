@@ -447,3 +447,26 @@ func TestDNSPTR(t *testing.T) {
 		t.Error("an address without PTR has a name")
 	}
 }
+
+// TestParseZone: every served type is read, TXT strings joined; another
+// type is an error.
+func TestParseZone(t *testing.T) {
+	z, err := relaytest.ParseZone(strings.NewReader(`; a comment
+a.test. IN A 192.0.2.1
+a.test. IN AAAA 2001:db8::1
+a.test. IN MX 10 mx.a.test.
+a.test. IN TXT ( "v=spf1 " "-all" )
+1.2.0.192.in-addr.arpa. IN PTR a.test.
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := z["a.test"]
+	if len(a.A) != 1 || len(a.AAAA) != 1 || len(a.MX) != 1 || a.MX[0].Host != "mx.a.test." || len(a.TXT) != 1 || a.TXT[0] != "v=spf1 -all" ||
+		len(z["1.2.0.192.in-addr.arpa"].PTR) != 1 {
+		t.Errorf("parsed %+v", z)
+	}
+	if _, err := relaytest.ParseZone(strings.NewReader("a.test. IN CNAME b.test.\n")); err == nil {
+		t.Error("a CNAME was accepted")
+	}
+}
