@@ -28,6 +28,9 @@ var version = "dev"
 const usage = `postern: SMTP submission and relay server
 
 Usage:
+  postern init [--yes] [--hostname H] [--domain D,...] [--user NAME] [--acme-email E]
+               [--ip ADDR,...] [--dir /etc/postern] [--data-dir /var/lib/postern]
+                                           a first config, user and DKIM keys; the DNS records to publish
   postern serve          [--config FILE]   run the server
   postern config check   [--config FILE]   validate a config; print every problem
   postern config default                   print the built-in default config
@@ -120,6 +123,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return rest[0], rest[1:], nil
 	}
 	switch cmd {
+	case "init":
+		return cmdInit(rest, stdin, stdout, stderr)
 	case "serve":
 		return cmdServe(rest, stderr)
 	case "config":
