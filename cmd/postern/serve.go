@@ -359,6 +359,12 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	defer signal.Stop(sigs)
 	s.ready.Store(true)
 	log.Info("postern started", zap.String("version", version))
+	notify := func(state string) {
+		if err := sdNotify(state); err != nil {
+			log.Warn("could not notify the service manager ($NOTIFY_SOCKET)", zap.String("state", state), zap.Error(err))
+		}
+	}
+	notify("READY=1")
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			s.reload()
@@ -367,6 +373,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		log.Info("stopping", zap.Stringer("signal", sig))
 		break
 	}
+	notify("STOPPING=1")
 	return s.shutdown()
 }
 
