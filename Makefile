@@ -27,7 +27,13 @@ PEBBLE_VERSION := v2.10.3
 FUZZTIME      ?= 3s
 FUZZTIME_LONG ?= 2m
 
-.PHONY: all build run test unit deps lint fuzz bench clean
+# nfpm builds the .deb of `make package` (a Go program, like pebble).
+NFPM_VERSION := v2.48.0
+# A Debian version: a tag v1.2 gives 1.2; before the first tag,
+# 0~git.<commit> (sorting below any release).
+DEB_VERSION = $(shell echo "$(VERSION)" | sed -e 's/^v\([0-9]\)/\1/' -e 't d' -e 's/^/0~git./' -e ':d' -e 's/-/./g')
+
+.PHONY: all build run test unit deps lint fuzz bench clean package
 
 all: build
 
@@ -74,6 +80,19 @@ deps:
 	@[ -x bin/tools/pebble ] || { \
 		echo "installing pebble $(PEBBLE_VERSION) into bin/tools"; \
 		mkdir -p bin/tools && GOBIN=$(abspath bin/tools) $(GO) install github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION); }
+	@[ -x bin/tools/nfpm ] || { \
+		echo "installing nfpm $(NFPM_VERSION) into bin/tools"; \
+		mkdir -p bin/tools && GOBIN=$(abspath bin/tools) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); }
+
+# The .deb (packaging/nfpm.yaml): a static binary, the systemd unit, the
+# example config and README; its scripts make the postern user, the data
+# directory and maildrop, and the sendmail alternative. Written to bin/.
+package:
+	@[ -x bin/tools/nfpm ] || $(MAKE) --no-print-directory deps
+	mkdir -p bin/package
+	rm -f bin/postern_*.deb
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/package/postern ./cmd/postern
+	VERSION='$(DEB_VERSION)' ARCH=$$(dpkg --print-architecture) bin/tools/nfpm package --config packaging/nfpm.yaml --packager deb --target bin/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

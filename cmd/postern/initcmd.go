@@ -173,7 +173,13 @@ type initKey struct{ Domain, Selector, File, Alg string }
 // config last: it names the others), then prints the secrets and the DNS
 // records to publish.
 func (a *initAnswers) write(stdout io.Writer) error {
-	if err := os.MkdirAll(filepath.Join(a.Dir, "dkim"), 0o750); err != nil {
+	// The directory and the config are readable by all: sendmail, run by
+	// any local user, reads the config (it holds no secrets). The users,
+	// their application passwords and the DKIM keys are 0600.
+	if err := os.MkdirAll(a.Dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(a.Dir, "dkim"), 0o700); err != nil {
 		return err
 	}
 	var written []string
@@ -227,7 +233,7 @@ func (a *initAnswers) write(stdout io.Writer) error {
 	if err := configTemplate.Execute(&b, map[string]any{"A": a, "Keys": keys, "Date": time.Now().UTC().Format("2006-01-02")}); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(cfgPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	f, err := os.OpenFile(cfgPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
