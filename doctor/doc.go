@@ -7,8 +7,10 @@
 //
 // It reads DNS through an spf.Resolver (cmd/postern gives it one on
 // delivery.resolver, tests one on relaytest's DNS server) and never
-// writes anything. The only connection it makes beyond DNS is the port 25
-// probe, and only when asked (Options.ProbeDomain).
+// writes anything. The only connections it makes beyond DNS are the port
+// 25 probe, only when asked (Options.ProbeDomain), and the MTA-STS policy
+// fetch of a domain that announces one, through Options.FetchSTSPolicy
+// (cmd/postern's uses relay/tlspolicy, which doctor may not import).
 //
 // It imports spf (the SPF evaluator) and dkim (TXT record splitting), and
 // nothing of the mail path: cmd/postern turns the configuration into

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/big"
@@ -345,4 +346,65 @@ func TestReverseName(t *testing.T) {
 			t.Errorf("reverseName(%s) = %s, want %s", in, got, want)
 		}
 	}
+}
+
+// TestSTSPolicy: with a policy fetcher, the MTA-STS policy is checked
+// against the domain's MX hosts (mail.example.test in the good zone):
+// enforce leaving one out is an error, testing leaving one out a
+// warning, a policy that cannot be fetched a warning; without a record
+// nothing is fetched.
+func TestSTSPolicy(t *testing.T) {
+	policy := func(mode string, mx ...string) func(context.Context, string) (*STSPolicy, error) {
+		return func(_ context.Context, d string) (*STSPolicy, error) {
+			if d != dom {
+				t.Errorf("fetched the policy of %q", d)
+			}
+			return &STSPolicy{Mode: mode, MX: mx, Allows: func(h string) bool {
+				for _, p := range mx {
+					if p == h || strings.HasPrefix(p, "*.") && strings.HasSuffix(h, p[1:]) && !strings.Contains(strings.TrimSuffix(h, p[1:]), ".") {
+						return true
+					}
+				}
+				return false
+			}}, nil
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		fetch func(context.Context, string) (*STSPolicy, error)
+		want  Severity
+		exit  int
+	}{
+		{"enforce", policy("enforce", "mail.example.test"), OK, 0},
+		{"enforce-wildcard", policy("enforce", "*.example.test"), OK, 0},
+		{"testing", policy("testing", "mail.example.test"), Info, 0},
+		{"enforce-without-the-mx", policy("enforce", "mx.other.test"), Error, 1},
+		{"testing-without-the-mx", policy("testing", "mx.other.test"), Warning, 2},
+		{"unreachable", func(context.Context, string) (*STSPolicy, error) { return nil, errors.New("connection refused") }, Warning, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := options(t, goodZone(t))
+			o.FetchSTSPolicy = tc.fetch
+			r := Run(context.Background(), o)
+			var got *Finding
+			for i, f := range r.Findings {
+				if f.Check == "MTA-STS policy" {
+					got = &r.Findings[i]
+				}
+			}
+			if got == nil || got.Severity != tc.want || r.ExitCode() != tc.exit {
+				t.Errorf("finding %+v, exit %d; want %s, exit %d", got, r.ExitCode(), tc.want, tc.exit)
+			}
+		})
+	}
+	t.Run("no record", func(t *testing.T) {
+		d := goodZone(t)
+		d.Delete("_mta-sts." + dom)
+		o := options(t, d)
+		o.FetchSTSPolicy = func(context.Context, string) (*STSPolicy, error) {
+			t.Error("fetched a policy no record announces")
+			return nil, errors.New("no")
+		}
+		Run(context.Background(), o)
+	})
 }

@@ -284,16 +284,52 @@ func (d *doctor) mx(ctx context.Context, dom string) {
 }
 
 // mtaSTS checks that an MTA-STS record, if any, is well formed (RFC 8461
-// §3.1). It is about mail sent to the domain, not from it: absent is
-// only worth knowing.
-//
-// TODO(issue 14): fetch and check the policy at
-// https://mta-sts.DOMAIN/.well-known/mta-sts.txt with the parser
-// relay/tlspolicy brings; here only the TXT record is read.
+// §3.1) and, when Options.FetchSTSPolicy is set, that the policy it
+// announces can be fetched and lets in every MX host of the domain: a
+// policy in enforce mode that leaves one out makes senders that honour
+// it refuse to deliver there. It is about mail sent to the domain, not
+// from it: no record is only worth knowing.
 func (d *doctor) mtaSTS(ctx context.Context, dom string) {
 	name := "_mta-sts." + dom
-	d.reportingRecord(ctx, dom, "MTA-STS", name, "v=STSv1", "id",
-		"optional: it makes servers that send to "+dom+" insist on TLS (RFC 8461)", "")
+	if !d.reportingRecord(ctx, dom, "MTA-STS", name, "v=STSv1", "id",
+		"optional: it makes servers that send to "+dom+" insist on TLS (RFC 8461)", "") || d.o.FetchSTSPolicy == nil {
+		return
+	}
+	url := "https://mta-sts." + dom + "/.well-known/mta-sts.txt"
+	f := Finding{Subject: dom, Check: "MTA-STS policy"}
+	p, err := d.o.FetchSTSPolicy(ctx, dom)
+	if err != nil {
+		f.Severity, f.Summary = Warning, fmt.Sprintf("%s announces a policy, but %s cannot be used: %v; senders then apply none", name, url, err)
+		f.Fix = "serve the policy there (HTTPS with a certificate valid for mta-sts." + dom + ", text/plain), or remove the record"
+		d.add(f)
+		return
+	}
+	mxs, _ := d.o.Resolver.LookupMX(ctx, dom)
+	var left []string
+	for _, m := range mxs {
+		if h := strings.TrimSuffix(m.Host, "."); h != "" && !p.Allows(h) {
+			left = append(left, h)
+		}
+	}
+	switch {
+	case len(left) > 0 && p.Mode == "enforce":
+		f.Severity = Error
+		f.Summary = fmt.Sprintf("the policy (mode enforce, mx %s) leaves out the MX host(s) %s: senders that honour it will not deliver there",
+			strings.Join(p.MX, " "), strings.Join(left, " "))
+		f.Fix = "add them as mx: lines to " + url + ", and change the record's id= so that senders fetch it again"
+	case len(left) > 0:
+		f.Severity = Warning
+		f.Summary = fmt.Sprintf("the policy (mode %s, mx %s) leaves out the MX host(s) %s: in enforce mode, senders would not deliver there",
+			p.Mode, strings.Join(p.MX, " "), strings.Join(left, " "))
+		f.Fix = "add them as mx: lines to " + url + " before changing to enforce"
+	case p.Mode == "none":
+		f.Severity, f.Summary = Info, "mode none: the domain has withdrawn its policy"
+	case p.Mode == "enforce":
+		f.Severity, f.Summary = OK, fmt.Sprintf("mode enforce, mx %s: every MX host is in it", strings.Join(p.MX, " "))
+	default:
+		f.Severity, f.Summary = Info, fmt.Sprintf("mode %s, mx %s: every MX host is in it; senders only report failures until mode is enforce", p.Mode, strings.Join(p.MX, " "))
+	}
+	d.add(f)
 }
 
 // tlsRPT checks that a TLS-RPT record, if any, is well formed (RFC 8460
@@ -306,8 +342,9 @@ func (d *doctor) tlsRPT(ctx context.Context, dom string) {
 }
 
 // reportingRecord is the shape both MTA-STS and TLS-RPT checks share: one
-// optional TXT record with a version and one required tag.
-func (d *doctor) reportingRecord(ctx context.Context, dom, check, name, version, required, absent, example string) {
+// optional TXT record with a version and one required tag. It reports
+// whether the record is there and well formed.
+func (d *doctor) reportingRecord(ctx context.Context, dom, check, name, version, required, absent, example string) bool {
 	recs, err := d.txt(ctx, name, version)
 	f := Finding{Subject: dom, Check: check}
 	switch {
@@ -329,4 +366,5 @@ func (d *doctor) reportingRecord(ctx context.Context, dom, check, name, version,
 		}
 	}
 	d.add(f)
+	return f.Severity == OK
 }

@@ -102,10 +102,25 @@ type Options struct {
 	ProbeDomain string
 	ProbePort   int
 	Offline     bool
+	// FetchSTSPolicy fetches and parses the MTA-STS policy of a domain
+	// that publishes an MTA-STS record (RFC 8461 §3.3: HTTPS, verified,
+	// no redirects); nil checks the record alone. cmd/postern gives one
+	// built on relay/tlspolicy's parser.
+	FetchSTSPolicy func(ctx context.Context, domain string) (*STSPolicy, error)
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
 	// Roots verify the certificate's chain; nil is the system's.
 	Roots *x509.CertPool
+}
+
+// STSPolicy is an MTA-STS policy (RFC 8461 §3.2), as the doctor needs it.
+type STSPolicy struct {
+	// Mode is enforce, testing or none.
+	Mode string
+	// MX are the policy's mx patterns, as written.
+	MX []string
+	// Allows reports whether an MX host matches one of MX (§4.1).
+	Allows func(host string) bool
 }
 
 // Report is every finding of one run.

@@ -125,6 +125,7 @@ func doctorOptions(cfg *configs.Config, more string) (doctor.Options, error) {
 	}
 	o.Domains = domains
 	o.Cert = certificateInUse(cfg)
+	o.FetchSTSPolicy = stsFetcher(cfg)
 	return o, nil
 }
 

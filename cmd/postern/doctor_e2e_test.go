@@ -113,10 +113,16 @@ func TestDoctor(t *testing.T) {
 		return r
 	}
 
-	// Right, except that users.test has no DKIM key: a warning.
+	// Right, except that users.test has no DKIM key, and that
+	// sender.test's MTA-STS record announces a policy that no
+	// mta-sts.sender.test serves (fetched as delivery would, through
+	// delivery.resolver): two warnings.
 	r := run(2)
-	if r.Errors != 0 || r.Warnings != 1 {
-		t.Errorf("%d errors, %d warnings; want 0 and 1: %+v", r.Errors, r.Warnings, r.Findings)
+	if r.Errors != 0 || r.Warnings != 2 {
+		t.Errorf("%d errors, %d warnings; want 0 and 2: %+v", r.Errors, r.Warnings, r.Findings)
+	}
+	if sev, sum, _ := r.finding("sender.test", "MTA-STS policy"); sev != "warning" || !strings.Contains(sum, "mta-sts.sender.test") {
+		t.Errorf("MTA-STS policy: %s %s", sev, sum)
 	}
 	for _, c := range [][2]string{{"postern.test", "reverse DNS"}, {"postern.test", "certificate"}, {"sender.test", "SPF"},
 		{"sender.test", "DKIM s1"}, {"sender.test", "DMARC"}, {"users.test", "SPF"}} {
