@@ -137,7 +137,7 @@ bench: build bench-deps
 	BENCH_BIN=$(abspath $(BIN)) BENCH_OUT=$(abspath bin/bench-results.md) \
 	BENCH_COMMAND="make bench" \
 		BENCH_TOXIPROXY=$(abspath bin/tools/toxiproxy-server) \
-		$(GO) test -tags bench -run '^(TestBenchVsPostfix|TestBenchSubmission|TestBenchLatency)$$' -count=1 -timeout 4h -v ./cmd/postern/
+		$(GO) test -tags bench -run '^(TestBenchVsPostfix|TestBenchSubmission|TestBenchAPI|TestBenchLatency)$$' -count=1 -timeout 4h -v ./cmd/postern/
 
 # Installs what `make bench` drives when missing: Postfix (the contender and
 # smtp-source/smtp-sink), OpenDKIM (Postfix's usual signer), openssl (its

@@ -55,6 +55,7 @@ type Config struct {
 	ListenProxyProtocolFrom []string    `yaml:"listen_proxy_protocol_from"`
 	DKIM                    DKIMConfig  `yaml:"dkim"`
 	Admin                   AdminConfig `yaml:"admin"`
+	API                     APIConfig   `yaml:"api"`
 	ShutdownTimeout         Duration    `yaml:"shutdown_timeout"`
 
 	// File is the path the configuration was read from, or Builtin.
@@ -72,6 +73,7 @@ type ListenConfig struct {
 	Submissions string `yaml:"submissions"` // implicit TLS, AUTH required (RFC 8314)
 	Relay       string `yaml:"relay"`       // no AUTH, trusted networks only
 	Admin       string `yaml:"admin"`       // HTTP admin and metrics
+	API         string `yaml:"api"`         // HTTP send API for applications
 }
 
 type AdminConfig struct {
@@ -87,6 +89,20 @@ type AdminConfig struct {
 	// reach the API through DNS rebinding.
 	AllowedHosts []string `yaml:"allowed_hosts"`
 }
+
+// APIConfig is the send API's listener (listen.api).
+type APIConfig struct {
+	// TLS serves the API over TLS with the listeners' certificate;
+	// required when listen.api is not on loopback: an application key,
+	// like a password, never travels in clear over a network.
+	TLS bool `yaml:"tls"`
+	// AllowedHosts: as admin.allowed_hosts, for the API's listener.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+}
+
+// BuiltinAPI is where the built-in configuration (make run) serves the
+// send API. A config file leaves it off unless listen.api is set.
+const BuiltinAPI = "127.0.0.1:8080"
 
 type TLSConfig struct {
 	CertFile string `yaml:"cert_file"`
@@ -361,6 +377,7 @@ func Default() *Config {
 func Load(path string) (*Config, error) {
 	if path == Builtin {
 		c := Default()
+		c.Listen.API = BuiltinAPI
 		return c, c.resolvePaths(".")
 	}
 	data, err := os.ReadFile(path)
@@ -560,9 +577,10 @@ func (c *Config) validate() Errors {
 		"listen.submissions": c.Listen.Submissions,
 		"listen.relay":       c.Listen.Relay,
 		"listen.admin":       c.Listen.Admin,
+		"listen.api":         c.Listen.API,
 	}
 	seen := map[string]string{}
-	for _, key := range []string{"listen.submission", "listen.submissions", "listen.relay", "listen.admin"} {
+	for _, key := range []string{"listen.submission", "listen.submissions", "listen.relay", "listen.admin", "listen.api"} {
 		addr := listeners[key]
 		if addr == "" {
 			continue
@@ -586,11 +604,11 @@ func (c *Config) validate() Errors {
 	if a := c.Listen.Admin; a != "" && !IsLoopback(a) && !c.Admin.TLS {
 		bad("listen.admin", "%q is not a loopback address: set admin.tls: true, so that the admin token never travels in clear over a network", a)
 	}
-	for i, h := range c.Admin.AllowedHosts {
-		if h == "" || strings.ContainsAny(h, " /\\@") {
-			bad(fmt.Sprintf("admin.allowed_hosts[%d]", i), "%q is not a host name or host:port", h)
-		}
+	checkAllowedHosts("admin.allowed_hosts", c.Admin.AllowedHosts, bad)
+	if a := c.Listen.API; a != "" && !IsLoopback(a) && !c.API.TLS {
+		bad("listen.api", "%q is not a loopback address: set api.tls: true, so that application keys never travel in clear over a network", a)
 	}
+	checkAllowedHosts("api.allowed_hosts", c.API.AllowedHosts, bad)
 	if c.Listen.Submission == "" && c.Listen.Submissions == "" && c.Listen.Relay == "" {
 		bad("listen", "no SMTP listener: set at least one of submission, submissions, relay")
 	}
@@ -600,8 +618,8 @@ func (c *Config) validate() Errors {
 	}
 	c.validateACME(bad)
 
-	if c.Auth.UsersFile == "" && (c.Listen.Submission != "" || c.Listen.Submissions != "") {
-		bad("auth.users_file", "must be set when a submission listener is enabled")
+	if c.Auth.UsersFile == "" && (c.Listen.Submission != "" || c.Listen.Submissions != "" || c.Listen.API != "") {
+		bad("auth.users_file", "must be set when a submission listener or listen.api is enabled (the API's keys are the users' application passwords)")
 	}
 	if c.Auth.KeysFile != "" && filepath.Clean(c.Auth.KeysFile) == filepath.Clean(c.Auth.UsersFile) {
 		bad("auth.keys_file", "is auth.users_file: the application passwords need a file of their own (empty means the users file's path plus .keys)")
@@ -695,6 +713,15 @@ func (c *Config) validate() Errors {
 		bad("shutdown_timeout", "must be positive (for example 30s)")
 	}
 	return errs
+}
+
+// checkAllowedHosts checks an allowed_hosts list: host names or host:port.
+func checkAllowedHosts(key string, hosts []string, bad func(key, format string, args ...any)) {
+	for i, h := range hosts {
+		if h == "" || strings.ContainsAny(h, " /\\@") {
+			bad(fmt.Sprintf("%s[%d]", key, i), "%q is not a host name or host:port", h)
+		}
+	}
 }
 
 func validPort(p string) bool {

@@ -835,3 +835,43 @@ delivery:
 		t.Errorf("defaults: contact %q, enabled %v", d.TLSReportContact(), d.Delivery.TLSReports.Enabled)
 	}
 }
+
+// TestAPIListener: listen.api is off in a config file that does not set
+// it, on in the built-in config, refused off loopback without api.tls, and
+// needs the users file whose keys it accepts.
+func TestAPIListener(t *testing.T) {
+	if c, err := Load(writeConfig(t, "hostname: mail.example.com\n")); err != nil || c.Listen.API != "" {
+		t.Errorf("config file without listen.api: API %q, %v; want off", c.Listen.API, err)
+	}
+	if c, err := Load(Builtin); err != nil || c.Listen.API != BuiltinAPI {
+		t.Errorf("built-in config: API %q, %v; want %s", c.Listen.API, err, BuiltinAPI)
+	}
+	base := "hostname: mail.example.com\n"
+	for _, tt := range []struct {
+		conf string
+		keys []string // the keys blamed; none: valid
+	}{
+		{"listen: {api: \"127.0.0.1:8080\"}\n", nil},
+		{"listen: {api: \"0.0.0.0:443\"}\napi: {tls: true, allowed_hosts: [api.example.com]}\n", nil},
+		{"listen: {api: \"0.0.0.0:8080\"}\n", []string{"listen.api"}},
+		{"listen: {api: \"127.0.0.1:8080\"}\napi: {allowed_hosts: [\"a/b\"]}\n", []string{"api.allowed_hosts[0]"}},
+		{"listen: {api: \"127.0.0.1:8025\"}\n", []string{"listen.api"}}, // the admin listener's address
+		{"listen: {api: \"127.0.0.1:8080\", submission: \"\", submissions: \"\"}\nauth: {users_file: \"\"}\n", []string{"auth.users_file"}},
+	} {
+		path := writeConfig(t, base+tt.conf)
+		if tt.keys == nil {
+			if _, err := Load(path); err != nil {
+				t.Errorf("%s: %v", tt.conf, err)
+			}
+			continue
+		}
+		errs := loadErrors(t, path)
+		var got []string
+		for _, e := range errs {
+			got = append(got, e.Key)
+		}
+		if !slices.Equal(got, tt.keys) {
+			t.Errorf("%s: errors %v, want keys %v", tt.conf, errs, tt.keys)
+		}
+	}
+}

@@ -10,7 +10,7 @@
 //	relay/outbound   delivery: MX hosts, smarthosts and the routes between
 //	                 them; implements queue.Deliverer
 //	relay/capture    the other deliverer: a Maildir instead of the network
-//	relay/httpapi    the daemon's HTTP surface: admin API, probes, metrics
+//	relay/httpapi    the daemon's HTTP surface: admin API, probes, metrics, send API
 //	relay/metrics    Prometheus metrics; implements the observers that the
 //	                 queue and smtpd define
 //	relay/tlspolicy  outbound transport security: for each MX host the

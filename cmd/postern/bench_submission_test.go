@@ -110,6 +110,8 @@ type benchSubSample struct {
 type benchSubTarget struct {
 	name                           string
 	submission, submissions, relay string
+	api                            string // postern's send API (TestBenchAPI)
+	config                         string // postern's config file
 	logTip                         string // its log, for error messages
 }
 
@@ -241,22 +243,7 @@ func TestBenchSubmission(t *testing.T) {
 			}
 		}
 	}
-	if len(errs) > 0 {
-		b.WriteString("\nFailed runs (left out of the medians):\n" + strings.Join(errs, "\n") + "\n")
-	}
-	report := b.String()
-	fmt.Print("\n" + report)
-	out := strings.TrimSuffix(o.out, ".md") + "-submission.md"
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err == nil {
-		if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
-			t.Errorf("writing %s: %v", out, err)
-		} else {
-			fmt.Printf("\nwritten to %s\n", out)
-		}
-	}
-	if len(errs) > 0 {
-		t.Errorf("%d runs failed:\n%s", len(errs), strings.Join(errs, "\n"))
-	}
+	writeBenchReport(t, o, "-submission.md", b.String(), errs)
 }
 
 func (s benchSubSample) String() string {
@@ -385,14 +372,15 @@ func (e *benchEnv) startDovecot(dir, socket string, sasl *benchSASL) *benchProc 
 func (e *benchEnv) startPosternSubmission(certFile, keyFile string) (benchSubTarget, func(), time.Duration) {
 	e.t.Helper()
 	dir := e.dir("postern-sub")
-	tg := benchSubTarget{name: "postern", submission: freeAddr(e.t), submissions: freeAddr(e.t), relay: freeAddr(e.t)}
+	tg := benchSubTarget{name: "postern", submission: freeAddr(e.t), submissions: freeAddr(e.t), relay: freeAddr(e.t), api: freeAddr(e.t)}
 	data := map[string]any{
 		"Data": filepath.Join(dir, "data"), "Users": filepath.Join(dir, "users"),
-		"Submission": tg.submission, "Submissions": tg.submissions, "Relay": tg.relay,
+		"Submission": tg.submission, "Submissions": tg.submissions, "Relay": tg.relay, "API": tg.api,
 		"CertFile": certFile, "KeyFile": keyFile,
 		"Resolver": e.dns.Addr(), "SinkPort": e.sinkPort,
 	}
 	cfg := filepath.Join(dir, "postern.yaml")
+	tg.config = cfg
 	e.render("postern-submission.yaml.tmpl", cfg, data)
 	// The messages' From is benchSender, at the same domain.
 	add := exec.Command(e.o.bin, "user", "add", benchSubUser, "--allow", "@bench.test", "--config", cfg)
@@ -435,8 +423,19 @@ func (e *benchEnv) runSubmission(tg benchSubTarget, c benchSubCell) benchSubSamp
 	// Warm-up: one message per client through the whole path (for
 	// postern, this fills the credentials cache, as the first minutes of
 	// a server would).
-	arrived := e.sink.expect(c.clients)
-	if _, err := e.runSubClients(addr, benchSubCell{path: c.path, clients: c.clients, client: "go", msgs: c.clients}); err != nil {
+	return e.measureRun(fail, c.clients, c.msgs,
+		func() (benchRun, error) {
+			return e.runSubClients(addr, benchSubCell{path: c.path, clients: c.clients, client: "go", msgs: c.clients})
+		},
+		func() (benchRun, error) { return e.runSubClients(addr, c) })
+}
+
+// measureRun runs warm (whose clients messages the sink must count first),
+// then run (msgs messages), and returns the rate, the median steps and
+// the server's CPU per message once the sink has counted them all.
+func (e *benchEnv) measureRun(fail func(format string, args ...any) benchSubSample, clients, msgs int, warm, run func() (benchRun, error)) benchSubSample {
+	arrived := e.sink.expect(clients)
+	if _, err := warm(); err != nil {
 		return fail("warm-up: %v", err)
 	}
 	select {
@@ -445,9 +444,9 @@ func (e *benchEnv) runSubmission(tg benchSubTarget, c benchSubCell) benchSubSamp
 		return fail("warm-up: the sink counted %d", e.sink.counted())
 	}
 
-	arrived = e.sink.expect(c.msgs)
+	arrived = e.sink.expect(msgs)
 	busy0 := benchBusy()
-	res, err := e.runSubClients(addr, c)
+	res, err := run()
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -457,9 +456,9 @@ func (e *benchEnv) runSubmission(tg benchSubTarget, c benchSubCell) benchSubSamp
 	case <-time.After(5 * time.Minute):
 		return fail("not all delivered: the sink counted %d", e.sink.counted())
 	}
-	s := benchSubSample{rate: float64(c.msgs) / res.wall.Seconds(), steps: res.medians()}
+	s := benchSubSample{rate: float64(msgs) / res.wall.Seconds(), steps: res.medians()}
 	if server := busy - res.clientCPU; server > 0 {
-		s.cpu = server / time.Duration(c.msgs)
+		s.cpu = server / time.Duration(msgs)
 	}
 	return s
 }
@@ -499,7 +498,26 @@ func (e *benchEnv) runSubClients(addr string, c benchSubCell) (benchRun, error) 
 		return benchPython(addr, c)
 	}
 	body := benchMessage(4 << 10)
-	per := benchSplit(c.msgs, c.clients)
+	return benchClients(benchSplit(c.msgs, c.clients), func(k int) ([]benchSteps, error) {
+		if c.reuse {
+			return benchGoReuse(addr, c.path, body, k)
+		}
+		var steps []benchSteps
+		for range k {
+			st, err := benchGoSend(addr, c.path, body, nil)
+			if err != nil {
+				return steps, err
+			}
+			steps = append(steps, st)
+		}
+		return steps, nil
+	})
+}
+
+// benchClients runs one goroutine per entry of per, each sending its
+// number of messages with send, and times them together: the wall time
+// from the first start to the last end, and this process's CPU.
+func benchClients(per []int, send func(k int) ([]benchSteps, error)) (benchRun, error) {
 	var (
 		mu    sync.Mutex
 		run   benchRun
@@ -510,19 +528,7 @@ func (e *benchEnv) runSubClients(addr string, c benchSubCell) (benchRun, error) 
 	start := time.Now()
 	for _, k := range per {
 		wg.Go(func() {
-			var steps []benchSteps
-			var err error
-			if c.reuse {
-				steps, err = benchGoReuse(addr, c.path, body, k)
-			} else {
-				for range k {
-					var st benchSteps
-					if st, err = benchGoSend(addr, c.path, body, nil); err != nil {
-						break
-					}
-					steps = append(steps, st)
-				}
-			}
+			steps, err := send(k)
 			mu.Lock()
 			defer mu.Unlock()
 			run.steps = append(run.steps, steps...)

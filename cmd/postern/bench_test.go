@@ -1130,3 +1130,24 @@ func benchCounts(cells []benchCell) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// writeBenchReport prints a benchmark's report (with its failed runs, left
+// out of the medians), writes it next to o.out with the given suffix, and
+// fails the test if any run failed.
+func writeBenchReport(t *testing.T, o benchOptions, suffix, report string, errs []string) {
+	if len(errs) > 0 {
+		report += "\nFailed runs (left out of the medians):\n" + strings.Join(errs, "\n") + "\n"
+	}
+	fmt.Print("\n" + report)
+	out := strings.TrimSuffix(o.out, ".md") + suffix
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Errorf("writing %s: %v", out, err)
+	} else if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+		t.Errorf("writing %s: %v", out, err)
+	} else {
+		fmt.Printf("\nwritten to %s\n", out)
+	}
+	if len(errs) > 0 {
+		t.Errorf("%d runs failed:\n%s", len(errs), strings.Join(errs, "\n"))
+	}
+}

@@ -106,6 +106,8 @@ type instance struct {
 type testConfig struct {
 	Submission, Submissions, Relay string // listen addresses ("" = off)
 	Admin                          string // admin API address ("" = off)
+	API                            string // send API address ("" = off)
+	Limits                         string // the limits map's YAML ("" = 10 MiB, 100 recipients)
 	Trusted                        []string
 	Resolver                       string
 	DeliveryPort                   int
@@ -139,9 +141,10 @@ listen:
   submissions: %q
   relay: %q
   admin: %q
+  api: %q
 auth: {users_file: users}
 relay: {trusted_networks: %s}
-limits: {max_message_size: 10MiB, max_recipients: 100}
+limits: %s
 delivery:
   resolver: %q
   port: %d
@@ -149,7 +152,7 @@ delivery:
   retry: {initial: %s, max: %s, lifetime: %s}
   delay_warning: %s
 shutdown_timeout: 10s
-%s`, filepath.Join(dir, "data"), c.Submission, c.Submissions, c.Relay, c.Admin, trusted,
+%s`, filepath.Join(dir, "data"), c.Submission, c.Submissions, c.Relay, c.Admin, c.API, trusted, or(c.Limits, "{max_message_size: 10MiB, max_recipients: 100}"),
 		c.Resolver, c.DeliveryPort, or(c.DeliveryTLS, "opportunistic"),
 		or(c.RetryInitial, "300ms"), or(c.RetryMax, "2s"), or(c.Lifetime, "1h"), or(c.DelayWarning, "0s"), c.Extra)
 }

@@ -115,8 +115,10 @@ type server struct {
 	smtp      []*smtpd.Server
 	// pickup queues what sendmail left in the maildrop; it stops before
 	// the queue closes.
-	pickup  *pickup.Pickup
-	admin   *http.Server
+	pickup *pickup.Pickup
+	admin  *http.Server
+	// api is the send API (listen.api); it stops with the SMTP listeners.
+	api     *http.Server
 	metrics *metrics.Metrics
 	// tlsPolicies and tlsReports are the outbound TLS policy (MTA-STS
 	// cache, DANE, configured policies) and the TLS reporter; their
@@ -178,8 +180,8 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	}
 
 	s.metrics = metrics.NewMetrics()
-	// Users matter only where AUTH is offered.
-	if cfg.Auth.UsersFile != "" && (cfg.Listen.Submission != "" || cfg.Listen.Submissions != "") {
+	// Users matter only where AUTH is offered, and their keys on the API.
+	if cfg.Auth.UsersFile != "" && (cfg.Listen.Submission != "" || cfg.Listen.Submissions != "" || cfg.Listen.API != "") {
 		s.users, err = auth.NewStore(cfg.Auth.UsersFile, cfg.Auth.KeysFile, log)
 		if err != nil {
 			return fmt.Errorf("auth: %w", err)
@@ -304,6 +306,18 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		}
 		log.Info("listening", zap.String("listener", "admin"), zap.Stringer("addr", adminLn.Addr()))
 	}
+	var apiLn net.Listener
+	if cfg.Listen.API != "" {
+		apiLn, err = s.listenAPI()
+		if err != nil {
+			if adminLn != nil {
+				adminLn.Close()
+			}
+			closeAll()
+			s.queue.Close(context.Background())
+			return err
+		}
+	}
 
 	if s.acme != nil {
 		if err := s.acme.Start(); err != nil {
@@ -326,6 +340,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		closeAll()
 		s.queue.Close(context.Background())
 		return err
+	}
+	if apiLn != nil {
+		s.api.Handler = s.apiHandler(local, policy)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.api.Serve(apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("api listener stopped", zap.Error(err))
+			}
+		}()
 	}
 	s.pickup = pickup.New(pickup.Options{
 		Dir:    cfg.MaildropDir(),
@@ -409,6 +433,17 @@ func (s *server) shutdown() error {
 			defer wg.Done()
 			if err := srv.Shutdown(ctx); err != nil {
 				s.log.Warn("sessions cut off at shutdown", zap.Error(err))
+			}
+		}()
+	}
+	if s.api != nil {
+		// Requests in the middle of a message finish (their 202 means
+		// queued); new ones are refused.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.api.Shutdown(ctx); err != nil {
+				s.log.Warn("api requests cut off at shutdown", zap.Error(err))
 			}
 		}()
 	}

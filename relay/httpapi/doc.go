@@ -1,9 +1,18 @@
 // Package httpapi is the daemon's HTTP surface: one handler for the
 // listen.admin listener that mounts each group of endpoints with the
-// authentication it needs. Today the groups are the queue API, the
-// liveness and readiness probes, and the Prometheus metrics (served from
-// relay/metrics' Handler); new groups (a send API, say) are mounted the
-// same way in NewHandler (server.go), each in a file of its own.
+// authentication it needs (the queue API, the liveness and readiness
+// probes, and the Prometheus metrics served from relay/metrics' Handler),
+// and one for listen.api, the send API for applications (NewSendHandler,
+// send.go; the MIME message it builds from a JSON request is compose.go's
+// job, done with go-message). Both share the guard against foreign Host
+// names (DNS rebinding) and cross-origin state changes.
+//
+// The send API holds no mail logic either: it submits through the same
+// pipeline as SMTP (relay/submit: header rules, Received, DKIM, durable
+// before its 202), authenticates keys through the auth store, and spends
+// the user's allowance through the SMTP policy's limiter, each through an
+// interface defined here (SendQueue, Submitter, KeyAuthenticator,
+// Limiter).
 //
 // It holds no mail logic. Every queue action is one call on the Queue
 // interface, which this package defines and *queue.Queue implements; the

@@ -84,17 +84,34 @@ func NewHandler(opts Options) http.Handler {
 	}
 	mux.HandleFunc("/", notFound)
 
-	// A browser's cross-site request that would change something (a form
-	// or a fetch on a page the operator opens) is refused: Go's
-	// CrossOriginProtection compares Sec-Fetch-Site, or Origin with Host,
-	// and lets safe methods and non-browser clients (the CLI) through.
+	return guard(mux, newHostPolicy(opts.Listen, opts.Hostname, opts.AllowedHosts), h.log, "admin", writeError)
+}
+
+// guard refuses, before next sees them, requests whose Host the listener
+// does not answer to (421 Misdirected Request, RFC 9110 §15.5.20: a web
+// page that points its own name at 127.0.0.1, DNS rebinding, reaches
+// nothing) and a browser's cross-site requests that would change something
+// (403: a form or a fetch on a page the operator opens). Go's
+// CrossOriginProtection compares Sec-Fetch-Site, or Origin with Host, and
+// lets safe methods and non-browser clients (the CLI, curl, applications)
+// through. fail writes the refusal in the surface's own error format.
+func guard(next http.Handler, p hostPolicy, log *zap.Logger, surface string, fail func(w http.ResponseWriter, code int, msg string)) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.log.Warn("admin: cross-origin request refused", zap.String("remote", r.RemoteAddr),
+		log.Warn(surface+": cross-origin request refused", zap.String("remote", r.RemoteAddr),
 			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("origin", r.Header.Get("Origin")))
-		writeError(w, http.StatusForbidden, "cross-origin request refused")
+		fail(w, http.StatusForbidden, "cross-origin request refused")
 	}))
-	return h.checkHost(newHostPolicy(opts.Listen, opts.Hostname, opts.AllowedHosts), cop.Handler(mux))
+	checked := cop.Handler(next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.allows(r.Host) {
+			log.Warn(surface+": request for another host refused", zap.String("remote", r.RemoteAddr),
+				zap.String("host", r.Host), zap.String("path", r.URL.Path))
+			fail(w, http.StatusMisdirectedRequest, "this server does not answer for host "+strconv.Quote(r.Host))
+			return
+		}
+		checked.ServeHTTP(w, r)
+	})
 }
 
 // hostPolicy is which Host headers the listener answers.
@@ -156,32 +173,28 @@ func (p hostPolicy) allows(hostHeader string) bool {
 	return p.names[strings.Trim(name, "[]")]
 }
 
-// checkHost refuses a request whose Host header the listener does not
-// answer to, with 421 Misdirected Request (RFC 9110 §15.5.20).
-func (h *handler) checkHost(p hostPolicy, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !p.allows(r.Host) {
-			h.log.Warn("admin: request for another host refused", zap.String("remote", r.RemoteAddr),
-				zap.String("host", r.Host), zap.String("path", r.URL.Path))
-			writeError(w, http.StatusMisdirectedRequest, "this server does not answer for host "+strconv.Quote(r.Host))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 // methods lets only the given methods through to f.
 func methods(f http.HandlerFunc, allowed ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, m := range allowed {
-			if r.Method == m {
-				f(w, r)
-				return
-			}
+		if methodAllowed(w, r, allowed) {
+			f(w, r)
+			return
 		}
-		w.Header().Set("Allow", strings.Join(allowed, ", "))
 		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed; use %s", r.Method, strings.Join(allowed, " or ")))
 	})
+}
+
+// methodAllowed reports whether r's method is one of allowed, and sets
+// the Allow header of the 405 its caller answers when not (RFC 9110
+// §15.5.6).
+func methodAllowed(w http.ResponseWriter, r *http.Request, allowed []string) bool {
+	for _, m := range allowed {
+		if r.Method == m {
+			return true
+		}
+	}
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	return false
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {
@@ -251,7 +264,11 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 // failure can still become a 500.
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+	enc := json.NewEncoder(&buf)
+	// Message-IDs and addresses read as written ("<a@b>", not
+	// "\u003ca@b\u003e"); the body is never HTML (nosniff below).
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		code = http.StatusInternalServerError
 		buf.Reset()
 		json.NewEncoder(&buf).Encode(map[string]string{"error": "encoding the reply: " + err.Error()})

@@ -265,16 +265,7 @@ func (u *userLimiter) take(user string, rcpt bool, now time.Time) time.Duration 
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	key := strings.ToLower(user)
-	st := u.users[key]
-	if st == nil {
-		u.sweep(now)
-		st = &userState{}
-		if u.users == nil {
-			u.users = make(map[string]*userState)
-		}
-		u.users[key] = st
-	}
+	st := u.state(user, now)
 	lim := &st.msgs
 	if rcpt {
 		lim = &st.rcpts
@@ -288,6 +279,63 @@ func (u *userLimiter) take(user string, rcpt bool, now time.Time) time.Duration 
 		return d
 	}
 	return 0
+}
+
+// TakeMessage spends, at once, one message and rcpts recipients of user's
+// allowance, for a source that knows every recipient up front (the HTTP
+// API); or it spends nothing and returns how long until they are available
+// (-1: never, more recipients than the limit holds) and the limit that
+// stopped it, as the SMTP reply would name it. The buckets are the SMTP
+// listeners': a user has one allowance whichever way they send.
+func (p *Policy) TakeMessage(user string, rcpts int, now time.Time) (wait time.Duration, what, limit string) {
+	p.init()
+	u := p.users
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st := u.state(user, now)
+	var done []*rate.Reservation
+	for _, c := range []struct {
+		r    Rate
+		lim  **rate.Limiter
+		n    int
+		what string
+	}{{p.UserMessages, &st.msgs, 1, "Message"}, {p.UserRecipients, &st.rcpts, rcpts, "Recipient"}} {
+		if !c.r.on() || c.n == 0 {
+			continue
+		}
+		if *c.lim == nil {
+			*c.lim = c.r.limiter()
+		}
+		res := (*c.lim).ReserveN(now, c.n)
+		d := res.DelayFrom(now)
+		if !res.OK() || d > 0 {
+			res.CancelAt(now)
+			for _, r := range done {
+				r.CancelAt(now)
+			}
+			if !res.OK() {
+				d = -1
+			}
+			return d, c.what, c.r.String()
+		}
+		done = append(done, res)
+	}
+	return 0, "", ""
+}
+
+// state returns user's buckets, made when missing. u.mu is held.
+func (u *userLimiter) state(user string, now time.Time) *userState {
+	key := strings.ToLower(user)
+	st := u.users[key]
+	if st == nil {
+		u.sweep(now)
+		st = &userState{}
+		if u.users == nil {
+			u.users = make(map[string]*userState)
+		}
+		u.users[key] = st
+	}
+	return st
 }
 
 // sweep drops users whose buckets are full. Users come from the users file,

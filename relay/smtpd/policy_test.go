@@ -107,3 +107,35 @@ func FuzzProxyHeader(f *testing.F) {
 		inPrefixes(ip, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")})
 	})
 }
+
+// TestTakeMessage: the API's message and recipients are taken together from
+// the SMTP buckets, or neither is; more recipients than the bucket holds
+// can never pass.
+func TestTakeMessage(t *testing.T) {
+	p := &Policy{UserMessages: Rate{N: 2, Per: time.Hour}, UserRecipients: Rate{N: 5, Per: time.Hour}}
+	now := time.Unix(1e9, 0)
+	if w, what, _ := p.TakeMessage("Alice", 3, now); w != 0 || what != "" {
+		t.Fatalf("first: %v %q", w, what)
+	}
+	// 3 of 5 recipients left 2: 3 more wait, and the message is not spent.
+	w, what, r := p.TakeMessage("alice", 3, now)
+	if w <= 0 || what != "Recipient" || r != "5 per 1h0m0s" {
+		t.Fatalf("second: %v %q %v", w, what, r)
+	}
+	if w, _, _ := p.TakeMessage("alice", 2, now); w != 0 {
+		t.Fatalf("third, within both: %v", w)
+	}
+	if w, what, _ := p.TakeMessage("alice", 0, now); w <= 0 || what != "Message" {
+		t.Fatalf("fourth: %v %q, want the message limit", w, what)
+	}
+	// SMTP's RCPT draws from the same bucket.
+	if d := p.users.take("ALICE", true, now); d <= 0 {
+		t.Errorf("the SMTP recipient bucket was not the API's")
+	}
+	if w, what, _ := p.TakeMessage("bob", 6, now); w != -1 || what != "Recipient" {
+		t.Errorf("more than the bucket: %v %q, want -1", w, what)
+	}
+	if w, _, _ := (&Policy{}).TakeMessage("bob", 1000, now); w != 0 {
+		t.Errorf("no limits: %v", w)
+	}
+}
