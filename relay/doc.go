@@ -21,6 +21,8 @@
 //	                 ARF parsers, and the listen.mx server that turns the
 //	                 reports into queue events and suppressions
 //	relay/certs      the listeners' TLS certificate
+//	relay/acme       certificates obtained and renewed from an ACME CA,
+//	                 which relay/certs serves
 //	relay/status     the one SMTP status type (reply code, enhanced code,
 //	                 client-safe text, cause), shared by both SMTP sides
 //	relay/relaytest  real in-process DNS and SMTP peers for tests
