@@ -9,19 +9,31 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Real peers the integration tests drive: swaks (client), Postfix's
 # smtp-sink (receiver), dkimpy + PyNaCl (independent DKIM verifier), curl
-# (HTTP client of the admin API), and for outbound TLS policy: openssl (the
-# test CA), nsd (authoritative DNS for signed zones), ldnsutils (ldns-keygen,
-# ldns-signzone) and unbound (the validating resolver DANE trusts). A
-# policy-rc.d keeps the packages from starting system services (nsd and
-# unbound would take port 53): the tests start their own, on loopback.
+# (HTTP client of the admin API, and the dns-01 hook of the ACME tests), and
+# for outbound TLS policy: openssl (the test CA), nsd (authoritative DNS for
+# signed zones), ldnsutils (ldns-keygen, ldns-signzone) and unbound (the
+# validating resolver DANE trusts). A policy-rc.d keeps the packages from
+# starting system services (nsd and unbound would take port 53): the tests
+# start their own, on loopback.
 DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl \
 	openssl nsd unbound ldnsutils
+
+# Let's Encrypt's ACME test server, for the tls.acme tests: a Go program,
+# installed from the module proxy into bin/tools (relaytest.PebblePath
+# finds it there).
+PEBBLE_VERSION := v2.10.3
 
 # Fuzz targets run briefly by `make test` and at length by `make fuzz`.
 FUZZTIME      ?= 3s
 FUZZTIME_LONG ?= 2m
 
-.PHONY: all build run test unit deps lint fuzz bench clean
+# nfpm builds the .deb of `make package` (a Go program, like pebble).
+NFPM_VERSION := v2.48.0
+# A Debian version: a tag v1.2 gives 1.2; before the first tag,
+# 0~git.<commit> (sorting below any release).
+DEB_VERSION = $(shell echo "$(VERSION)" | sed -e 's/^v\([0-9]\)/\1/' -e 't d' -e 's/^/0~git./' -e ':d' -e 's/-/./g')
+
+.PHONY: all build run test unit deps lint fuzz bench clean package
 
 all: build
 
@@ -65,6 +77,22 @@ deps:
 		[ $$status = 0 ] || { echo "could not install the test peers ($(DEB_PACKAGES)); the integration tests need them" >&2; exit 1; }; \
 	fi
 	$(GO) mod download
+	@[ -x bin/tools/pebble ] || { \
+		echo "installing pebble $(PEBBLE_VERSION) into bin/tools"; \
+		mkdir -p bin/tools && GOBIN=$(abspath bin/tools) $(GO) install github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION); }
+	@[ -x bin/tools/nfpm ] || { \
+		echo "installing nfpm $(NFPM_VERSION) into bin/tools"; \
+		mkdir -p bin/tools && GOBIN=$(abspath bin/tools) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); }
+
+# The .deb (packaging/nfpm.yaml): a static binary, the systemd unit, the
+# example config and README; its scripts make the postern user, the data
+# directory and maildrop, and the sendmail alternative. Written to bin/.
+package:
+	@[ -x bin/tools/nfpm ] || $(MAKE) --no-print-directory deps
+	mkdir -p bin/package
+	rm -f bin/postern_*.deb
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/package/postern ./cmd/postern
+	VERSION='$(DEB_VERSION)' ARCH=$$(dpkg --print-architecture) bin/tools/nfpm package --config packaging/nfpm.yaml --packager deb --target bin/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

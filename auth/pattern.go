@@ -107,6 +107,10 @@ func (p Pattern) String() string {
 	return p.local + "@" + p.domain
 }
 
+// Domain is the domain p allows addresses at (lower case); "" for the
+// wildcard, which allows every domain.
+func (p Pattern) Domain() string { return p.domain }
+
 // IsAddress reports whether p is an exact-address pattern.
 func (p Pattern) IsAddress() bool { return p.local != "" }
 

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -139,7 +140,55 @@ const BuiltinAPI = "127.0.0.1:8080"
 type TLSConfig struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	// ACME, when present, has certificates obtained and renewed from an
+	// ACME CA (relay/acme) instead of the files. Absent (nil): off.
+	ACME *ACMEConfig `yaml:"acme"`
 }
+
+// LetsEncryptDirectory is the default tls.acme.directory: Let's Encrypt's
+// production CA.
+const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+
+// ACMEConfig is tls.acme. Setting it accepts the CA's subscriber
+// agreement.
+type ACMEConfig struct {
+	// Email is given to the CA with the account; "" for none.
+	Email string `yaml:"email"`
+	// Directory is the CA's ACME directory URL (default Let's Encrypt).
+	Directory string `yaml:"directory"`
+	// Challenge is how the CA checks that this host holds the names:
+	// tls-alpn-01 (default; the CA connects to port 443), http-01 (port
+	// 80) or dns-01 (DNSHook publishes a TXT record).
+	Challenge string `yaml:"challenge"`
+	// ChallengeListen is where tls-alpn-01 or http-01 is answered while a
+	// challenge runs: "" is :443 or :80.
+	ChallengeListen string `yaml:"challenge_listen"`
+	// DNSHook is the command dns-01 runs to publish and remove records
+	// (relative to the config file's directory).
+	DNSHook string `yaml:"dns_hook"`
+	// Hostnames are names to get certificates for besides hostname (the
+	// names clients use to reach the submission ports, if not hostname).
+	Hostnames []string `yaml:"hostnames"`
+}
+
+// ACME challenge types (RFC 8555 §8, RFC 8737).
+const (
+	ChallengeTLSALPN = "tls-alpn-01"
+	ChallengeHTTP    = "http-01"
+	ChallengeDNS     = "dns-01"
+)
+
+// CertNames are the names tls.acme gets certificates for: hostname first,
+// then tls.acme.hostnames. Nil without tls.acme.
+func (c *Config) CertNames() []string {
+	if c.TLS.ACME == nil {
+		return nil
+	}
+	return append([]string{c.Hostname}, c.TLS.ACME.Hostnames...)
+}
+
+// ACMEDir is where tls.acme keeps its account, keys and certificates.
+func (c *Config) ACMEDir() string { return filepath.Join(c.DataDir, "acme") }
 
 type AuthConfig struct {
 	UsersFile string `yaml:"users_file"`
@@ -414,6 +463,14 @@ func parse(data []byte, file string, base *Config) (*Config, error) {
 // fillListDefaults gives list items the defaults a YAML default file cannot
 // (it has no items to put them on).
 func (c *Config) fillListDefaults() {
+	if a := c.TLS.ACME; a != nil {
+		if a.Directory == "" {
+			a.Directory = LetsEncryptDirectory
+		}
+		if a.Challenge == "" {
+			a.Challenge = ChallengeTLSALPN
+		}
+	}
 	for i := range c.Delivery.Smarthosts {
 		if c.Delivery.Smarthosts[i].TLS == "" {
 			c.Delivery.Smarthosts[i].TLS = "starttls" // RFC 8314 would prefer implicit; port 587 speaks STARTTLS
@@ -455,6 +512,9 @@ func (c *Config) resolvePaths(dir string) error {
 	}
 	abs(&c.Admin.TokenFile)
 	abs(&c.Bounces.SecretFile)
+	if c.TLS.ACME != nil {
+		abs(&c.TLS.ACME.DNSHook)
+	}
 	for i := range c.DKIM.Keys {
 		abs(&c.DKIM.Keys[i].KeyFile)
 	}
@@ -609,6 +669,7 @@ func (c *Config) validate() Errors {
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "cert_file and key_file go together: set both, or neither for a generated self-signed certificate")
 	}
+	c.validateACME(bad)
 
 	if c.Auth.UsersFile == "" && (c.Listen.Submission != "" || c.Listen.Submissions != "" || c.Listen.API != "") {
 		bad("auth.users_file", "must be set when a submission listener or listen.api is enabled (the API's keys are the users' application passwords)")
@@ -765,6 +826,64 @@ func (d Duration) String() string { return time.Duration(d).String() }
 
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// validateACME checks tls.acme, when present.
+func (c *Config) validateACME(bad func(key, format string, args ...any)) {
+	a := c.TLS.ACME
+	if a == nil {
+		return
+	}
+	if c.TLS.CertFile != "" || c.TLS.KeyFile != "" {
+		bad("tls.acme", "is set with tls.cert_file/key_file: choose one (tls.acme obtains the certificate; the files bring one)")
+	}
+	if validHostname(c.Hostname) && (!strings.Contains(c.Hostname, ".") || strings.EqualFold(c.Hostname, "localhost")) {
+		bad("hostname", "%q: tls.acme needs the host's public, fully qualified name (a CA checks it through DNS)", c.Hostname)
+	}
+	if a.Email != "" {
+		if at := strings.LastIndexByte(a.Email, '@'); at < 1 || at == len(a.Email)-1 || strings.ContainsAny(a.Email, " \t<>,;") {
+			bad("tls.acme.email", "%q is not an email address (or leave it empty)", a.Email)
+		}
+	}
+	if u, err := url.Parse(a.Directory); err != nil || u.Scheme != "https" || u.Host == "" {
+		bad("tls.acme.directory", "%q is not an https URL of an ACME directory (the default is %s)", a.Directory, LetsEncryptDirectory)
+	}
+	dns, known := a.Challenge == ChallengeDNS, true
+	switch a.Challenge {
+	case ChallengeTLSALPN, ChallengeHTTP, ChallengeDNS:
+	default:
+		// What goes with the challenge cannot be judged without one.
+		bad("tls.acme.challenge", "%q is not one of %s, %s, %s", a.Challenge, ChallengeTLSALPN, ChallengeHTTP, ChallengeDNS)
+		known = false
+	}
+	if a.ChallengeListen != "" && known {
+		if dns {
+			bad("tls.acme.challenge_listen", "dns-01 listens nowhere: remove it, or choose tls-alpn-01 or http-01")
+		} else if host, port, err := net.SplitHostPort(a.ChallengeListen); err != nil || !validPort(port) || host != "" && net.ParseIP(host) == nil {
+			bad("tls.acme.challenge_listen", "%q is not [IP]:port (for example :443; empty is :443 for tls-alpn-01, :80 for http-01)", a.ChallengeListen)
+		}
+	}
+	switch {
+	case !known:
+	case dns && a.DNSHook == "":
+		bad("tls.acme.dns_hook", "must name the command that publishes the challenge's TXT record when challenge is dns-01")
+	case !dns && a.DNSHook != "":
+		bad("tls.acme.dns_hook", "goes with challenge: dns-01 only")
+	}
+	seen := map[string]bool{strings.ToLower(c.Hostname): true}
+	for i, h := range a.Hostnames {
+		key := fmt.Sprintf("tls.acme.hostnames[%d]", i)
+		name, wild := strings.CutPrefix(h, "*.")
+		switch {
+		case !validHostname(name) || strings.Contains(name, "_") || !strings.Contains(name, "."):
+			bad(key, "%q is not a fully qualified host name", h)
+		case wild && !dns && known:
+			bad(key, "%q: a wildcard certificate needs challenge: dns-01 (RFC 8555 §7.1.3)", h)
+		case seen[strings.ToLower(h)]:
+			bad(key, "%q is listed already (hostname is always included)", h)
+		}
+		seen[strings.ToLower(h)] = true
+	}
+}
 
 // validatePolicy checks the keys of the hostile-client defences.
 func (c *Config) validatePolicy(bad func(key, format string, args ...any)) {

@@ -721,6 +721,107 @@ func TestSyntaxErrorOnFirstLine(t *testing.T) {
 	}
 }
 
+// acmeBaseline is a valid configuration with tls.acme; each subtest of
+// TestACMEOneThingWrong changes one line of it.
+const acmeBaseline = `hostname: mail.example.com
+tls:
+  acme:
+    email: postmaster@example.com
+    directory: https://acme.example.net/dir
+    challenge: dns-01
+    dns_hook: hooks/dns
+    hostnames:
+      - smtp.example.com
+      - "*.mx.example.com"
+auth: {users_file: users}
+`
+
+// TestACMEOneThingWrong: tls.acme as STYLE habit 9 wants it: the baseline
+// loads, with defaults and paths filled in; each broken line gets exactly
+// one error, naming its key, at its line.
+func TestACMEOneThingWrong(t *testing.T) {
+	t.Run("baseline", func(t *testing.T) {
+		path := writeConfig(t, acmeBaseline)
+		c, err := Load(path)
+		if err != nil {
+			t.Fatalf("the baseline does not load: %v", err)
+		}
+		a := c.TLS.ACME
+		if a == nil || a.DNSHook != filepath.Join(filepath.Dir(path), "hooks/dns") || a.Challenge != ChallengeDNS {
+			t.Fatalf("tls.acme loaded as %+v", a)
+		}
+		if got := c.CertNames(); !slices.Equal(got, []string{"mail.example.com", "smtp.example.com", "*.mx.example.com"}) {
+			t.Errorf("CertNames = %v", got)
+		}
+		c, err = Load(writeConfig(t, "hostname: mail.example.com\ntls: {acme: {}}\nauth: {users_file: users}\n"))
+		if err != nil {
+			t.Fatalf("acme: {} does not load: %v", err)
+		}
+		if a := c.TLS.ACME; a == nil || a.Directory != LetsEncryptDirectory || a.Challenge != ChallengeTLSALPN {
+			t.Errorf("acme: {} loaded as %+v, want the defaults", a)
+		}
+		if c, err := Load(writeConfig(t, "hostname: mail.example.com\n")); err != nil || c.TLS.ACME != nil || c.CertNames() != nil {
+			t.Errorf("without tls.acme: %v, %+v", err, c.TLS)
+		}
+	})
+	for _, tc := range []struct {
+		old, new string
+		key      string
+		line     string
+	}{
+		{"hostname: mail.example.com", "hostname: mail", "hostname", ""},
+		{"hostname: mail.example.com", "hostname: localhost", "hostname", ""},
+		{"  acme:", "  cert_file: /c.pem\n  key_file: /k.pem\n  acme:", "tls.acme", "  acme:"},
+		{"    email: postmaster@example.com", "    email: postmaster", "tls.acme.email", ""},
+		{"    email: postmaster@example.com", "    email: a b@example.com", "tls.acme.email", ""},
+		{"    directory: https://acme.example.net/dir", "    directory: http://acme.example.net/dir", "tls.acme.directory", ""},
+		{"    directory: https://acme.example.net/dir", "    directory: acme.example.net", "tls.acme.directory", ""},
+		{"    challenge: dns-01", "    challenge: tls-sni-01", "tls.acme.challenge", ""},
+		{"    challenge: dns-01", "    challenge: dns-01\n    challenge_listen: :443", "tls.acme.challenge_listen", "    challenge_listen: :443"},
+		{"    dns_hook: hooks/dns", `    dns_hook: ""`, "tls.acme.dns_hook", ""},
+		{"      - smtp.example.com", "      - smtp", "tls.acme.hostnames[0]", ""},
+		{"      - smtp.example.com", "      - mail.example.com", "tls.acme.hostnames[0]", ""},
+		{"      - smtp.example.com", "      - smtp..example.com", "tls.acme.hostnames[0]", ""},
+		{"  acme:", "  acme:\n    challenge_listen: 443", "tls.acme.challenge_listen", "    challenge_listen: 443"},
+	} {
+		t.Run(tc.key+"="+strings.TrimSpace(tc.new), func(t *testing.T) {
+			text := strings.Replace(acmeBaseline, tc.old+"\n", tc.new+"\n", 1)
+			if text == acmeBaseline {
+				t.Fatalf("%q is not a line of the baseline", tc.old)
+			}
+			if strings.Contains(tc.new, "challenge_listen: 443") {
+				// Keep dns-01 out of it: the listener itself is wrong.
+				text = strings.Replace(text, "    challenge: dns-01\n    dns_hook: hooks/dns\n", "    challenge: http-01\n", 1)
+				text = strings.Replace(text, "      - \"*.mx.example.com\"\n", "", 1)
+			}
+			errs := loadErrors(t, writeConfig(t, text))
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1:\n%v", len(errs), errs)
+			}
+			at := tc.line
+			if at == "" {
+				at = tc.new
+			}
+			if e := errs[0]; e.Key != tc.key || e.Line != lineOf(text, at) {
+				t.Errorf("error %q: key %q at line %d, want %q at line %d", e, e.Key, e.Line, tc.key, lineOf(text, at))
+			}
+		})
+	}
+	t.Run("wildcard without dns-01", func(t *testing.T) {
+		text := strings.Replace(acmeBaseline, "    challenge: dns-01\n    dns_hook: hooks/dns\n", "    challenge: http-01\n", 1)
+		errs := loadErrors(t, writeConfig(t, text))
+		if len(errs) != 1 || errs[0].Key != "tls.acme.hostnames[1]" {
+			t.Errorf("got %v, want one error for tls.acme.hostnames[1]", errs)
+		}
+	})
+	t.Run("acme with no value", func(t *testing.T) {
+		errs := loadErrors(t, writeConfig(t, "hostname: mail.example.com\ntls:\n  acme:\nauth: {users_file: users}\n"))
+		if len(errs) != 1 || errs[0].Key != "tls.acme" || errs[0].Line != 3 {
+			t.Errorf("got %v, want one error for tls.acme at line 3", errs)
+		}
+	})
+}
+
 // TestAdminOffLoopback: an admin listener beyond loopback is allowed with
 // TLS and refused without; allowed_hosts is read.
 func TestAdminOffLoopback(t *testing.T) {

@@ -106,8 +106,10 @@ func syntaxError(file string, err error) *Error {
 // and every leaf value must decode into its field's type. Each problem is
 // reported with its own key path, so one run shows them all.
 func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int, errs *Errors) {
+	optional := false // a pointer to a struct: a section that is off when absent
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
+		optional = t.Kind() == reflect.Struct
 	}
 	fail := func(line int, p, format string, args ...any) {
 		*errs = append(*errs, &Error{File: file, Line: line, Key: p, Msg: fmt.Sprintf(format, args...)})
@@ -135,6 +137,12 @@ func walk(n *yaml.Node, t reflect.Type, path, file string, lines map[string]int,
 		}
 	case t.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
+			if n.Tag == "!!null" && optional {
+				// "acme:" alone would turn the section off, which is
+				// surely not what writing it meant.
+				fail(n.Line, path, "has no value (write {} to turn it on with its defaults, or remove the key)")
+				return
+			}
 			if n.Tag == "!!null" {
 				return // "key:" with nothing: keep the defaults
 			}

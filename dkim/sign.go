@@ -41,15 +41,18 @@ func (s *Signer) Keys() []*Key {
 const maxHeaderBytes = 2 << 20
 
 // signedFields is RFC 6376 §5.4.1's list of header fields that SHOULD be
-// signed, in the order they go into h=. Only those present in a message are
-// listed. A field that is absent is not listed, because listing it would
+// signed, in the order they go into h=, plus List-Unsubscribe-Post: RFC
+// 8058 §4 requires a valid DKIM signature over both it and
+// List-Unsubscribe before a receiver offers one-click unsubscription (the
+// large mailbox providers require it of bulk senders). Only those present
+// in a message are listed. A field that is absent is not listed, because listing it would
 // make the signature fail when a later hop adds it, which some MTAs do for
 // a missing Date or Message-ID.
 var signedFields = []string{
 	"From", "Reply-To", "Subject", "Date", "To", "Cc",
 	"Resent-Date", "Resent-From", "Resent-To", "Resent-Cc",
 	"In-Reply-To", "References",
-	"List-Id", "List-Help", "List-Unsubscribe", "List-Subscribe",
+	"List-Id", "List-Help", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Subscribe",
 	"List-Post", "List-Owner", "List-Archive",
 	"Message-ID", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
 }
@@ -57,9 +60,13 @@ var signedFields = []string{
 // oversigned fields are listed in h= once more than they occur (RFC 6376
 // §8.15): a verifier then hashes an empty field for the extra entry, so a
 // copy added after signing - a second From, Subject or To that a mail client
-// may display instead of the signed one - breaks the signature.
+// may display instead of the signed one - breaks the signature. The
+// one-click unsubscribe pair is oversigned too: a receiver POSTs to the
+// List-Unsubscribe URI without asking the user (RFC 8058 §3.2), so a copy
+// added on the way must not be able to redirect that request.
 var oversigned = map[string]bool{
 	"From": true, "Subject": true, "Date": true, "To": true, "Cc": true, "Message-ID": true,
+	"List-Unsubscribe": true, "List-Unsubscribe-Post": true,
 }
 
 // Sign reads a whole message (header and body, CRLF line ends as received
@@ -187,6 +194,33 @@ func (s *Signer) signErr(keys []*Key, signers []*msgauth.Signer, werr error) err
 		}
 	}
 	return fmt.Errorf("dkim: %w", werr)
+}
+
+// ForHost returns a Signer for the mail a host sends in its own name, such
+// as the bounces from MAILER-DAEMON@host: the keys of host itself and of
+// every domain above it, each signing mail from host whether or not its
+// sign_subdomains is set. A signature of example.com on mail from
+// mail.example.com passes DMARC's relaxed alignment (RFC 7489 §3.1.1), so
+// a server need not publish keys for its own name; sign_subdomains guards
+// what users may send as, and the server's own notices are not theirs.
+// It returns nil, which signs nothing, when no key fits.
+func (s *Signer) ForHost(host string) *Signer {
+	host, err := normalizeDomain(host)
+	if err != nil || s == nil {
+		return nil
+	}
+	var keys []*Key
+	for _, k := range s.keys {
+		if host == k.Domain || strings.HasSuffix(host, "."+k.Domain) {
+			c := *k
+			c.SignSubdomains = true
+			keys = append(keys, &c)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return NewSigner(keys)
 }
 
 // match returns the keys that sign for any of the author domains, in key

@@ -478,3 +478,49 @@ func BenchmarkSign(b *testing.B) {
 		})
 	}
 }
+
+// TestForHost: the server's own notices are signed by the keys of its
+// host name and of the domains above it, whatever their sign_subdomains,
+// and by no other; no fitting key means nil, which signs nothing.
+func TestForHost(t *testing.T) {
+	keys := []*Key{
+		testKey(t, "example.org", "org", "ed25519-openssl.pem", false),
+		testKey(t, "mail.example.org", "host", "ed25519-openssl.pem", false),
+		testKey(t, "example.com", "other", "ed25519-openssl.pem", false),
+		testKey(t, "le.example.org", "sibling", "ed25519-openssl.pem", false),
+	}
+	s := NewSigner(keys)
+	for _, tc := range []struct {
+		host string
+		want string // d/s of the signatures, in order
+	}{
+		{"mail.example.org", "example.org/org mail.example.org/host"},
+		{"MAIL.Example.org.", "example.org/org mail.example.org/host"},
+		{"example.org", "example.org/org"},
+		{"a.b.example.com", "example.com/other"},
+		{"example.net", ""},
+		{"localhost", ""},
+		{"ample.org", ""},
+	} {
+		hs := s.ForHost(tc.host)
+		msg := "From: Mail Delivery System <MAILER-DAEMON@" + strings.TrimSuffix(strings.ToLower(tc.host), ".") + ">\r\nSubject: x\r\n\r\nbody\r\n"
+		var got []string
+		for _, f := range splitFields(sign(t, hs.Keys(), []byte(msg))) {
+			tags := signTags(t, f)
+			got = append(got, tags["d"]+"/"+tags["s"])
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("ForHost(%q) signs as %q, want %q", tc.host, strings.Join(got, " "), tc.want)
+		}
+		if tc.want == "" && hs != nil {
+			t.Errorf("ForHost(%q) = %v, want nil", tc.host, hs.Keys())
+		}
+	}
+	if k := keys[0]; k.SignSubdomains {
+		t.Error("ForHost changed the caller's key")
+	}
+	var none *Signer
+	if none.ForHost("mail.example.org") != nil {
+		t.Error("nil Signer: ForHost is not nil")
+	}
+}

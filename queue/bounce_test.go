@@ -3,10 +3,14 @@ package queue
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -392,5 +396,94 @@ func TestBounceWhenSpoolFileIsGone(t *testing.T) {
 	}
 	if n := len(h.dsns()); n != 1 {
 		t.Fatalf("%d DSNs, want 1", n)
+	}
+}
+
+// fakeSigner is a Signer that records what it read and prepends a field
+// naming how many bytes that was; stopAfter > 0 stops reading there (a
+// signer that found nothing to sign), err fails.
+type fakeSigner struct {
+	mu        sync.Mutex
+	read      [][]byte
+	stopAfter int
+	err       error
+}
+
+func (s *fakeSigner) Sign(r io.Reader) ([]byte, error) {
+	if s.stopAfter > 0 {
+		r = io.LimitReader(r, int64(s.stopAfter))
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.read = append(s.read, b)
+	s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	if s.stopAfter > 0 {
+		return nil, nil
+	}
+	return fmt.Appendf(nil, "X-Signed: %d\r\n", len(b)), nil
+}
+
+// TestBounceSigned: a DSN goes through Options.Signer as it is composed,
+// and is delivered with the signature on top of exactly what was signed:
+// a small one (inline) and a large one (RET=FULL of a spooled message,
+// spooled itself). A signer that stops reading early holds nothing up,
+// and one that fails leaves the DSN unsigned, with a warning.
+func TestBounceSigned(t *testing.T) {
+	big := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", inlineMax/16)
+	for _, tc := range []struct {
+		name       string
+		orig, ret  string
+		signer     *fakeSigner
+		wantSigned bool
+	}{
+		{"inline", "Subject: x\r\n\r\nbody\r\n", "", &fakeSigner{}, true},
+		{"spooled", big, "FULL", &fakeSigner{}, true},
+		{"signer stops early", big, "FULL", &fakeSigner{stopAfter: 10}, false},
+		{"signer fails", "Subject: x\r\n\r\nbody\r\n", "", &fakeSigner{err: errors.New("key gone")}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.opts = func(o *Options) { o.Signer = tc.signer }
+			h.fake.on("b@x.test", 1, Permanent, rp(550, "", "no"))
+			q := h.open()
+			env := &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test"}, Ret: tc.ret}
+			if _, err := q.Enqueue(context.Background(), env, strings.NewReader(tc.orig)); err != nil {
+				t.Fatal(err)
+			}
+			h.step()
+			m, _ := h.onlyDSN()
+			h.step() // deliver the DSN
+			calls := h.fake.Calls()
+			got := calls[len(calls)-1].body
+			if int64(len(got)) != m.Size {
+				t.Errorf("DSN delivered with %d bytes, its record says %d", len(got), m.Size)
+			}
+			if len(tc.signer.read) != 1 {
+				t.Fatalf("the signer was called %d times, want once", len(tc.signer.read))
+			}
+			signed := tc.signer.read[0]
+			if !tc.wantSigned {
+				if bytes.HasPrefix(got, []byte("X-Signed")) || !bytes.HasPrefix(got, []byte("From: Mail Delivery System")) {
+					t.Errorf("DSN delivered as %.60q, want it unsigned", got)
+				}
+				if tc.signer.err != nil && h.logs.FilterMessage("DSN sent unsigned: signing failed").Len() != 1 {
+					t.Error("no warning that the DSN went unsigned")
+				}
+				return
+			}
+			want := fmt.Sprintf("X-Signed: %d\r\n", len(signed)) + string(signed)
+			if string(got) != want {
+				t.Errorf("DSN delivered as %.80q (%d bytes), want the signature on top of the %d bytes signed", got, len(got), len(signed))
+			}
+			if !bytes.HasPrefix(signed, []byte("From: Mail Delivery System <MAILER-DAEMON@mail.test>")) {
+				t.Errorf("the signer read %.60q, not the DSN", signed)
+			}
+		})
 	}
 }

@@ -151,6 +151,11 @@
 // recipient's NOTIFY decides (absent means failures and delays), and a
 // message with the null sender never gets one, so bounces cannot loop.
 //
+// A DSN goes through Options.Signer (DKIM, wired in by cmd/postern) as it
+// is composed, read once; the signature is kept as a spooled message's
+// prefix is, and a failed signature leaves the DSN unsigned, with a
+// warning, rather than hold up the results it reports.
+//
 // Each DSN is committed in the same transaction as the state change that
 // calls for it, and that transaction also marks the recipients reported,
 // so a crash can neither lose a bounce nor send it twice. Because composing

@@ -120,6 +120,9 @@ type Options struct {
 	KeepFailed time.Duration
 	// Observer receives counts for metrics; nil discards them.
 	Observer Observer
+	// Signer, when set, signs the notifications the queue composes itself
+	// (the DSNs from MAILER-DAEMON@Hostname); nil sends them unsigned.
+	Signer Signer
 
 	// Subscribers get the events of submitted messages (events.go);
 	// none: no event is recorded.
@@ -315,6 +318,7 @@ type Queue struct {
 	warnAge  time.Duration // Options.DelayWarning
 	keep     time.Duration // Options.KeepFailed
 	obs      Observer
+	signer   Signer // Options.Signer
 	subs     []Subscriber
 	suppress SuppressionOptions
 	bounces  BounceOptions
@@ -383,6 +387,7 @@ func Open(opts Options) (*Queue, error) {
 		warnAge:     max(opts.DelayWarning, 0),
 		keep:        opts.KeepFailed,
 		obs:         opts.Observer,
+		signer:      opts.Signer,
 		subs:        opts.Subscribers,
 		suppress:    opts.Suppression,
 		bounces:     opts.Bounces,

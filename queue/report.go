@@ -189,7 +189,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		defer f.Close()
 		rep.Original = f
 	}
-	body, spool, size, err := q.storeDSN(rep)
+	body, spool, prefix, size, err := q.storeDSN(rep)
 	if err != nil && rep.Original != nil {
 		// A DSN that cannot say everything still beats none, and
 		// a failure here would otherwise drop the results and
@@ -197,7 +197,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		// (which may also make it small enough for memory).
 		q.log.Warn("DSN without the original", slog.String("id", formatID(id)), slog.Any("error", err))
 		rep.Original = nil
-		body, spool, size, err = q.storeDSN(rep)
+		body, spool, prefix, size, err = q.storeDSN(rep)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: compose DSN: %w", err)
@@ -206,6 +206,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		Created: now,
 		Size:    size,
 		Spool:   spool,
+		Prefix:  prefix,
 		Next:    now.UnixNano(),
 		Rcpts:   []Recipient{{Address: rec.Env.From, State: StateQueued, NextAttempt: now}},
 	}
@@ -218,20 +219,93 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 	return &pendingDSN{data: data, inline: body, spool: spool, next: drec.Next}, nil
 }
 
+// Signer signs a message the queue composes itself: a DSN. In postern it
+// is DKIM (cmd/postern wires the keys of the hostname's domain in), so that
+// a bounce from MAILER-DAEMON@Hostname passes DMARC like the mail of the
+// domain it comes from.
+//
+// Sign reads the whole message (CRLF line ends, as it will be delivered)
+// and returns the header fields to put before it, each ending in CRLF, or
+// nil to send it unsigned. It may stop reading early when it signs
+// nothing. It is called outside any transaction, once per DSN composed
+// (again if the DSN is composed again), from delivery workers at once: it
+// must be safe for concurrent use. An error sends the DSN unsigned, with a
+// warning in the log: a notice the sender cannot authenticate still beats
+// none, and failing would hold up the results it reports.
+type Signer interface {
+	Sign(msg io.Reader) ([]byte, error)
+}
+
 // storeDSN composes rep straight into store, which keeps a small DSN in
-// memory and spools a large one. The composing goroutine is waited for, so
-// it never outlives the file it reads.
-func (q *Queue) storeDSN(rep *dsn.Report) (inline []byte, spool string, size int64, err error) {
+// memory and spools a large one, and through the signer, if any, at the
+// same time: the DSN is read once, never whole into memory when large.
+// inline includes the signature; a spooled DSN returns it as prefix, for
+// the record (as EnqueuePrefixed keeps one). The goroutines are waited
+// for, so none outlives the file it reads.
+func (q *Queue) storeDSN(rep *dsn.Report) (inline []byte, spool string, prefix []byte, size int64, err error) {
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		pw.CloseWithError(dsn.Compose(pw, rep))
 	}()
-	inline, spool, size, err = q.store(pr)
+	var body io.Reader = pr
+	var sig *signing
+	if q.signer != nil {
+		sig = startSigning(q.signer)
+		body = io.TeeReader(pr, sig.w)
+	}
+	inline, spool, size, err = q.store(body)
 	pr.Close() // unblocks Compose if store stopped early
 	<-done
-	return inline, spool, size, err
+	if sig == nil {
+		return inline, spool, nil, size, err
+	}
+	prefix, serr := sig.finish(err)
+	if err != nil {
+		return nil, "", nil, 0, err
+	}
+	if serr != nil {
+		q.log.Warn("DSN sent unsigned: signing failed", slog.Any("error", serr))
+		prefix = nil
+	}
+	size += int64(len(prefix))
+	if spool == "" && len(prefix) > 0 {
+		inline = append(prefix[:len(prefix):len(prefix)], inline...)
+		prefix = nil
+	}
+	return inline, spool, prefix, size, nil
+}
+
+// signing is a Signer reading, in a goroutine of its own, what is written
+// to w.
+type signing struct {
+	w    *io.PipeWriter
+	done chan struct{}
+	sig  []byte
+	err  error
+}
+
+func startSigning(s Signer) *signing {
+	r, w := io.Pipe()
+	g := &signing{w: w, done: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		g.sig, g.err = s.Sign(r)
+		// A signer that stopped early must not block the writer: read
+		// the rest.
+		io.Copy(io.Discard, r)
+		r.Close()
+	}()
+	return g
+}
+
+// finish ends the input (with readErr, if reading the message failed) and
+// returns the signature.
+func (g *signing) finish(readErr error) ([]byte, error) {
+	g.w.CloseWithError(readErr) // nil: EOF
+	<-g.done
+	return g.sig, g.err
 }
 
 // changed is what one committed modify did.

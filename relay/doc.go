@@ -24,6 +24,8 @@
 //	                 posted to HTTP endpoints, signed, retried, in order
 //	                 per message
 //	relay/certs      the listeners' TLS certificate
+//	relay/acme       certificates obtained and renewed from an ACME CA,
+//	                 which relay/certs serves
 //	relay/status     the one SMTP status type (reply code, enhanced code,
 //	                 client-safe text, cause), shared by both SMTP sides
 //	relay/relaytest  real in-process DNS and SMTP peers for tests

@@ -85,11 +85,18 @@ func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 		p, w := checkKeysFile(cfg, users, err == nil)
 		problems, warnings = append(problems, p...), append(warnings, w...)
 	}
-	if cfg.TLS.CertFile != "" {
+	switch {
+	case cfg.TLS.CertFile != "":
 		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: tls: cert_file %s with key_file %s: %v", cfg.File, cfg.TLS.CertFile, cfg.TLS.KeyFile, err))
 		}
-	} else {
+	case cfg.TLS.ACME != nil:
+		if h := cfg.TLS.ACME.DNSHook; h != "" {
+			if err := checkExecutable(h); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: tls.acme.dns_hook: %v", cfg.File, err))
+			}
+		}
+	default:
 		warnings = append(warnings, "tls: no certificate configured; serve will use a self-signed one")
 	}
 	if _, err := readAdminToken(cfg.Admin.TokenFile); err != nil {
@@ -108,6 +115,18 @@ func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 		warnings = append(warnings, "dkim: "+s)
 	}
 	return problems, warnings
+}
+
+// checkExecutable reports why path cannot be run as a command, or nil.
+func checkExecutable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is not an executable file (chmod +x it)", path)
+	}
+	return nil
 }
 
 // checkMaildrop reports the maildrop directory's permissions as serve will

@@ -80,6 +80,17 @@ func keygen(t testing.TB, dir, domain, selector, alg string) (file, name, value 
 	return file, m[1], strings.Join(parts, "")
 }
 
+// withKey makes an Ed25519 key for domain with the CLI, and returns a
+// world and a config that sign with it, the key file and its DNS record.
+func withKey(t testing.TB, domain, selector string) (w *world, cfg testConfig, file, name, record string) {
+	t.Helper()
+	file, name, record = keygen(t, t.TempDir(), domain, selector, "ed25519")
+	w = newWorld(t)
+	cfg = w.config()
+	cfg.Extra = fmt.Sprintf("dkim:\n  keys:\n    - {domain: %s, selector: %s, key_file: %s}\n", domain, selector, file)
+	return w, cfg, file, name, record
+}
+
 func TestDKIMSignedMailVerifiesWithDkimpy(t *testing.T) {
 	t.Parallel()
 	keyDir := t.TempDir()
@@ -212,14 +223,10 @@ func TestConfigCheckNamesBrokenDKIMKey(t *testing.T) {
 // it in.
 func TestDKIMReloadKeepsOldKeyOnError(t *testing.T) {
 	t.Parallel()
-	keyDir := t.TempDir()
-	file, name, oldRecord := keygen(t, keyDir, "reload.test", "s1", "ed25519")
-
-	w := newWorld(t)
+	w, cfg, file, name, oldRecord := withKey(t, "reload.test", "s1")
+	keyDir := filepath.Dir(file)
 	w.mx("dest.test", "127.0.2.2")
 	rcv := w.receiver("127.0.2.2")
-	cfg := w.config()
-	cfg.Extra = fmt.Sprintf("dkim:\n  keys:\n    - {domain: reload.test, selector: s1, key_file: %s}\n", file)
 	in := newInstance(t, cfg)
 	in.start()
 
@@ -261,5 +268,40 @@ func TestDKIMReloadKeepsOldKeyOnError(t *testing.T) {
 	})
 	if got := dkimpy(t, map[string]string{name: newRecord}, send("after good reload")); strings.Join(got, " ") != "pass" {
 		t.Fatalf("after a good reload the new key should sign: dkimpy %q", got)
+	}
+}
+
+// TestBounceIsDKIMSigned: a bounce from MAILER-DAEMON@postern.test reaches
+// the sender's MX signed by the key of the hostname's domain, and dkimpy
+// verifies it; mail of a domain without a key next to it is unaffected.
+func TestBounceIsDKIMSigned(t *testing.T) {
+	t.Parallel()
+	w, cfg, _, name, value := withKey(t, "postern.test", "bounces")
+	w.mx("dest.test", "127.0.2.2")
+	w.mx("sender.test", "127.0.2.3")
+	dest := w.receiver("127.0.2.2")
+	dest.FailRcpt("nobody@dest.test", 550, "5.1.1 no such user")
+	home := w.receiver("127.0.2.3")
+	in := newInstance(t, cfg)
+	in.start()
+
+	msg := strings.Replace(swaksData, "alice@example.test", "alice@sender.test", 1)
+	if out, err := swaks(t, "--server", in.cfg.Relay, "--from", "alice@sender.test", "--to", "nobody@dest.test", "--data", msg); err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	msgs, err := home.WaitMessages(ctxTimeout(t, 30*time.Second), 1)
+	if err != nil {
+		t.Fatalf("no bounce: %v\n%s", err, in.logs.String())
+	}
+	bounce := msgs[0].Data
+	if !bytes.Contains(bounce, []byte("From: Mail Delivery System <MAILER-DAEMON@postern.test>")) {
+		t.Fatalf("not a bounce from postern:\n%s", bounce)
+	}
+	if got := strings.Join(dkimpy(t, map[string]string{name: value}, bounce), " "); got != "pass" {
+		t.Fatalf("dkimpy on the bounce: %q, want \"pass\"\n%s", got, bounce)
+	}
+	tampered := bytes.Replace(bounce, []byte("Subject: "), []byte("Subject: Re: "), 1)
+	if got := strings.Join(dkimpy(t, map[string]string{name: value}, tampered), " "); got != "fail" {
+		t.Fatalf("dkimpy on a tampered bounce: %q, want \"fail\"", got)
 	}
 }

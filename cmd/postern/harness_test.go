@@ -93,7 +93,10 @@ type instance struct {
 	cmd     *exec.Cmd
 	// wrap, when set, is the command serve runs under (setpriv, to run
 	// the server as another user).
-	wrap    []string
+	wrap []string
+	// env is added to serve's environment (SSL_CERT_FILE, to trust a
+	// test CA).
+	env     []string
 	logs    *logBuffer
 	done    chan struct{}
 	exitErr error
@@ -204,6 +207,9 @@ func (in *instance) start() {
 	in.logs = &logBuffer{}
 	argv := append(append([]string(nil), in.wrap...), binPath, "serve", "--config", in.cfgPath)
 	in.cmd = exec.Command(argv[0], argv[1:]...)
+	if in.env != nil {
+		in.cmd.Env = append(os.Environ(), in.env...)
+	}
 	in.cmd.Stderr = in.logs
 	in.cmd.Stdout = in.logs
 	if err := in.cmd.Start(); err != nil {

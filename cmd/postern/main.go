@@ -28,6 +28,9 @@ var version = "dev"
 const usage = `postern: SMTP submission and relay server
 
 Usage:
+  postern init [--yes] [--hostname H] [--domain D,...] [--user NAME] [--acme-email E]
+               [--ip ADDR,...] [--dir /etc/postern] [--data-dir /var/lib/postern]
+                                           a first config, user and DKIM keys; the DNS records to publish
   postern serve          [--config FILE]   run the server
   postern config check   [--config FILE]   validate a config; print every problem
   postern config default                   print the built-in default config
@@ -47,6 +50,9 @@ Usage:
   postern webhooks list  [--json] [--limit N] [--config FILE]   pending and failing webhook deliveries
   postern dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits 2048] [--out FILE]
   postern dkim dns       [--config FILE]   print the DNS TXT record of every configured key
+  postern doctor [--json] [--offline] [--probe DOMAIN] [--ip ADDR,...] [--domain D,...] [--config FILE]
+                                           check DNS, reverse DNS, port 25 and the certificate;
+                                           exit 0 all well, 1 errors, 2 warnings only
   postern sendmail [FLAGS] [RCPT...]       sendmail's interface: submit standard input
   postern mailq          [--config FILE]   print the queue (as postern queue list)
   postern version
@@ -120,6 +126,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return rest[0], rest[1:], nil
 	}
 	switch cmd {
+	case "init":
+		return cmdInit(rest, stdin, stdout, stderr)
 	case "serve":
 		return cmdServe(rest, stderr)
 	case "config":
@@ -167,6 +175,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		return cmdDKIM(s, r, stdout, stderr)
+	case "doctor":
+		return cmdDoctor(rest, stdout)
 	case "sendmail":
 		return cmdSendmail(rest, stdin, stdout, stderr)
 	case "mailq":

@@ -24,6 +24,7 @@ import (
 	"postern/configs"
 	"postern/dkim"
 	"postern/queue"
+	"postern/relay/acme"
 	"postern/relay/bounces"
 	"postern/relay/certs"
 	"postern/relay/httpapi"
@@ -101,9 +102,12 @@ func startCPUProfile(path string) (stop func(), err error) {
 
 // server is everything serve starts, so that it can be stopped in order.
 type server struct {
-	cfg    *configs.Config
-	log    *zap.Logger
-	certs  *certs.Store
+	cfg   *configs.Config
+	log   *zap.Logger
+	certs *certs.Store
+	// acme, with tls.acme, obtains and renews the certificates certs
+	// serves; stopped at shutdown.
+	acme   *acme.Manager
 	users  *auth.Store
 	signer atomic.Pointer[dkim.Signer]
 	queue  *queue.Queue
@@ -168,7 +172,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
-	if s.certs.Generated {
+	switch {
+	case cfg.TLS.ACME != nil:
+		// Built now, started once every listener is bound: a start-up
+		// that fails later leaves no renewal running.
+		s.acme, err = newACME(cfg, log)
+		if err != nil {
+			return fmt.Errorf("tls.acme: %w", err)
+		}
+		s.certs.SetSource(s.acme)
+	case s.certs.Generated:
 		log.Warn("no tls.cert_file configured: using a self-signed certificate; clients that verify certificates will refuse it",
 			zap.String("hostname", cfg.Hostname))
 	}
@@ -228,6 +241,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		Bounces:     bounceOptions(cfg, tokens),
 		Observer:    s.metrics,
 		Logger:      slogOf(log),
+		Signer:      bounceSigner{s},
 		Subscribers: subscribers,
 	})
 	if err != nil {
@@ -356,6 +370,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		}
 	}
 
+	if s.acme != nil {
+		if err := s.acme.Start(); err != nil {
+			closeAll()
+			s.queue.Close(context.Background())
+			return fmt.Errorf("tls.acme: %w", err)
+		}
+		log.Info("TLS certificates from ACME: served once obtained, the self-signed one until then",
+			zap.Strings("names", cfg.CertNames()), zap.String("directory", cfg.TLS.ACME.Directory),
+			zap.String("challenge", cfg.TLS.ACME.Challenge))
+	}
 	s.queue.Start()
 	// Drops and TLS reports are queued as if their owner had used the
 	// relay listener: the same header rules and limits.
@@ -421,6 +445,12 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	defer signal.Stop(sigs)
 	s.ready.Store(true)
 	log.Info("postern started", zap.String("version", version))
+	notify := func(state string) {
+		if err := sdNotify(state); err != nil {
+			log.Warn("could not notify the service manager ($NOTIFY_SOCKET)", zap.String("state", state), zap.Error(err))
+		}
+	}
+	notify("READY=1")
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			s.reload()
@@ -429,6 +459,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		log.Info("stopping", zap.Stringer("signal", sig))
 		break
 	}
+	notify("STOPPING=1")
 	return s.shutdown()
 }
 
@@ -503,8 +534,29 @@ func (s *server) shutdown() error {
 	if c, ok := s.deliverer.(io.Closer); ok {
 		c.Close()
 	}
+	if s.acme != nil {
+		s.acme.Stop()
+	}
 	s.log.Info("postern stopped")
 	return err
+}
+
+// newACME builds the certificate manager tls.acme asks for. The dns-01
+// hook's record is looked for through delivery.resolver, the DNS server
+// the rest of postern asks.
+func newACME(cfg *configs.Config, log *zap.Logger) (*acme.Manager, error) {
+	a := cfg.TLS.ACME
+	return acme.New(acme.Options{
+		Names:           cfg.CertNames(),
+		Email:           a.Email,
+		Directory:       a.Directory,
+		Challenge:       a.Challenge,
+		ChallengeListen: a.ChallengeListen,
+		DNSHook:         a.DNSHook,
+		Resolver:        cfg.Delivery.Resolver,
+		StorageDir:      cfg.ACMEDir(),
+		Logger:          log.Named("acme"),
+	})
 }
 
 // startTLSPolicy makes the outbound TLS policy and the TLS reporter and
@@ -581,6 +633,15 @@ func dkimKeyConfigs(cfg *configs.Config) []dkim.KeyConfig {
 		out = append(out, dkim.KeyConfig{Domain: k.Domain, Selector: k.Selector, KeyFile: k.KeyFile, SignSubdomains: k.SignSubdomains})
 	}
 	return out
+}
+
+// bounceSigner signs the queue's DSNs, from MAILER-DAEMON@hostname, with
+// the DKIM keys of the hostname's domain (dkim.Signer.ForHost), the ones
+// in service at the time: SIGHUP reloads them for bounces too.
+type bounceSigner struct{ s *server }
+
+func (b bounceSigner) Sign(msg io.Reader) ([]byte, error) {
+	return b.s.signer.Load().ForHost(b.s.cfg.Hostname).Sign(msg)
 }
 
 func (s *server) currentSigner() smtpd.Signer {

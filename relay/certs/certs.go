@@ -22,6 +22,7 @@ import (
 type Store struct {
 	certFile, keyFile string
 	cur               atomic.Pointer[tls.Certificate]
+	source            atomic.Pointer[sourceBox]
 	// Generated is true when no certificate was configured and a
 	// self-signed one was made; the caller warns about it.
 	Generated bool
@@ -57,15 +58,44 @@ func (c *Store) Reload() error {
 	return nil
 }
 
+// Source supplies certificates that change by themselves, such as those
+// relay/acme obtains and renews. It is asked first on every handshake.
+type Source interface {
+	// Certificate returns the certificate for this handshake, or nil
+	// when the Source has none (yet): the Store's own is served then. It
+	// must be fast and must not reach the network.
+	Certificate(hello *tls.ClientHelloInfo) *tls.Certificate
+}
+
+type sourceBox struct{ Source }
+
+// SetSource puts src in front of the Store's certificate; nil removes it.
+// The Store's own certificate (the files, or the self-signed one) stays
+// the fallback for handshakes src has nothing for.
+func (c *Store) SetSource(src Source) {
+	if src == nil {
+		c.source.Store(nil)
+		return
+	}
+	c.source.Store(&sourceBox{src})
+}
+
 // Config returns a server TLS configuration that always uses the current
 // certificate. TLS 1.2 is the floor (RFC 8996 retires 1.0 and 1.1).
 func (c *Store) Config() *tls.Config {
 	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return c.cur.Load(), nil
-		},
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: c.certificate,
 	}
+}
+
+func (c *Store) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if src := c.source.Load(); src != nil {
+		if cert := src.Certificate(hello); cert != nil {
+			return cert, nil
+		}
+	}
+	return c.cur.Load(), nil
 }
 
 func writeSelfSigned(certFile, keyFile, hostname string) error {

@@ -73,3 +73,51 @@ func TestReloadKeepsTheOldOnError(t *testing.T) {
 		t.Error("a failed Reload replaced the certificate in service")
 	}
 }
+
+// fixedSource serves cert for the names in it, nothing for the others.
+type fixedSource struct {
+	cert  *tls.Certificate
+	names map[string]bool
+}
+
+func (f fixedSource) Certificate(h *tls.ClientHelloInfo) *tls.Certificate {
+	if f.names[h.ServerName] {
+		return f.cert
+	}
+	return nil
+}
+
+// TestSourceFirstStoreAsFallback: a Source's certificate is served where
+// it has one; where it has none (not obtained yet, another name), the
+// Store's own is; SetSource(nil) takes the Source out again.
+func TestSourceFirstStoreAsFallback(t *testing.T) {
+	own, err := Load("", "", t.TempDir(), "mail.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Load("", "", t.TempDir(), "other.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcCert, _ := other.Config().GetCertificate(&tls.ClientHelloInfo{})
+	ownCert, _ := own.Config().GetCertificate(&tls.ClientHelloInfo{})
+	cfg := own.Config()
+	get := func(name string) *tls.Certificate {
+		c, err := cfg.GetCertificate(&tls.ClientHelloInfo{ServerName: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	own.SetSource(fixedSource{srcCert, map[string]bool{"mail.example.test": true}})
+	if get("mail.example.test") != srcCert {
+		t.Error("the Source's certificate is not served for its name")
+	}
+	if get("elsewhere.example.test") != ownCert {
+		t.Error("a name the Source has nothing for does not get the Store's certificate")
+	}
+	own.SetSource(nil)
+	if get("mail.example.test") != ownCert {
+		t.Error("SetSource(nil) left the Source in place")
+	}
+}

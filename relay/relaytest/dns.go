@@ -2,6 +2,7 @@ package relaytest
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -23,6 +24,9 @@ type Records struct {
 	A    []string // IPv4 addresses, "127.0.0.2"
 	AAAA []string // IPv6 addresses, "::1"
 	TXT  []string // each string is one TXT record (split into 255-byte chunks)
+	// PTR are the names of a reverse name ("10.2.0.192.in-addr.arpa"):
+	// see SetPTR.
+	PTR []string
 	// Rcode, when not zero (dns.RcodeSuccess), is returned instead of any
 	// data: dns.RcodeServerFailure, dns.RcodeRefused...
 	Rcode int
@@ -187,6 +191,16 @@ func (d *DNS) SetTXT(name string, txt ...string) {
 	d.update(name, func(r *Records) { r.TXT = txt })
 }
 
+// SetPTR gives the address ip (IPv4 or IPv6) the reverse DNS names, under
+// its in-addr.arpa or ip6.arpa name.
+func (d *DNS) SetPTR(ip string, names ...string) {
+	rev, err := dns.ReverseAddr(ip)
+	if err != nil {
+		panic("relaytest: SetPTR: " + err.Error())
+	}
+	d.update(rev, func(r *Records) { r.PTR = names })
+}
+
 // SetRcode makes every question about name answer rcode (for instance
 // dns.RcodeServerFailure); dns.RcodeSuccess restores normal answers.
 func (d *DNS) SetRcode(name string, rcode int) {
@@ -279,6 +293,10 @@ func answers(q dns.Question, rr Records, ttl uint32) []dns.RR {
 		for _, s := range rr.TXT {
 			out = append(out, &dns.TXT{Hdr: hdr(dns.TypeTXT), Txt: chunk(s, 255)})
 		}
+	case dns.TypePTR:
+		for _, n := range rr.PTR {
+			out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: dns.Fqdn(n)})
+		}
 	}
 	return out
 }
@@ -292,4 +310,34 @@ func chunk(s string, n int) []string {
 		s = s[n:]
 	}
 	return append(out, s)
+}
+
+// ParseZone reads records in zone-file form (RFC 1035 §5: what postern
+// init and doctor print for people to publish) into a Zone: A, AAAA, MX,
+// TXT (its strings joined) and PTR. Names are taken as written, relative
+// ones under the root. A record of another type is an error: the caller
+// would not get what it published.
+func ParseZone(r io.Reader) (Zone, error) {
+	zone := Zone{}
+	p := dns.NewZoneParser(r, ".", "zone")
+	for rr, ok := p.Next(); ok; rr, ok = p.Next() {
+		name := strings.ToLower(strings.TrimSuffix(rr.Header().Name, "."))
+		recs := zone[name]
+		switch rr := rr.(type) {
+		case *dns.A:
+			recs.A = append(recs.A, rr.A.String())
+		case *dns.AAAA:
+			recs.AAAA = append(recs.AAAA, rr.AAAA.String())
+		case *dns.MX:
+			recs.MX = append(recs.MX, MX{Pref: rr.Preference, Host: rr.Mx})
+		case *dns.TXT:
+			recs.TXT = append(recs.TXT, strings.Join(rr.Txt, ""))
+		case *dns.PTR:
+			recs.PTR = append(recs.PTR, rr.Ptr)
+		default:
+			return nil, fmt.Errorf("relaytest: ParseZone: %s records are not served: %s", dns.TypeToString[rr.Header().Rrtype], rr)
+		}
+		zone[name] = recs
+	}
+	return zone, p.Err()
 }

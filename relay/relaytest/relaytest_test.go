@@ -423,3 +423,50 @@ func TestReceiverHoldNextReply(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDNSPTR: SetPTR answers reverse lookups of IPv4 and IPv6 addresses,
+// as Go's resolver asks them.
+func TestDNSPTR(t *testing.T) {
+	d := relaytest.NewDNS(t, nil)
+	d.SetPTR("192.0.2.10", "mail.example.test")
+	d.SetPTR("2001:db8::10", "mail6.example.test", "other.example.test")
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var dd net.Dialer
+		return dd.DialContext(ctx, network, d.Addr())
+	}}
+	for ip, want := range map[string]string{
+		"192.0.2.10":   "mail.example.test.",
+		"2001:db8::10": "mail6.example.test. other.example.test.",
+	} {
+		names, err := r.LookupAddr(context.Background(), ip)
+		if err != nil || strings.Join(names, " ") != want {
+			t.Errorf("PTR %s: %v, %v; want %s", ip, names, err, want)
+		}
+	}
+	if _, err := r.LookupAddr(context.Background(), "192.0.2.11"); err == nil {
+		t.Error("an address without PTR has a name")
+	}
+}
+
+// TestParseZone: every served type is read, TXT strings joined; another
+// type is an error.
+func TestParseZone(t *testing.T) {
+	z, err := relaytest.ParseZone(strings.NewReader(`; a comment
+a.test. IN A 192.0.2.1
+a.test. IN AAAA 2001:db8::1
+a.test. IN MX 10 mx.a.test.
+a.test. IN TXT ( "v=spf1 " "-all" )
+1.2.0.192.in-addr.arpa. IN PTR a.test.
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := z["a.test"]
+	if len(a.A) != 1 || len(a.AAAA) != 1 || len(a.MX) != 1 || a.MX[0].Host != "mx.a.test." || len(a.TXT) != 1 || a.TXT[0] != "v=spf1 -all" ||
+		len(z["1.2.0.192.in-addr.arpa"].PTR) != 1 {
+		t.Errorf("parsed %+v", z)
+	}
+	if _, err := relaytest.ParseZone(strings.NewReader("a.test. IN CNAME b.test.\n")); err == nil {
+		t.Error("a CNAME was accepted")
+	}
+}
