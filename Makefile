@@ -84,7 +84,7 @@ deps:
 		echo "installing nfpm $(NFPM_VERSION) into bin/tools"; \
 		mkdir -p bin/tools && GOBIN=$(abspath bin/tools) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); }
 
-# The .deb (packaging/nfpm.yaml): a static binary, the systemd unit, the
+# The .deb (configs/packaging/nfpm.yaml): a static binary, the systemd unit, the
 # example config and README; its scripts make the postern user, the data
 # directory and maildrop, and the sendmail alternative. Written to bin/.
 package:
@@ -92,7 +92,7 @@ package:
 	mkdir -p bin/package
 	rm -f bin/postern_*.deb
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/package/postern ./cmd/postern
-	VERSION='$(DEB_VERSION)' ARCH=$$(dpkg --print-architecture) bin/tools/nfpm package --config packaging/nfpm.yaml --packager deb --target bin/
+	VERSION='$(DEB_VERSION)' ARCH=$$(dpkg --print-architecture) bin/tools/nfpm package --config configs/packaging/nfpm.yaml --packager deb --target bin/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

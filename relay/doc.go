@@ -26,6 +26,10 @@
 //	relay/certs      the listeners' TLS certificate
 //	relay/acme       certificates obtained and renewed from an ACME CA,
 //	                 which relay/certs serves
+//	relay/spf        SPF records: the parser and RFC 7208's check_host()
+//	relay/doctor     postern doctor's checks of what decides whether mail
+//	                 arrives (DNS, reverse DNS, SPF, DKIM, DMARC, MTA-STS,
+//	                 the certificate), and the zone postern init prints
 //	relay/status     the one SMTP status type (reply code, enhanced code,
 //	                 client-safe text, cause), shared by both SMTP sides
 //	relay/relaytest  real in-process DNS and SMTP peers for tests

@@ -18,8 +18,8 @@ import (
 	"postern/auth"
 	"postern/configs"
 	"postern/dkim"
-	"postern/doctor"
 	"postern/relay/acme"
+	"postern/relay/doctor"
 )
 
 // doctorTimeout bounds a whole doctor run: DNS lookups and the probe.

@@ -8,7 +8,7 @@ import (
 	"sync"
 
 	"postern/configs"
-	"postern/doctor"
+	"postern/relay/doctor"
 	"postern/relay/tlspolicy"
 )
 

@@ -20,7 +20,7 @@ import (
 
 	"postern/auth"
 	"postern/dkim"
-	"postern/doctor"
+	"postern/relay/doctor"
 )
 
 // daemonUser is the system user the .deb creates and the systemd unit runs

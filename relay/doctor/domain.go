@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"postern/spf"
+	"postern/relay/spf"
 )
 
 // domain makes the checks of one sending domain.

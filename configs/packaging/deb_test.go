@@ -55,8 +55,8 @@ func TestDebPackage(t *testing.T) {
 	// /usr/sbin/sendmail (Postfix here), byte for byte.
 	before := mtaState(t)
 
-	run("make", "-C", "..", "package")
-	debs, _ := filepath.Glob("../bin/postern_*.deb")
+	run("make", "-C", "../..", "package")
+	debs, _ := filepath.Glob("../../bin/postern_*.deb")
 	if len(debs) != 1 {
 		t.Fatalf("make package made %v", debs)
 	}

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"postern/spf"
+	"postern/relay/spf"
 )
 
 // OutgoingAddresses returns the source addresses the kernel picks for the

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"postern/spf"
+	"postern/relay/spf"
 )
 
 // Severity is how much a finding matters for mail arriving.
