@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	"postern/relay/smtpclient"
 )
 
 // Connection reuse. Opening an SMTP connection costs a TCP handshake, the
@@ -65,14 +65,13 @@ var checkTimeout = 10 * time.Second
 type conn struct {
 	// raw is the TCP connection: closing it interrupts any blocked read
 	// or write, which is how a cancelled context stops a session.
-	raw net.Conn
-	// nc is what the dialogue runs on (raw, or TLS over it), for write
-	// deadlines.
-	nc      net.Conn
-	sc      *smtp.Client
-	usedTLS bool
+	raw     net.Conn
+	sc      *smtpclient.Client
 	mech    string // the AUTH mechanism used, "" without AUTH
 	created time.Time
+	// quitTimeout bounds the QUIT that closes it: quitTimeout, or the
+	// command timeout when shorter.
+	quitTimeout time.Duration
 
 	// Set while parked, under pool.mu.
 	idle   *time.Timer
@@ -82,10 +81,7 @@ type conn struct {
 // close ends the connection politely: QUIT (bounded by timeout), then
 // close, even when QUIT fails.
 func (c *conn) close(timeout time.Duration) {
-	c.sc.CommandTimeout = timeout
-	c.sc.Quit()
-	c.sc.Close()
-	c.raw.Close()
+	c.sc.Quit(timeout)
 }
 
 // pool holds the idle connections of one deliverer and counts its open
@@ -211,7 +207,7 @@ func (p *pool) put(key string, c *conn, keep bool) {
 	p.forget(d)
 	p.mu.Unlock()
 	if c != nil {
-		c.close(min(c.sc.CommandTimeout, quitTimeout))
+		c.close(c.quitTimeout)
 	}
 }
 
