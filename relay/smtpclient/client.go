@@ -109,7 +109,9 @@ func (c *Client) abort() { c.Close() }
 // watch closes the connection when ctx ends, until the returned function
 // is called; that function reports whether the connection is still open.
 func (c *Client) watch(ctx context.Context) func() bool {
-	stop := context.AfterFunc(ctx, c.abort)
+	// Only the connection is touched from the other goroutine; the
+	// returned function marks the client broken.
+	stop := context.AfterFunc(ctx, func() { c.raw.Close() })
 	return func() bool {
 		if !stop() {
 			c.broken = true
