@@ -346,15 +346,11 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		passed[i] = full && mailFull
 	}
 	if !ext.EightBitMIME {
-		body, rep := c.downgrade(d)
-		if rep != nil {
-			// Nothing was sent: the recipients fail here, for good,
-			// whichever server is tried.
+		body, err := c.downgrade(d)
+		if err != nil {
+			// Nothing was sent; another server may offer 8BITMIME.
 			u.keep = true
-			for i := range results {
-				set(i, queue.Permanent, *rep)
-			}
-			return results, nil
+			return nil, err
 		}
 		tx.Body, tx.Size = body, body.Size()
 	}
