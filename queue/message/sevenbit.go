@@ -62,28 +62,39 @@ func To7Bit(dst io.Writer, src io.Reader) (Conversion, error) {
 }
 
 // Reader7Bit returns To7Bit's output as a stream, computed by a goroutine
-// as it is read. Close it when done (it stops the goroutine); done reports
-// the Conversion once the stream has been read to its end, and is nil
-// before.
+// as it is read. Close stops the conversion and returns once the goroutine
+// has stopped reading src, so the caller may use src again; it waits for
+// a read of src in progress. done reports the Conversion once the stream
+// has been read to its end (or closed), nil before.
 func Reader7Bit(src io.Reader) (r io.ReadCloser, done func() *Conversion) {
 	pr, pw := io.Pipe()
-	ch := make(chan Conversion, 1)
+	sr := &sevenBitReader{PipeReader: pr, finished: make(chan struct{})}
 	go func() {
+		defer close(sr.finished)
 		conv, err := To7Bit(pw, src)
-		ch <- conv
+		sr.conv = conv
 		pw.CloseWithError(err)
 	}()
-	var res *Conversion
-	return pr, func() *Conversion {
-		if res == nil {
-			select {
-			case c := <-ch:
-				res = &c
-			default:
-			}
+	return sr, func() *Conversion {
+		select {
+		case <-sr.finished:
+			return &sr.conv
+		default:
+			return nil
 		}
-		return res
 	}
+}
+
+type sevenBitReader struct {
+	*io.PipeReader
+	finished chan struct{}
+	conv     Conversion // set before finished is closed
+}
+
+func (r *sevenBitReader) Close() error {
+	r.PipeReader.Close()
+	<-r.finished
+	return nil
 }
 
 // conv is one conversion in progress.

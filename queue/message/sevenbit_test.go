@@ -226,3 +226,24 @@ func decode(t *testing.T, cte string, r io.Reader) []byte {
 	}
 	return b
 }
+
+// TestReader7Bit: the stream is To7Bit's output, done tells the
+// conversion at the end, and Close in the middle stops the goroutine.
+func TestReader7Bit(t *testing.T) {
+	in := "Subject: x\r\n\r\ncaf\xc3\xa9\r\n"
+	want, _ := to7(t, in)
+	r, done := message.Reader7Bit(strings.NewReader(in))
+	got, err := io.ReadAll(r)
+	if err != nil || string(got) != want {
+		t.Fatalf("got %q, %v; want %q", got, err, want)
+	}
+	r.Close()
+	if c := done(); c == nil || !c.Changed {
+		t.Errorf("done() = %+v", c)
+	}
+	r, _ = message.Reader7Bit(strings.NewReader(in + strings.Repeat("x\r\n", 100000)))
+	if _, err := r.Read(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+}
