@@ -173,8 +173,8 @@ func readReply(br *bufio.Reader, command string) (*Error, error) {
 	return ParseReply(command, b.String())
 }
 
-// readLine reads one line, without its line end (LF or CRLF), of at most
-// maxReplyLine octets.
+// readLine reads one line, without its line end (LF, CRLF, or CRs and
+// LF), of at most maxReplyLine octets.
 func readLine(br *bufio.Reader) (string, error) {
 	var line []byte
 	for {
@@ -189,7 +189,8 @@ func readLine(br *bufio.Reader) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		s := strings.TrimSuffix(string(line), "\n")
-		return strings.TrimSuffix(s, "\r"), nil
+		// Every CR before the LF goes with the line end: kept in the
+		// text, one would be read back as part of the line end.
+		return strings.TrimRight(strings.TrimSuffix(string(line), "\n"), "\r"), nil
 	}
 }
