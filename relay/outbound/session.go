@@ -412,6 +412,9 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 	if failover && last != nil {
 		return nil, last
 	}
+	if n := len(res.Replies); n > 0 && res.Replies[n-1] != nil {
+		u.reply = res.Replies[n-1].Reply // what ended the session, for the log
+	}
 	return results, nil
 }
 

@@ -183,8 +183,13 @@ func TestTooManyRecipients(t *testing.T) {
 				relaytest.WithServer(func(s *smtp.Server) { s.MaxRecipients = 2 }))
 			c := connect(t, r.Addr())
 			res := send(t, c, tx(rcpts...))
-			if res.Transactions != 3 {
-				t.Errorf("%d transactions, want 3", res.Transactions)
+			if res.Transactions != 3 || len(res.Replies) != 3 {
+				t.Errorf("%d transactions, %d replies, want 3", res.Transactions, len(res.Replies))
+			}
+			for i, re := range res.Replies {
+				if re == nil || re.Code != 250 || re.Command != smtpclient.CmdEOD {
+					t.Errorf("transaction %d ended with %v", i, re)
+				}
 			}
 			var got []string
 			for _, m := range r.Messages() {
@@ -249,7 +254,7 @@ func TestRefusals(t *testing.T) {
 			send(t, c, tx("ok@x.test"))
 
 			res, err = c.Send(ctx, tx("bad@x.test"))
-			if err != nil || res.Rcpts[0].Reply.Code != 550 {
+			if err != nil || res.Rcpts[0].Reply.Code != 550 || res.Replies[0] != res.Rcpts[0].Reply {
 				t.Fatalf("every RCPT refused: %+v, %v", res, err)
 			}
 			if c.Reusable() {

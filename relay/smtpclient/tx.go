@@ -55,6 +55,12 @@ type Result struct {
 	Rcpts []RcptResult
 	// Transactions counts the MAIL commands sent.
 	Transactions int
+	// Replies holds, per transaction, the reply that ended it: the reply
+	// to the content, or the refusal that ended it early (of MAIL, of the
+	// last RCPT when none was accepted, of DATA or a chunk); nil when it
+	// ended without a reply (an I/O error, content that could not be
+	// read).
+	Replies []*Error
 }
 
 // RcptResult is one recipient's fate. Exactly one of Reply and Err is set.
@@ -172,6 +178,16 @@ func (c *Client) transaction(ctx context.Context, tx *Tx, idx []int, res *Result
 		lines = append(lines, "DATA")
 	}
 	res.Transactions++
+	res.Replies = append(res.Replies, nil)
+	slot := len(res.Replies) - 1
+	// last is the last reply read in this transaction, which ended it
+	// unless an error came after it.
+	var last *Error
+	defer func() {
+		if !c.broken || last != nil && last.Code == 421 {
+			res.Replies[slot] = last
+		}
+	}()
 	if pipe {
 		for _, l := range lines {
 			c.write(l)
@@ -197,6 +213,7 @@ func (c *Client) transaction(ctx context.Context, tx *Tx, idx []int, res *Result
 	}
 
 	mail, err := next(0, CmdMAIL)
+	last = mail
 	if err != nil {
 		err = c.ioErr(ctx, err)
 		fail(idx, err)
@@ -220,11 +237,15 @@ func (c *Client) transaction(ctx context.Context, tx *Tx, idx []int, res *Result
 	for k, i := range idx {
 		re, err := next(1+k, CmdRCPT)
 		if err != nil {
+			last = nil
 			// Every recipient without a reply yet, accepted ones
 			// included, gets the error.
 			err = c.ioErr(ctx, err)
 			fail(append(accepted, idx[k:]...), err)
 			return nil, nil
+		}
+		if !re.OK() {
+			last = re
 		}
 		if re.OK() {
 			res.Rcpts[i].Accepted = true
@@ -249,6 +270,9 @@ func (c *Client) transaction(ctx context.Context, tx *Tx, idx []int, res *Result
 		if err != nil {
 			fail(accepted, c.ioErr(ctx, err))
 			return nil, nil
+		}
+		if len(accepted) > 0 {
+			last = re
 		}
 		if len(accepted) == 0 && re.Code == 354 {
 			// RFC 2920 §3.1: the server accepted DATA with no valid
@@ -280,6 +304,7 @@ func (c *Client) transaction(ctx context.Context, tx *Tx, idx []int, res *Result
 		fail(accepted, c.ioErr(ctx, err))
 		return nil, nil
 	}
+	last = final
 	give(accepted, final)
 	if final.Command == CmdEOD {
 		// The reply to the content ends the transaction, whatever it
