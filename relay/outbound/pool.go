@@ -65,13 +65,11 @@ var checkTimeout = 10 * time.Second
 type conn struct {
 	// raw is the TCP connection: closing it interrupts any blocked read
 	// or write, which is how a cancelled context stops a session.
-	raw     net.Conn
+	raw net.Conn
+	// sc runs the dialogue, on raw or on TLS over it.
 	sc      *smtpclient.Client
 	mech    string // the AUTH mechanism used, "" without AUTH
 	created time.Time
-	// quitTimeout bounds the QUIT that closes it: quitTimeout, or the
-	// command timeout when shorter.
-	quitTimeout time.Duration
 
 	// Set while parked, under pool.mu.
 	idle   *time.Timer
@@ -207,7 +205,7 @@ func (p *pool) put(key string, c *conn, keep bool) {
 	p.forget(d)
 	p.mu.Unlock()
 	if c != nil {
-		c.close(c.quitTimeout)
+		c.close(min(c.sc.Options().CommandTimeout, quitTimeout))
 	}
 }
 

@@ -251,8 +251,7 @@ func (c *client) dial(ctx context.Context, p peer) (_ *conn, err error) {
 			CommandTimeout: c.opts.CommandTimeout,
 			DataTimeout:    c.opts.DataTimeout,
 		}),
-		created:     c.pool.now(),
-		quitTimeout: min(c.opts.CommandTimeout, quitTimeout),
+		created: c.pool.now(),
 	}
 	defer func() {
 		if err != nil {
@@ -282,7 +281,7 @@ func (c *client) dial(ctx context.Context, p peer) (_ *conn, err error) {
 	if p.auth != nil {
 		if cn.mech, err = c.authenticate(ctx, sc, p); err != nil {
 			if _, ok := errors.AsType[*Error](err); ok {
-				sc.Quit(cn.quitTimeout)
+				sc.Quit(min(c.opts.CommandTimeout, quitTimeout))
 			}
 			return nil, ioErr(ctx, err)
 		}

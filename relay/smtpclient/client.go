@@ -83,6 +83,9 @@ var (
 	ErrBadLine = errors.New("smtpclient: line break or control character in a command")
 )
 
+// Options are the options the client was made with.
+func (c *Client) Options() Options { return c.opts }
+
 // Ext is what the server offered in its last EHLO reply.
 func (c *Client) Ext() Extensions { return c.ext }
 
