@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"context"
-	"net"
 	"sync"
 	"time"
 
@@ -63,10 +62,8 @@ var checkTimeout = 10 * time.Second
 // conn is one SMTP connection past its prelude (greeting, EHLO, STARTTLS,
 // AUTH), between transactions.
 type conn struct {
-	// raw is the TCP connection: closing it interrupts any blocked read
-	// or write, which is how a cancelled context stops a session.
-	raw net.Conn
-	// sc runs the dialogue, on raw or on TLS over it.
+	// sc is the connection and its dialogue; a context that ends while
+	// it talks closes it (see smtpclient).
 	sc      *smtpclient.Client
 	mech    string // the AUTH mechanism used, "" without AUTH
 	created time.Time

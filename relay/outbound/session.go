@@ -178,13 +178,9 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 	if err != nil {
 		return nil, err, false
 	}
-	// Closing the connection is the only way to interrupt a blocked read
-	// or write; every step below then fails with an I/O error.
-	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	// The client closes the connection if ctx ends while it talks (and
+	// then says it is not reusable).
 	results, err = c.transact(ctx, d, p, cn, &u)
-	if !stop() {
-		u.keep = false // closed by the cancellation
-	}
 	c.pool.put(key, cn, u.keep)
 	return results, err, u.reused && u.stale
 }
@@ -245,7 +241,6 @@ func (c *client) dial(ctx context.Context, p peer) (_ *conn, err error) {
 		return nil, ioErr(ctx, err)
 	}
 	cn := &conn{
-		raw: raw,
 		sc: smtpclient.New(raw, smtpclient.Options{
 			Hostname:       c.opts.Hostname,
 			CommandTimeout: c.opts.CommandTimeout,
