@@ -500,14 +500,20 @@ func TestMailMax(t *testing.T) {
 func TestBadLine(t *testing.T) {
 	r := relaytest.NewReceiver(t, "127.0.0.2:0")
 	c := connect(t, r.Addr())
-	res, err := c.Send(context.Background(), tx("b@x.test>\r\nRCPT TO:<evil@x.test"))
-	if err != nil || !errors.Is(res.Rcpts[0].Err, smtpclient.ErrBadLine) {
+	res, err := c.Send(context.Background(), tx("b@x.test>\r\nRCPT TO:<evil@x.test", "ok@x.test"))
+	if err != nil || !errors.Is(res.Rcpts[0].Err, smtpclient.ErrBadLine) || !res.Rcpts[1].Delivered() {
 		t.Fatalf("%+v, %v", res, err)
 	}
 	for _, cmd := range r.Commands() {
 		if strings.Contains(cmd.Line, "evil") {
 			t.Fatalf("sent %q", cmd.Line)
 		}
+	}
+	m := tx("b@x.test")
+	m.From = "a@x.test>\nRSET"
+	res, err = c.Send(context.Background(), m)
+	if err != nil || !errors.Is(res.Rcpts[0].Err, smtpclient.ErrBadLine) || res.Transactions != 0 {
+		t.Fatalf("bad sender: %+v, %v", res, err)
 	}
 	send(t, c, tx("b@x.test"))
 }

@@ -150,15 +150,25 @@ func (c *Client) transaction(ctx context.Context, tx *Tx, idx []int, res *Result
 			res.Rcpts[i].Reply, res.Rcpts[i].Err = re, nil
 		}
 	}
+	// A line break in an address or parameter would inject a command:
+	// such a recipient (or, for MAIL, the whole transaction) is refused
+	// here.
 	lines := []string{c.mailLine(tx)}
-	for _, i := range idx {
-		lines = append(lines, c.rcptLine(tx.Rcpts[i]))
+	if !printable(lines[0]) {
+		fail(idx, ErrBadLine)
+		return nil, nil
 	}
-	for _, l := range lines {
-		if strings.ContainsAny(l, "\r\n") || !printable(l) {
-			fail(idx, ErrBadLine)
-			return nil, nil
+	good := make([]int, 0, len(idx))
+	for _, i := range idx {
+		if l := c.rcptLine(tx.Rcpts[i]); printable(l) {
+			lines = append(lines, l)
+			good = append(good, i)
+		} else {
+			fail([]int{i}, ErrBadLine)
 		}
+	}
+	if idx = good; len(idx) == 0 {
+		return nil, nil
 	}
 	// The message is opened before anything is sent: if it cannot be
 	// read, no transaction is started.
