@@ -425,9 +425,10 @@ func (d *smtpDialog) cmd(line string) string {
 	return d.reply()
 }
 
-// startSmtpSink runs Postfix's smtp-sink on addr, dumping each message into
-// a file of the directory it returns, and stops it when the test ends.
-func startSmtpSink(t testing.TB, addr string) string {
+// startSmtpSink runs Postfix's smtp-sink on addr with extra flags (-8: no
+// 8BITMIME), dumping each message into a file of the directory it
+// returns, and stops it when the test ends.
+func startSmtpSink(t testing.TB, addr string, flags ...string) string {
 	t.Helper()
 	sink, err := exec.LookPath("smtp-sink")
 	if err != nil {
@@ -444,7 +445,8 @@ func startSmtpSink(t testing.TB, addr string) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dump) })
 	os.Chmod(dump, 0o777)
-	cmd := exec.Command(sink, "-u", "nobody", "-d", filepath.Join(dump, "%Y%m%d%H%M%S."), addr, "10")
+	args := append([]string{"-u", "nobody", "-d", filepath.Join(dump, "%Y%m%d%H%M%S.")}, flags...)
+	cmd := exec.Command(sink, append(args, addr, "10")...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,8 @@
 // Package outbound delivers queued messages: to the MX hosts of their
 // recipients' domain (MX), through upstream relays (Smarthost, Failover),
 // or either way by rule (Router). Each implements queue.Deliverer: one
-// call is one attempt, one SMTP transaction, one Result per recipient.
+// call is one attempt, one SMTP session (one transaction, or more when
+// the server limits the recipients of one), one Result per recipient.
 //
 // # Route
 //
@@ -34,9 +35,18 @@
 // (see TLSMode); a failed opportunistic upgrade is retried at once in plain
 // text on the same address.
 //
+// The SMTP dialogue itself is relay/smtpclient's: with PIPELINING, MAIL,
+// every RCPT and DATA in one write; with CHUNKING, the message as BDAT
+// chunks (one "BDAT n LAST" for most); so two round trips per message on
+// a reused connection, four or more without. A server that limits the
+// recipients of a transaction (LIMITS RCPTMAX, or 452 4.5.3 "too many
+// recipients", RFC 5321 §4.5.3.1.10) gets the rest in further
+// transactions at once, on the same connection, within the same attempt.
+//
 // Replies keep the remote's words, typed: a reply read on the wire is
-// parsed once (ParseReply) into a queue/reply.Reply (code 550, enhanced
-// code 5.1.1, text "no such user"), which becomes Result.Reply as it is;
+// parsed once (smtpclient, ParseReply) into a queue/reply.Reply (code 550,
+// enhanced code 5.1.1, text "no such user"), which becomes Result.Reply as
+// it is;
 // Result.RemoteMTA is the MX host name. Only a 5xx from the remote makes a
 // recipient Permanent (and 552 to RCPT does not, RFC 5321 §4.5.3.1.10);
 // network errors, timeouts and 4xx are Temporary. Local failures carry a
@@ -54,6 +64,16 @@
 // smarthosts per delivery by recipient and sender domain, with an optional
 // fallback to smarthosts after N direct attempts.
 //
+// # 8BITMIME
+//
+// BODY=8BITMIME is declared to a server that offers 8BITMIME. One that
+// does not gets a 7-bit message as it is and an 8-bit one converted
+// (queue/message.To7Bit: quoted-printable or base64 parts, RFC 6152 §3),
+// unless it cannot be converted or carries a DKIM signature the
+// conversion would break: then 554 5.6.3 before MAIL, and the next MX is
+// tried (see downgrade.go; relay/submit converts what it signs before
+// signing, so postern's own signatures survive).
+//
 // # DSN
 //
 // When the server offers DSN, the RET and ENVID of the original MAIL FROM
@@ -66,7 +86,9 @@
 // A connection whose transaction ended cleanly (the final reply to DATA,
 // or a refused MAIL) is kept open for the next delivery to the same
 // destination (MX host address, or smarthost, with the same TLS policy)
-// for Options.IdleTimeout, and checked with NOOP before it is used again;
+// for Options.IdleTimeout (unless the server's LIMITS MAILMAX is used
+// up), and checked with NOOP before it is used again if it sat parked for
+// more than a second;
 // one that fails before its MAIL is accepted is replaced by a new one in
 // the same attempt. At most Options.MaxConnsPerHost connections are open
 // to one destination at once; further deliveries wait for one. See
@@ -76,12 +98,4 @@
 // Canceling the context closes the connection at once. A connection that
 // is not kept is closed before Deliver returns, after QUIT when the
 // dialogue allows it.
-//
-// PIPELINING (RFC 2920) is not used: go-smtp's client sends each command
-// and waits for its reply, and its connection is not reachable from
-// outside, so pipelining would mean writing MAIL, RCPT and DATA ourselves,
-// parameters (SIZE, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT in xtext and
-// utf-8-addr forms) included, and reading replies from under go-smtp.
-// With connection reuse a transaction is five round trips (NOOP, MAIL,
-// RCPT, DATA, the message); pipelining would make it three.
 package outbound

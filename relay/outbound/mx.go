@@ -205,11 +205,12 @@ var (
 // every address fails, all recipients are Temporary with the last failure's
 // words.
 //
-// BODY=8BITMIME: go-smtp declares it whenever the server offers 8BITMIME,
-// which RFC 6152 allows for any body; to a server without 8BITMIME the
-// message goes as it is, without 8-to-7-bit conversion, as Postfix does by
-// default. SMTPUTF8 is requested only when an envelope address is not
-// ASCII; a server that does not offer it then gets no attempt.
+// BODY=8BITMIME is declared whenever the server offers 8BITMIME, which
+// RFC 6152 allows for any body. To a server without it an 8-bit message
+// goes converted to 7 bits (RFC 6152 §3, see downgrade.go), or, when it
+// cannot be converted or is DKIM-signed, not at all: 554 5.6.3, and the
+// next MX is tried. SMTPUTF8 is requested only when an envelope address is
+// not ASCII; a server that does not offer it then gets no attempt.
 func (m *MX) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result {
 	return m.deliver(ctx, d, "")
 }

@@ -2,11 +2,10 @@ package outbound
 
 import (
 	"context"
-	"net"
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	"postern/relay/smtpclient"
 )
 
 // Connection reuse. Opening an SMTP connection costs a TCP handshake, the
@@ -63,14 +62,9 @@ var checkTimeout = 10 * time.Second
 // conn is one SMTP connection past its prelude (greeting, EHLO, STARTTLS,
 // AUTH), between transactions.
 type conn struct {
-	// raw is the TCP connection: closing it interrupts any blocked read
-	// or write, which is how a cancelled context stops a session.
-	raw net.Conn
-	// nc is what the dialogue runs on (raw, or TLS over it), for write
-	// deadlines.
-	nc      net.Conn
-	sc      *smtp.Client
-	usedTLS bool
+	// sc is the connection and its dialogue; a context that ends while
+	// it talks closes it (see smtpclient).
+	sc      *smtpclient.Client
 	mech    string // the AUTH mechanism used, "" without AUTH
 	created time.Time
 
@@ -82,10 +76,7 @@ type conn struct {
 // close ends the connection politely: QUIT (bounded by timeout), then
 // close, even when QUIT fails.
 func (c *conn) close(timeout time.Duration) {
-	c.sc.CommandTimeout = timeout
-	c.sc.Quit()
-	c.sc.Close()
-	c.raw.Close()
+	c.sc.Quit(timeout)
 }
 
 // pool holds the idle connections of one deliverer and counts its open
@@ -211,7 +202,7 @@ func (p *pool) put(key string, c *conn, keep bool) {
 	p.forget(d)
 	p.mu.Unlock()
 	if c != nil {
-		c.close(min(c.sc.CommandTimeout, quitTimeout))
+		c.close(min(c.sc.Options().CommandTimeout, quitTimeout))
 	}
 }
 
