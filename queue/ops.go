@@ -159,7 +159,7 @@ func (q *Queue) RetryAll() (int, error) {
 			q.dbMu.RUnlock()
 			return 0, ErrClosed
 		}
-		err := q.db.Update(func(tx *bolt.Tx) error {
+		err := q.update(func(tx *bolt.Tx) error {
 			sched, msgs := tx.Bucket(bSchedule), tx.Bucket(bMessages)
 			for _, k := range chunk {
 				if sched.Get(k) == nil {
@@ -177,7 +177,7 @@ func (q *Queue) RetryAll() (int, error) {
 				if !dueNow(rec, now, false) {
 					continue
 				}
-				if _, err := save(tx, id, rec, now, q.keep); err != nil {
+				if _, err := q.saveRec(tx, id, rec, now); err != nil {
 					return err
 				}
 			}
@@ -211,7 +211,7 @@ func (q *Queue) Delete(id string) error {
 		state State
 		spool string
 	)
-	err = q.db.Update(func(tx *bolt.Tx) error {
+	err = q.update(func(tx *bolt.Tx) error {
 		data := tx.Bucket(bMessages).Get(idKey(n))
 		if data == nil {
 			return fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -223,7 +223,7 @@ func (q *Queue) Delete(id string) error {
 			rec = &record{}
 		}
 		state = rec.state()
-		spool, err = remove(tx, n, rec)
+		spool, err = q.removeRec(tx, n, rec)
 		return err
 	})
 	q.dbMu.RUnlock()
@@ -296,7 +296,7 @@ func (q *Queue) purge(now time.Time) {
 		return
 	}
 	purged := 0
-	err := q.db.Update(func(tx *bolt.Tx) error {
+	err := q.update(func(tx *bolt.Tx) error {
 		purged = 0
 		idx, msgs := tx.Bucket(bPurge), tx.Bucket(bMessages)
 		var keys [][]byte

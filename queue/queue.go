@@ -120,6 +120,9 @@ type Options struct {
 	KeepFailed time.Duration
 	// Observer receives counts for metrics; nil discards them.
 	Observer Observer
+	// Gate, when set, is asked before every attempt whether its
+	// destination has capacity (see Gate); nil admits everything.
+	Gate Gate
 
 	// lazyWait replaces the constant of that name when set (tests).
 	lazyWait time.Duration
@@ -288,6 +291,16 @@ type Queue struct {
 	warnAge  time.Duration // Options.DelayWarning
 	keep     time.Duration // Options.KeepFailed
 	obs      Observer
+	gate     Gate
+
+	// writeMu orders each write transaction with the application of the
+	// index changes it staged in stage (Queue.update).
+	writeMu sync.Mutex
+	stage   []staged
+	// ixMu guards ix, the in-memory schedule (lanes.go). Lock order:
+	// writeMu, then ixMu, then mu.
+	ixMu sync.Mutex
+	ix   *index
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -350,6 +363,8 @@ func Open(opts Options) (*Queue, error) {
 		warnAge:     max(opts.DelayWarning, 0),
 		keep:        opts.KeepFailed,
 		obs:         opts.Observer,
+		gate:        opts.Gate,
+		ix:          newIndex(),
 		inflight:    make(map[uint64]int),
 		depth:       make(map[State]int),
 		kick:        make(chan struct{}, 1),
@@ -378,6 +393,9 @@ func Open(opts Options) (*Queue, error) {
 	if q.obs == nil {
 		q.obs = nopObserver{}
 	}
+	if q.gate == nil {
+		q.gate = openGate{}
+	}
 	if q.hostname == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -403,7 +421,7 @@ func Open(opts Options) (*Queue, error) {
 		db.Close()
 		return nil, err
 	}
-	if err := q.countDepth(); err != nil {
+	if err := q.scan(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -537,25 +555,37 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		return "", err
 	}
 	// A free worker takes the message as soon as it is committed (see
-	// handoff.go); otherwise the dispatcher leases it.
+	// handoff.go), for the domains the Gate admits; otherwise the
+	// dispatcher leases it.
 	handOff := q.reserve()
+	var permits map[string]func()
 	if handOff {
-		q.leaseNew(rec, now)
+		if permits = q.admitNew(rec, now); len(permits) == 0 {
+			q.unreserve()
+			handOff = false
+		} else {
+			q.leaseNew(rec, now, permits)
+		}
+	}
+	// giveBack undoes the hand-off of a message that is not committed.
+	giveBack := func() {
+		if handOff {
+			for _, release := range permits {
+				release()
+			}
+			q.unreserve()
+		}
 	}
 	data, err := marshalRecord(rec)
 	if err != nil {
-		if handOff {
-			q.unreserve()
-		}
+		giveBack()
 		return "", err
 	}
 
 	q.dbMu.RLock()
 	if q.closed {
 		q.dbMu.RUnlock()
-		if handOff {
-			q.unreserve()
-		}
+		giveBack()
 		return "", ErrClosed
 	}
 	// The jobs of a hand-off are made before the commit, so that the
@@ -563,8 +593,12 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 	// with the commit.
 	var jobs []*job
 	if handOff {
-		jobs = group(0, rec, allRcpts(rec), q.body(rec, inline))
+		jobs = group(0, rec, leasedRcpts(rec), q.body(rec, inline))
+		for _, j := range jobs {
+			j.permit = permits[j.d.Domain]
+		}
 	}
+	sum := summarize(rec)
 	var n64 uint64
 	undo := func() {}
 	err = q.batch(func(tx *bolt.Tx) error {
@@ -574,7 +608,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		undo()
 		undo = func() {}
 		var err error
-		n64, err = insert(tx, data, inline, rec.Spool, rec.Next)
+		n64, err = q.insertRec(tx, data, inline, rec.Spool, rec.Next, sum)
 		if err == nil && handOff {
 			undo = q.markInflight(n64, len(jobs))
 		}
@@ -583,9 +617,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 	q.dbMu.RUnlock()
 	if err != nil {
 		undo()
-		if handOff {
-			q.unreserve()
-		}
+		giveBack()
 		q.checkDB(err)
 		return "", fmt.Errorf("queue: commit message: %w", errnoOf(err))
 	}
