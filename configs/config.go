@@ -179,6 +179,11 @@ type DeliveryConfig struct {
 	// KeepFailed is how long a failed message's record (not its body)
 	// stays visible to `postern queue list --state failed`.
 	KeepFailed Duration `yaml:"keep_failed"`
+	// Timeouts bound delivery attempts.
+	Timeouts DeliveryTimeouts `yaml:"timeouts"`
+	// Shaping limits what each destination and provider gets, and says
+	// what a rate-limit reply looks like.
+	Shaping ShapingConfig `yaml:"shaping"`
 }
 
 // Smarthost is an upstream relay.
@@ -527,6 +532,7 @@ func (c *Config) validate() Errors {
 
 	c.validatePolicy(bad)
 	c.validateRouting(bad)
+	c.validateShaping(bad)
 
 	type sel struct{ d, s string }
 	dkimSeen := map[sel]int{}
