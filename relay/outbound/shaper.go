@@ -253,7 +253,9 @@ type unit struct {
 	suspendFor time.Duration // the next adaptive suspension
 
 	// Health of a destination's hosts.
-	failures  int // attempts in a row whose every host failed to connect or greet
+	failures int // attempts in a row whose every host failed to connect or greet
+	// probing: one attempt at a time, until a host answers (a new
+	// destination, or one whose hosts failed).
 	probing   bool
 	dead      time.Time
 	deadFor   time.Duration
@@ -479,6 +481,9 @@ func (s *Shaper) destination(domain string, hosts []string) *unit {
 			l.MessagesPerConnection = p.limits.MessagesPerConnection
 		}
 		d = s.newUnit(name, kindDestination, l, p, s.cfg.Now())
+		// One attempt at a time until a host answers: the first
+		// attempt's hosts may be a tarpit that has not failed yet.
+		d.probing = true
 	}
 	s.domains[domain] = d
 	if !slices.Contains(d.domains, domain) {

@@ -28,8 +28,12 @@ var rateLimited = reply.Reply{Code: 421, Enhanced: reply.MustEnhanced("4.7.28"),
 
 var testPatterns = []RateLimitPattern{{Enhanced: reply.MustEnhanced("4.7.28")}}
 
-// known returns domain's destination, its MX hosts known.
-func known(s *Shaper, domain string, hosts ...string) *unit { return s.destination(domain, hosts) }
+// known returns domain's destination, its MX hosts known and answering.
+func known(s *Shaper, domain string, hosts ...string) *unit {
+	d := s.destination(domain, hosts)
+	s.report(d, attemptReport{started: s.cfg.Now(), answered: true})
+	return d
+}
 
 func TestProviderMatching(t *testing.T) {
 	s, _ := newTestShaper(Shaping{Providers: []Provider{
@@ -73,7 +77,8 @@ func TestProviderMatching(t *testing.T) {
 // TestAdmitConnections: a destination admits its connection limit and
 // then refuses with a signal that a release closes; a provider's limit
 // holds across its destinations; a domain whose MX hosts are not known
-// yet gets one attempt at a time.
+// yet, and a destination none of whose hosts has answered yet, get one
+// attempt at a time.
 func TestAdmitConnections(t *testing.T) {
 	s, c := newTestShaper(Shaping{
 		Default:   Limits{Connections: 2},
@@ -88,9 +93,16 @@ func TestAdmitConnections(t *testing.T) {
 	if a := s.admit("new.test", now); a.Admitted() || a.Wait == nil {
 		t.Errorf("second attempt at an unknown domain: %+v, want a refusal with a signal", a)
 	}
-	known(s, "new.test", "mx.new.test")
+	d := s.destination("new.test", []string{"mx.new.test"})
 	if a := s.admit("new.test", now); !a.Admitted() {
 		t.Error("refused once the MX hosts are known")
+	}
+	if a := s.admit("new.test", now); a.Admitted() {
+		t.Error("two attempts at once before any host answered")
+	}
+	s.report(d, attemptReport{started: now, answered: true})
+	if a := s.admit("new.test", now); !a.Admitted() {
+		t.Error("refused after a host answered")
 	}
 
 	known(s, "one.test", "mx.one.test")
