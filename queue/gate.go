@@ -39,6 +39,11 @@ type Dest struct {
 	Sender string
 	// Attempt is the number this attempt would have: 1 for the first.
 	Attempt int
+	// Retry says an operator asked for this attempt now (Retry, RetryAll,
+	// Release): a Gate lets it through a suspension or a dead time, as
+	// Postfix's flush forgets dead destinations; its other limits still
+	// hold.
+	Retry bool
 }
 
 // Admission is a Gate's answer. Exactly one of these holds:

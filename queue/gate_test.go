@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,8 +32,8 @@ func (g *fakeGate) Admit(d Dest, now time.Time) Admission {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.asked[d.Domain]++
-	if a, ok := g.refuse[d.Domain]; ok {
-		return a
+	if a, ok := g.refuse[d.Domain]; ok && !(d.Retry && !a.Suspended.IsZero()) {
+		return a // an operator's retry passes a suspension, as the Gate contract says
 	}
 	if lim, ok := g.limit[d.Domain]; ok && g.active[d.Domain] >= lim {
 		ch := g.freed[d.Domain]
@@ -365,4 +366,77 @@ func fillTo(tb testing.TB, q *Queue, n int, next time.Time, rcpt string) {
 	rec := &record{Env: Envelope{From: "alice@example.org"}, Created: t0, Size: 1, Next: next.UnixNano(),
 		Rcpts: []Recipient{{Address: rcpt, State: StateQueued, NextAttempt: next}}}
 	fillRecord(tb, q, n, rec)
+}
+
+// TestSuspensionWarnsAndExpires: recipients deferred for a suspended
+// destination still get their delay warning on time, and still fail when
+// their retry lifetime ends, each with its DSN, although no attempt is
+// made: the deferral is cut short for each, and the queue's words quote
+// the suspension.
+func TestSuspensionWarnsAndExpires(t *testing.T) {
+	h := newHarness(t)
+	h.retry = Retry{Initial: time.Minute, Max: time.Hour, Lifetime: 2 * time.Hour}
+	g := newFakeGate()
+	why := rp(0, "4.4.1", "delivery temporarily suspended: mx.dead.test: connection refused")
+	g.refuse["dead.test"] = Admission{Until: t0.Add(10 * time.Hour), Suspended: why}
+	h.opts = func(o *Options) { o.Gate, o.DelayWarning = g, 30*time.Minute }
+	q := h.open()
+	id := h.enqueue("a@x.test", "Subject: s\r\n\r\nbody\r\n", "b@dead.test")
+	rcpt := func() Recipient { return h.get(id).Rcpts[0] }
+	q.Start()
+
+	eventually(t, "the deferral", func() bool { return rcpt().State == StateDeferred })
+	if r := rcpt(); !r.NextAttempt.Equal(t0.Add(30*time.Minute)) || r.Attempts != 0 {
+		t.Errorf("deferred to %v after %d attempts; want the delay warning's time, %v, and none", r.NextAttempt, r.Attempts, t0.Add(30*time.Minute))
+	}
+	h.advance(30 * time.Minute)
+	warning := <-h.finals // the delay warning, delivered to a@x.test
+	if warning.Envelope.From != "" || warning.Rcpts[0].Address != "a@x.test" {
+		t.Fatalf("first final %+v, want the delay warning to a@x.test", warning)
+	}
+	eventually(t, "the second deferral", func() bool { return rcpt().NextAttempt.After(t0.Add(30 * time.Minute)) })
+	if r := rcpt(); !r.NextAttempt.Equal(t0.Add(2*time.Hour+time.Nanosecond)) || r.State != StateDeferred || r.LastReply != why {
+		t.Errorf("after the warning: %+v; want deferred to the end of the lifetime with %q", r, why)
+	}
+
+	h.advance(90*time.Minute + time.Nanosecond)
+	m := <-h.finals // the message itself, failed
+	if m.ID != id || m.Rcpts[0].State != StateFailed || m.Rcpts[0].Attempts != 0 ||
+		m.Rcpts[0].LastReply.Enhanced != statusExpired || !strings.Contains(m.Rcpts[0].LastReply.Text, why.Text) {
+		t.Errorf("at the end of the lifetime: %+v; want failed, 5.4.7 quoting %q, no attempt", m.Rcpts[0], why.Text)
+	}
+	bounce := <-h.finals // the failure DSN
+	if bounce.Rcpts[0].Address != "a@x.test" {
+		t.Errorf("second DSN went to %s", bounce.Rcpts[0].Address)
+	}
+	if n := h.fake.callsTo("dead.test"); n != 0 {
+		t.Errorf("%d attempts at the suspended destination", n)
+	}
+}
+
+// TestOperatorRetryPassesSuspension: Retry of a message deferred for a
+// suspended destination asks the Gate with Dest.Retry, which lets it
+// through; other messages there stay deferred.
+func TestOperatorRetryPassesSuspension(t *testing.T) {
+	h := newHarness(t)
+	g := newFakeGate()
+	g.refuse["dead.test"] = Admission{Until: t0.Add(time.Hour), Suspended: rp(0, "4.4.1", "delivery temporarily suspended: dead")}
+	h.withGate(g, 0)
+	q := h.open()
+	retried := h.enqueue("a@x.test", "m\r\n", "b@dead.test")
+	other := h.enqueue("a@x.test", "m\r\n", "c@dead.test")
+	q.Start()
+	eventually(t, "both deferred", func() bool { return q.Depth()[StateDeferred] == 2 })
+	if err := q.Retry(retried); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-h.finals; m.ID != retried {
+		t.Fatalf("delivered %s, want %s", m.ID, retried)
+	}
+	if d := g.dests[len(g.dests)-1]; !d.Retry {
+		t.Errorf("admitted %+v, want Dest.Retry set", d)
+	}
+	if r := h.get(other).Rcpts[0]; r.State != StateDeferred || r.Attempts != 0 {
+		t.Errorf("the other message: %+v, want still deferred", r)
+	}
 }

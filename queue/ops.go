@@ -66,6 +66,7 @@ func (q *Queue) Release(id string) error {
 		return nil
 	})
 	if err == nil && out != nil {
+		q.force(n)
 		q.log.Info("released", slog.String("id", id))
 		q.notify()
 	}
@@ -96,10 +97,21 @@ func (q *Queue) Retry(id string) error {
 		return nil
 	})
 	if err == nil {
+		q.force(n)
 		q.log.Info("retry requested", slog.String("id", id))
 		q.notify()
 	}
 	return err
+}
+
+// force lets the next attempt of each message through a suspension of its
+// destination (Dest.Retry): an operator asked for it now.
+func (q *Queue) force(ids ...uint64) {
+	q.ixMu.Lock()
+	defer q.ixMu.Unlock()
+	for _, id := range ids {
+		q.forced[id] = true
+	}
 }
 
 // dueNow moves every pending recipient due later to now, except those in
@@ -128,6 +140,7 @@ func (q *Queue) RetryAll() (int, error) {
 	// Collect first (every scheduled message is neither held nor final),
 	// then rewrite in chunks; an entry that moved meanwhile is skipped.
 	var keys [][]byte
+	var ids []uint64
 	total := 0
 	q.dbMu.RLock()
 	if q.closed {
@@ -141,6 +154,7 @@ func (q *Queue) RetryAll() (int, error) {
 				continue
 			}
 			total++
+			ids = append(ids, schedID(k))
 			if schedTime(k) > now.UnixNano() {
 				keys = append(keys, bytes.Clone(k))
 			}
@@ -189,6 +203,7 @@ func (q *Queue) RetryAll() (int, error) {
 			return 0, fmt.Errorf("queue: retry all: %w", err)
 		}
 	}
+	q.force(ids...)
 	q.log.Info("retry all requested", slog.Int("messages", total))
 	q.notify()
 	return total, nil

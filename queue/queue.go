@@ -297,10 +297,12 @@ type Queue struct {
 	// index changes it staged in stage (Queue.update).
 	writeMu sync.Mutex
 	stage   []staged
-	// ixMu guards ix, the in-memory schedule (lanes.go). Lock order:
-	// writeMu, then ixMu, then mu.
-	ixMu sync.Mutex
-	ix   *index
+	// ixMu guards ix, the in-memory schedule (lanes.go), and forced,
+	// the messages an operator asked to retry now (Dest.Retry) until they
+	// are leased. Lock order: writeMu, then ixMu, then mu.
+	ixMu   sync.Mutex
+	ix     *index
+	forced map[uint64]bool
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -365,6 +367,7 @@ func Open(opts Options) (*Queue, error) {
 		obs:         opts.Observer,
 		gate:        opts.Gate,
 		ix:          newIndex(),
+		forced:      make(map[uint64]bool),
 		inflight:    make(map[uint64]int),
 		depth:       make(map[State]int),
 		kick:        make(chan struct{}, 1),

@@ -172,10 +172,12 @@ func (q *Queue) choose(now time.Time, limit int) (picks []pick, defers []deferra
 		}
 		aside = append(aside, p)
 		x.fix(l)
-		a := q.gate.Admit(Dest{Domain: l.key.domain, Sender: l.key.sender, Attempt: int(p.attempts) + 1}, now)
+		a := q.gate.Admit(Dest{Domain: l.key.domain, Sender: l.key.sender, Attempt: int(p.attempts) + 1,
+			Retry: q.forced[p.msg.id]}, now)
 		switch {
 		case a.Admitted():
 			picks = append(picks, pick{id: p.msg.id, domain: l.key.domain, release: a.Release})
+			delete(q.forced, p.msg.id)
 			limit--
 		case !a.Suspended.IsZero():
 			defers = append(defers, deferral{id: p.msg.id, domain: l.key.domain, until: a.Until, why: a.Suspended})
@@ -191,6 +193,78 @@ func (q *Queue) choose(now time.Time, limit int) (picks []pick, defers []deferra
 		x.push(p)
 	}
 	return picks, defers
+}
+
+// settlement is recipients a lease deferred for a suspended destination
+// whose deferral calls for what a result does (settle).
+type settlement struct {
+	id  uint64
+	idx []int
+	why []reply.Reply // parallel to idx
+}
+
+// suspendUntil is when recipients of rec deferred at now for a
+// suspension that lasts until until come due again: until, or earlier
+// when the end of the message's retry lifetime, or its delay warning
+// (when one may still be due), comes first, so that neither waits for the
+// suspension to end.
+func (q *Queue) suspendUntil(rec *record, until, now time.Time) time.Time {
+	times := []time.Time{rec.Created.Add(q.retry.Lifetime + time.Nanosecond)}
+	if q.warnAge > 0 && rec.Env.From != "" && slices.ContainsFunc(rec.Rcpts, func(r Recipient) bool { return r.State.pending() && !r.warned }) {
+		times = append(times, rec.Created.Add(q.warnAge))
+	}
+	for _, t := range times {
+		if t.After(now) && t.Before(until) {
+			until = t
+		}
+	}
+	return until
+}
+
+// settle records for recipients that a lease deferred, no attempt made,
+// what the result of an attempt would: a lifetime expired (failed, with
+// the queue's words and the suspension quoted) and the DSN now due (a
+// failure, a delay warning), committed together as record does.
+func (q *Queue) settle(s settlement) {
+	defer q.wg.Done()
+	now := q.clock()
+	id := formatID(s.id)
+	out, err := q.modify(s.id, true, now, func(rec *record) error {
+		changed := false
+		for n, i := range s.idx {
+			r := &rec.Rcpts[i]
+			if !r.State.pending() || !r.leased {
+				continue // an operator or a later lease got there first
+			}
+			r.leased = false
+			next := r.NextAttempt
+			q.apply(r, Result{Outcome: Temporary, Reply: s.why[n]}, now, rec.Created)
+			r.NextAttempt = next
+			changed = true
+		}
+		if !changed {
+			return errNoChange
+		}
+		return nil
+	})
+	if err != nil || out == nil {
+		if err != nil {
+			q.log.Error("record a suspension", slog.String("id", id), slog.Any("error", err))
+		}
+		return
+	}
+	failed := 0
+	for _, i := range s.idx {
+		if r := out.after.Rcpts[i]; r.State == StateFailed && out.before.Rcpts[i].State.pending() {
+			failed++
+			q.log.Info("failed", slog.String("id", id), slog.String("rcpt", r.Address),
+				slog.Int("attempt", r.Attempts), slog.Any("reply", r.LastReply))
+		}
+	}
+	q.observe(0, 0, failed)
+	if out.saved.final {
+		q.final(s.id, out.after)
+	}
 }
 
 // nextDue is the earliest time the index has something to look at, zero
@@ -271,6 +345,7 @@ func (q *Queue) leaseTx(now time.Time, picks []pick, defers []deferral) (jobs []
 	}
 	var (
 		suspended []suspendedRcpt
+		settles   []settlement
 		delta     map[State]int
 	)
 	// Through the group-commit loop: the lease shares its commit (and
@@ -280,7 +355,7 @@ func (q *Queue) leaseTx(now time.Time, picks []pick, defers []deferral) (jobs []
 	// its only effects outside tx are log lines, jitter draws and the
 	// index changes it stages.
 	err = q.batch(func(tx *bolt.Tx) error {
-		jobs, suspended, delta = nil, nil, map[State]int{}
+		jobs, suspended, settles, delta = nil, nil, nil, map[State]int{}
 		msgs := tx.Bucket(bMessages)
 		for _, id := range ids {
 			w := byID[id]
@@ -302,7 +377,7 @@ func (q *Queue) leaseTx(now time.Time, picks []pick, defers []deferral) (jobs []
 				continue
 			}
 			before := rec.state()
-			var due []int
+			var due, deferred []int
 			for i := range rec.Rcpts {
 				r := &rec.Rcpts[i]
 				// No attempt of this message is in flight (choose
@@ -322,9 +397,24 @@ func (q *Queue) leaseTx(now time.Time, picks []pick, defers []deferral) (jobs []
 				} else if d, ok := w.defers[dom]; ok {
 					// Postfix's "delivery temporarily suspended":
 					// the destination's reason, no attempt counted.
+					d.until = q.suspendUntil(rec, d.until, now)
 					r.State, r.NextAttempt, r.LastReply, r.RemoteMTA = StateDeferred, d.until, d.why, ""
 					suspended = append(suspended, suspendedRcpt{id, r.Address, d})
+					deferred = append(deferred, i)
 				}
+			}
+			// What a result would decide, a deferral decides too: an
+			// expired lifetime, a delay warning. Those recipients stay
+			// marked leased until settle records it, with the DSN.
+			if len(deferred) > 0 && (now.Sub(rec.Created) > q.retry.Lifetime || len(q.plan(rec.clone(), now)) > 0) {
+				for _, i := range deferred {
+					rec.Rcpts[i].leased = true
+				}
+				st := settlement{id: id, idx: deferred}
+				for _, i := range deferred {
+					st.why = append(st.why, rec.Rcpts[i].LastReply)
+				}
+				settles = append(settles, st)
 			}
 			if _, err := q.saveRec(tx, id, rec, now); err != nil {
 				return err
@@ -371,6 +461,10 @@ func (q *Queue) leaseTx(now time.Time, picks []pick, defers []deferral) (jobs []
 	for _, s := range suspended {
 		q.log.Info("delivery suspended", slog.String("id", formatID(s.id)), slog.String("rcpt", s.rcpt),
 			slog.Time("next_attempt", s.d.until), slog.Any("reply", s.d.why))
+	}
+	for _, s := range settles {
+		q.wg.Add(1) // the caller (dispatcher, or a test) keeps wg above zero
+		go q.settle(s)
 	}
 	q.mu.Lock()
 	for _, j := range jobs {

@@ -438,6 +438,9 @@ func (q *Queue) update(fn func(*bolt.Tx) error) error {
 		q.ixMu.Lock()
 		for _, s := range q.stage {
 			q.ix.set(s.id, s.sum)
+			if s.sum == nil {
+				delete(q.forced, s.id) // left the schedule: nothing to force
+			}
 		}
 		q.ixMu.Unlock()
 	}
