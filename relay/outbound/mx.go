@@ -186,7 +186,9 @@ func (m *MX) Close() error {
 
 // Admit is queue.Gate: whether an attempt at d.Domain's MX hosts may start
 // now (see Shaper).
-func (m *MX) Admit(d queue.Dest, now time.Time) queue.Admission { return m.shaper.admit(d.Domain, now) }
+func (m *MX) Admit(d queue.Dest, now time.Time) queue.Admission {
+	return m.shaper.admit(d.Domain, now, d.Retry)
+}
 
 // Destinations describes the state of every destination and provider
 // (see Shaper.Destinations).

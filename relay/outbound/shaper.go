@@ -249,8 +249,9 @@ type unit struct {
 		sec int64 // the second this bucket counts
 		n   uint32
 	}
-	suspended  time.Time
-	suspendFor time.Duration // the next adaptive suspension
+	firstDelivery time.Time // of the window's measure: see deliveryRate
+	suspended     time.Time
+	suspendFor    time.Duration // the next adaptive suspension
 
 	// Health of a destination's hosts.
 	failures int // attempts in a row whose every host failed to connect or greet
@@ -339,6 +340,9 @@ func (u *unit) take() {
 
 // countDelivery adds one delivery to the per-second window.
 func (u *unit) countDelivery(now time.Time) {
+	if u.firstDelivery.IsZero() || now.Sub(u.firstDelivery) > 2*rateWindow*time.Second && u.deliveryRate(now) == 0 {
+		u.firstDelivery = now
+	}
 	sec := now.Unix()
 	b := &u.perSecond[sec%rateWindow]
 	if b.sec != sec {
@@ -347,7 +351,10 @@ func (u *unit) countDelivery(now time.Time) {
 	b.n++
 }
 
-// deliveryRate is the deliveries per second over the last rateWindow.
+// deliveryRate is the deliveries per second over the last rateWindow, or
+// over the time since deliveries began when that is shorter (at least a
+// second): a destination that has delivered 8 messages in its first
+// second took them at 8 a second, not 0.8.
 func (u *unit) deliveryRate(now time.Time) float64 {
 	sec := now.Unix()
 	var n uint32
@@ -356,11 +363,14 @@ func (u *unit) deliveryRate(now time.Time) float64 {
 			n += b.n
 		}
 	}
-	return float64(n) / rateWindow
+	span := min(max(now.Sub(u.firstDelivery).Seconds(), 1), rateWindow)
+	return float64(n) / span
 }
 
-// admit is queue.Gate.Admit for delivery to domain's MX hosts.
-func (s *Shaper) admit(domain string, now time.Time) queue.Admission {
+// admit is queue.Gate.Admit for delivery to domain's MX hosts. With
+// force (an operator's retry) a suspension or dead time does not stop it:
+// its other limits do (a dead destination is probing, one at a time).
+func (s *Shaper) admit(domain string, now time.Time, force bool) queue.Admission {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.gc(now)
@@ -371,7 +381,7 @@ func (s *Shaper) admit(domain string, now time.Time) queue.Admission {
 			d = s.newUnit("domain:"+domain, kindDomain, s.cfg.Default, nil, now)
 		}
 	}
-	return s.admitUnit(d, now)
+	return s.admitUnit(d, now, force)
 }
 
 // admitSmarthost is queue.Gate.Admit for delivery through a smarthost
@@ -384,17 +394,17 @@ func (s *Shaper) admitSmarthost(name string, conns int, now time.Time) queue.Adm
 	if u == nil {
 		u = s.newUnit(name, kindSmarthostU, Limits{Connections: conns}, nil, now)
 	}
-	return s.admitUnit(u, now)
+	return s.admitUnit(u, now, false)
 }
 
 // admitUnit decides for destination d (and its provider). s.mu is held.
-func (s *Shaper) admitUnit(d *unit, now time.Time) queue.Admission {
+func (s *Shaper) admitUnit(d *unit, now time.Time, force bool) queue.Admission {
 	units := []*unit{d}
 	if d.provider != nil {
 		units = append(units, d.provider)
 	}
 	for _, u := range units {
-		if a, ok := u.halted(now); ok {
+		if a, ok := u.halted(now); ok && !force {
 			return a
 		}
 	}
@@ -436,14 +446,19 @@ func (u *unit) halted(now time.Time) (queue.Admission, bool) {
 
 // suspendedReply is the last reply of recipients deferred for a halted
 // destination, as Postfix words it: "delivery temporarily suspended:" and
-// the reason. The enhanced code is the reason's when it is a temporary
-// one, else X.4.1 "No answer from host" (RFC 3463 §3.5).
+// the reason, a remote's reply quoted whole. The enhanced code is the
+// reason's when it is a temporary one, else X.4.1 "No answer from host"
+// (RFC 3463 §3.5).
 func suspendedReply(why reply.Reply) reply.Reply {
 	enh := why.Enhanced
 	if enh.Class != 4 {
 		enh = reply.Enhanced{Class: 4, Subject: 4, Detail: 1}
 	}
-	return reply.Reply{Enhanced: enh, Text: "delivery temporarily suspended: " + why.String()}
+	text := why.Text // postern's own words: the code is already there
+	if why.Code != 0 {
+		text = why.String()
+	}
+	return reply.Reply{Enhanced: enh, Text: "delivery temporarily suspended: " + text}
 }
 
 func (s *Shaper) release(units []*unit) {
@@ -633,8 +648,11 @@ func (s *Shaper) slowDown(u *unit, o attemptReport, now time.Time) {
 	// holds what was sent before), not that the rate is too high: that
 	// one only suspends, for twice as long as the last time.
 	if u.slowedAt.IsZero() || u.deliveredSince || !u.slowed() {
+		// At its configured rate (or none), the rate it was really
+		// delivering at is the one to halve; once slowed, the rate in
+		// force (what it delivered at includes its suspensions).
 		base := u.rate
-		if got := u.deliveryRate(now); base == 0 || got > 0 && got < base {
+		if got := u.deliveryRate(now); !u.slowed() && got > 0 && (base == 0 || got < base) {
 			base = got
 		}
 		if base == 0 {

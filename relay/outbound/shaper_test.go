@@ -86,28 +86,28 @@ func TestAdmitConnections(t *testing.T) {
 	})
 	now := c.now()
 
-	unknown := s.admit("new.test", now)
+	unknown := s.admit("new.test", now, false)
 	if !unknown.Admitted() {
 		t.Fatal("first attempt at an unknown domain refused")
 	}
-	if a := s.admit("new.test", now); a.Admitted() || a.Wait == nil {
+	if a := s.admit("new.test", now, false); a.Admitted() || a.Wait == nil {
 		t.Errorf("second attempt at an unknown domain: %+v, want a refusal with a signal", a)
 	}
 	d := s.destination("new.test", []string{"mx.new.test"})
-	if a := s.admit("new.test", now); !a.Admitted() {
+	if a := s.admit("new.test", now, false); !a.Admitted() {
 		t.Error("refused once the MX hosts are known")
 	}
-	if a := s.admit("new.test", now); a.Admitted() {
+	if a := s.admit("new.test", now, false); a.Admitted() {
 		t.Error("two attempts at once before any host answered")
 	}
 	s.report(d, attemptReport{started: now, answered: true})
-	if a := s.admit("new.test", now); !a.Admitted() {
+	if a := s.admit("new.test", now, false); !a.Admitted() {
 		t.Error("refused after a host answered")
 	}
 
 	known(s, "one.test", "mx.one.test")
-	first, second := s.admit("one.test", now), s.admit("one.test", now)
-	third := s.admit("one.test", now)
+	first, second := s.admit("one.test", now, false), s.admit("one.test", now, false)
+	third := s.admit("one.test", now, false)
 	if !first.Admitted() || !second.Admitted() || third.Admitted() || third.Wait == nil {
 		t.Fatalf("admissions %v %v %+v, want two, then a refusal with a signal", first.Admitted(), second.Admitted(), third)
 	}
@@ -119,21 +119,21 @@ func TestAdmitConnections(t *testing.T) {
 	first.Release()
 	first.Release() // a second call does nothing
 	<-third.Wait
-	if a := s.admit("one.test", now); !a.Admitted() {
+	if a := s.admit("one.test", now, false); !a.Admitted() {
 		t.Error("refused after a release")
 	}
-	if a := s.admit("one.test", now); a.Admitted() {
+	if a := s.admit("one.test", now, false); a.Admitted() {
 		t.Error("admitted beyond the limit after a double release")
 	}
 
 	known(s, "p1.test", "mx.p1.big.test")
 	known(s, "p2.test", "mx.p2.big.test")
 	for i, dom := range []string{"p1.test", "p2.test", "p1.test"} {
-		if !s.admit(dom, now).Admitted() {
+		if !s.admit(dom, now, false).Admitted() {
 			t.Fatalf("provider admission %d refused", i)
 		}
 	}
-	if a := s.admit("p2.test", now); a.Admitted() || a.Wait == nil {
+	if a := s.admit("p2.test", now, false); a.Admitted() || a.Wait == nil {
 		t.Errorf("fourth attempt at a provider limited to 3: %+v", a)
 	}
 }
@@ -144,16 +144,16 @@ func TestAdmitRate(t *testing.T) {
 	s, c := newTestShaper(Shaping{Default: Limits{Rate: Rate{Messages: 2, Per: time.Second}}})
 	known(s, "r.test", "mx.r.test")
 	for i := range 2 {
-		if a := s.admit("r.test", c.now()); !a.Admitted() {
+		if a := s.admit("r.test", c.now(), false); !a.Admitted() {
 			t.Fatalf("burst admission %d refused", i)
 		}
 	}
-	a := s.admit("r.test", c.now())
+	a := s.admit("r.test", c.now(), false)
 	if a.Admitted() || !a.Until.Equal(c.now().Add(500*time.Millisecond)) || !a.Suspended.IsZero() {
 		t.Fatalf("past the burst: %+v, want a refusal until +500ms", a)
 	}
 	c.advance(500 * time.Millisecond)
-	if !s.admit("r.test", c.now()).Admitted() {
+	if !s.admit("r.test", c.now(), false).Admitted() {
 		t.Error("refused at the next slot")
 	}
 }
@@ -167,8 +167,9 @@ func TestAdmitRate(t *testing.T) {
 func TestSlowDownAndRecover(t *testing.T) {
 	s, c := newTestShaper(Shaping{RateLimitPatterns: testPatterns})
 	d := known(s, "p.test", "mx.p.test")
-	// 40 deliveries in the last 10 s: 4 a second.
-	for range 40 {
+	// 8 deliveries in the destination's first second: 8 a second (not
+	// 0.8, its average over the window).
+	for range 8 {
 		s.report(d, attemptReport{started: c.now(), delivered: true, answered: true})
 	}
 	c.advance(time.Second)
@@ -182,29 +183,29 @@ func TestSlowDownAndRecover(t *testing.T) {
 	}
 	early := c.now().Add(-time.Second)
 	refuse(early)
-	if d.rate != 2 {
-		t.Fatalf("rate after the first refusal %v, want 2 (half of 4/s)", d.rate)
+	if d.rate != 4 {
+		t.Fatalf("rate after the first refusal %v, want 4 (half of 8/s)", d.rate)
 	}
-	a := s.admit("p.test", c.now())
+	a := s.admit("p.test", c.now(), false)
 	if a.Admitted() || !a.Until.Equal(c.now().Add(DefaultSuspendFor)) || !a.Suspended.IsZero() {
 		t.Fatalf("right after a refusal: %+v, want parked until +%v", a, DefaultSuspendFor)
 	}
 	refuse(early) // started before the slow-down: its echo
-	if d.rate != 2 || d.rateLimited != 2 || !d.suspended.Equal(c.now().Add(DefaultSuspendFor)) {
-		t.Errorf("after an echo: rate %v, %d refusals counted; want 2, 2", d.rate, d.rateLimited)
+	if d.rate != 4 || d.rateLimited != 2 || !d.suspended.Equal(c.now().Add(DefaultSuspendFor)) {
+		t.Errorf("after an echo: rate %v, %d refusals counted; want 4, 2", d.rate, d.rateLimited)
 	}
 	c.advance(DefaultSuspendFor)
 	refuse(c.now())
-	if d.rate != 2 || !d.suspended.Equal(c.now().Add(2*DefaultSuspendFor)) {
-		t.Errorf("after a refusal with no delivery since: rate %v, suspended until %v; want 2, +%v", d.rate, d.suspended, 2*DefaultSuspendFor)
+	if d.rate != 4 || !d.suspended.Equal(c.now().Add(2*DefaultSuspendFor)) {
+		t.Errorf("after a refusal with no delivery since: rate %v, suspended until %v; want 4, +%v", d.rate, d.suspended, 2*DefaultSuspendFor)
 	}
 	c.advance(2 * DefaultSuspendFor)
-	s.report(d, attemptReport{started: c.now(), delivered: true, answered: true}) // 2 → 2.125
+	s.report(d, attemptReport{started: c.now(), delivered: true, answered: true}) // 4 → 4.25
 	refuse(c.now())
-	if want := 2.125 / 2; d.rate != want || !d.suspended.Equal(c.now().Add(DefaultSuspendFor)) {
+	if want := 4.25 / 2; d.rate != want || !d.suspended.Equal(c.now().Add(DefaultSuspendFor)) {
 		t.Errorf("after a refusal following a delivery: rate %v, suspended until %v; want %v, +%v", d.rate, d.suspended, want, DefaultSuspendFor)
 	}
-	if got := d.describe(c.now()); got.State != "suspended" || got.LastReply != rateLimited || got.Limits.Rate != 2.125/2 {
+	if got := d.describe(c.now()); got.State != "suspended" || got.LastReply != rateLimited || got.Limits.Rate != 4.25/2 {
 		t.Errorf("described as %+v", got)
 	}
 
@@ -216,7 +217,7 @@ func TestSlowDownAndRecover(t *testing.T) {
 		s.report(d, attemptReport{started: c.now(), delivered: true, answered: true})
 	}
 	if n < 16 || n > 100 || d.rate != 0 {
-		t.Errorf("%d deliveries to lift the limit (rate now %v), want a gradual climb from 1/s to %v/s", n, d.rate, liftRate)
+		t.Errorf("%d deliveries to lift the limit (rate now %v), want a gradual climb from 2/s to %v/s", n, d.rate, liftRate)
 	}
 	if d.suspendFor != DefaultSuspendFor {
 		t.Errorf("suspension %v after deliveries, want back to %v", d.suspendFor, DefaultSuspendFor)
@@ -240,7 +241,7 @@ func TestSlowDownProvider(t *testing.T) {
 	r := reply.Reply{Code: 450, Enhanced: reply.MustEnhanced("4.7.0"), Text: "Go away for an hour"}
 	p, _ := s.rateLimit(r)
 	s.report(d1, attemptReport{started: c.now(), rateLimited: &r, pattern: p, answered: true})
-	a := s.admit("two.test", c.now())
+	a := s.admit("two.test", c.now(), false)
 	want := reply.Reply{Enhanced: reply.MustEnhanced("4.7.0"), Text: "delivery temporarily suspended: 450 4.7.0 Go away for an hour"}
 	if a.Admitted() || !a.Until.Equal(c.now().Add(time.Hour)) || a.Suspended != want {
 		t.Errorf("another destination of the provider: %+v, want suspended for an hour with %q", a, want)
@@ -266,16 +267,16 @@ func TestDeadDestination(t *testing.T) {
 	fail := func() { s.report(d, attemptReport{started: c.now(), connFails: 1, connCause: cause}) }
 
 	fail()
-	if a := s.admit("dead.test", c.now()); !a.Admitted() {
+	if a := s.admit("dead.test", c.now(), false); !a.Admitted() {
 		t.Fatalf("after one failure: %+v, want a probe admitted", a)
-	} else if b := s.admit("dead.test", c.now()); b.Admitted() {
+	} else if b := s.admit("dead.test", c.now(), false); b.Admitted() {
 		t.Error("two attempts at once after a failure, want one probe at a time")
 	} else {
 		a.Release()
 	}
 	fail()
-	a := s.admit("dead.test", c.now())
-	want := reply.Reply{Enhanced: reply.MustEnhanced("4.4.1"), Text: "delivery temporarily suspended: 4.4.1 " + cause.Text}
+	a := s.admit("dead.test", c.now(), false)
+	want := reply.Reply{Enhanced: reply.MustEnhanced("4.4.1"), Text: "delivery temporarily suspended: " + cause.Text}
 	if a.Admitted() || !a.Until.Equal(c.now().Add(DefaultDeadFor)) || a.Suspended != want {
 		t.Fatalf("after %d failures: %+v, want dead for %v with %q", DefaultDeadAfter, a, DefaultDeadFor, want)
 	}
@@ -283,23 +284,30 @@ func TestDeadDestination(t *testing.T) {
 		t.Errorf("described as %+v", got)
 	}
 
+	// An operator's retry goes through, as a probe: one at a time.
+	forced := s.admit("dead.test", c.now(), true)
+	if !forced.Admitted() || s.admit("dead.test", c.now(), true).Admitted() {
+		t.Fatal("an operator's retries of a dead destination: want exactly one through at a time")
+	}
+	forced.Release()
+
 	c.advance(DefaultDeadFor)
-	probe := s.admit("dead.test", c.now())
-	if !probe.Admitted() || s.admit("dead.test", c.now()).Admitted() {
+	probe := s.admit("dead.test", c.now(), false)
+	if !probe.Admitted() || s.admit("dead.test", c.now(), false).Admitted() {
 		t.Fatal("after the dead time: want exactly one probe")
 	}
 	fail()
 	probe.Release()
-	if a := s.admit("dead.test", c.now()); !a.Until.Equal(c.now().Add(2 * DefaultDeadFor)) {
+	if a := s.admit("dead.test", c.now(), false); !a.Until.Equal(c.now().Add(2 * DefaultDeadFor)) {
 		t.Errorf("after a failed probe: until %v, want +%v", a.Until, 2*DefaultDeadFor)
 	}
 
 	c.advance(2 * DefaultDeadFor)
-	probe = s.admit("dead.test", c.now())
+	probe = s.admit("dead.test", c.now(), false)
 	s.report(d, attemptReport{started: c.now(), answered: true, delivered: true})
 	probe.Release()
 	for i := range DefaultConnections {
-		if !s.admit("dead.test", c.now()).Admitted() {
+		if !s.admit("dead.test", c.now(), false).Admitted() {
 			t.Fatalf("answering again: attempt %d refused, want %d at once", i, DefaultConnections)
 		}
 	}
@@ -314,7 +322,7 @@ func TestForget(t *testing.T) {
 	r := rateLimited
 	s.report(d, attemptReport{started: c.now(), rateLimited: &r, pattern: testPatterns[0], answered: true})
 	c.advance(forgetAfter + gcEvery)
-	s.admit("other.test", c.now()) // runs the collection
+	s.admit("other.test", c.now(), false) // runs the collection
 	if _, ok := s.units[d.name]; ok {
 		t.Error("a destination idle for longer than forgetAfter is kept")
 	}
@@ -391,7 +399,7 @@ func TestAgainstRateLimitingProvider(t *testing.T) {
 			continue
 		}
 		for pending > len(inFlight) {
-			a := s.admit("gmail.test", now)
+			a := s.admit("gmail.test", now, false)
 			if !a.Admitted() {
 				parkedTill, wait = a.Until, a.Wait
 				break
