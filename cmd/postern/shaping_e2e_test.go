@@ -330,17 +330,3 @@ shaping:
 		t.Errorf("%d refusals after the suspension began, want 1 (the one that began it)", r-refused)
 	}
 }
-
-// showJSON is `postern queue show --json ID`, decoded.
-func showJSON(t *testing.T, in *instance, id string) queue.Message {
-	t.Helper()
-	out, err := in.postern("", "queue", "show", "--json", id)
-	if err != nil {
-		t.Fatalf("queue show: %v\n%s", err, out)
-	}
-	var m queue.Message
-	if err := json.Unmarshal([]byte(out), &m); err != nil {
-		t.Fatalf("queue show --json: %v\n%s", err, out)
-	}
-	return m
-}
