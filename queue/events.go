@@ -221,7 +221,7 @@ func (q *Queue) RecordEvents(evs ...Event) error {
 		}
 	}
 	var n int
-	err := q.update(func(tx *bolt.Tx) error {
+	err := q.updateOpen(func(tx *bolt.Tx) error {
 		var err error
 		n, err = q.emit(tx, evs)
 		return err
@@ -230,15 +230,16 @@ func (q *Queue) RecordEvents(evs ...Event) error {
 	return err
 }
 
-// update runs fn in a write transaction of its own, unless the queue is
-// closed.
-func (q *Queue) update(fn func(*bolt.Tx) error) error {
+// updateOpen runs fn in a write transaction of its own (Queue.update),
+// unless the queue is closed. Not for the commit loop, whose callers
+// already hold dbMu.
+func (q *Queue) updateOpen(fn func(*bolt.Tx) error) error {
 	q.dbMu.RLock()
 	if q.closed {
 		q.dbMu.RUnlock()
 		return ErrClosed
 	}
-	err := q.db.Update(fn)
+	err := q.update(fn)
 	q.dbMu.RUnlock()
 	if err != nil {
 		q.checkDB(err) // needs dbMu exclusively
@@ -351,7 +352,7 @@ var ErrNoDelivery = errors.New("queue: no such event delivery")
 // EventDone ends sub's delivery of event seq: made, or given up. The event
 // itself goes with its last delivery.
 func (q *Queue) EventDone(sub string, seq uint64) error {
-	return q.update(func(tx *bolt.Tx) error {
+	return q.updateOpen(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDeliveries)
 		k := deliveryKey(sub, seq)
 		if b.Get(k) == nil {
@@ -374,7 +375,7 @@ func (q *Queue) EventDone(sub string, seq uint64) error {
 // EventRetry records a failed attempt of sub's delivery of event seq and
 // when to try again.
 func (q *Queue) EventRetry(sub string, seq uint64, next time.Time, errText string) error {
-	return q.update(func(tx *bolt.Tx) error {
+	return q.updateOpen(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDeliveries)
 		k := deliveryKey(sub, seq)
 		v := b.Get(k)

@@ -131,6 +131,7 @@ type pendingDSN struct {
 	inline []byte // the body, or nil if spooled
 	spool  string // spool file name, "" if inline
 	next   int64
+	sum    *summary // for the in-memory schedule
 }
 
 // discard removes the spool file of a DSN that was not committed.
@@ -215,7 +216,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		q.discard(d)
 		return nil, err
 	}
-	return &pendingDSN{data: data, inline: body, spool: spool, next: drec.Next}, nil
+	return &pendingDSN{data: data, inline: body, spool: spool, next: drec.Next, sum: summarize(drec)}, nil
 }
 
 // storeDSN composes rep straight into store, which keeps a small DSN in
@@ -380,7 +381,7 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 		if got := q.plan(rec, now); !slices.Equal(got, items) {
 			return stop(errStale)
 		}
-		sv, err := save(tx, id, rec, now, q.keep)
+		sv, err := q.saveRec(tx, id, rec, now)
 		if err != nil {
 			return err
 		}
@@ -394,7 +395,7 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 			}
 		}
 		if d != nil {
-			if o.dsn, err = insert(tx, d.data, d.inline, d.spool, d.next); err != nil {
+			if o.dsn, err = q.insertRec(tx, d.data, d.inline, d.spool, d.next, d.sum); err != nil {
 				return err
 			}
 		}
@@ -406,7 +407,7 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 		// Only the results of attempts come this way: see batchLazy.
 		err = q.batchLazy(commit)
 	} else {
-		err = q.db.Update(commit)
+		err = q.update(commit)
 	}
 	q.dbMu.RUnlock()
 	switch {

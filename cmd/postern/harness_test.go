@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/queue"
 	"postern/queue/reply"
 )
 
@@ -452,4 +453,18 @@ func startSmtpSink(t testing.TB, addr string, flags ...string) string {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	return dump
+}
+
+// showJSON is `postern queue show --json ID`, decoded.
+func showJSON(t *testing.T, in *instance, id string) queue.Message {
+	t.Helper()
+	out, err := in.postern("", "queue", "show", "--json", id)
+	if err != nil {
+		t.Fatalf("queue show: %v\n%s", err, out)
+	}
+	var m queue.Message
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("queue show --json: %v\n%s", err, out)
+	}
+	return m
 }

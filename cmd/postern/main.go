@@ -42,6 +42,7 @@ Usage:
   postern queue show ID  [--json] [--config FILE]
   postern queue retry ID|--all     [--config FILE]
   postern queue hold|release|delete|bounce ID  [--config FILE]
+  postern queue destinations [--json] [--config FILE]   how each destination is shaped
   postern dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits 2048] [--out FILE]
   postern dkim dns       [--config FILE]   print the DNS TXT record of every configured key
   postern sendmail [FLAGS] [RCPT...]       sendmail's interface: submit standard input

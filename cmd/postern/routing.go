@@ -10,6 +10,7 @@ import (
 
 	"postern/configs"
 	"postern/queue"
+	"postern/queue/reply"
 	"postern/relay/capture"
 	"postern/relay/outbound"
 )
@@ -34,13 +35,22 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 	if err != nil {
 		return nil, fmt.Errorf("delivery.tls: %w", err)
 	}
+	shaping, err := shapingOf(dc.Shaping)
+	if err != nil {
+		return nil, err
+	}
 	opts := outbound.Options{
-		Hostname: cfg.Hostname,
-		Resolver: dc.Resolver,
-		Port:     dc.Port,
-		TLS:      tlsMode,
-		Logger:   log,
-		Local:    listenAddrs(cfg),
+		Hostname:       cfg.Hostname,
+		Resolver:       dc.Resolver,
+		Port:           dc.Port,
+		TLS:            tlsMode,
+		Logger:         log,
+		Local:          listenAddrs(cfg),
+		DialTimeout:    dc.Timeouts.Connect.D(),
+		CommandTimeout: dc.Timeouts.Command.D(),
+		DataTimeout:    dc.Timeouts.Data.D(),
+		AttemptTimeout: dc.Timeouts.Attempt.D(),
+		Shaping:        shaping,
 	}
 	mx := outbound.New(opts)
 
@@ -121,6 +131,45 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 	}
 	log.Info("route", zap.String("route", outbound.DefaultRouteName), zap.Stringer("via", def))
 	return router, nil
+}
+
+// shapingOf translates delivery.shaping. The loader has checked every
+// value; an error here is still reported with its key, never ignored.
+func shapingOf(sc configs.ShapingConfig) (outbound.Shaping, error) {
+	var errs []error
+	rate := func(key string, r configs.Rate) outbound.Rate {
+		n, per, err := r.Parse()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+		}
+		return outbound.Rate{Messages: n, Per: per}
+	}
+	s := outbound.Shaping{Default: outbound.Limits{
+		Connections:           sc.Default.Connections,
+		MessagesPerConnection: sc.Default.MessagesPerConnection,
+		Rate:                  rate("delivery.shaping.default.rate", sc.Default.Rate),
+	}}
+	for i, p := range sc.Providers {
+		s.Providers = append(s.Providers, outbound.Provider{Name: p.Name, MXSuffixes: p.MXSuffixes, Limits: outbound.Limits{
+			Connections:           p.Connections,
+			MessagesPerConnection: p.MessagesPerConnection,
+			Rate:                  rate(fmt.Sprintf("delivery.shaping.providers[%d].rate", i), p.Rate),
+		}})
+	}
+	for i, p := range sc.RateLimitPatterns {
+		key := fmt.Sprintf("delivery.shaping.rate_limit_patterns[%d]", i)
+		enh, err := reply.ParseEnhanced(p.EnhancedCode)
+		if p.EnhancedCode != "" && err != nil {
+			errs = append(errs, fmt.Errorf("%s.enhanced_code: %w", key, err))
+		}
+		re, err := p.TextRE()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s.text: %w", key, err))
+		}
+		s.RateLimitPatterns = append(s.RateLimitPatterns,
+			outbound.RateLimitPattern{Code: p.Code, Enhanced: enh, Text: re, Suspend: p.Suspend.D()})
+	}
+	return s, errors.Join(errs...)
 }
 
 // listenAddrs are the addresses of postern's own SMTP listeners, so that

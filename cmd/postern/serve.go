@@ -192,6 +192,10 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		return err
 	}
 	s.deliverer = mx
+	// Delivery to the network shapes what the queue may start, and shows
+	// how (capture mode does neither).
+	gate, _ := mx.(queue.Gate)
+	dests, _ := mx.(httpapi.Destinations)
 	s.queue, err = queue.Open(queue.Options{
 		Path:      cfg.QueuePath(),
 		SpoolDir:  cfg.SpoolDir(),
@@ -206,12 +210,16 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		DelayWarning: cfg.Delivery.DelayWarning.D(),
 		KeepFailed:   cfg.Delivery.KeepFailed.D(),
 		Observer:     s.metrics,
+		Gate:         gate,
 		Logger:       slogOf(log),
 	})
 	if err != nil {
 		return err
 	}
 	s.metrics.WatchQueue(s.queue)
+	if dests != nil {
+		s.metrics.WatchDestinations(dests)
+	}
 
 	// Bind every listener before serving any, so a port in use is a clean
 	// start-up error rather than a half-running server.
@@ -283,6 +291,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			Handler: httpapi.NewHandler(httpapi.Options{
 				Queue: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
 				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
+				Destinations: dests,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			WriteTimeout:      30 * time.Second,

@@ -1,7 +1,8 @@
 // Package httpapi is the daemon's HTTP surface: one handler for the
 // listen.admin listener that mounts each group of endpoints with the
-// authentication it needs. Today the groups are the queue API, the
-// liveness and readiness probes, and the Prometheus metrics (served from
+// authentication it needs. Today the groups are the queue API and the
+// destinations' state (behind the same token), the liveness and readiness
+// probes, and the Prometheus metrics (served from
 // relay/metrics' Handler); new groups (a send API, say) are mounted the
 // same way in NewHandler (server.go), each in a file of its own.
 //
@@ -26,6 +27,8 @@
 //	POST   /api/queue/{id}/release   undo hold
 //	POST   /api/queue/{id}/bounce    fail every pending recipient (a bounce is sent)
 //	DELETE /api/queue/{id}           remove the message silently
+//	GET    /api/destinations         how each destination and provider is
+//	                                 shaped: JSON array of queue.Destination
 //	GET    /metrics                  Prometheus text exposition
 //	GET    /healthz                  200 "ok" while the process serves HTTP
 //	GET    /readyz                   200 when Options.Ready returns nil, else 503

@@ -38,6 +38,7 @@ type Metrics struct {
 	checksWaited  prometheus.Counter
 	checksRefused prometheus.Counter
 	depth         *depthCollector
+	dests         *destinationCollector
 }
 
 // NewMetrics returns a Metrics with every metric registered, along with the
@@ -82,11 +83,12 @@ func NewMetrics() *Metrics {
 			"postern_queue_depth",
 			"Messages in the queue, by state, read at scrape time.",
 			[]string{"state"}, nil)},
+		dests: newDestinationCollector(),
 	}
 	m.reg.MustRegister(
 		m.delivered, m.deferred, m.bounced, m.failed, m.attempt,
 		m.accepted, m.acceptedBytes, m.replies, m.authFailures,
-		m.checksWaited, m.checksRefused, m.depth,
+		m.checksWaited, m.checksRefused, m.depth, m.dests,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

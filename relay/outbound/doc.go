@@ -31,7 +31,13 @@
 // # Transaction
 //
 // The addresses are tried in order until one takes the transaction; see
-// MX.Deliver for when the next one is tried. STARTTLS follows Options.TLS
+// MX.Deliver for when the next one is tried. One attempt looks at the
+// first Options.MaxMXHosts MX hosts (5), dials at most
+// Options.MaxAddresses addresses (5, Postfix's smtp_mx_address_limit) and
+// gives up after Options.MaxSessions hosts that held a session and
+// failed (2, smtp_mx_session_limit); Options.AttemptTimeout (30 minutes)
+// bounds it whole, DialTimeout (20 s) each connect, CommandTimeout each
+// reply and the greeting. STARTTLS follows Options.TLS
 // (see TLSMode); a failed opportunistic upgrade is retried at once in plain
 // text on the same address.
 //
@@ -90,10 +96,44 @@
 // up), and checked with NOOP before it is used again if it sat parked for
 // more than a second;
 // one that fails before its MAIL is accepted is replaced by a new one in
-// the same attempt. At most Options.MaxConnsPerHost connections are open
-// to one destination at once; further deliveries wait for one. See
-// pool.go. Close (on MX, Smarthost, Failover, Router) closes the idle
-// connections; call it after the queue has stopped.
+// the same attempt, and one that has carried its destination's
+// MessagesPerConnection is closed. At most Options.MaxConnsPerHost
+// connections are open to one host address at once; a delivery beyond
+// that does not wait: it tries the next address. See pool.go. Close (on
+// MX, Smarthost, Failover, Router) closes the idle connections; call it
+// after the queue has stopped.
+//
+// # Shaping
+//
+// The Shaper (shaper.go) decides what the queue may start, as its
+// queue.Gate (MX.Admit, Router.Admit), and learns from every attempt
+// (MX delivery reports it). A destination is the set of MX hosts of a
+// domain: domains hosted together share one. Until a domain's MX hosts
+// are known it is a destination of its own, allowed one attempt at a time
+// (a probe: a new domain costs the first message's lookups, and a
+// tarpit gets one connection, not twenty). A provider groups destinations
+// by MX host suffix (".google.com"). Each has limits (Limits):
+// connections at once, messages per connection, messages per time unit;
+// a provider's connections and rate hold across its destinations.
+//
+// A 4xx reply that matches a RateLimitPattern (by code, enhanced code and
+// text: "421 4.7.28", "4.7.0 ... try again later", "too many
+// connections") slows the whole provider, or the destination when it has
+// none: the rate is halved (from the rate it was delivering at, the first
+// time) and it is suspended briefly (2 s, doubling while refusals come
+// without a delivery between, which leave the rate alone: the remote has
+// not reopened yet). Each delivery then raises the rate by a sixteenth,
+// until the configured rate (or none) is back. A pattern may instead
+// suspend for a fixed time (Yahoo's "[TSS04]": two hours).
+//
+// A destination whose hosts all fail to connect or greet, in
+// DefaultDeadAfter attempts in a row, is dead for a minute, doubling up to
+// an hour each time a probe fails; a host that answers ends it. While a
+// destination or provider is suspended or dead for longer than a moment,
+// the queue defers its due recipients without dialing, with the reply
+// "4.4.1 delivery temporarily suspended: ..." (the cause's own enhanced
+// code when it has one), as Postfix does. Shaper.Destinations shows the
+// state of each.
 //
 // Canceling the context closes the connection at once. A connection that
 // is not kept is closed before Deliver returns, after QUIT when the
