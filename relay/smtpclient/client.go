@@ -78,6 +78,9 @@ var (
 	// ErrNoSMTPUTF8: a transaction needs SMTPUTF8 and the server does not
 	// offer it.
 	ErrNoSMTPUTF8 = errors.New("smtpclient: the server does not offer SMTPUTF8")
+	// ErrNoREQUIRETLS: a transaction asks for REQUIRETLS and the
+	// connection is not TLS or the server does not offer it.
+	ErrNoREQUIRETLS = errors.New("smtpclient: the server does not offer REQUIRETLS over TLS")
 	// ErrBadLine: an address or parameter with a line break or a
 	// character that SMTP cannot carry.
 	ErrBadLine = errors.New("smtpclient: line break or control character in a command")
@@ -91,6 +94,18 @@ func (c *Client) Ext() Extensions { return c.ext }
 
 // TLS reports whether the connection is encrypted.
 func (c *Client) TLS() bool { return c.tls }
+
+// ConnectionState is the TLS state of the connection, ok false when it is
+// not TLS: what a TLS policy checks after the handshake.
+func (c *Client) ConnectionState() (cs tls.ConnectionState, ok bool) {
+	if tc, isTLS := c.nc.(*tls.Conn); isTLS {
+		return tc.ConnectionState(), true
+	}
+	return cs, false
+}
+
+// Addrs are the local and remote addresses of the connection.
+func (c *Client) Addrs() (local, remote net.Addr) { return c.raw.LocalAddr(), c.raw.RemoteAddr() }
 
 // Reusable reports whether the connection may carry another transaction:
 // nothing broke it, no transaction is left open, and the server's

@@ -2,6 +2,7 @@ package smtpclient_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -452,6 +453,36 @@ func TestDSNParameters(t *testing.T) {
 	if got.Opts.Return != smtp.DSNReturnHeaders || got.Opts.EnvelopeID != "id+1=2" ||
 		got.RcptOpts[0].OriginalRecipient != "Orig+x@y.test" || len(got.RcptOpts[0].Notify) != 2 {
 		t.Errorf("received %+v %+v", got.Opts, got.RcptOpts)
+	}
+}
+
+// TestREQUIRETLS: MAIL carries REQUIRETLS over TLS to a server that offers
+// it; in plain text Send refuses and sends nothing.
+func TestREQUIRETLS(t *testing.T) {
+	r := relaytest.NewReceiver(t, "127.0.0.2:0", relaytest.WithSTARTTLS("mx.test"),
+		relaytest.WithServer(func(s *smtp.Server) { s.EnableREQUIRETLS = true }))
+	plain := connect(t, r.Addr())
+	m := tx("b@x.test")
+	m.RequireTLS = true
+	if _, err := plain.Send(context.Background(), m); !errors.Is(err, smtpclient.ErrNoREQUIRETLS) {
+		t.Fatalf("in plain text: %v, want ErrNoREQUIRETLS", err)
+	}
+	if n := len(r.Messages()); n != 0 {
+		t.Fatalf("%d messages sent in plain text", n)
+	}
+	c := connect(t, r.Addr())
+	if err := c.StartTLS(context.Background(), &tls.Config{ServerName: "mx.test", RootCAs: r.CertPool()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if cs, ok := c.ConnectionState(); !ok || len(cs.PeerCertificates) == 0 {
+		t.Errorf("ConnectionState after STARTTLS: %v, %v", cs, ok)
+	}
+	send(t, c, m)
+	if got := r.Messages(); len(got) != 1 || !got[0].Opts.RequireTLS || !got[0].TLS {
+		t.Errorf("received %+v, want one message with REQUIRETLS over TLS", got)
 	}
 }
 

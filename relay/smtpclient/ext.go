@@ -22,7 +22,7 @@ type Extensions struct {
 	DSN bool
 	// StartTLS: RFC 3207.
 	StartTLS bool
-	// RequireTLS: RFC 8689. Recorded for a later use; Send never asks for it.
+	// RequireTLS: RFC 8689; Tx.RequireTLS needs it.
 	RequireTLS bool
 	// Size: RFC 1870. SizeOffered says SIZE was listed; Size is its limit
 	// in octets, 0 when none was given.

@@ -32,6 +32,12 @@ type Tx struct {
 	// UTF8 asks for SMTPUTF8 (RFC 6531): the envelope or the header has
 	// UTF-8. Send fails with ErrNoSMTPUTF8 if the server does not offer it.
 	UTF8 bool
+	// RequireTLS sends REQUIRETLS with MAIL (RFC 8689 §4.1): every later
+	// hop must deliver the message over authenticated TLS too. Send fails
+	// with ErrNoREQUIRETLS, sending nothing, unless the connection is TLS
+	// and the server offers REQUIRETLS; whether that TLS is authenticated
+	// enough is the caller's to decide before Send.
+	RequireTLS bool
 	// Ret and EnvID are the DSN parameters of MAIL (RFC 3461 §4.3, §4.4),
 	// sent when the server offers DSN and not empty. The caller has
 	// checked them: Ret is FULL or HDRS, EnvID printable ASCII.
@@ -97,6 +103,9 @@ func (c *Client) Send(ctx context.Context, tx *Tx) (*Result, error) {
 	}
 	if tx.UTF8 && !c.ext.SMTPUTF8 {
 		return nil, ErrNoSMTPUTF8
+	}
+	if tx.RequireTLS && !(c.tls && c.ext.RequireTLS) {
+		return nil, ErrNoREQUIRETLS
 	}
 	alive := c.watch(ctx)
 	defer alive()
@@ -479,6 +488,9 @@ func (c *Client) mailLine(tx *Tx) string {
 	}
 	if tx.UTF8 {
 		b.WriteString(" SMTPUTF8")
+	}
+	if tx.RequireTLS {
+		b.WriteString(" REQUIRETLS")
 	}
 	if c.ext.DSN {
 		if tx.Ret != "" {
