@@ -54,6 +54,7 @@ type receiverConfig struct {
 	tlsNames  []string
 	brokenTLS bool
 	implicit  bool
+	cert      *tls.Certificate
 	auth      *Credentials
 	server    []func(*smtp.Server)
 }
@@ -96,6 +97,12 @@ func WithImplicitTLS(names ...string) ReceiverOption {
 // that should verify it use Receiver.CertPool.
 func WithSTARTTLS(names ...string) ReceiverOption {
 	return func(c *receiverConfig) { c.tlsNames = append(c.tlsNames, names...) }
+}
+
+// WithCertificate makes the Receiver offer STARTTLS with cert (one of a
+// test CA, say) instead of a self-signed one.
+func WithCertificate(cert tls.Certificate) ReceiverOption {
+	return func(c *receiverConfig) { c.cert = &cert }
 }
 
 // WithoutExtensions hides EHLO keywords ("PIPELINING", "CHUNKING",
@@ -227,6 +234,12 @@ func StartReceiver(addr string, opts ...ReceiverOption) (*Receiver, error) {
 		}
 		r.pool = pool
 		r.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	if cfg.cert != nil {
+		r.pool = nil
+		r.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cfg.cert}}
+	}
+	if r.srv.TLSConfig != nil {
 		if cfg.brokenTLS {
 			r.srv.TLSConfig = &tls.Config{
 				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
