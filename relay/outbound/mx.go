@@ -19,6 +19,7 @@ import (
 	"postern/queue"
 	"postern/queue/reply"
 	"postern/relay/status"
+	"postern/relay/tlspolicy"
 )
 
 // Defaults for Options. RFC 5321 §4.5.3.2 gives the client timeouts: 5
@@ -108,6 +109,17 @@ type Options struct {
 	// unspecified listener address stands for every local one).
 	Local []netip.AddrPort
 
+	// TLSPolicies, when set, decides the TLS of every MX session (DANE,
+	// MTA-STS, delivery.tls_policy, then its own default: see
+	// relay/tlspolicy and tlspolicy.go here) instead of TLS and RootCAs.
+	// It is not consulted when TLS is Disabled, nor for smarthosts, which
+	// keep their configured TLS.
+	TLSPolicies *tlspolicy.Policies
+	// TLSReports receives the TLS outcome of every MX session and of
+	// every host a policy refused, for TLS reports (RFC 8460); nil
+	// records nothing.
+	TLSReports TLSRecorder
+
 	// Shaping configures the MX deliverer's Shaper: limits per
 	// destination and provider, and what a rate-limit reply looks like.
 	// Its Logger defaults to Logger.
@@ -182,6 +194,14 @@ func (m *MX) loops(ip netip.Addr) bool {
 func (m *MX) Close() error {
 	m.pool.close()
 	return nil
+}
+
+// UseTLSPolicies makes MX delivery follow ps and report to rec (see
+// Options.TLSPolicies and TLSReports), for a deliverer made before the
+// store the policies keep their state in was open. Call it before the
+// first Deliver: it is not synchronized with deliveries.
+func (m *MX) UseTLSPolicies(ps *tlspolicy.Policies, rec TLSRecorder) {
+	m.opts.TLSPolicies, m.opts.TLSReports = ps, rec
 }
 
 // Admit is queue.Gate: whether an attempt at d.Domain's MX hosts may start
@@ -312,12 +332,31 @@ func (m *MX) deliver(parent context.Context, d *queue.Delivery, route string) []
 		}
 	}
 
+	// The TLS policies of the domain, once per attempt (tlspolicy.go).
+	var dp *tlspolicy.DomainPolicy
+	if m.opts.TLSPolicies != nil && m.opts.TLS != Disabled {
+		dp = m.opts.TLSPolicies.Domain(ctx, d.Domain)
+	}
+
 	var last error
 	var lastMTA string
+	// other is the last failure that was not a REQUIRETLS refusal: with
+	// one, the attempt is not a REQUIRETLS failure (permanent) but
+	// temporary, since that host may take the message later.
+	var other error
 	dialed, looped := false, false
 	tried, sessions := 0, 0
 hosts:
 	for _, host := range hosts[:min(len(hosts), m.opts.MaxMXHosts)] {
+		hp, err := m.hostPolicy(ctx, dp, d, host)
+		if err != nil {
+			m.logPolicy(d, host, err)
+			last, lastMTA = err, ""
+			if !isRequireTLS(err) {
+				other = err
+			}
+			continue
+		}
 		addrs, err := m.res.addrs(ctx, host)
 		if err != nil {
 			m.log.Info("MX host lookup failed", zap.String("id", d.ID), zap.String("mx", host), zap.Error(err))
@@ -328,7 +367,7 @@ hosts:
 				// RFC 3463 §3.5: X.4.4 "Unable to route".
 				err = status.Wrap(err, 451, 4, 4, "MX host "+host+" has no address")
 			}
-			last, lastMTA = err, ""
+			last, lastMTA, other = err, "", err
 			continue
 		}
 		for _, ip := range addrs {
@@ -347,7 +386,7 @@ hosts:
 			}
 			tried++
 			dialed = true
-			res, err := m.attempt(ctx, d, host, ip, route)
+			res, err := m.attempt(ctx, d, host, ip, route, hp)
 			if err == nil {
 				seen.results(res, m.shaper)
 				report()
@@ -357,6 +396,9 @@ hosts:
 				sessions++
 			}
 			last, lastMTA = err, host
+			if !isRequireTLS(err) {
+				other = err
+			}
 		}
 	}
 	if dialed {
@@ -367,6 +409,11 @@ hosts:
 	}
 	if last == nil { // only when ctx ended during the lookups
 		last = ctx.Err()
+	}
+	if isRequireTLS(last) && other != nil {
+		// Another host failed otherwise, and may take the message
+		// later: wait for it, with that host's reason.
+		last = other
 	}
 	return fail(last, lastMTA)
 }
@@ -430,8 +477,9 @@ func (o *attemptReport) failure(host string, ip netip.Addr, err error, s *Shaper
 // STARTTLS is retried at once on a new plain-text connection to the same
 // address: a broken TLS stack is common and Opportunistic promises
 // delivery, not secrecy (RFC 7435 §6; Postfix does the same).
-func (m *MX) attempt(ctx context.Context, d *queue.Delivery, host string, ip netip.Addr, route string) ([]queue.Result, error) {
+func (m *MX) attempt(ctx context.Context, d *queue.Delivery, host string, ip netip.Addr, route string, hp *hostTLS) ([]queue.Result, error) {
 	p := peer{
+		tls:   hp,
 		addr:  net.JoinHostPort(ip.String(), strconv.Itoa(m.opts.Port)),
 		host:  host,
 		kind:  kindMX,
@@ -443,7 +491,13 @@ func (m *MX) attempt(ctx context.Context, d *queue.Delivery, host string, ip net
 		// (RFC 7435), and Opportunistic promises no authentication.
 		verify: m.opts.TLS == Required,
 	}
-	if m.opts.TLS == Opportunistic {
+	if hp != nil {
+		// The policy decides what the certificate must be, and whether
+		// plain text may follow a failed STARTTLS (only where it would
+		// under Opportunistic).
+		p.mode, p.verify = Opportunistic, false
+	}
+	if p.mode == Opportunistic {
 		// A plain-text connection parked for this address means its
 		// STARTTLS failed moments ago: use that connection rather
 		// than dial, fail again and fall back on every message.

@@ -45,7 +45,11 @@ type peer struct {
 	mode     TLSMode // STARTTLS policy (ignored with implicit)
 	implicit bool    // TLS from the first byte (RFC 8314 §3.3)
 	verify   bool    // verify the certificate for host against Options.RootCAs
-	auth     *credentials
+	// tls, for MX hosts under relay/tlspolicy, decides STARTTLS and the
+	// certificate in place of verify (mode then only says whether
+	// STARTTLS is tried at all), and carries the message's REQUIRETLS.
+	tls  *hostTLS
+	auth *credentials
 
 	// failover makes the session report a definite failure of every
 	// recipient as an error, so that the caller tries the next server in
@@ -65,7 +69,7 @@ func (p peer) key() string {
 	if p.auth != nil {
 		user = p.auth.username
 	}
-	return fmt.Sprintf("%s|%s|%s|%s|%d|%t|%t|%s", p.kind, p.name, p.addr, p.host, p.mode, p.implicit, p.verify, user)
+	return fmt.Sprintf("%s|%s|%s|%s|%d|%t|%t|%s|%s", p.kind, p.name, p.addr, p.host, p.mode, p.implicit, p.verify, user, p.tls.key())
 }
 
 // credentials are what AUTH sends. The password is a secret, which prints
@@ -268,7 +272,13 @@ func (c *client) dial(ctx context.Context, p peer) (_ *conn, err error) {
 	if err := sc.Hello(ctx); err != nil {
 		return nil, err
 	}
-	if mode != Disabled {
+	switch {
+	case mode == Disabled:
+	case p.tls != nil:
+		if err := c.startTLSPolicy(ctx, sc, p); err != nil {
+			return nil, err
+		}
+	default:
 		if err := c.startTLS(ctx, sc, p, mode); err != nil {
 			return nil, err
 		}
@@ -331,7 +341,12 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		u.reply = r
 	}
 
-	tx := &smtpclient.Tx{From: d.From, Body: d.Body, Size: d.Body.Size(), UTF8: utf8}
+	if err := requireTLSOffered(p, sc); err != nil {
+		u.keep = true // nothing was sent
+		return nil, err
+	}
+
+	tx := &smtpclient.Tx{From: d.From, Body: d.Body, Size: d.Body.Size(), UTF8: utf8, RequireTLS: p.tls != nil && p.tls.requireTLS}
 	mailFull := mailDSN(d, tx)
 	passed := make([]bool, len(d.Rcpts)) // DSN parameters given in full
 	for i := range d.Rcpts {
