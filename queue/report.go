@@ -155,7 +155,11 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		EnvelopeID:   rec.Env.EnvID,
 		ArrivalDate:  rec.Created,
 	}
-	if strings.EqualFold(rec.Env.Ret, "FULL") {
+	// RFC 8689 §5: the bounce of a REQUIRETLS message must not carry
+	// what the sender asked to protect over a path that may not protect
+	// it. Its DSN returns the header section only, whatever RET said,
+	// and goes out with REQUIRETLS itself (below).
+	if strings.EqualFold(rec.Env.Ret, "FULL") && !rec.Env.RequireTLS {
 		rep.Return = dsn.Full
 	}
 	for _, it := range items {
@@ -204,6 +208,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		return nil, fmt.Errorf("queue: compose DSN: %w", err)
 	}
 	drec := &record{
+		Env:     Envelope{RequireTLS: rec.Env.RequireTLS},
 		Created: now,
 		Size:    size,
 		Spool:   spool,
