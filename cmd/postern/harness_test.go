@@ -94,7 +94,10 @@ type instance struct {
 	cmd     *exec.Cmd
 	// wrap, when set, is the command serve runs under (setpriv, to run
 	// the server as another user).
-	wrap    []string
+	wrap []string
+	// env is added to serve's environment (SSL_CERT_FILE, to trust a
+	// test CA).
+	env     []string
 	logs    *logBuffer
 	done    chan struct{}
 	exitErr error
@@ -202,6 +205,9 @@ func (in *instance) start() {
 	in.cmd = exec.Command(argv[0], argv[1:]...)
 	in.cmd.Stderr = in.logs
 	in.cmd.Stdout = in.logs
+	if len(in.env) > 0 {
+		in.cmd.Env = append(os.Environ(), in.env...)
+	}
 	if err := in.cmd.Start(); err != nil {
 		in.t.Fatal(err)
 	}

@@ -17,27 +17,29 @@ import (
 
 // newDeliverer translates the delivery section of the config into the
 // queue's Deliverer: a capture Maildir in capture mode, otherwise a router
-// over MX delivery and the configured smarthosts. Smarthost passwords are
-// read here, once: an unreadable password file or an unset variable stops
-// serve with the key's name.
-func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error) {
+// over MX delivery and the configured smarthosts, and that MX deliverer
+// (nil in capture mode), which serve gives the TLS policies once the queue
+// they keep their state in is open. Smarthost passwords are read here,
+// once: an unreadable password file or an unset variable stops serve with
+// the key's name.
+func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, *outbound.MX, error) {
 	dc := cfg.Delivery
 	if dc.Mode == "capture" {
 		m, err := capture.New(cfg.CaptureDir(), capture.Options{Hostname: cfg.Hostname, Logger: log})
 		if err != nil {
-			return nil, fmt.Errorf("delivery.mode capture: %w", err)
+			return nil, nil, fmt.Errorf("delivery.mode capture: %w", err)
 		}
 		log.Warn("delivery.mode is capture: messages are kept in a Maildir and never sent", zap.String("dir", m.Dir()))
-		return m, nil
+		return m, nil, nil
 	}
 
 	tlsMode, err := outbound.ParseTLSMode(dc.TLS)
 	if err != nil {
-		return nil, fmt.Errorf("delivery.tls: %w", err)
+		return nil, nil, fmt.Errorf("delivery.tls: %w", err)
 	}
 	shaping, err := shapingOf(dc.Shaping)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	opts := outbound.Options{
 		Hostname:       cfg.Hostname,
@@ -79,7 +81,7 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 		hosts[sh.Name] = h
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// The config loader has checked every name; an unknown one here is
 	// still an error, never a nil smarthost.
@@ -115,11 +117,11 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 	}
 	def := path("delivery.default_route", dc.DefaultRoute)
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	router, err := outbound.NewRouter(routes, def)
 	if err != nil {
-		return nil, fmt.Errorf("delivery: %w", err)
+		return nil, nil, fmt.Errorf("delivery: %w", err)
 	}
 	for _, rt := range routes {
 		fields := []zap.Field{zap.String("route", rt.Name), zap.Strings("recipient_domains", rt.RecipientDomains),
@@ -130,7 +132,7 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 		log.Info("route", fields...)
 	}
 	log.Info("route", zap.String("route", outbound.DefaultRouteName), zap.Stringer("via", def))
-	return router, nil
+	return router, mx, nil
 }
 
 // shapingOf translates delivery.shaping. The loader has checked every

@@ -27,6 +27,7 @@ import (
 	"postern/relay/certs"
 	"postern/relay/httpapi"
 	"postern/relay/metrics"
+	"postern/relay/outbound"
 	"postern/relay/pickup"
 	"postern/relay/smtpd"
 	"postern/relay/tlspolicy"
@@ -187,7 +188,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		return err
 	}
 
-	mx, err := newDeliverer(cfg, log)
+	mx, mxd, err := newDeliverer(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -300,7 +301,6 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		log.Info("listening", zap.String("listener", "admin"), zap.Stringer("addr", adminLn.Addr()))
 	}
 
-	s.queue.Start()
 	// Drops and TLS reports are queued as if their owner had used the
 	// relay listener: the same header rules and limits.
 	local := pipeline.New(pipeline.Options{
@@ -312,6 +312,17 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		s.queue.Close(context.Background())
 		return err
 	}
+	// MX delivery follows the TLS policies from its first attempt: the
+	// queue starts delivering only now, so that no message queued before
+	// a restart goes out under less than its domain's policy.
+	if mxd != nil {
+		var rec outbound.TLSRecorder
+		if s.tlsReports != nil { // a nil *Reporter is not a nil recorder
+			rec = s.tlsReports
+		}
+		mxd.UseTLSPolicies(s.tlsPolicies, rec)
+	}
+	s.queue.Start()
 	s.pickup = pickup.New(pickup.Options{
 		Dir:    cfg.MaildropDir(),
 		Submit: local,
