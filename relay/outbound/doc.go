@@ -13,7 +13,8 @@
 //
 // The MX records of the domain are asked of one DNS server
 // (Options.Resolver) or of those in /etc/resolv.conf, with miekg/dns rather
-// than the Go resolver so that the DNS answer codes stay visible:
+// than the Go resolver so that the DNS answer codes stay visible, through
+// tlspolicy.Ask, the DNS exchange the TLS policies use too:
 //
 //   - MX records: hosts in preference order, random among equal
 //     preferences (RFC 5321 §5.1), each resolved to its IPv4 then IPv6
