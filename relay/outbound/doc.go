@@ -38,8 +38,13 @@
 // gives up after Options.MaxSessions hosts that held a session and
 // failed (2, smtp_mx_session_limit); Options.AttemptTimeout (30 minutes)
 // bounds it whole, DialTimeout (20 s) each connect, CommandTimeout each
-// reply and the greeting. STARTTLS follows Options.TLS
-// (see TLSMode); a failed opportunistic upgrade is retried at once in plain
+// reply and the greeting. With Options.TLSPolicies (tlspolicy.go), each
+// host's policy (DANE, MTA-STS, delivery.tls_policy, then Options.TLS as
+// the default) decides whether the host is used, and what STARTTLS and
+// the certificate must be; a refusal is temporary (451 4.7.x naming the
+// policy), and a REQUIRETLS message no host can take is 550 5.7.30.
+// Without policies, STARTTLS follows Options.TLS (see TLSMode). Where the
+// policy is opportunistic, a failed upgrade is retried at once in plain
 // text on the same address.
 //
 // The SMTP dialogue itself is relay/smtpclient's: with PIPELINING, MAIL,
