@@ -299,6 +299,11 @@ type DeliveryConfig struct {
 	// TLSReports configures TLS reports (RFC 8460) to the domains that
 	// ask for them.
 	TLSReports TLSReportsConfig `yaml:"tls_reports"`
+	// Timeouts bound delivery attempts.
+	Timeouts DeliveryTimeouts `yaml:"timeouts"`
+	// Shaping limits what each destination and provider gets, and says
+	// what a rate-limit reply looks like.
+	Shaping ShapingConfig `yaml:"shaping"`
 }
 
 // TLSPolicyEntry is the configured policy of one domain.
@@ -754,6 +759,7 @@ func (c *Config) validate() Errors {
 	c.validateRouting(bad)
 	c.validateTLSPolicy(bad)
 	c.validateWebhooks(bad)
+	c.validateShaping(bad)
 
 	type sel struct{ d, s string }
 	dkimSeen := map[sel]int{}

@@ -91,6 +91,13 @@ func TestLoadBuiltin(t *testing.T) {
 		{"delivery.retry.initial", c.Delivery.Retry.Initial.D(), time.Minute},
 		{"delivery.retry.max", c.Delivery.Retry.Max.D(), time.Hour},
 		{"delivery.retry.lifetime", c.Delivery.Retry.Lifetime.D(), 120 * time.Hour},
+		{"delivery.timeouts", c.Delivery.Timeouts, DeliveryTimeouts{Connect: Duration(20 * time.Second),
+			Command: Duration(5 * time.Minute), Data: Duration(10 * time.Minute), Attempt: Duration(30 * time.Minute)}},
+		{"delivery.shaping.default", c.Delivery.Shaping.Default, ShapingLimits{Connections: 20, MessagesPerConnection: 100, Rate: "unlimited"}},
+		{"delivery.shaping.providers[0]", c.Delivery.Shaping.Providers[0], ShapingProvider{Name: "google",
+			MXSuffixes: []string{".google.com", ".googlemail.com"}, Connections: 5, MessagesPerConnection: 50}},
+		{"delivery.shaping.providers", len(c.Delivery.Shaping.Providers), 7},
+		{"delivery.shaping.rate_limit_patterns[0]", c.Delivery.Shaping.RateLimitPatterns[0], RateLimitPattern{EnhancedCode: "4.7.28"}},
 		{"dkim.keys", len(c.DKIM.Keys), 0},
 		{"shutdown_timeout", c.ShutdownTimeout.D(), 30 * time.Second},
 		{"suppression.enabled", c.Suppression.Enabled, true},
@@ -399,6 +406,7 @@ var badCases = []string{
 	"top_level_scalar",
 	"several_errors",
 	"bad_resolver_and_smarthost_address",
+	"bad_shaping",
 }
 
 func TestBadConfigs(t *testing.T) {
@@ -484,6 +492,27 @@ delivery:
     initial: 5m
     max: 2h
     lifetime: 96h
+  timeouts:
+    connect: 15s
+    command: 4m
+    data: 8m
+    attempt: 20m
+  shaping:
+    default:
+      connections: 10
+      messages_per_connection: 50
+      rate: 100/s
+    providers:
+      - name: bigmail
+        mx_suffixes: [.bigmail.example]
+        connections: 4
+        messages_per_connection: 20
+        rate: 10/10s
+    rate_limit_patterns:
+      - code: 421
+        enhanced_code: 4.7.28
+        text: slow down
+        suspend: 1h
 dkim:
   keys:
     - domain: example.com
@@ -611,6 +640,22 @@ func TestOneThingWrong(t *testing.T) {
 		{"    retry_for: 48h", "    retry_for: 2d", "webhooks[0].retry_for", ""},
 		{"      sign_subdomains: true", "      sign_subdomains: sometimes", "dkim.keys[0].sign_subdomains", ""},
 		{"shutdown_timeout: 1m", "shutdown_timeout: 0s", "shutdown_timeout", ""},
+		{"    connect: 15s", "    connect: 0s", "delivery.timeouts.connect", ""},
+		{"    attempt: 20m", "    attempt: soon", "delivery.timeouts.attempt", ""},
+		{"      connections: 10", "      connections: 0", "delivery.shaping.default.connections", ""},
+		{"      connections: 10", "      conections: 10", "delivery.shaping.default.conections", ""},
+		{"      messages_per_connection: 50", "      messages_per_connection: -1", "delivery.shaping.default.messages_per_connection", ""},
+		{"      rate: 100/s", "      rate: fast", "delivery.shaping.default.rate", ""},
+		{"      rate: 100/s", "      rate: 100/0s", "delivery.shaping.default.rate", ""},
+		{"      - name: bigmail", "      - name: Big Mail", "delivery.shaping.providers[0].name", ""},
+		{"        mx_suffixes: [.bigmail.example]", "        mx_suffixes: [bigmail.example]", "delivery.shaping.providers[0].mx_suffixes[0]", ""},
+		{"        mx_suffixes: [.bigmail.example]", "        mx_suffixes: []", "delivery.shaping.providers[0].mx_suffixes", ""},
+		{"        connections: 4", "        connections: -4", "delivery.shaping.providers[0].connections", ""},
+		{"        rate: 10/10s", "        rate: 10/s/s", "delivery.shaping.providers[0].rate", ""},
+		{"      - code: 421", "      - code: 550", "delivery.shaping.rate_limit_patterns[0].code", ""},
+		{"        enhanced_code: 4.7.28", "        enhanced_code: 5.7.28", "delivery.shaping.rate_limit_patterns[0].enhanced_code", ""},
+		{"        text: slow down", "        text: slow (down", "delivery.shaping.rate_limit_patterns[0].text", ""},
+		{"        suspend: 1h", "        suspend: -1h", "delivery.shaping.rate_limit_patterns[0].suspend", ""},
 	} {
 		t.Run(tc.key+"="+strings.TrimSpace(tc.new), func(t *testing.T) {
 			if n := strings.Count(baseline, tc.old+"\n"); n != 1 {
@@ -937,6 +982,41 @@ func TestAPIListener(t *testing.T) {
 		}
 		if !slices.Equal(got, tt.keys) {
 			t.Errorf("%s: errors %v, want keys %v", tt.conf, errs, tt.keys)
+		}
+	}
+}
+
+// TestDefaultRateLimitPatterns: the built-in patterns compile and tell the
+// providers' "slow down" replies from other temporary failures.
+func TestDefaultRateLimitPatterns(t *testing.T) {
+	matches := func(code int, enh, text string) bool {
+		for _, p := range Default().Delivery.Shaping.RateLimitPatterns {
+			re, err := p.TextRE()
+			if err != nil {
+				t.Fatalf("%+v: %v", p, err)
+			}
+			if (p.Code == 0 || p.Code == code) && (p.EnhancedCode == "" || p.EnhancedCode == enh) && (re == nil || re.MatchString(text)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct {
+		code      int
+		enh, text string
+		want      bool
+	}{
+		{421, "4.7.28", "[192.0.2.1] Our system has detected an unusual rate of unsolicited mail originating from your IP address", true},
+		{421, "4.7.0", "Try again later, closing connection.", true},
+		{421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints", true},
+		{451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.", true},
+		{421, "", "Too many concurrent SMTP connections from this IP address; please try again later", true},
+		{450, "4.2.0", "Greylisted, please try again later", false},
+		{452, "4.5.3", "Too many recipients", false},
+		{451, "4.3.0", "Temporary local problem", false},
+	} {
+		if got := matches(tc.code, tc.enh, tc.text); got != tc.want {
+			t.Errorf("%d %s %s: rate limit %v, want %v", tc.code, tc.enh, tc.text, got, tc.want)
 		}
 	}
 }

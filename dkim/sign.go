@@ -185,6 +185,13 @@ func (s *Signer) Sign(msg io.Reader) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
+// Signs reports whether Sign would sign a message with the header section
+// h: a key matches the domain of a From address. The submission pipeline
+// asks it to convert such a message to 7 bits before it is signed.
+func (s *Signer) Signs(h *message.Header) bool {
+	return s != nil && len(s.keys) > 0 && len(s.match(authorDomains(h))) > 0
+}
+
 // signErr explains a failed write: the write error names no key, but when
 // a signer failed, its Close error does.
 func (s *Signer) signErr(keys []*Key, signers []*msgauth.Signer, werr error) error {

@@ -33,23 +33,39 @@ func BenchmarkEnqueue(b *testing.B) {
 }
 
 // BenchmarkLease leases the same few due messages while 100, 100,000 or
-// 1,000,000 others wait in the future. Equal costs show that leasing walks
-// only what is due (the schedule index is ordered by time). The database
-// runs with NoSync here: the fsync per lease is a constant that would only
-// hide the difference being measured. b.Loop runs the setup once.
+// 1,000,000 others wait in the future, or while 100,000 are due ahead of
+// them at a destination the Gate refuses (gated). Equal costs show that
+// leasing looks only at what is due and may go (the in-memory schedule is
+// ordered by time, and a refused destination's lane is parked, not walked).
+// The database runs with NoSync here: the fsync per lease is a constant
+// that would only hide the difference being measured. b.Loop runs the
+// setup once.
 func BenchmarkLease(b *testing.B) {
 	const due = 8
-	for _, waiting := range []int{100, 100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
+	for _, c := range []struct {
+		name           string
+		waiting, gated int
+	}{
+		{"waiting=100", 100, 0},
+		{"waiting=100000", 100_000, 0},
+		{"waiting=1000000", 1_000_000, 0},
+		{"gated=100000", 100, 100_000},
+	} {
+		b.Run(c.name, func(b *testing.B) {
 			clock := &fakeClock{t: t0}
-			q, err := Open(Options{Path: filepath.Join(b.TempDir(), "queue.db"), Now: clock.Now, Workers: due})
+			g := newFakeGate()
+			g.limit["gated.test"] = 0
+			q, err := Open(Options{Path: filepath.Join(b.TempDir(), "queue.db"), Now: clock.Now, Workers: due, Gate: g})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer q.Close(context.Background())
 			q.db.NoSync = true
 			far := t0.AddDate(100, 0, 0) // beyond any clock this benchmark reaches
-			fill(b, q, waiting, far)
+			fill(b, q, c.waiting, far)
+			// Due before the others, at every clock this benchmark
+			// reaches: the head of the schedule.
+			fillTo(b, q, c.gated, t0.Add(-time.Hour), "b@gated.test")
 			fill(b, q, due, t0)
 			for b.Loop() {
 				jobs, _, err := q.lease(clock.Now(), due)
@@ -156,19 +172,25 @@ func BenchmarkOpen(b *testing.B) {
 // fill inserts n one-recipient messages due at next, 10,000 per commit.
 func fill(tb testing.TB, q *Queue, n int, next time.Time) {
 	tb.Helper()
-	rec := &record{Env: Envelope{From: "alice@example.org"}, Created: t0, Size: 100, Next: next.UnixNano(),
-		Rcpts: []Recipient{{Address: "b@example.net", State: StateQueued, NextAttempt: next}}}
+	fillTo(tb, q, n, next, "b@example.net")
+}
+
+// fillRecord inserts n copies of rec, 10,000 per commit, through the
+// staged path, so that the in-memory schedule holds them too.
+func fillRecord(tb testing.TB, q *Queue, n int, rec *record) {
+	tb.Helper()
 	data, err := marshalRecord(rec)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	body := bytes.Repeat([]byte("x"), 100)
+	sum := summarize(rec)
 	for n > 0 {
 		k := min(n, 10_000)
 		n -= k
-		err := q.db.Update(func(tx *bolt.Tx) error {
+		err := q.update(func(tx *bolt.Tx) error {
 			for range k {
-				if _, err := insert(tx, data, body, "", rec.Next); err != nil {
+				if _, err := q.insertRec(tx, data, body, "", rec.Next, sum); err != nil {
 					return err
 				}
 			}

@@ -296,6 +296,27 @@ func TestBounceRetFull(t *testing.T) {
 	}
 }
 
+// TestBounceREQUIRETLS: the DSN of a REQUIRETLS message returns only the
+// header section, RET=FULL notwithstanding, and is itself sent with
+// REQUIRETLS (RFC 8689 §5).
+func TestBounceREQUIRETLS(t *testing.T) {
+	h := newHarness(t)
+	h.fake.on("b@x.test", 1, Permanent, rp(550, "5.7.30", "REQUIRETLS support required"))
+	q := h.open()
+	env := &Envelope{From: "alice@example.org", Rcpts: []string{"b@x.test"}, Ret: "FULL", RequireTLS: true}
+	if _, err := q.Enqueue(context.Background(), env, strings.NewReader("Subject: secret\r\n\r\nthe body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	h.step()
+	m, rep := h.onlyDSN()
+	if rep.third != "text/rfc822-headers" || strings.Contains(string(rep.orig), "the body") {
+		t.Errorf("returned original: %s %q, want the header section only", rep.third, rep.orig)
+	}
+	if !m.Envelope.RequireTLS {
+		t.Error("the DSN goes out without REQUIRETLS")
+	}
+}
+
 // TestBounceRetFullPrefixed: a spooled message enqueued with a prefix (the
 // relay's Received field and DKIM signatures) comes back in its DSN with
 // the prefix, as it was delivered and as an inline one does.

@@ -184,7 +184,7 @@ func (q *Queue) commitLoop() {
 func (q *Queue) runBatch(batch []*commitReq) {
 	q.batches.Add(1)
 	failed := -1
-	err := q.db.Update(func(tx *bolt.Tx) error {
+	err := q.update(func(tx *bolt.Tx) error {
 		wrote := false
 		for i, r := range batch {
 			switch err := r.fn(tx); {
@@ -216,7 +216,7 @@ func (q *Queue) runBatch(batch []*commitReq) {
 		batch[failed].done <- err
 		for i, r := range batch {
 			if i != failed {
-				err := q.db.Update(r.fn)
+				err := q.update(r.fn)
 				if errors.Is(err, errUnchanged) {
 					err = nil
 				}

@@ -224,7 +224,7 @@ func (q *Queue) RecordEvents(evs ...Event) error {
 		}
 	}
 	var n int
-	err := q.update(func(tx *bolt.Tx) error {
+	err := q.updateOpen(func(tx *bolt.Tx) error {
 		var err error
 		n, err = q.emit(tx, evs)
 		return err
@@ -233,15 +233,16 @@ func (q *Queue) RecordEvents(evs ...Event) error {
 	return err
 }
 
-// update runs fn in a write transaction of its own, unless the queue is
-// closed.
-func (q *Queue) update(fn func(*bolt.Tx) error) error {
+// updateOpen runs fn in a write transaction of its own (Queue.update),
+// unless the queue is closed. Not for the commit loop, whose callers
+// already hold dbMu.
+func (q *Queue) updateOpen(fn func(*bolt.Tx) error) error {
 	q.dbMu.RLock()
 	if q.closed {
 		q.dbMu.RUnlock()
 		return ErrClosed
 	}
-	err := q.db.Update(fn)
+	err := q.update(fn)
 	q.dbMu.RUnlock()
 	if err != nil {
 		q.checkDB(err) // needs dbMu exclusively

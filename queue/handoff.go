@@ -14,8 +14,11 @@ import "time"
 // the attempt counted. Postfix's queue manager likewise moves a new message
 // straight into its in-memory active queue.
 //
-// Only when no worker is free (or the queue is not started, or closing)
-// does the message wait for the dispatcher, due at once, as before.
+// Only when no worker is free (or the queue is not started, or closing),
+// or the Gate admits none of its domains, does the message wait for the
+// dispatcher, due at once, as before. A message with recipients at several
+// domains is handed off for those the Gate admits; the others wait for the
+// dispatcher, which leases them once the hand-off's attempts have ended.
 
 // reserve takes a delivery slot (a ticket) for a message about to be
 // enqueued, if one is free. The ticket counts in busy and in wg until
@@ -42,11 +45,33 @@ func (q *Queue) unreserve() {
 	q.notify()
 }
 
-// leaseNew fills in a new record's recipients as lease would at their
-// first attempt, and its schedule time to match.
-func (q *Queue) leaseNew(rec *record, now time.Time) {
+// admitNew asks the Gate about each recipient domain of a new record and
+// returns the admitted ones with their Release.
+func (q *Queue) admitNew(rec *record, now time.Time) map[string]func() {
+	sender := domainOf(rec.Env.From)
+	asked := make(map[string]bool)
+	permits := make(map[string]func())
+	for _, r := range rec.Rcpts {
+		dom := domainOf(r.Address)
+		if asked[dom] {
+			continue
+		}
+		asked[dom] = true
+		if a := q.gate.Admit(Dest{Domain: dom, Sender: sender, Attempt: 1}, now); a.Admitted() {
+			permits[dom] = a.Release
+		}
+	}
+	return permits
+}
+
+// leaseNew fills in a new record's recipients at the admitted domains as
+// lease would at their first attempt, and its schedule time to match.
+func (q *Queue) leaseNew(rec *record, now time.Time, admitted map[string]func()) {
 	for i := range rec.Rcpts {
 		r := &rec.Rcpts[i]
+		if _, ok := admitted[domainOf(r.Address)]; !ok {
+			continue
+		}
 		r.Attempts = 1
 		r.LastAttempt = now
 		r.NextAttempt = now.Add(q.retry.backoff(1, q.jitter()))
@@ -92,12 +117,13 @@ func (q *Queue) handOff(id uint64, jobs []*job) {
 	q.wg.Done()
 }
 
-// allRcpts is the index of every recipient of rec: a new message is due for
-// all of them.
-func allRcpts(rec *record) []int {
-	all := make([]int, len(rec.Rcpts))
-	for i := range all {
-		all[i] = i
+// leasedRcpts lists the recipients of rec that leaseNew leased.
+func leasedRcpts(rec *record) []int {
+	var idx []int
+	for i, r := range rec.Rcpts {
+		if r.leased {
+			idx = append(idx, i)
+		}
 	}
-	return all
+	return idx
 }

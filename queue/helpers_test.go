@@ -63,6 +63,8 @@ type fakeDeliverer struct {
 	called chan *Delivery
 	// block, if set, makes Deliver wait for ctx or for block to close.
 	block chan struct{}
+	// blockDomain does the same for deliveries to one domain.
+	blockDomain map[string]chan struct{}
 }
 
 func newFake() *fakeDeliverer {
@@ -88,6 +90,9 @@ func (f *fakeDeliverer) Deliver(ctx context.Context, d *Delivery) []Result {
 	f.mu.Lock()
 	f.calls = append(f.calls, call{Delivery: *d, body: body})
 	block := f.block
+	if b, ok := f.blockDomain[d.Domain]; ok {
+		block = b
+	}
 	f.mu.Unlock()
 	f.called <- d
 	if block != nil {

@@ -66,6 +66,7 @@ func (q *Queue) Release(id string) error {
 		return nil
 	})
 	if err == nil && out != nil {
+		q.force(n)
 		q.log.Info("released", slog.String("id", id))
 		q.notify()
 	}
@@ -96,10 +97,21 @@ func (q *Queue) Retry(id string) error {
 		return nil
 	})
 	if err == nil {
+		q.force(n)
 		q.log.Info("retry requested", slog.String("id", id))
 		q.notify()
 	}
 	return err
+}
+
+// force lets the next attempt of each message through a suspension of its
+// destination (Dest.Retry): an operator asked for it now.
+func (q *Queue) force(ids ...uint64) {
+	q.ixMu.Lock()
+	defer q.ixMu.Unlock()
+	for _, id := range ids {
+		q.forced[id] = true
+	}
 }
 
 // dueNow moves every pending recipient due later to now, except those in
@@ -128,6 +140,7 @@ func (q *Queue) RetryAll() (int, error) {
 	// Collect first (every scheduled message is neither held nor final),
 	// then rewrite in chunks; an entry that moved meanwhile is skipped.
 	var keys [][]byte
+	var ids []uint64
 	total := 0
 	q.dbMu.RLock()
 	if q.closed {
@@ -141,6 +154,7 @@ func (q *Queue) RetryAll() (int, error) {
 				continue
 			}
 			total++
+			ids = append(ids, schedID(k))
 			if schedTime(k) > now.UnixNano() {
 				keys = append(keys, bytes.Clone(k))
 			}
@@ -159,7 +173,7 @@ func (q *Queue) RetryAll() (int, error) {
 			q.dbMu.RUnlock()
 			return 0, ErrClosed
 		}
-		err := q.db.Update(func(tx *bolt.Tx) error {
+		err := q.update(func(tx *bolt.Tx) error {
 			sched, msgs := tx.Bucket(bSchedule), tx.Bucket(bMessages)
 			for _, k := range chunk {
 				if sched.Get(k) == nil {
@@ -177,7 +191,7 @@ func (q *Queue) RetryAll() (int, error) {
 				if !dueNow(rec, now, false) {
 					continue
 				}
-				if _, err := save(tx, id, rec, now, q.keep); err != nil {
+				if _, err := q.saveRec(tx, id, rec, now); err != nil {
 					return err
 				}
 			}
@@ -189,6 +203,7 @@ func (q *Queue) RetryAll() (int, error) {
 			return 0, fmt.Errorf("queue: retry all: %w", err)
 		}
 	}
+	q.force(ids...)
 	q.log.Info("retry all requested", slog.Int("messages", total))
 	q.notify()
 	return total, nil
@@ -211,7 +226,7 @@ func (q *Queue) Delete(id string) error {
 		state State
 		spool string
 	)
-	err = q.db.Update(func(tx *bolt.Tx) error {
+	err = q.update(func(tx *bolt.Tx) error {
 		data := tx.Bucket(bMessages).Get(idKey(n))
 		if data == nil {
 			return fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -223,7 +238,7 @@ func (q *Queue) Delete(id string) error {
 			rec = &record{}
 		}
 		state = rec.state()
-		spool, err = remove(tx, n, rec)
+		spool, err = q.removeRec(tx, n, rec)
 		return err
 	})
 	q.dbMu.RUnlock()
@@ -311,7 +326,7 @@ func (q *Queue) purge(now time.Time) {
 		return
 	}
 	purged := 0
-	err := q.db.Update(func(tx *bolt.Tx) error {
+	err := q.update(func(tx *bolt.Tx) error {
 		purged = 0
 		idx, msgs := tx.Bucket(bPurge), tx.Bucket(bMessages)
 		var keys [][]byte

@@ -123,6 +123,9 @@ type Options struct {
 	// Signer, when set, signs the notifications the queue composes itself
 	// (the DSNs from MAILER-DAEMON@Hostname); nil sends them unsigned.
 	Signer Signer
+	// Gate, when set, is asked before every attempt whether its
+	// destination has capacity (see Gate); nil admits everything.
+	Gate Gate
 
 	// Subscribers get the events of submitted messages (events.go);
 	// none: no event is recorded.
@@ -325,6 +328,18 @@ type Queue struct {
 	// eventKick (capacity 1) is signalled after commits that recorded
 	// events.
 	eventKick chan struct{}
+	gate      Gate
+
+	// writeMu orders each write transaction with the application of the
+	// index changes it staged in stage (Queue.update).
+	writeMu sync.Mutex
+	stage   []staged
+	// ixMu guards ix, the in-memory schedule (lanes.go), and forced,
+	// the messages an operator asked to retry now (Dest.Retry) until they
+	// are leased. Lock order: dbMu, then writeMu, then ixMu, then mu.
+	ixMu   sync.Mutex
+	ix     *index
+	forced map[uint64]bool
 
 	// dbMu orders Close against everything that uses db: readers and
 	// committers hold it shared and check closed; Close takes it
@@ -392,6 +407,9 @@ func Open(opts Options) (*Queue, error) {
 		suppress:    opts.Suppression,
 		bounces:     opts.Bounces,
 		eventKick:   make(chan struct{}, 1),
+		gate:        opts.Gate,
+		ix:          newIndex(),
+		forced:      make(map[uint64]bool),
 		inflight:    make(map[uint64]int),
 		depth:       make(map[State]int),
 		kick:        make(chan struct{}, 1),
@@ -423,6 +441,9 @@ func Open(opts Options) (*Queue, error) {
 	if q.obs == nil {
 		q.obs = nopObserver{}
 	}
+	if q.gate == nil {
+		q.gate = openGate{}
+	}
 	if q.hostname == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -448,7 +469,7 @@ func Open(opts Options) (*Queue, error) {
 		db.Close()
 		return nil, err
 	}
-	if err := q.countDepth(); err != nil {
+	if err := q.scan(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -588,25 +609,37 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		return "", err
 	}
 	// A free worker takes the message as soon as it is committed (see
-	// handoff.go); otherwise the dispatcher leases it.
+	// handoff.go), for the domains the Gate admits; otherwise the
+	// dispatcher leases it.
 	handOff := q.reserve()
+	var permits map[string]func()
 	if handOff {
-		q.leaseNew(rec, now)
+		if permits = q.admitNew(rec, now); len(permits) == 0 {
+			q.unreserve()
+			handOff = false
+		} else {
+			q.leaseNew(rec, now, permits)
+		}
+	}
+	// giveBack undoes the hand-off of a message that is not committed.
+	giveBack := func() {
+		if handOff {
+			for _, release := range permits {
+				release()
+			}
+			q.unreserve()
+		}
 	}
 	data, err := marshalRecord(rec)
 	if err != nil {
-		if handOff {
-			q.unreserve()
-		}
+		giveBack()
 		return "", err
 	}
 
 	q.dbMu.RLock()
 	if q.closed {
 		q.dbMu.RUnlock()
-		if handOff {
-			q.unreserve()
-		}
+		giveBack()
 		return "", ErrClosed
 	}
 	// The jobs of a hand-off are made before the commit, so that the
@@ -614,8 +647,12 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 	// with the commit.
 	var jobs []*job
 	if handOff {
-		jobs = group(0, rec, allRcpts(rec), q.body(rec, inline))
+		jobs = group(0, rec, leasedRcpts(rec), q.body(rec, inline))
+		for _, j := range jobs {
+			j.permit = permits[j.d.Domain]
+		}
 	}
+	sum := summarize(rec)
 	var n64 uint64
 	var events int
 	undo := func() {}
@@ -626,7 +663,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 		undo()
 		undo = func() {}
 		var err error
-		n64, err = insert(tx, data, inline, rec.Spool, rec.Next)
+		n64, err = q.insertRec(tx, data, inline, rec.Spool, rec.Next, sum)
 		if err != nil {
 			return err
 		}
@@ -644,9 +681,7 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *Envelope, body io.Read
 	q.dbMu.RUnlock()
 	if err != nil {
 		undo()
-		if handOff {
-			q.unreserve()
-		}
+		giveBack()
 		q.checkDB(err)
 		return "", fmt.Errorf("queue: commit message: %w", errnoOf(err))
 	}

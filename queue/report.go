@@ -131,6 +131,7 @@ type pendingDSN struct {
 	inline []byte // the body, or nil if spooled
 	spool  string // spool file name, "" if inline
 	next   int64
+	sum    *summary // for the in-memory schedule
 }
 
 // discard removes the spool file of a DSN that was not committed.
@@ -154,7 +155,11 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		EnvelopeID:   rec.Env.EnvID,
 		ArrivalDate:  rec.Created,
 	}
-	if strings.EqualFold(rec.Env.Ret, "FULL") {
+	// RFC 8689 §5: the bounce of a REQUIRETLS message must not carry
+	// what the sender asked to protect over a path that may not protect
+	// it. Its DSN returns the header section only, whatever RET said,
+	// and goes out with REQUIRETLS itself (below).
+	if strings.EqualFold(rec.Env.Ret, "FULL") && !rec.Env.RequireTLS {
 		rep.Return = dsn.Full
 	}
 	for _, it := range items {
@@ -203,6 +208,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		return nil, fmt.Errorf("queue: compose DSN: %w", err)
 	}
 	drec := &record{
+		Env:     Envelope{RequireTLS: rec.Env.RequireTLS},
 		Created: now,
 		Size:    size,
 		Spool:   spool,
@@ -216,7 +222,7 @@ func (q *Queue) composeDSN(id uint64, rec *record, items []planItem, inline []by
 		q.discard(d)
 		return nil, err
 	}
-	return &pendingDSN{data: data, inline: body, spool: spool, next: drec.Next}, nil
+	return &pendingDSN{data: data, inline: body, spool: spool, next: drec.Next, sum: summarize(drec)}, nil
 }
 
 // Signer signs a message the queue composes itself: a DSN. In postern it
@@ -454,7 +460,7 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 		if got := q.plan(rec, now); !slices.Equal(got, items) {
 			return stop(errStale)
 		}
-		sv, err := save(tx, id, rec, now, q.keep)
+		sv, err := q.saveRec(tx, id, rec, now)
 		if err != nil {
 			return err
 		}
@@ -471,7 +477,7 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 			}
 		}
 		if d != nil {
-			if o.dsn, err = insert(tx, d.data, d.inline, d.spool, d.next); err != nil {
+			if o.dsn, err = q.insertRec(tx, d.data, d.inline, d.spool, d.next, d.sum); err != nil {
 				return err
 			}
 		}
@@ -483,7 +489,7 @@ func (q *Queue) commitChange(id uint64, batch bool, now time.Time, change func(*
 		// Only the results of attempts come this way: see batchLazy.
 		err = q.batchLazy(commit)
 	} else {
-		err = q.db.Update(commit)
+		err = q.update(commit)
 	}
 	q.dbMu.RUnlock()
 	switch {

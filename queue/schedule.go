@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,6 +52,19 @@ type job struct {
 	d   *Delivery
 	// traced: the message gets VERP return paths (trace.go).
 	traced bool
+	// permit is the Gate's Release for this attempt; nil once called.
+	permit func()
+}
+
+// free gives the job's capacity back to the Gate and wakes the dispatcher,
+// whose parked work may now fit. Only the job's own goroutine calls it.
+func (q *Queue) free(j *job) {
+	if j.permit != nil {
+		p := j.permit
+		j.permit = nil
+		p()
+		q.notify()
+	}
 }
 
 // dispatch is the scheduler loop: lease what is due while workers are free,
@@ -106,79 +120,247 @@ func (q *Queue) dispatchOnce() time.Duration {
 	return min(max(next.Sub(now), 0), maxIdle)
 }
 
-// lease hands out due recipients of at most limit messages. In one committed
-// transaction (shared with other writers, see batch) it bumps each due
-// recipient's Attempts and sets its
-// NextAttempt to now plus the backoff, before anyone touches the network
-// (house style, habit 2; mox queue.go does the same): if the process dies
-// during the attempt, the recipient is retried after that backoff, with the
-// attempt counted. The leased messages are marked in flight once the
-// transaction has committed.
+const (
+	// maxDeferrals bounds the recipients' messages one lease defers for
+	// a suspended destination, so that one transaction stays small; the
+	// next round goes on at once.
+	maxDeferrals = 1000
+	// minPark is the shortest a Gate's refusal parks a lane, so that a
+	// Gate answering "until now" cannot make the dispatcher spin.
+	minPark = time.Millisecond
+)
+
+// pick is a delivery the Gate admitted: the due recipients of message id
+// at domain, and the Gate's Release.
+type pick struct {
+	id      uint64
+	domain  string
+	release func()
+}
+
+// deferral is due work at a suspended destination: its recipients wait
+// until then, with why as their last reply.
+type deferral struct {
+	id     uint64
+	domain string
+	until  time.Time
+	why    reply.Reply
+}
+
+// choose walks the in-memory schedule (lanes.go) in due order and asks
+// the Gate about each due part, for at most limit admissions and
+// maxDeferrals deferrals. A lane refused for capacity is parked; parts
+// of messages in flight are set flying. Everything it does not hand out
+// stays in the index.
+func (q *Queue) choose(now time.Time, limit int) (picks []pick, defers []deferral) {
+	q.ixMu.Lock()
+	defer q.ixMu.Unlock()
+	x := q.ix
+	x.signals()
+	nowN := now.UnixNano()
+	fallback := now.Add(maxIdle).UnixNano()
+	var aside []*part // looked at this round; back into their lanes at the end
+	for limit > 0 && len(defers) < maxDeferrals && len(x.ready) > 0 {
+		l := x.ready[0]
+		if l.readyAt() > nowN {
+			break
+		}
+		p := l.items[0]
+		l.remove(0)
+		if q.isInflight(p.msg.id) {
+			l.flying++ // until its attempt ends: land
+			x.fix(l)
+			continue
+		}
+		aside = append(aside, p)
+		x.fix(l)
+		a := q.gate.Admit(Dest{Domain: l.key.domain, Sender: l.key.sender, Attempt: int(p.attempts) + 1,
+			Retry: q.forced[p.msg.id]}, now)
+		switch {
+		case a.Admitted():
+			picks = append(picks, pick{id: p.msg.id, domain: l.key.domain, release: a.Release})
+			delete(q.forced, p.msg.id)
+			limit--
+		case !a.Suspended.IsZero():
+			defers = append(defers, deferral{id: p.msg.id, domain: l.key.domain, until: a.Until, why: a.Suspended})
+		default:
+			until := fallback
+			if !a.Until.IsZero() {
+				until = min(max(a.Until.UnixNano(), nowN+int64(minPark)), fallback)
+			}
+			x.park(l, until, a.Wait)
+		}
+	}
+	for _, p := range aside {
+		x.push(p)
+	}
+	return picks, defers
+}
+
+// settlement is recipients a lease deferred for a suspended destination
+// whose deferral calls for what a result does (settle).
+type settlement struct {
+	id  uint64
+	idx []int
+	why []reply.Reply // parallel to idx
+}
+
+// suspendUntil is when recipients of rec deferred at now for a
+// suspension that lasts until until come due again: until, or earlier
+// when the end of the message's retry lifetime, or its delay warning
+// (when one may still be due), comes first, so that neither waits for the
+// suspension to end.
+func (q *Queue) suspendUntil(rec *record, until, now time.Time) time.Time {
+	times := []time.Time{rec.Created.Add(q.retry.Lifetime + time.Nanosecond)}
+	if q.warnAge > 0 && rec.Env.From != "" && slices.ContainsFunc(rec.Rcpts, func(r Recipient) bool { return r.State.pending() && !r.warned }) {
+		times = append(times, rec.Created.Add(q.warnAge))
+	}
+	for _, t := range times {
+		if t.After(now) && t.Before(until) {
+			until = t
+		}
+	}
+	return until
+}
+
+// settle records for recipients that a lease deferred, no attempt made,
+// what the result of an attempt would: a lifetime expired (failed, with
+// the queue's words and the suspension quoted) and the DSN now due (a
+// failure, a delay warning), committed together as record does.
+func (q *Queue) settle(s settlement) {
+	defer q.wg.Done()
+	now := q.clock()
+	id := formatID(s.id)
+	out, err := q.modify(s.id, true, now, func(rec *record) error {
+		changed := false
+		for n, i := range s.idx {
+			r := &rec.Rcpts[i]
+			if !r.State.pending() || !r.leased {
+				continue // an operator or a later lease got there first
+			}
+			r.leased = false
+			next := r.NextAttempt
+			q.apply(r, Result{Outcome: Temporary, Reply: s.why[n]}, now, rec.Created)
+			r.NextAttempt = next
+			changed = true
+		}
+		if !changed {
+			return errNoChange
+		}
+		return nil
+	})
+	if err != nil || out == nil {
+		if err != nil {
+			q.log.Error("record a suspension", slog.String("id", id), slog.Any("error", err))
+		}
+		return
+	}
+	failed := 0
+	for _, i := range s.idx {
+		if r := out.after.Rcpts[i]; r.State == StateFailed && out.before.Rcpts[i].State.pending() {
+			failed++
+			q.log.Info("failed", slog.String("id", id), slog.String("rcpt", r.Address),
+				slog.Int("attempt", r.Attempts), slog.Any("reply", r.LastReply))
+		}
+	}
+	q.observe(0, 0, failed)
+	if out.saved.final {
+		q.final(s.id, out.after)
+	}
+}
+
+// nextDue is the earliest time the index has something to look at, zero
+// if nothing (parked lanes wait for their signal or a change).
+func (q *Queue) nextDue() time.Time {
+	q.ixMu.Lock()
+	defer q.ixMu.Unlock()
+	if n := q.ix.next(); n != never {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// lease hands out the due recipients the Gate admits, at most limit
+// deliveries (one per message and domain). In one committed transaction
+// (shared with other writers, see batch) it bumps each leased recipient's
+// Attempts and sets its NextAttempt to now plus the backoff, before
+// anyone touches the network (house style, habit 2; mox queue.go does the
+// same): if the process dies during the attempt, the recipient is retried
+// after that backoff, with the attempt counted. The leased messages are
+// marked in flight once the transaction has committed.
 //
-// It walks the schedule from its first key and stops at the first key in
-// the future, skipping only messages already in flight (at most Workers of
-// them), so its cost does not depend on how many messages wait.
+// The same transaction defers the due recipients of suspended
+// destinations to the end of the suspension, with the Gate's reply and
+// without counting an attempt: nothing is dialed for them.
 //
-// next is the earliest due time among messages not in flight, zero if none.
+// Candidates come from the in-memory schedule (lanes.go), so the cost
+// depends on the work handed out and the lanes refused, not on how many
+// messages wait.
+//
+// next is the earliest time anything not in flight is due, zero if none.
 func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, err error) {
 	q.dbMu.RLock()
 	defer q.dbMu.RUnlock()
 	if q.closed {
 		return nil, time.Time{}, ErrClosed
 	}
-	// Most wake-ups (one follows every attempt) find nothing due: answer
-	// those from a read transaction, so that an empty lease costs no
-	// commit and no fsync (bbolt syncs even a commit that changed nothing).
-	anyDue := false
-	err = q.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bSchedule).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if q.isInflight(schedID(k)) {
-				continue // at most Workers of these
-			}
-			if schedTime(k) <= now.UnixNano() {
-				anyDue = true
-			} else {
-				next = time.Unix(0, schedTime(k))
-			}
-			return nil
+	picks, defers := q.choose(now, limit)
+	if len(picks)+len(defers) > 0 {
+		if jobs, err = q.leaseTx(now, picks, defers); err != nil {
+			return nil, time.Time{}, err
 		}
-		return nil
-	})
-	if err != nil || !anyDue {
-		if err != nil {
-			err = fmt.Errorf("queue: lease: %w", err)
-		}
-		return nil, next, err
 	}
+	return jobs, q.nextDue(), nil
+}
 
-	leased := make(map[uint64]bool)
+// leaseTx commits what choose decided. A pick whose record has nothing
+// due at its domain any more (the index was a moment behind) gives its
+// permit back.
+func (q *Queue) leaseTx(now time.Time, picks []pick, defers []deferral) (jobs []*job, err error) {
+	type work struct {
+		picks  map[string]func()
+		defers map[string]deferral
+	}
+	byID := make(map[uint64]*work)
+	var ids []uint64
+	get := func(id uint64) *work {
+		w := byID[id]
+		if w == nil {
+			w = &work{picks: map[string]func(){}, defers: map[string]deferral{}}
+			byID[id] = w
+			ids = append(ids, id)
+		}
+		return w
+	}
+	for _, p := range picks {
+		get(p.id).picks[p.domain] = p.release
+	}
+	for _, d := range defers {
+		get(d.id).defers[d.domain] = d
+	}
+	slices.Sort(ids)
+
+	type suspendedRcpt struct {
+		id   uint64
+		rcpt string
+		d    deferral
+	}
+	var (
+		suspended []suspendedRcpt
+		settles   []settlement
+		delta     map[State]int
+	)
 	// Through the group-commit loop: the lease shares its commit (and
 	// fsync) with the enqueues and results waiting at the same moment
 	// instead of queueing behind them for a transaction of its own. The
 	// function may run twice (see batch): it starts from scratch, and
-	// its only effects outside tx are log lines and jitter draws.
+	// its only effects outside tx are log lines, jitter draws and the
+	// index changes it stages.
 	err = q.batch(func(tx *bolt.Tx) error {
-		jobs, next = nil, time.Time{}
-		clear(leased)
-		sched := tx.Bucket(bSchedule)
+		jobs, suspended, settles, delta = nil, nil, nil, map[State]int{}
 		msgs := tx.Bucket(bMessages)
-
-		// Collect first, modify after: bbolt cursors are not valid
-		// across changes to their bucket.
-		var keys [][]byte
-		c := sched.Cursor()
-		for k, _ := c.First(); k != nil && len(keys) < limit; k, _ = c.Next() {
-			if schedTime(k) > now.UnixNano() {
-				break
-			}
-			if !q.isInflight(schedID(k)) {
-				keys = append(keys, bytes.Clone(k))
-			}
-		}
-
-		for _, k := range keys {
-			id := schedID(k)
+		for _, id := range ids {
+			w := byID[id]
 			data := msgs.Get(idKey(id))
 			var rec *record
 			if data != nil {
@@ -193,31 +375,56 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 				// A dangling or unreadable entry would otherwise be
 				// due forever. The message, if any, stays for
 				// inspection with List.
-				if err := sched.Delete(k); err != nil {
-					return err
-				}
+				q.unschedule(id)
 				continue
 			}
-			var due []int
+			before := rec.state()
+			var due, deferred []int
 			for i := range rec.Rcpts {
 				r := &rec.Rcpts[i]
-				// No attempt of this message is in flight (checked
-				// above), so leased is exactly "handed out now": this
-				// also clears a flag left by a crash.
+				// No attempt of this message is in flight (choose
+				// checked), so leased is exactly "handed out now":
+				// this also clears a flag left by a crash.
 				r.leased = false
-				if r.State.pending() && !r.NextAttempt.After(now) {
+				if !r.State.pending() || r.NextAttempt.After(now) {
+					continue
+				}
+				dom := domainOf(r.Address)
+				if _, ok := w.picks[dom]; ok {
 					r.Attempts++
 					r.LastAttempt = now
 					r.NextAttempt = now.Add(q.retry.backoff(r.Attempts, q.jitter()))
 					r.leased = true
 					due = append(due, i)
+				} else if d, ok := w.defers[dom]; ok {
+					// Postfix's "delivery temporarily suspended":
+					// the destination's reason, no attempt counted.
+					d.until = q.suspendUntil(rec, d.until, now)
+					r.State, r.NextAttempt, r.LastReply, r.RemoteMTA = StateDeferred, d.until, d.why, ""
+					suspended = append(suspended, suspendedRcpt{id, r.Address, d})
+					deferred = append(deferred, i)
 				}
 			}
-			if _, err := save(tx, id, rec, now, q.keep); err != nil {
+			// What a result would decide, a deferral decides too: an
+			// expired lifetime, a delay warning. Those recipients stay
+			// marked leased until settle records it, with the DSN.
+			if len(deferred) > 0 && (now.Sub(rec.Created) > q.retry.Lifetime || len(q.plan(rec.clone(), now)) > 0) {
+				for _, i := range deferred {
+					rec.Rcpts[i].leased = true
+				}
+				st := settlement{id: id, idx: deferred}
+				for _, i := range deferred {
+					st.why = append(st.why, rec.Rcpts[i].LastReply)
+				}
+				settles = append(settles, st)
+			}
+			if _, err := q.saveRec(tx, id, rec, now); err != nil {
 				return err
 			}
+			delta[before]--
+			delta[rec.state()]++
 			if len(due) == 0 {
-				continue // the entry was early; save moved it
+				continue // nothing due at the picked domains any more
 			}
 			// Copied out: bbolt's bytes are valid only inside the
 			// transaction. One copy per lease, shared by its
@@ -226,22 +433,40 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 			if rec.Spool == "" {
 				inline = bytes.Clone(tx.Bucket(bBodies).Get(idKey(id)))
 			}
-			body := q.body(rec, inline)
-			jobs = append(jobs, group(id, rec, due, body)...)
-			leased[id] = true
-		}
-
-		c = sched.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if id := schedID(k); !leased[id] && !q.isInflight(id) {
-				next = time.Unix(0, schedTime(k))
-				break
+			for _, j := range group(id, rec, due, q.body(rec, inline)) {
+				j.permit = w.picks[j.d.Domain]
+				jobs = append(jobs, j)
 			}
 		}
 		return nil
 	})
+	used := make(map[uint64]map[string]bool)
+	if err == nil {
+		for _, j := range jobs {
+			if used[j.id] == nil {
+				used[j.id] = map[string]bool{}
+			}
+			used[j.id][j.d.Domain] = true
+		}
+	} else {
+		jobs = nil
+	}
+	for _, p := range picks {
+		if !used[p.id][p.domain] {
+			p.release()
+		}
+	}
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("queue: lease: %w", err)
+		return nil, fmt.Errorf("queue: lease: %w", err)
+	}
+	q.count(delta)
+	for _, s := range suspended {
+		q.log.Info("delivery suspended", slog.String("id", formatID(s.id)), slog.String("rcpt", s.rcpt),
+			slog.Time("next_attempt", s.d.until), slog.Any("reply", s.d.why))
+	}
+	for _, s := range settles {
+		q.wg.Add(1) // the caller (dispatcher, or a test) keeps wg above zero
+		go q.settle(s)
 	}
 	q.mu.Lock()
 	for _, j := range jobs {
@@ -249,7 +474,7 @@ func (q *Queue) lease(now time.Time, limit int) (jobs []*job, next time.Time, er
 		q.busy++
 	}
 	q.mu.Unlock()
-	return jobs, next, nil
+	return jobs, nil
 }
 
 func (q *Queue) isInflight(id uint64) bool {
@@ -320,6 +545,7 @@ func (q *Queue) run(j *job) {
 	// hot-looping a message.
 	select {
 	case <-q.stopping:
+		q.free(j)
 		q.hook(j.id)
 		return
 	default:
@@ -327,23 +553,37 @@ func (q *Queue) run(j *job) {
 	select {
 	case q.sem <- struct{}{}:
 	case <-q.stopping:
+		q.free(j)
 		q.hook(j.id)
 		return
 	}
 	start := time.Now()
 	results := q.attempt(j)
 	q.obs.AttemptDuration(time.Since(start))
+	// The destination's capacity goes back at once, not after the
+	// results' commit: another attempt there may start meanwhile.
+	q.free(j)
 	<-q.sem
 	q.record(j, results)
 }
 
+// release ends a job's time in flight. When it was the message's last,
+// its parts that came due meanwhile go back into the schedule's lanes.
 func (q *Queue) release(j *job) {
+	q.free(j) // normally done already
 	q.mu.Lock()
+	landed := false
 	if q.inflight[j.id]--; q.inflight[j.id] <= 0 {
 		delete(q.inflight, j.id)
+		landed = true
 	}
 	q.busy--
 	q.mu.Unlock()
+	if landed {
+		q.ixMu.Lock()
+		q.ix.land(j.id)
+		q.ixMu.Unlock()
+	}
 	q.notify()
 }
 

@@ -399,3 +399,66 @@ func remove(tx *bolt.Tx, id uint64, rec *record) (spool string, err error) {
 	}
 	return rec.Spool, nil
 }
+
+// The writes below are the only ones that change what the schedule holds:
+// each stages the record's new summary for the in-memory index
+// (lanes.go), which Queue.update applies once the transaction has
+// committed. They run inside write transactions only.
+
+// insertRec is insert, staging the new message's summary sum.
+func (q *Queue) insertRec(tx *bolt.Tx, data, inline []byte, spool string, next int64, sum *summary) (uint64, error) {
+	id, err := insert(tx, data, inline, spool, next)
+	if err == nil {
+		q.stage = append(q.stage, staged{id, sum})
+	}
+	return id, err
+}
+
+// saveRec is save, staging rec's summary.
+func (q *Queue) saveRec(tx *bolt.Tx, id uint64, rec *record, now time.Time) (saved, error) {
+	sv, err := save(tx, id, rec, now, q.keep)
+	if err == nil {
+		q.stage = append(q.stage, staged{id, summarize(rec)})
+	}
+	return sv, err
+}
+
+// removeRec is remove, taking the message out of the index.
+func (q *Queue) removeRec(tx *bolt.Tx, id uint64, rec *record) (string, error) {
+	spool, err := remove(tx, id, rec)
+	if err == nil {
+		q.unschedule(id)
+	}
+	return spool, err
+}
+
+// unschedule takes message id out of the index (a record gone or
+// unreadable).
+func (q *Queue) unschedule(id uint64) { q.stage = append(q.stage, staged{id, nil}) }
+
+// update runs fn in a write transaction and, once it has committed,
+// applies the index changes it staged. writeMu makes the application
+// follow commit order: bbolt serializes the transactions, not what
+// happens after them.
+func (q *Queue) update(fn func(*bolt.Tx) error) error {
+	q.writeMu.Lock()
+	defer q.writeMu.Unlock()
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		clear(q.stage)
+		q.stage = q.stage[:0]
+		return fn(tx)
+	})
+	if err == nil && len(q.stage) > 0 {
+		q.ixMu.Lock()
+		for _, s := range q.stage {
+			q.ix.set(s.id, s.sum)
+			if s.sum == nil {
+				delete(q.forced, s.id) // left the schedule: nothing to force
+			}
+		}
+		q.ixMu.Unlock()
+	}
+	clear(q.stage)
+	q.stage = q.stage[:0]
+	return err
+}

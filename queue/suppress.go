@@ -134,13 +134,13 @@ func (q *Queue) Suppress(s Suppression) error {
 	if s.Reason == "" {
 		s.Reason = SuppressManual
 	}
-	return q.update(func(tx *bolt.Tx) error { return putSuppression(tx, s) })
+	return q.updateOpen(func(tx *bolt.Tx) error { return putSuppression(tx, s) })
 }
 
 // Unsuppress removes user's suppression of addr; ErrNotFound if there was
 // none.
 func (q *Queue) Unsuppress(user, addr string) error {
-	return q.update(func(tx *bolt.Tx) error {
+	return q.updateOpen(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bSuppressed)
 		k := suppressionKey(user, addr)
 		if b.Get(k) == nil {

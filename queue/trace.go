@@ -194,7 +194,7 @@ func (q *Queue) RecordFeedback(evs []Event, sups []Suppression) error {
 		return nil // nothing would be written: spare the commit
 	}
 	var n int
-	err := q.update(func(tx *bolt.Tx) error {
+	err := q.updateOpen(func(tx *bolt.Tx) error {
 		var err error
 		if n, err = q.emit(tx, evs); err != nil {
 			return err

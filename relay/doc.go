@@ -9,6 +9,8 @@
 //	                 what the daemon could not take, and its pickup loop
 //	relay/outbound   delivery: MX hosts, smarthosts and the routes between
 //	                 them; implements queue.Deliverer
+//	relay/smtpclient the client side of one SMTP connection (pipelining,
+//	                 CHUNKING), which outbound runs its sessions on
 //	relay/capture    the other deliverer: a Maildir instead of the network
 //	relay/httpapi    the daemon's HTTP surface: admin API, probes, metrics, send API
 //	relay/metrics    Prometheus metrics; implements the observers that the

@@ -25,7 +25,7 @@ func TestLayout(t *testing.T) {
 		{"postern/queue/...", []string{"net/http", "postern/relay/", "postern/cmd/"}},
 		// The submission pipeline takes from every source and gives to the
 		// queue: it imports no source and no deliverer.
-		{"postern/relay/submit", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		{"postern/relay/submit", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/smtpclient", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		{"postern/relay/smtpd", []string{"postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		// The maildrop's pickup is a source like smtpd: it feeds the
 		// pipeline and knows no other source and no deliverer.
@@ -35,6 +35,9 @@ func TestLayout(t *testing.T) {
 		// cmd/postern: it reaches the queue's state store through an
 		// interface of its own, and mails reports through one too.
 		{"postern/relay/tlspolicy", []string{"postern/queue", "postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/relay/status", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}},
+		// The SMTP client is a leaf under delivery: the standard library,
+		// queue/reply and queue/message, nothing else (not go-smtp either).
+		{"postern/relay/smtpclient", []string{"postern/relay/", "postern/queue", "postern/queue/dsn", "postern/queue/durable", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/", "github.com/", "go.uber.org/", "golang.org/", "gopkg.in/", "go.etcd.io/"}},
 		{"postern/relay/capture", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
 		{"postern/relay/httpapi", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/capture", "postern/cmd/"}},
 		// Bounce intake: its own SMTP server; never the submission

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -309,14 +308,7 @@ func TestRemote550IsNotRetried(t *testing.T) {
 	// state that is never leased again, after one attempt, and the MX saw
 	// that one connection. (The state is asserted, rather than the absence
 	// of a retry over some wait, which a slow machine would pass.)
-	out, err := in.postern("", "queue", "show", "--json", id)
-	if err != nil {
-		t.Fatalf("queue show: %v\n%s", err, out)
-	}
-	var m queue.Message
-	if err := json.Unmarshal([]byte(out), &m); err != nil {
-		t.Fatalf("queue show --json: %v\n%s", err, out)
-	}
+	m := showJSON(t, in, id)
 	if m.State != queue.StateFailed || len(m.Rcpts) != 1 || m.Rcpts[0].State != queue.StateFailed || m.Rcpts[0].Attempts != 1 {
 		t.Errorf("after the 550: %+v, want failed after 1 attempt", m)
 	}

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/queue"
 	"postern/queue/reply"
 )
 
@@ -212,6 +213,9 @@ func (in *instance) start() {
 	}
 	in.cmd.Stderr = in.logs
 	in.cmd.Stdout = in.logs
+	if len(in.env) > 0 {
+		in.cmd.Env = append(os.Environ(), in.env...)
+	}
 	if err := in.cmd.Start(); err != nil {
 		in.t.Fatal(err)
 	}
@@ -436,9 +440,10 @@ func (d *smtpDialog) cmd(line string) string {
 	return d.reply()
 }
 
-// startSmtpSink runs Postfix's smtp-sink on addr, dumping each message into
-// a file of the directory it returns, and stops it when the test ends.
-func startSmtpSink(t testing.TB, addr string) string {
+// startSmtpSink runs Postfix's smtp-sink on addr with extra flags (-8: no
+// 8BITMIME), dumping each message into a file of the directory it
+// returns, and stops it when the test ends.
+func startSmtpSink(t testing.TB, addr string, flags ...string) string {
 	t.Helper()
 	sink, err := exec.LookPath("smtp-sink")
 	if err != nil {
@@ -455,10 +460,25 @@ func startSmtpSink(t testing.TB, addr string) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dump) })
 	os.Chmod(dump, 0o777)
-	cmd := exec.Command(sink, "-u", "nobody", "-d", filepath.Join(dump, "%Y%m%d%H%M%S."), addr, "10")
+	args := append([]string{"-u", "nobody", "-d", filepath.Join(dump, "%Y%m%d%H%M%S.")}, flags...)
+	cmd := exec.Command(sink, append(args, addr, "10")...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	return dump
+}
+
+// showJSON is `postern queue show --json ID`, decoded.
+func showJSON(t *testing.T, in *instance, id string) queue.Message {
+	t.Helper()
+	out, err := in.postern("", "queue", "show", "--json", id)
+	if err != nil {
+		t.Fatalf("queue show: %v\n%s", err, out)
+	}
+	var m queue.Message
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("queue show --json: %v\n%s", err, out)
+	}
+	return m
 }

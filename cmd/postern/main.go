@@ -48,6 +48,7 @@ Usage:
   postern suppression list [--user U] [--json] [--config FILE]   suppressed addresses (--user "": the relay listener's)
   postern suppression add|del ADDRESS [--user U] [--config FILE]
   postern webhooks list  [--json] [--limit N] [--config FILE]   pending and failing webhook deliveries
+  postern queue destinations [--json] [--config FILE]   how each destination is shaped
   postern dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits 2048] [--out FILE]
   postern dkim dns       [--config FILE]   print the DNS TXT record of every configured key
   postern doctor [--json] [--offline] [--probe DOMAIN] [--ip ADDR,...] [--domain D,...] [--config FILE]

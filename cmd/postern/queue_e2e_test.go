@@ -269,7 +269,11 @@ func queueList(t testing.TB, in *instance, args ...string) []queueItem {
 func TestDelayWarningArrivesOnce(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mx("dest.test", "127.0.2.4") // never up
+	// Up, but refusing every recipient for now: a host that answers is
+	// retried on the message's own schedule (one that does not is dead,
+	// and its messages wait without attempts).
+	w.mx("dest.test", "127.0.2.4")
+	w.receiver("127.0.2.4").FailNext(relaytest.CmdRCPT, 451, "4.3.0 try again later", -1)
 	w.mx("sender.test", "127.0.2.3")
 	senderMX := w.receiver("127.0.2.3")
 	cfg := w.config()
@@ -313,8 +317,12 @@ func TestQueueCommands(t *testing.T) {
 	held := relayOne(t, in, "held@dest.test")
 	retried := relayOne(t, in, "retried@dest.test")
 	deleted := relayOne(t, in, "deleted@dest.test")
+	// Two attempts whose connection is refused make the destination dead:
+	// the third message is deferred without one ("delivery suspended").
 	for _, id := range []string{held, retried, deleted} {
-		in.waitLog(20*time.Second, hasID(id, "deferred"))
+		in.waitLog(20*time.Second, func(e logEntry) bool {
+			return e.str("id") == id && (e.isMsg("deferred") || e.isMsg("delivery suspended"))
+		})
 	}
 
 	items := queueList(t, in)
@@ -323,7 +331,7 @@ func TestQueueCommands(t *testing.T) {
 	}
 	for _, it := range items {
 		if it.From != "app@example.test" || len(it.Recipients) != 1 || it.Recipients[0].State != "deferred" ||
-			it.Recipients[0].Attempts != 1 || it.Recipients[0].LastReply == "" || it.CreatedAt == "" || it.Size == 0 {
+			it.Recipients[0].Attempts > 1 || it.Recipients[0].LastReply == "" || it.CreatedAt == "" || it.Size == 0 {
 			t.Errorf("queue list item %+v", it)
 		}
 	}
@@ -344,6 +352,8 @@ func TestQueueCommands(t *testing.T) {
 		t.Fatalf("queue delete: %v\n%s", err, out)
 	}
 
+	// An operator's retry goes through although the destination is dead
+	// (as Postfix's flush forgets dead destinations).
 	rcv := w.receiver("127.0.2.4")
 	if out, err := in.postern("", "queue", "retry", "--all"); err != nil {
 		t.Fatalf("queue retry --all: %v\n%s", err, out)

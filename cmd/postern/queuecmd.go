@@ -45,6 +45,8 @@ func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
 		fs.StringVar(&state, "state", "", "only messages in this state: queued, deferred, held, failed")
 	case "show":
 		fs.BoolVar(&asJSON, "json", false, "print the API's JSON object")
+	case "destinations":
+		fs.BoolVar(&asJSON, "json", false, "print the API's JSON array")
 	case "retry":
 		fs.BoolVar(&all, "all", false, "retry every message that is not held")
 	case "hold", "release", "delete", "bounce":
@@ -56,8 +58,9 @@ func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	switch {
-	case sub == "list" && len(pos) > 0:
-		return usageErr("queue list takes no arguments, got %q", pos)
+	case (sub == "list" || sub == "destinations") && len(pos) > 0:
+		return usageErr("queue %s takes no arguments, got %q", sub, pos)
+	case sub == "destinations": // no ID
 	case sub == "retry" && all && len(pos) > 0:
 		return usageErr("queue retry: give an ID or --all, not both")
 	case sub == "retry" && all:
@@ -74,6 +77,8 @@ func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
 	}
 
 	switch sub {
+	case "destinations":
+		return queueDestinations(c, asJSON, stdout)
 	case "list":
 		path := "/api/queue"
 		if state != "" {

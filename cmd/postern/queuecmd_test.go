@@ -404,3 +404,54 @@ func TestQueueCommandsAgainstRealAPI(t *testing.T) {
 		t.Errorf("list --state queued: %q, %v", out, err)
 	}
 }
+
+// destinationsJSON is what GET /api/destinations returns for a suspended
+// provider, a dead destination and an idle one.
+const destinationsJSON = `[
+{"name":"google","kind":"provider","state":"suspended","until":"2026-11-24T10:00:30Z","active":1,
+ "limits":{"connections":5,"rate":0.5},"last_reply":{"code":421,"enhanced_code":"4.7.28","text":"rate limited,\ntry later"},
+ "last_reply_at":"2026-11-24T09:59:58Z","delivered":40,"rate_limited":3,"connection_failures":0},
+{"name":"alt1.aspmx.l.google.com,aspmx.l.google.com","kind":"destination","provider":"google","domains":["example.com","example.org"],
+ "state":"idle","active":1,"limits":{"connections":20,"messages_per_connection":50},"delivered":40,"rate_limited":0,"connection_failures":0},
+{"name":"mx1.dead.test","kind":"destination","domains":["dead.test"],"state":"dead","until":"2026-11-24T10:02:00Z","active":0,
+ "limits":{"connections":1,"rate":0.004,"configured_rate":10},"last_reply":{"enhanced_code":"4.4.1","text":"mx1.dead.test[192.0.2.1]: connection refused"},
+ "last_reply_at":"2026-11-24T09:58:00Z","delivered":0,"rate_limited":0,"connection_failures":2}
+]
+`
+
+const wantDestinations = `KIND         DESTINATION                                          STATE      ACTIVE  RATE                   UNTIL   DELIVERED  RATE-LIMITED  FAILED
+provider     google                                               suspended  1/5     30/min (of unlimited)  in 30s  40         3             0
+    last reply (2s ago): 421-4.7.28 rate limited, 421 4.7.28 try later
+destination  alt1.aspmx.l.google.com,aspmx.l.google.com [google]  idle       1/20    -                      -       40         0             0
+    domains: example.com example.org
+destination  mx1.dead.test                                        dead       0/1     14.4/h (of 10/s)       in 2m   0          0             2
+    domains: dead.test
+    last reply (2m ago): 4.4.1 mx1.dead.test[192.0.2.1]: connection refused
+`
+
+func TestQueueDestinations(t *testing.T) {
+	fixQueueClock(t)
+	f, addr := startFakeAdmin(t, map[string]fakeReply{"GET /api/destinations": {200, destinationsJSON}})
+	cfg := queueEnv(t, addr, "tok3n")
+	out, err := runQueue("destinations", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != wantDestinations {
+		t.Errorf("table:\n%s\nwant:\n%s", out, wantDestinations)
+	}
+	out, err = runQueue("destinations", "--json", cfg)
+	if err != nil || out != destinationsJSON {
+		t.Errorf("--json: %v\n%s", err, out)
+	}
+	if got := f.requests(); len(got) != 2 || got[0] != "GET /api/destinations Bearer tok3n" {
+		t.Errorf("requests = %q", got)
+	}
+	if _, err := runQueue("destinations", cfg, "extra"); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
+		t.Errorf("with an argument: %v", err)
+	}
+	_, addr = startFakeAdmin(t, map[string]fakeReply{"GET /api/destinations": {200, "[]\n"}})
+	if out, err := runQueue("destinations", queueEnv(t, addr, "")); err != nil || !strings.HasPrefix(out, "No destination has delivery state") {
+		t.Errorf("empty: %q, %v", out, err)
+	}
+}

@@ -10,37 +10,49 @@ import (
 
 	"postern/configs"
 	"postern/queue"
+	"postern/queue/reply"
 	"postern/relay/capture"
 	"postern/relay/outbound"
 )
 
 // newDeliverer translates the delivery section of the config into the
 // queue's Deliverer: a capture Maildir in capture mode, otherwise a router
-// over MX delivery and the configured smarthosts. Smarthost passwords are
-// read here, once: an unreadable password file or an unset variable stops
-// serve with the key's name.
-func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error) {
+// over MX delivery and the configured smarthosts, and that MX deliverer
+// (nil in capture mode), which serve gives the TLS policies once the queue
+// they keep their state in is open. Smarthost passwords are read here,
+// once: an unreadable password file or an unset variable stops serve with
+// the key's name.
+func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, *outbound.MX, error) {
 	dc := cfg.Delivery
 	if dc.Mode == "capture" {
 		m, err := capture.New(cfg.CaptureDir(), capture.Options{Hostname: cfg.Hostname, Logger: log})
 		if err != nil {
-			return nil, fmt.Errorf("delivery.mode capture: %w", err)
+			return nil, nil, fmt.Errorf("delivery.mode capture: %w", err)
 		}
 		log.Warn("delivery.mode is capture: messages are kept in a Maildir and never sent", zap.String("dir", m.Dir()))
-		return m, nil
+		return m, nil, nil
 	}
 
 	tlsMode, err := outbound.ParseTLSMode(dc.TLS)
 	if err != nil {
-		return nil, fmt.Errorf("delivery.tls: %w", err)
+		return nil, nil, fmt.Errorf("delivery.tls: %w", err)
+	}
+	shaping, err := shapingOf(dc.Shaping)
+	if err != nil {
+		return nil, nil, err
 	}
 	opts := outbound.Options{
-		Hostname: cfg.Hostname,
-		Resolver: dc.Resolver,
-		Port:     dc.Port,
-		TLS:      tlsMode,
-		Logger:   log,
-		Local:    listenAddrs(cfg),
+		Hostname:       cfg.Hostname,
+		Resolver:       dc.Resolver,
+		Port:           dc.Port,
+		TLS:            tlsMode,
+		Logger:         log,
+		Local:          listenAddrs(cfg),
+		DialTimeout:    dc.Timeouts.Connect.D(),
+		CommandTimeout: dc.Timeouts.Command.D(),
+		DataTimeout:    dc.Timeouts.Data.D(),
+		AttemptTimeout: dc.Timeouts.Attempt.D(),
+		Shaping:        shaping,
 	}
 	mx := outbound.New(opts)
 
@@ -69,7 +81,7 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 		hosts[sh.Name] = h
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// The config loader has checked every name; an unknown one here is
 	// still an error, never a nil smarthost.
@@ -105,11 +117,11 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 	}
 	def := path("delivery.default_route", dc.DefaultRoute)
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	router, err := outbound.NewRouter(routes, def)
 	if err != nil {
-		return nil, fmt.Errorf("delivery: %w", err)
+		return nil, nil, fmt.Errorf("delivery: %w", err)
 	}
 	for _, rt := range routes {
 		fields := []zap.Field{zap.String("route", rt.Name), zap.Strings("recipient_domains", rt.RecipientDomains),
@@ -120,7 +132,46 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, error)
 		log.Info("route", fields...)
 	}
 	log.Info("route", zap.String("route", outbound.DefaultRouteName), zap.Stringer("via", def))
-	return router, nil
+	return router, mx, nil
+}
+
+// shapingOf translates delivery.shaping. The loader has checked every
+// value; an error here is still reported with its key, never ignored.
+func shapingOf(sc configs.ShapingConfig) (outbound.Shaping, error) {
+	var errs []error
+	rate := func(key string, r configs.Rate) outbound.Rate {
+		n, per, err := r.Parse()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+		}
+		return outbound.Rate{Messages: n, Per: per}
+	}
+	s := outbound.Shaping{Default: outbound.Limits{
+		Connections:           sc.Default.Connections,
+		MessagesPerConnection: sc.Default.MessagesPerConnection,
+		Rate:                  rate("delivery.shaping.default.rate", sc.Default.Rate),
+	}}
+	for i, p := range sc.Providers {
+		s.Providers = append(s.Providers, outbound.Provider{Name: p.Name, MXSuffixes: p.MXSuffixes, Limits: outbound.Limits{
+			Connections:           p.Connections,
+			MessagesPerConnection: p.MessagesPerConnection,
+			Rate:                  rate(fmt.Sprintf("delivery.shaping.providers[%d].rate", i), p.Rate),
+		}})
+	}
+	for i, p := range sc.RateLimitPatterns {
+		key := fmt.Sprintf("delivery.shaping.rate_limit_patterns[%d]", i)
+		enh, err := reply.ParseEnhanced(p.EnhancedCode)
+		if p.EnhancedCode != "" && err != nil {
+			errs = append(errs, fmt.Errorf("%s.enhanced_code: %w", key, err))
+		}
+		re, err := p.TextRE()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s.text: %w", key, err))
+		}
+		s.RateLimitPatterns = append(s.RateLimitPatterns,
+			outbound.RateLimitPattern{Code: p.Code, Enhanced: enh, Text: re, Suspend: p.Suspend.D()})
+	}
+	return s, errors.Join(errs...)
 }
 
 // listenAddrs are the addresses of postern's own SMTP listeners, so that

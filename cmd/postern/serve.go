@@ -29,6 +29,7 @@ import (
 	"postern/relay/certs"
 	"postern/relay/httpapi"
 	"postern/relay/metrics"
+	"postern/relay/outbound"
 	"postern/relay/pickup"
 	"postern/relay/smtpd"
 	"postern/relay/tlspolicy"
@@ -217,11 +218,15 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	mx, err := newDeliverer(cfg, log)
+	mx, mxd, err := newDeliverer(cfg, log)
 	if err != nil {
 		return err
 	}
 	s.deliverer = mx
+	// Delivery to the network shapes what the queue may start, and shows
+	// how (capture mode does neither).
+	gate, _ := mx.(queue.Gate)
+	dests, _ := mx.(httpapi.Destinations)
 	s.queue, err = queue.Open(queue.Options{
 		Path:      cfg.QueuePath(),
 		SpoolDir:  cfg.SpoolDir(),
@@ -240,6 +245,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		},
 		Bounces:     bounceOptions(cfg, tokens),
 		Observer:    s.metrics,
+		Gate:        gate,
 		Logger:      slogOf(log),
 		Signer:      bounceSigner{s},
 		Subscribers: subscribers,
@@ -249,6 +255,9 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	}
 	s.metrics.WatchQueue(s.queue)
 	s.metrics.WatchWebhooks(s.queue)
+	if dests != nil {
+		s.metrics.WatchDestinations(dests)
+	}
 
 	// Bind every listener before serving any, so a port in use is a clean
 	// start-up error rather than a half-running server.
@@ -347,6 +356,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			Handler: httpapi.NewHandler(httpapi.Options{
 				Queue: s.queue, Suppressions: s.queue, Webhooks: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
 				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
+				Destinations: dests,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			WriteTimeout:      30 * time.Second,
@@ -380,7 +390,6 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			zap.Strings("names", cfg.CertNames()), zap.String("directory", cfg.TLS.ACME.Directory),
 			zap.String("challenge", cfg.TLS.ACME.Challenge))
 	}
-	s.queue.Start()
 	// Drops and TLS reports are queued as if their owner had used the
 	// relay listener: the same header rules and limits.
 	local := pipeline.New(pipeline.Options{
@@ -402,6 +411,17 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			}
 		}()
 	}
+	// MX delivery follows the TLS policies from its first attempt: the
+	// queue starts delivering only now, so that no message queued before
+	// a restart goes out under less than its domain's policy.
+	if mxd != nil {
+		var rec outbound.TLSRecorder
+		if s.tlsReports != nil { // a nil *Reporter is not a nil recorder
+			rec = s.tlsReports
+		}
+		mxd.UseTLSPolicies(s.tlsPolicies, rec)
+	}
+	s.queue.Start()
 	s.pickup = pickup.New(pickup.Options{
 		Dir:    cfg.MaildropDir(),
 		Submit: local,

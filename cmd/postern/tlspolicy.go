@@ -18,9 +18,10 @@ import (
 )
 
 // The outbound TLS policy rooms, wired to the queue's state store and the
-// submission pipeline. Delivery does not consult them yet (the SMTP
-// client is being replaced); what runs now is the MTA-STS refresher and
-// the TLS reporter, which sends nothing until delivery records sessions.
+// submission pipeline: MX delivery consults the policies for every
+// attempt and records every session with the reporter (serve hands both
+// to the MX deliverer before the queue starts); the MTA-STS refresher and
+// the reporter's daily send run beside it.
 
 // newTLSPolicies makes the policies of delivery.mta_sts, delivery.dane and
 // delivery.tls_policy, with MTA-STS policies cached in q's "mta-sts"

@@ -11,6 +11,11 @@
 // command. So every reader sees the same header section the inbound
 // server checked, and no bare CR or LF reaches the wire.
 //
+// It also holds the 7-bit downgrade (To7Bit, RFC 6152 §3), which
+// rewrites the 8-bit parts of a message as quoted-printable or base64 and
+// leaves every other byte alone: the submission pipeline uses it before
+// DKIM signing, delivery for a server without 8BITMIME.
+//
 // It sits under queue/ because the queue is where this format is promised
 // (queue.Delivery's Body), and it is a leaf: it imports nothing of
 // postern, so that dkim, relay and the queue can all use it.

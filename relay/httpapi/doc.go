@@ -1,6 +1,6 @@
 // Package httpapi is the daemon's HTTP surface: one handler for the
 // listen.admin listener that mounts each group of endpoints with the
-// authentication it needs (the queue API, the liveness and readiness
+// authentication it needs (the queue API and the destinations' shaping state, the liveness and readiness
 // probes, and the Prometheus metrics served from relay/metrics' Handler),
 // and one for listen.api, the send API for applications (NewSendHandler,
 // send.go; the MIME message it builds from a JSON request is compose.go's
@@ -43,6 +43,8 @@
 //	                                 AUTH (the relay listener)
 //	PUT    /api/suppressions/{addr}?user=U     suppress addr for U (manual)
 //	DELETE /api/suppressions/{addr}?user=U     let mail to addr through again
+//	GET    /api/destinations         how each destination and provider is
+//	                                 shaped: JSON array of queue.Destination
 //	GET    /metrics                  Prometheus text exposition
 //	GET    /healthz                  200 "ok" while the process serves HTTP
 //	GET    /readyz                   200 when Options.Ready returns nil, else 503

@@ -7,14 +7,17 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"postern/queue"
+	"postern/queue/reply"
 	"postern/relay/metrics"
 )
 
@@ -468,5 +471,50 @@ func TestCrossOriginRefused(t *testing.T) {
 	}
 	if calls := e.q.Calls(); len(calls) != 2 {
 		t.Errorf("queue calls %v, want the two allowed retries only", calls)
+	}
+}
+
+// fakeDestinations is delivery's view of its destinations, fixed.
+type fakeDestinations []queue.Destination
+
+func (f fakeDestinations) Destinations() []queue.Destination { return f }
+
+// TestDestinations: GET /api/destinations returns what delivery says of its
+// destinations, as JSON, behind the token like the rest of the API; an
+// empty list (not null) without any.
+func TestDestinations(t *testing.T) {
+	until := time.Date(2026, 12, 8, 11, 0, 0, 0, time.UTC)
+	e := newEnv(t, Options{Token: testToken, Destinations: fakeDestinations{
+		{Name: "google", Kind: "provider", State: "suspended", Until: until, Active: 1,
+			Limits:    queue.DestinationLimits{Connections: 5, Rate: 0.5},
+			LastReply: reply.Reply{Code: 421, Enhanced: reply.MustEnhanced("4.7.28"), Text: "slow down"}, RateLimited: 3},
+		{Name: "mx1.example.test", Kind: "destination", State: "dead", Domains: []string{"example.test"}},
+	}})
+	w := e.do("GET", "/api/destinations", "Bearer "+testToken)
+	if w.Code != 200 {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || len(got) != 2 {
+		t.Fatalf("body %s: %v", w.Body, err)
+	}
+	want := map[string]any{"name": "google", "kind": "provider", "state": "suspended", "until": "2026-12-08T11:00:00Z",
+		"active": 1.0, "rate_limited": 3.0,
+		"limits":     map[string]any{"connections": 5.0, "rate": 0.5},
+		"last_reply": map[string]any{"code": 421.0, "enhanced_code": "4.7.28", "text": "slow down"}}
+	for k, v := range want {
+		if !reflect.DeepEqual(got[0][k], v) {
+			t.Errorf("%s = %#v, want %#v", k, got[0][k], v)
+		}
+	}
+	if w := e.do("GET", "/api/destinations", ""); w.Code != 401 {
+		t.Errorf("without the token: %d, want 401", w.Code)
+	}
+	if w := e.do("POST", "/api/destinations", "Bearer "+testToken); w.Code != 405 {
+		t.Errorf("POST: %d, want 405", w.Code)
+	}
+	none := newEnv(t, Options{})
+	if w := none.do("GET", "/api/destinations", ""); w.Code != 200 || strings.TrimSpace(w.Body.String()) != "[]" {
+		t.Errorf("without delivery state: %d %q, want 200 []", w.Code, w.Body)
 	}
 }

@@ -48,9 +48,11 @@ type Queue interface {
 // The real queue fits the interface this package consumes.
 var _ Queue = (*queue.Queue)(nil)
 
-// queueAPI serves the /api/queue endpoints.
-func (h *handler) queueAPI() http.Handler {
+// api serves the /api/ endpoints: the queue's, and the destinations'
+// (destinations.go).
+func (h *handler) api() http.Handler {
 	api := http.NewServeMux()
+	api.Handle("/api/destinations", methods(h.destinations, http.MethodGet))
 	api.Handle("/api/queue", methods(h.list, http.MethodGet))
 	api.Handle("/api/queue/retry", methods(h.retryAll, http.MethodPost))
 	api.Handle("/api/queue/{id}", methods(h.message, http.MethodGet, http.MethodDelete))

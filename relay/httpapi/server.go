@@ -34,6 +34,8 @@ type Options struct {
 	// Metrics is served on /metrics (relay/metrics' Handler); nil answers
 	// 404 there.
 	Metrics http.Handler
+	// Destinations serves /api/destinations; nil answers an empty list.
+	Destinations Destinations
 	// Logger receives one line per mutating action and per refused
 	// token; nil discards them.
 	Logger *zap.Logger
@@ -54,8 +56,9 @@ type Options struct {
 
 type handler struct {
 	q     Queue
-	sups  Suppressions       // nil: no /api/suppressions
-	wh    Webhooks           // nil: no /api/webhooks
+	sups  Suppressions // nil: no /api/suppressions
+	wh    Webhooks     // nil: no /api/webhooks
+	dests Destinations
 	token *[sha256.Size]byte // nil: no token required
 	ready func() error
 	m     http.Handler
@@ -70,7 +73,7 @@ func NewHandler(opts Options) http.Handler {
 	if opts.Queue == nil {
 		panic("httpapi: NewHandler without Options.Queue")
 	}
-	h := &handler{q: opts.Queue, sups: opts.Suppressions, wh: opts.Webhooks, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
+	h := &handler{q: opts.Queue, sups: opts.Suppressions, wh: opts.Webhooks, dests: opts.Destinations, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
 	if opts.Token != "" {
 		sum := sha256.Sum256([]byte(opts.Token))
 		h.token = &sum
@@ -83,7 +86,7 @@ func NewHandler(opts Options) http.Handler {
 	// a wrong method gets a JSON 405 like every other error (ServeMux's
 	// own 405 is plain text).
 	mux := http.NewServeMux()
-	mux.Handle("/api/", h.authenticate(h.queueAPI()))
+	mux.Handle("/api/", h.authenticate(h.api()))
 	mux.Handle("/healthz", methods(healthz, http.MethodGet, http.MethodHead))
 	mux.Handle("/readyz", methods(h.readyz, http.MethodGet, http.MethodHead))
 	if h.m != nil {

@@ -40,6 +40,7 @@ type Metrics struct {
 	depth         *depthCollector
 	webhooks      *prometheus.CounterVec
 	webhookQueue  *backlogCollector
+	dests         *destinationCollector
 }
 
 // NewMetrics returns a Metrics with every metric registered, along with the
@@ -92,11 +93,12 @@ func NewMetrics() *Metrics {
 			"postern_webhook_pending",
 			"Events waiting to be delivered to each webhook endpoint (failing ones included), read at scrape time.",
 			[]string{"endpoint"}, nil)},
+		dests: newDestinationCollector(),
 	}
 	m.reg.MustRegister(
 		m.delivered, m.deferred, m.bounced, m.failed, m.attempt,
 		m.accepted, m.acceptedBytes, m.replies, m.authFailures,
-		m.checksWaited, m.checksRefused, m.depth, m.webhooks, m.webhookQueue,
+		m.checksWaited, m.checksRefused, m.depth, m.webhooks, m.webhookQueue, m.dests,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

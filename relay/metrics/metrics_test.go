@@ -16,6 +16,7 @@ import (
 
 	"postern/auth"
 	"postern/queue"
+	"postern/queue/reply"
 	"postern/relay/smtpd"
 )
 
@@ -101,10 +102,7 @@ func TestMetrics(t *testing.T) {
 	m.WatchQueue(fakeDepth{queue.StateDeferred: 1, queue.StateHeld: 1, queue.StateFailed: 1})
 
 	fams, body := scrape(t, m)
-	for _, tc := range []struct {
-		fam, labels string
-		want        float64
-	}{
+	checkSeries(t, fams, []series{
 		{"postern_messages_delivered_total", "", 4},
 		{"postern_messages_deferred_total", "", 2},
 		{"postern_recipients_failed_total", "", 1},
@@ -123,14 +121,7 @@ func TestMetrics(t *testing.T) {
 		{"postern_queue_depth", "state=deferred", 1},
 		{"postern_queue_depth", "state=held", 1},
 		{"postern_queue_depth", "state=failed", 1},
-	} {
-		got, ok := value(fams, tc.fam, tc.labels)
-		if !ok {
-			t.Errorf("%s{%s}: no such series", tc.fam, tc.labels)
-		} else if got != tc.want {
-			t.Errorf("%s{%s} = %v, want %v", tc.fam, tc.labels, got, tc.want)
-		}
-	}
+	})
 	if fams["go_goroutines"] == nil {
 		t.Error("go_goroutines missing: Go collector not registered")
 	}
@@ -139,8 +130,32 @@ func TestMetrics(t *testing.T) {
 		t.Error("process_start_time_seconds missing: process collector not registered")
 	}
 
-	// promlint checks names, units and help texts against Prometheus'
-	// conventions.
+	lint(t, body)
+}
+
+// series is one expected series: its family, its labels ("k=v,k=v",
+// sorted) and its value.
+type series struct {
+	fam, labels string
+	want        float64
+}
+
+func checkSeries(t *testing.T, fams map[string]*dto.MetricFamily, want []series) {
+	t.Helper()
+	for _, tc := range want {
+		got, ok := value(fams, tc.fam, tc.labels)
+		if !ok {
+			t.Errorf("%s{%s}: no such series", tc.fam, tc.labels)
+		} else if got != tc.want {
+			t.Errorf("%s{%s} = %v, want %v", tc.fam, tc.labels, got, tc.want)
+		}
+	}
+}
+
+// lint checks postern's metrics in an exposition against Prometheus'
+// conventions for names, units and help texts (promlint).
+func lint(t *testing.T, body []byte) {
+	t.Helper()
 	problems, err := promlint.New(bytes.NewReader(body)).Lint()
 	if err != nil {
 		t.Fatal(err)
@@ -191,3 +206,48 @@ func TestMetricsIndependent(t *testing.T) {
 type fakeDepth map[queue.State]int
 
 func (f fakeDepth) Depth() map[queue.State]int { return f }
+
+// fakeDestinations is delivery's view of its destinations, fixed.
+type fakeDestinations []queue.Destination
+
+func (f fakeDestinations) Destinations() []queue.Destination { return f }
+
+// TestDestinationMetrics: each destination's state is exposed at scrape
+// time, labelled by name and kind, with promlint's blessing.
+func TestDestinationMetrics(t *testing.T) {
+	m := NewMetrics()
+	if fams, _ := scrape(t, m); fams["postern_destination_state"] != nil {
+		t.Error("destination series before WatchDestinations")
+	}
+	until := time.Date(2026, 12, 8, 11, 0, 0, 0, time.UTC)
+	m.WatchDestinations(fakeDestinations{
+		{Name: "google", Kind: "provider", State: "suspended", Until: until, Active: 2,
+			Limits:    queue.DestinationLimits{Connections: 5, Rate: 0.5},
+			LastReply: reply.Reply{Code: 421, Enhanced: reply.MustEnhanced("4.7.28"), Text: "slow down"},
+			Delivered: 7, RateLimited: 3},
+		{Name: "mx1.example.test", Kind: "destination", State: "dead", Until: until, ConnectionFailures: 2,
+			LastReply: reply.Reply{Enhanced: reply.MustEnhanced("4.4.1"), Text: "connection refused"}},
+		{Name: "mx.idle.test", Kind: "destination", State: "idle", Limits: queue.DestinationLimits{Connections: 20}},
+	})
+	fams, body := scrape(t, m)
+	checkSeries(t, fams, []series{
+		{"postern_destination_active_connections", "destination=google,kind=provider", 2},
+		{"postern_destination_connection_limit", "destination=google,kind=provider", 5},
+		{"postern_destination_rate_limit_per_second", "destination=google,kind=provider", 0.5},
+		{"postern_destination_state", "destination=google,kind=provider,state=suspended", 1},
+		{"postern_destination_until_timestamp_seconds", "destination=google,kind=provider", float64(until.Unix())},
+		{"postern_destination_last_reply_info", "code=421,destination=google,enhanced_code=4.7.28,kind=provider", 1},
+		{"postern_destination_delivered_total", "destination=google,kind=provider", 7},
+		{"postern_destination_rate_limited_total", "destination=google,kind=provider", 3},
+		{"postern_destination_state", "destination=mx1.example.test,kind=destination,state=dead", 1},
+		{"postern_destination_last_reply_info", "code=,destination=mx1.example.test,enhanced_code=4.4.1,kind=destination", 1},
+		{"postern_destination_connection_failures_total", "destination=mx1.example.test,kind=destination", 2},
+		{"postern_destination_connection_limit", "destination=mx.idle.test,kind=destination", 20},
+	})
+	if _, ok := value(fams, "postern_destination_until_timestamp_seconds", "destination=mx.idle.test,kind=destination"); ok {
+		t.Error("an idle destination has an until series")
+	}
+	lint(t, body)
+	var nilM *Metrics
+	nilM.WatchDestinations(fakeDestinations{}) // no panic
+}

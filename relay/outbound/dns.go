@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,16 +13,8 @@ import (
 	"github.com/miekg/dns"
 
 	"postern/relay/status"
+	"postern/relay/tlspolicy"
 )
-
-// resolvConf is where the system resolver is configured.
-const resolvConf = "/etc/resolv.conf"
-
-// dnsTimeout bounds one DNS exchange with one server. RFC 1123 §6.1.3.3
-// asks resolvers to retry for "at least" a few seconds; a stub talking to
-// a nearby recursive resolver that has not answered in 5s will rarely
-// answer at all, and the queue retries the delivery later.
-const dnsTimeout = 5 * time.Second
 
 // errNXDomain is a name that does not exist: an authoritative no.
 var errNXDomain = errors.New("NXDOMAIN")
@@ -31,33 +22,12 @@ var errNXDomain = errors.New("NXDOMAIN")
 // resolver asks one configured DNS server, or the servers of
 // /etc/resolv.conf, for the records delivery needs.
 type resolver struct {
-	server string // "host:port"; "" reads resolvConf at each lookup
+	server string // "host:port"; "" reads /etc/resolv.conf at each lookup
 	// shuffle randomizes equal MX preferences (rand.Shuffle); tests replace it.
 	shuffle func(n int, swap func(i, j int))
 	// cache keeps answers for their TTL and merges concurrent identical
 	// questions (dnscache.go); its zero value is ready.
 	cache dnsCache
-}
-
-// servers lists the DNS servers to ask, in order. resolv.conf is read at
-// each lookup, as the C library does, so that edits apply without a
-// restart; reading a small file is cheap next to an SMTP transaction.
-func (r *resolver) servers() ([]string, error) {
-	if r.server != "" {
-		return []string{r.server}, nil
-	}
-	cfg, err := dns.ClientConfigFromFile(resolvConf)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, s := range cfg.Servers {
-		out = append(out, net.JoinHostPort(s, cfg.Port))
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no nameserver in %s", resolvConf)
-	}
-	return out, nil
 }
 
 // query asks for name's records of qtype. It returns the answer for
@@ -87,54 +57,11 @@ func fromResponse(resp *dns.Msg, qtype uint16) ([]dns.RR, time.Duration, error) 
 	return resp.Answer, ttl, nil
 }
 
-// ask asks the servers in turn for name's records of qtype and returns the
-// first NOERROR or NXDOMAIN response; other rcodes and network errors make
-// it try the next server, and the last of them is returned.
+// ask asks for name's records of qtype through the one DNS exchange of
+// delivery (tlspolicy.Ask), without DNSSEC: the first NOERROR or NXDOMAIN
+// response of the servers, tried in turn.
 func (r *resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	servers, err := r.servers()
-	if err != nil {
-		return nil, err
-	}
-	m := new(dns.Msg)
-	m.SetQuestion(name, qtype)
-	m.SetEdns0(1232, false) // the DNS Flag Day 2020 size: no fragmented UDP
-	var last error
-	for _, s := range servers {
-		resp, err := exchange(ctx, m, s, "udp")
-		if err == nil && resp.Truncated {
-			resp, err = exchange(ctx, m, s, "tcp")
-		}
-		switch {
-		case err != nil:
-			last = err
-		case resp.Rcode == dns.RcodeSuccess, resp.Rcode == dns.RcodeNameError:
-			return resp, nil
-		default:
-			last = fmt.Errorf("%s from %s", dns.RcodeToString[resp.Rcode], s)
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-	}
-	return nil, last
-}
-
-// exchange does one DNS exchange; unlike dns.Client.ExchangeContext it
-// stops at once when ctx is canceled, by closing the socket.
-func exchange(ctx context.Context, m *dns.Msg, server, network string) (*dns.Msg, error) {
-	c := &dns.Client{Net: network, Timeout: dnsTimeout}
-	conn, err := c.DialContext(ctx, server)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	resp, _, err := c.ExchangeWithConnContext(ctx, m, conn)
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return resp, err
+	return tlspolicy.Ask(ctx, r.server, name, qtype, false)
 }
 
 // Local statuses for DNS outcomes.

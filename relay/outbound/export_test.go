@@ -2,9 +2,6 @@ package outbound
 
 import "time"
 
-// Waiting is the number of deliveries of m waiting for a connection slot.
-func Waiting(m *MX) int { return m.pool.waiting() }
-
 // SetClock replaces the clock m's connection pool reads (parking times and
 // connection ages), for tests that need a connection to look idle longer.
 func SetClock(m *MX, now func() time.Time) { m.pool.now = now }

@@ -515,18 +515,25 @@ func TestDeliverTLS(t *testing.T) {
 			}
 			got := e.deliverer(o).Deliver(context.Background(), e.delivery("example.test", "b@example.test"))
 			check(t, got, tt.want)
-			msgs := r.Messages()
-			if tt.want.outcome == queue.Delivered {
-				if len(msgs) != 1 || msgs[0].TLS != tt.wantTLS {
-					t.Errorf("messages = %+v, want one with TLS=%v", msgs, tt.wantTLS)
-				}
-			} else if len(msgs) != 0 {
-				t.Errorf("got %d messages, want none", len(msgs))
-			}
+			checkReceived(t, r, tt.want.outcome == queue.Delivered, tt.wantTLS)
 			if n := r.Conns(); n != tt.conns {
 				t.Errorf("receiver saw %d connections, want %d", n, tt.conns)
 			}
 		})
+	}
+}
+
+// checkReceived asserts that r received one message, over TLS or not as
+// wantTLS says, when delivered, and none otherwise.
+func checkReceived(t *testing.T, r *relaytest.Receiver, delivered, wantTLS bool) {
+	t.Helper()
+	msgs := r.Messages()
+	if delivered {
+		if len(msgs) != 1 || msgs[0].TLS != wantTLS {
+			t.Errorf("messages = %+v, want one with TLS=%v", msgs, wantTLS)
+		}
+	} else if len(msgs) != 0 {
+		t.Errorf("got %d messages, want none", len(msgs))
 	}
 }
 

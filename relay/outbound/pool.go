@@ -2,11 +2,11 @@ package outbound
 
 import (
 	"context"
-	"net"
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	"postern/relay/smtpclient"
+	"postern/relay/status"
 )
 
 // Connection reuse. Opening an SMTP connection costs a TCP handshake, the
@@ -20,7 +20,13 @@ import (
 //
 // The pool also caps the connections open to one destination (idle ones
 // included), so that many workers draining one domain do not open hundreds
-// of connections to one host.
+// of connections to one host. A delivery that finds the cap reached does
+// not wait for a connection (a worker must never be parked on a
+// destination): it gets errConnLimit and tries the next address. The
+// Shaper admits no more attempts at once than the cap, so this happens
+// only when MX host sets of different destinations overlap. And it closes
+// a connection once it has carried its destination's
+// MessagesPerConnection, which MX delivery passes in the context.
 
 // Defaults of the pool options.
 const (
@@ -63,16 +69,12 @@ var checkTimeout = 10 * time.Second
 // conn is one SMTP connection past its prelude (greeting, EHLO, STARTTLS,
 // AUTH), between transactions.
 type conn struct {
-	// raw is the TCP connection: closing it interrupts any blocked read
-	// or write, which is how a cancelled context stops a session.
-	raw net.Conn
-	// nc is what the dialogue runs on (raw, or TLS over it), for write
-	// deadlines.
-	nc      net.Conn
-	sc      *smtp.Client
-	usedTLS bool
+	// sc is the connection and its dialogue; a context that ends while
+	// it talks closes it (see smtpclient).
+	sc      *smtpclient.Client
 	mech    string // the AUTH mechanism used, "" without AUTH
 	created time.Time
+	uses    int // sessions it has carried
 
 	// Set while parked, under pool.mu.
 	idle   *time.Timer
@@ -82,10 +84,7 @@ type conn struct {
 // close ends the connection politely: QUIT (bounded by timeout), then
 // close, even when QUIT fails.
 func (c *conn) close(timeout time.Duration) {
-	c.sc.CommandTimeout = timeout
-	c.sc.Quit()
-	c.sc.Close()
-	c.raw.Close()
+	c.sc.Quit(timeout)
 }
 
 // pool holds the idle connections of one deliverer and counts its open
@@ -105,14 +104,17 @@ type pool struct {
 // dest is one destination: an MX host address or a smarthost, with one
 // TLS mode and one identity (see peer.key).
 type dest struct {
-	key     string
-	open    int     // connections open or being dialed: the slots taken
-	idle    []*conn // parked, the most recently used last
-	waiting int     // deliveries waiting for a slot
-	// freed is closed and replaced whenever a slot or an idle connection
-	// becomes available, waking every waiter.
-	freed chan struct{}
+	key  string
+	open int     // connections open or being dialed: the slots taken
+	idle []*conn // parked, the most recently used last
+	// maxUses is the sessions a connection carries before it is closed,
+	// 0 for no limit (besides maxConnAge): the last get's.
+	maxUses int
 }
+
+// errConnLimit is a delivery that found its destination's connections all
+// in use. RFC 3463 §3.5: X.4.5 "Mail system congestion".
+var errConnLimit = status.New(451, 4, 5, "too many connections open to this host already")
 
 func newPool(opts Options) *pool {
 	return &pool{
@@ -127,58 +129,46 @@ func newPool(opts Options) *pool {
 func (p *pool) dest(key string) *dest {
 	d := p.dests[key]
 	if d == nil {
-		d = &dest{key: key, freed: make(chan struct{})}
+		d = &dest{key: key}
 		p.dests[key] = d
 	}
 	return d
 }
 
-// get takes a slot for key, waiting while the destination has maxConns
-// connections open, and returns the connection parked there most recently,
-// or nil: the caller then dials, in the slot it now holds. With fresh, a
-// parked connection is closed instead and its slot handed over: the caller
-// has just seen one of them dead. Every get is paired with a put of the
-// same key. It fails only when ctx ends first.
+// get takes a slot for key and returns the connection parked there most
+// recently, or nil: the caller then dials, in the slot it now holds. With
+// fresh, a parked connection is closed instead and its slot handed over:
+// the caller has just seen one of them dead. When the destination has
+// maxConns connections open and none parked, it fails with errConnLimit
+// at once. Every get that succeeds is paired with a put of the same key.
+// ctx carries the destination's messages per connection (withConnUses).
 func (p *pool) get(ctx context.Context, key string, fresh bool) (*conn, error) {
-	for {
-		p.mu.Lock()
-		d := p.dest(key)
-		if n := len(d.idle); n > 0 {
-			c := d.idle[n-1]
-			d.idle[n-1] = nil
-			d.idle = d.idle[:n-1]
-			// Taken from the list under the lock: if the timer fires
-			// now, expire finds nothing to do.
-			c.idle.Stop()
-			c.idle = nil
-			p.mu.Unlock()
-			if fresh {
-				c.close(quitTimeout)
-				return nil, nil
-			}
-			return c, nil
-		}
-		if d.open < p.maxConns {
-			d.open++
-			p.mu.Unlock()
+	p.mu.Lock()
+	d := p.dest(key)
+	d.maxUses = connUses(ctx)
+	if n := len(d.idle); n > 0 {
+		c := d.idle[n-1]
+		d.idle[n-1] = nil
+		d.idle = d.idle[:n-1]
+		// Taken from the list under the lock: if the timer fires now,
+		// expire finds nothing to do.
+		c.idle.Stop()
+		c.idle = nil
+		p.mu.Unlock()
+		if fresh {
+			c.close(quitTimeout)
 			return nil, nil
 		}
-		freed := d.freed
-		d.waiting++
-		p.mu.Unlock()
-		var err error
-		select {
-		case <-freed:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		p.mu.Lock()
-		d.waiting--
-		p.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
+		return c, nil
 	}
+	if d.open < p.maxConns {
+		d.open++
+		p.mu.Unlock()
+		return nil, nil
+	}
+	p.forget(d)
+	p.mu.Unlock()
+	return nil, errConnLimit
 }
 
 // parked reports whether a connection is parked under key.
@@ -191,27 +181,28 @@ func (p *pool) parked(key string) bool {
 
 // put gives back the slot taken by get. A connection that keep says is
 // clean is parked for the next delivery, unless reuse is off, the pool is
-// closed, the destination has maxIdle parked already or the connection is
-// too old; otherwise it is closed (QUIT first). c may be nil: a dial that
-// failed.
+// closed, the destination has maxIdle parked already, or the connection is
+// too old or has carried its destination's messages per connection;
+// otherwise it is closed (QUIT first). c may be nil: a dial that failed.
 func (p *pool) put(key string, c *conn, keep bool) {
 	p.mu.Lock()
 	d := p.dest(key)
+	if c != nil {
+		c.uses++
+	}
 	if c != nil && keep && p.idleTimeout >= 0 && !p.closed && len(d.idle) < p.maxIdle &&
-		p.now().Sub(c.created) < maxConnAge {
+		p.now().Sub(c.created) < maxConnAge && (d.maxUses == 0 || c.uses < d.maxUses) {
 		d.idle = append(d.idle, c)
 		c.parked = p.now()
 		c.idle = time.AfterFunc(p.idleTimeout, func() { p.expire(key, c) })
-		p.wake(d)
 		p.mu.Unlock()
 		return
 	}
 	d.open--
-	p.wake(d)
 	p.forget(d)
 	p.mu.Unlock()
 	if c != nil {
-		c.close(min(c.sc.CommandTimeout, quitTimeout))
+		c.close(min(c.sc.Options().CommandTimeout, quitTimeout))
 	}
 }
 
@@ -239,7 +230,6 @@ func (p *pool) unpark(key string, c *conn) bool {
 		if ic == c {
 			d.idle = append(d.idle[:i], d.idle[i+1:]...)
 			d.open--
-			p.wake(d)
 			p.forget(d)
 			return true
 		}
@@ -247,17 +237,10 @@ func (p *pool) unpark(key string, c *conn) bool {
 	return false
 }
 
-// wake tells the waiters of d that something changed. p.mu must be held.
-func (p *pool) wake(d *dest) {
-	close(d.freed)
-	d.freed = make(chan struct{})
-}
-
 // forget drops an unused destination, so that the map does not grow with
-// every MX ever seen. A waiter holding the old freed channel has just been
-// woken and looks the destination up again. p.mu must be held.
+// every MX ever seen. p.mu must be held.
 func (p *pool) forget(d *dest) {
-	if d.open == 0 && len(d.idle) == 0 && d.waiting == 0 {
+	if d.open == 0 && len(d.idle) == 0 {
 		delete(p.dests, d.key)
 	}
 }
@@ -277,7 +260,6 @@ func (p *pool) close() {
 		}
 		d.open -= len(d.idle)
 		d.idle = nil
-		p.wake(d)
 		p.forget(d)
 	}
 	p.mu.Unlock()
@@ -287,15 +269,4 @@ func (p *pool) close() {
 	}
 	wg.Wait()
 	p.wg.Wait()
-}
-
-// waiting counts the deliveries waiting for a slot, for tests.
-func (p *pool) waiting() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, d := range p.dests {
-		n += d.waiting
-	}
-	return n
 }

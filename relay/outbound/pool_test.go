@@ -213,82 +213,58 @@ func (b *gatedBody) Open() (io.ReadCloser, error) {
 }
 
 // TestMaxConnsPerHost: with more concurrent deliveries than the cap, the
-// excess waits for a connection instead of opening one, and every
-// delivery still goes through.
+// excess does not wait for a connection (a worker is never parked on a
+// destination): it fails at once, Temporary, without connecting, while
+// the others go through.
 func TestMaxConnsPerHost(t *testing.T) {
-	const max, n = 2, 8
+	const max, n = 2, 4
 	e := newEnv(t)
 	r := e.receiver("127.0.0.2")
 	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
 	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour, MaxConnsPerHost: max})
-	gate := &gatedBody{data: []byte(msgText), open: make(chan struct{})}
+	gate := &gatedBody{data: []byte(msgText), open: make(chan struct{}), opened: make(chan struct{}, max)}
 	var wg sync.WaitGroup
-	results := make([][]queue.Result, n)
-	for i := range n {
+	held := make([][]queue.Result, max)
+	for i := range max {
 		wg.Go(func() {
 			d := e.delivery("example.test", fmt.Sprintf("b%d@example.test", i))
 			d.Body = gate
-			results[i] = m.Deliver(context.Background(), d)
+			held[i] = m.Deliver(context.Background(), d)
 		})
 	}
-	// The first max deliveries hold their connections (their bodies are
-	// not readable yet); the others must be waiting, not connected.
-	deadline := time.Now().Add(waitLimit)
-	for outbound.Waiting(m) != n-max {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d deliveries waiting for a connection, want %d; the server has %d open",
-				outbound.Waiting(m), n-max, r.OpenConns())
-		}
-		time.Sleep(time.Millisecond)
+	for range max {
+		<-gate.opened // both hold a connection, their DATA pending
 	}
-	if got := r.OpenConns(); got > max {
-		t.Errorf("%d connections open, cap %d", got, max)
+	for i := max; i < n; i++ {
+		check(t, m.Deliver(context.Background(), e.delivery("example.test", fmt.Sprintf("b%d@example.test", i))),
+			want{queue.Temporary, "451 4.4.5 ", "mx1.example.test"})
+	}
+	if got := r.Conns(); got != max {
+		t.Errorf("%d connections opened, want %d: the excess must not connect", got, max)
 	}
 	close(gate.open)
 	wg.Wait()
-	for _, res := range results {
+	for _, res := range held {
 		check(t, res, want{queue.Delivered, "250 ", "mx1.example.test"})
-	}
-	if got := r.Conns(); got > max {
-		t.Errorf("%d connections opened in all, cap %d", got, max)
-	}
-	m.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-	defer cancel()
-	if err := r.WaitIdle(ctx); err != nil {
-		t.Errorf("after Close: %v", err)
 	}
 }
 
-// TestMaxConnsCancel: a delivery waiting for a connection slot gives up
-// when its context ends, with every recipient Temporary.
-func TestMaxConnsCancel(t *testing.T) {
+// TestMessagesPerConnection: a connection is closed once it has carried
+// its destination's MessagesPerConnection, and the next message opens a
+// new one.
+func TestMessagesPerConnection(t *testing.T) {
 	e := newEnv(t)
-	e.receiver("127.0.0.2")
+	r := e.receiver("127.0.0.2")
 	e.mx("example.test", 10, "mx1.example.test", "127.0.0.2")
-	m := e.deliverer(outbound.Options{MaxConnsPerHost: 1})
-	gate := &gatedBody{data: []byte(msgText), open: make(chan struct{}), opened: make(chan struct{}, 1)}
-	done := make(chan []queue.Result)
-	go func() {
-		d := e.delivery("example.test", "b@example.test")
-		d.Body = gate
-		done <- m.Deliver(context.Background(), d)
-	}()
-	<-gate.opened // the first delivery holds the only slot
-	ctx, cancel := context.WithCancel(context.Background())
-	second := make(chan []queue.Result)
-	go func() { second <- m.Deliver(ctx, e.delivery("example.test", "c@example.test")) }()
-	deadline := time.Now().Add(waitLimit)
-	for outbound.Waiting(m) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the second delivery never waited for the slot")
-		}
-		time.Sleep(time.Millisecond)
+	m := e.deliverer(outbound.Options{IdleTimeout: time.Hour,
+		Shaping: outbound.Shaping{Default: outbound.Limits{MessagesPerConnection: 2}}})
+	for i := range 5 {
+		check(t, m.Deliver(context.Background(), e.delivery("example.test", fmt.Sprintf("b%d@example.test", i))),
+			want{queue.Delivered, "250 ", "mx1.example.test"})
 	}
-	cancel()
-	check(t, <-second, want{queue.Temporary, "context canceled", "mx1.example.test"})
-	close(gate.open)
-	check(t, <-done, want{queue.Delivered, "250 ", "mx1.example.test"})
+	if got := r.Conns(); got != 3 {
+		t.Errorf("%d connections for 5 messages at 2 per connection, want 3", got)
+	}
 }
 
 // TestRouterClose: Router.Close closes the parked connections of every

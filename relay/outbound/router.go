@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"postern/queue"
 )
@@ -63,12 +64,20 @@ type Route struct {
 // name, with ".fallback" when its fallback was taken, or "default_route".
 // Result.RemoteMTA tells the server: an MX host name, or "host (smarthost
 // NAME)" (see Smarthost.RemoteMTA).
+//
+// It is also the queue's Gate: Admit asks the Shaper of the path a
+// delivery would take (an MX deliverer's, for its destinations; for
+// smarthosts, only their connection cap).
 type Router struct {
 	routes []Route
 	def    Path
+	shaper *Shaper
 }
 
-var _ queue.Deliverer = (*Router)(nil)
+var (
+	_ queue.Deliverer = (*Router)(nil)
+	_ queue.Gate      = (*Router)(nil)
+)
 
 // DefaultRouteName is the route name of deliveries no rule matched.
 const DefaultRouteName = "default_route"
@@ -94,7 +103,17 @@ func NewRouter(routes []Route, def Path) (*Router, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return &Router{routes: routes, def: def}, nil
+	rt := &Router{routes: routes, def: def}
+	for _, p := range append([]Path{def}, rt.paths()...) {
+		if p.MX != nil {
+			rt.shaper = p.MX.shaper
+			break
+		}
+	}
+	if rt.shaper == nil { // smarthosts only: their caps still need a home
+		rt.shaper = NewShaper(Shaping{})
+	}
+	return rt, nil
 }
 
 // Choose returns the name of the route d takes and its path.
@@ -109,6 +128,11 @@ func (r *Router) Choose(d *queue.Delivery) (string, Path) {
 			rcpt = d.Rcpts[0][i+1:]
 		}
 	}
+	return r.choose(rcpt, from, d.Attempt)
+}
+
+// choose is Choose by recipient domain, sender domain and attempt number.
+func (r *Router) choose(rcpt, from string, attempt int) (string, Path) {
 	for _, rt := range r.routes {
 		if len(rt.RecipientDomains) > 0 && !MatchDomain(rt.RecipientDomains, rcpt) {
 			continue
@@ -116,13 +140,33 @@ func (r *Router) Choose(d *queue.Delivery) (string, Path) {
 		if len(rt.SenderDomains) > 0 && !MatchDomain(rt.SenderDomains, from) {
 			continue
 		}
-		if rt.FallbackAfter > 0 && d.Attempt > rt.FallbackAfter {
+		if rt.FallbackAfter > 0 && attempt > rt.FallbackAfter {
 			return rt.Name + ".fallback", rt.Fallback
 		}
 		return rt.Name, rt.Via
 	}
 	return DefaultRouteName, r.def
 }
+
+// Admit is queue.Gate: the path d would take decides. Direct delivery is
+// shaped by the MX deliverer's Shaper; a smarthost list is held to the
+// connection cap of its first smarthost, so that its pool never refuses
+// one.
+func (r *Router) Admit(d queue.Dest, now time.Time) queue.Admission {
+	_, p := r.choose(d.Domain, d.Sender, d.Attempt)
+	if p.MX != nil {
+		return p.MX.Admit(d, now)
+	}
+	if len(p.Smarthosts) == 0 {
+		return queue.Admission{Release: func() {}} // Deliver reports the misconfiguration
+	}
+	return r.shaper.admitSmarthost("smarthost:"+strings.Join(p.Smarthosts.Names(), ","),
+		p.Smarthosts[0].opts.MaxConnsPerHost, now)
+}
+
+// Destinations describes the state of every destination, provider and
+// smarthost list (see Shaper.Destinations).
+func (r *Router) Destinations() []queue.Destination { return r.shaper.Destinations() }
 
 // Deliver makes one delivery attempt on the path Choose picks. See
 // queue.Deliverer for the contract.

@@ -1,24 +1,19 @@
 package outbound
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/textproto"
 	"strings"
-	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"postern/queue"
 	"postern/queue/reply"
+	"postern/relay/smtpclient"
 	"postern/relay/status"
 )
 
@@ -50,7 +45,11 @@ type peer struct {
 	mode     TLSMode // STARTTLS policy (ignored with implicit)
 	implicit bool    // TLS from the first byte (RFC 8314 §3.3)
 	verify   bool    // verify the certificate for host against Options.RootCAs
-	auth     *credentials
+	// tls, for MX hosts under relay/tlspolicy, decides STARTTLS and the
+	// certificate in place of verify (mode then only says whether
+	// STARTTLS is tried at all), and carries the message's REQUIRETLS.
+	tls  *hostTLS
+	auth *credentials
 
 	// failover makes the session report a definite failure of every
 	// recipient as an error, so that the caller tries the next server in
@@ -70,7 +69,7 @@ func (p peer) key() string {
 	if p.auth != nil {
 		user = p.auth.username
 	}
-	return fmt.Sprintf("%s|%s|%s|%s|%d|%t|%t|%s", p.kind, p.name, p.addr, p.host, p.mode, p.implicit, p.verify, user)
+	return fmt.Sprintf("%s|%s|%s|%s|%d|%t|%t|%s|%s", p.kind, p.name, p.addr, p.host, p.mode, p.implicit, p.verify, user, p.tls.key())
 }
 
 // credentials are what AUTH sends. The password is a secret, which prints
@@ -142,6 +141,9 @@ type use struct {
 	// way that says it was dead: an I/O error or 421.
 	stale bool
 	reply reply.Reply // the reply that ended the session, for the log
+	// transactions counts the MAIL commands sent (more than one when
+	// the server limits the recipients of a transaction).
+	transactions int
 }
 
 func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key string, fresh bool) (results []queue.Result, err error, stale bool) {
@@ -150,7 +152,7 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 	defer func() {
 		fields := []zap.Field{
 			zap.String("id", d.ID), zap.String(p.kind, p.name), zap.String("addr", p.addr),
-			zap.Int("attempt", d.Attempt), zap.Bool("tls", cn != nil && cn.usedTLS),
+			zap.Int("attempt", d.Attempt), zap.Bool("tls", cn != nil && cn.sc.TLS()),
 			zap.Bool("reused", u.reused),
 		}
 		if p.route != "" {
@@ -170,6 +172,9 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 		} else {
 			fields = append(fields, zap.String("outcomes", summary(results)))
 		}
+		if u.transactions > 1 {
+			fields = append(fields, zap.Int("transactions", u.transactions))
+		}
 		c.log.Info("delivery attempt", append(fields, replyField(rep))...)
 	}()
 
@@ -177,13 +182,9 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 	if err != nil {
 		return nil, err, false
 	}
-	// Closing the connection is the only way to interrupt a blocked read
-	// or write; every step below then fails with an I/O error.
-	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	// The client closes the connection if ctx ends while it talks (and
+	// then says it is not reusable).
 	results, err = c.transact(ctx, d, p, cn, &u)
-	if !stop() {
-		u.keep = false // closed by the cancellation
-	}
 	c.pool.put(key, cn, u.keep)
 	return results, err, u.reused && u.stale
 }
@@ -195,8 +196,7 @@ func (c *client) sessionOnce(ctx context.Context, d *queue.Delivery, p peer, key
 // a new connection. The check is NOOP rather than RSET (RFC 5321 §4.1.1.5): only
 // connections whose transaction is over are parked (the final reply to
 // DATA clears the server's buffers, §4.1.1.4), so there is nothing to
-// reset, and go-smtp's Reset makes its next MAIL send EHLO again, one more
-// round trip (and on some servers the loss of a completed AUTH).
+// reset.
 func (c *client) acquire(ctx context.Context, p peer, key string, fresh bool) (*conn, bool, error) {
 	cn, err := c.pool.get(ctx, key, fresh)
 	if err != nil {
@@ -206,14 +206,11 @@ func (c *client) acquire(ctx context.Context, p peer, key string, fresh bool) (*
 		return cn, true, nil
 	}
 	if cn != nil {
-		stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
 		// A live server answers NOOP at once: one that takes longer
 		// than checkTimeout is treated as dead rather than holding the
 		// delivery for the whole command timeout.
-		cn.sc.CommandTimeout = min(c.opts.CommandTimeout, checkTimeout)
-		err := cn.sc.Noop()
-		cn.sc.CommandTimeout = c.opts.CommandTimeout
-		if stop() && err == nil {
+		err := cn.sc.Noop(ctx, checkTimeout)
+		if err == nil {
 			return cn, true, nil
 		}
 		// Dead (the server's idle timeout, most likely): dial again in
@@ -221,7 +218,6 @@ func (c *client) acquire(ctx context.Context, p peer, key string, fresh bool) (*
 		c.log.Debug("parked connection failed its check", zap.String(p.kind, p.name),
 			zap.String("addr", p.addr), zap.Error(err))
 		cn.sc.Close()
-		cn.raw.Close()
 	}
 	cn, err = c.dial(ctx, p)
 	if err != nil {
@@ -234,117 +230,151 @@ func (c *client) acquire(ctx context.Context, p peer, key string, fresh bool) (*
 // ioErr puts ctx's error before err once ctx has ended: the errors of a
 // cancelled session are the effects of closing its connection.
 func ioErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
 		return fmt.Errorf("%w (%v)", cerr, err)
 	}
 	return err
 }
 
-// dial opens a connection to p and runs its prelude: greeting, EHLO,
-// STARTTLS or implicit TLS, AUTH.
+// dial opens a connection to p and runs its prelude: implicit TLS, the
+// greeting, EHLO, STARTTLS as p.mode says (and EHLO again), AUTH.
 func (c *client) dial(ctx context.Context, p peer) (_ *conn, err error) {
 	dialer := net.Dialer{Timeout: c.opts.DialTimeout}
 	raw, err := dialer.DialContext(ctx, "tcp", p.addr)
 	if err != nil {
 		return nil, ioErr(ctx, err)
 	}
-	cn := &conn{raw: raw, nc: raw, created: c.pool.now()}
+	cn := &conn{
+		sc: smtpclient.New(raw, smtpclient.Options{
+			Hostname:       c.opts.Hostname,
+			CommandTimeout: c.opts.CommandTimeout,
+			DataTimeout:    c.opts.DataTimeout,
+		}),
+		created: c.pool.now(),
+	}
 	defer func() {
 		if err != nil {
-			if cn.sc != nil {
-				cn.sc.Close()
-			}
-			raw.Close()
+			cn.sc.Close()
 		}
 	}()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	defer func() {
-		if !stop() && err == nil {
-			err = ioErr(ctx, net.ErrClosed)
-		}
-	}()
-
+	sc := cn.sc
+	mode := p.mode
 	if p.implicit {
-		tc := tls.Client(raw, c.tlsConfig(p))
-		raw.SetDeadline(time.Now().Add(c.opts.CommandTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
+		if err := sc.ImplicitTLS(ctx, c.tlsConfig(p)); err != nil {
 			// RFC 3463 §3.8: X.7.5 "Cryptographic failure".
 			return nil, ioErr(ctx, status.Wrap(err, 451, 7, 5, "TLS with "+p.host+" failed"))
 		}
-		raw.SetDeadline(time.Time{})
-		cn.nc, cn.usedTLS = tc, true
-	}
-	mode := p.mode
-	if p.implicit {
 		mode = Disabled // no STARTTLS inside TLS
 	}
-	nc, upgraded, err := c.prelude(ctx, cn.nc, p, mode)
-	if err != nil {
-		return nil, ioErr(ctx, err)
+	if err := sc.Greet(ctx); err != nil {
+		return nil, err
 	}
-	cn.nc, cn.usedTLS = nc, cn.usedTLS || upgraded
-	cn.sc = smtp.NewClient(nc)
-	cn.sc.CommandTimeout = c.opts.CommandTimeout
-	cn.sc.SubmissionTimeout = c.opts.DataTimeout
-	if err := cn.sc.Hello(c.opts.Hostname); err != nil {
-		return nil, remoteOr(CmdEHLO, err, func(err error) error { return ioErr(ctx, err) })
+	if err := sc.Hello(ctx); err != nil {
+		return nil, err
+	}
+	switch {
+	case mode == Disabled:
+	case p.tls != nil:
+		if err := c.startTLSPolicy(ctx, sc, p); err != nil {
+			return nil, err
+		}
+	default:
+		if err := c.startTLS(ctx, sc, p, mode); err != nil {
+			return nil, err
+		}
 	}
 	if p.auth != nil {
-		if cn.mech, err = c.authenticate(cn.sc, p, cn.usedTLS); err != nil {
-			cn.sc.Quit()
+		if cn.mech, err = c.authenticate(ctx, sc, p); err != nil {
+			if _, ok := errors.AsType[*Error](err); ok {
+				sc.Quit(min(c.opts.CommandTimeout, quitTimeout))
+			}
 			return nil, ioErr(ctx, err)
 		}
 	}
 	return cn, nil
 }
 
-// transact runs one transaction on cn and says in u how it left the
-// connection.
+// startTLS upgrades the connection when the server offers STARTTLS (and
+// fails under Required when it does not), then says EHLO again (RFC 3207
+// §4.2). A failure of the upgrade itself wraps errTLSFailed under
+// Opportunistic, so that MX.attempt retries in plain text, and is 451
+// 4.7.5 under Required; anything the server sent after its go-ahead is
+// such a failure (smtpclient.StartTLS: CVE-2011-0411).
+func (c *client) startTLS(ctx context.Context, sc *smtpclient.Client, p peer, mode TLSMode) error {
+	if !sc.Ext().StartTLS {
+		if mode == Required {
+			return errNoSTARTTLS
+		}
+		return nil
+	}
+	if err := sc.StartTLS(ctx, c.tlsConfig(p)); err != nil {
+		if !errors.Is(err, smtpclient.ErrTLS) {
+			return err
+		}
+		if mode == Required {
+			// RFC 3463 §3.8: X.7.5 "Cryptographic failure".
+			return status.Wrap(err, 451, 7, 5, "TLS with "+p.host+" failed")
+		}
+		return fmt.Errorf("%w: %w", errTLSFailed, err)
+	}
+	return sc.Hello(ctx)
+}
+
+// transact runs the transaction of d on cn (several, when the server
+// limits the recipients of one: see smtpclient.Client.Send) and says in u
+// how it left the connection.
 func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *conn, u *use) (results []queue.Result, err error) {
 	sc := cn.sc
-	// ended records the server's reply to the last command sent: the
-	// connection may be kept if it was a reply other than 421 and open
-	// says no transaction is left open. An I/O error (re nil) leaves it
-	// broken.
-	ended := func(re *Error, open bool) {
-		u.keep = re != nil && re.Code != 421 && !open
-	}
-	ioFail := func(err error) error { return ioErr(ctx, err) }
-
+	ext := sc.Ext()
 	// MailFrom: the VERP return path when the queue gave one (routes
 	// still follow d.From, the sender's domain).
 	utf8 := !isASCII(d.MailFrom())
 	for _, r := range d.Rcpts {
 		utf8 = utf8 || !isASCII(r)
 	}
-	if ok, _ := sc.Extension("SMTPUTF8"); utf8 && !ok {
+	if utf8 && !ext.SMTPUTF8 {
 		u.keep = true // nothing was sent
 		return nil, errNoSMTPUTF8
 	}
-	remoteDSN, _ := sc.Extension("DSN")
 
 	results = make([]queue.Result, len(d.Rcpts))
-	set := func(idx []int, o queue.Outcome, r reply.Reply) {
-		for _, i := range idx {
-			results[i] = queue.Result{Outcome: o, Reply: r, RemoteMTA: p.mta}
-		}
+	set := func(i int, o queue.Outcome, r reply.Reply) {
+		results[i] = queue.Result{Outcome: o, Reply: r, RemoteMTA: p.mta}
 		u.reply = r
 	}
-	all := make([]int, len(d.Rcpts))
-	for i := range all {
-		all[i] = i
+
+	if err := requireTLSOffered(p, sc); err != nil {
+		u.keep = true // nothing was sent
+		return nil, err
 	}
 
-	mailOpts, mailFull := mailOptions(d)
-	mailOpts.Size, mailOpts.UTF8 = d.Body.Size(), utf8
-	if err := sc.Mail(d.MailFrom(), mailOpts); err != nil {
-		re := remoteError(CmdMAIL, err)
-		ended(re, false)
+	tx := &smtpclient.Tx{From: d.MailFrom(), Body: d.Body, Size: d.Body.Size(), UTF8: utf8, RequireTLS: p.tls != nil && p.tls.requireTLS}
+	mailFull := mailDSN(d, tx)
+	passed := make([]bool, len(d.Rcpts)) // DSN parameters given in full
+	for i := range d.Rcpts {
+		r, full := rcptDSN(d, i)
+		tx.Rcpts = append(tx.Rcpts, r)
+		passed[i] = full && mailFull
+	}
+	if !ext.EightBitMIME {
+		body, err := c.downgrade(d)
+		if err != nil {
+			// Nothing was sent; another server may offer 8BITMIME.
+			u.keep = true
+			return nil, err
+		}
+		tx.Body, tx.Size = body, body.Size()
+	}
+
+	res, err := sc.Send(ctx, tx)
+	u.keep = sc.Reusable()
+	if err != nil {
+		re, _ := errors.AsType[*Error](err)
 		if re == nil || re.Code == 421 {
 			u.stale = true
 		}
 		if re == nil {
-			return nil, ioFail(err)
+			return nil, ioErr(ctx, err)
 		}
 		// RFC 4954 §6: 530 5.7.0 "Authentication required". From a
 		// smarthost that is our configuration, not the sender: retry.
@@ -353,146 +383,80 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		}
 		// The sender is refused for good: no other server will think
 		// otherwise.
-		set(all, queue.Permanent, re.Reply)
+		for i := range results {
+			set(i, queue.Permanent, re.Reply)
+		}
 		return results, nil
 	}
+	u.transactions = res.Transactions
 
-	var accepted []int
-	passed := make([]bool, len(d.Rcpts)) // DSN parameters given in full
-	var lastTemp *Error
-	for i, rcpt := range d.Rcpts {
-		opts, full := rcptOptions(d, i)
-		passed[i] = full && mailFull
-		err := sc.Rcpt(rcpt, opts)
-		if err == nil {
-			accepted = append(accepted, i)
-			continue
+	// failover: every recipient got a temporary refusal, none an I/O
+	// error (after which the server may hold the message: a delay is
+	// better than a duplicate); the next server is worth a try.
+	failover := p.failover
+	// last is the refusal to fail over with: the one of the message (to
+	// DATA or its content) when a recipient was accepted, else the last
+	// RCPT refusal.
+	var last *Error
+	lastAccepted := false
+	for i, r := range res.Rcpts {
+		switch {
+		case r.Err != nil:
+			failover = false
+			set(i, queue.Temporary, replyOf(ioErr(ctx, bodyErr(r.Err))))
+		case r.Delivered():
+			failover = false
+			set(i, queue.Delivered, r.Reply.Reply)
+			// RFC 3461 §6.2.1: the remote offered DSN and got every
+			// parameter of this recipient, so it reports from now on.
+			results[i].RemoteDSN = ext.DSN && passed[i]
+		default:
+			if r.Reply.Permanent() {
+				failover = false
+			}
+			if r.Accepted || !lastAccepted {
+				last, lastAccepted = r.Reply, r.Accepted
+			}
+			set(i, outcome(r.Reply), r.Reply.Reply)
 		}
-		re := remoteError(CmdRCPT, err)
-		if re == nil {
-			// The connection is broken: every recipient without a reply
-			// yet, accepted ones included, is deferred.
-			set(unanswered(results), queue.Temporary, replyOf(ioFail(err)))
-			return results, nil
-		}
-		if re.Temporary() {
-			lastTemp = re
-		}
-		set([]int{i}, outcome(re), re.Reply)
 	}
-	if len(accepted) == 0 {
-		// MAIL was accepted: a transaction is open. RSET would close
-		// it, but see acquire: QUIT instead.
-		if p.failover && lastTemp != nil && allTemporaryBut(results, nil) {
-			return nil, lastTemp
-		}
-		return results, nil
+	if failover && last != nil {
+		return nil, last
 	}
-
-	// refused answers a refusal of the message itself, to DATA or to the
-	// final dot: another smarthost is tried if nothing has gone for good
-	// yet; otherwise the reply is every accepted recipient's result.
-	refused := func(re *Error) ([]queue.Result, error) {
-		if p.failover && re.Temporary() && allTemporaryBut(results, accepted) {
-			return nil, re
-		}
-		set(accepted, outcome(re), re.Reply)
-		return results, nil
-	}
-
-	body, err := d.Body.Open()
-	if err != nil {
-		set(accepted, queue.Temporary, status.Wrap(err, 451, 3, 0, "cannot read the queued message").Reply())
-		return results, nil
-	}
-	defer body.Close()
-	w, err := sc.Data()
-	if err != nil {
-		re := remoteError(CmdDATA, err)
-		if re == nil {
-			set(accepted, queue.Temporary, replyOf(ioFail(err)))
-			return results, nil
-		}
-		return refused(re)
-	}
-	cn.nc.SetWriteDeadline(time.Now().Add(c.opts.DataTimeout))
-	// The content goes straight onto the connection (go-smtp's writer
-	// has flushed the DATA command), its last line break through w, which
-	// then ends it (see dotstuff.go).
-	tail, err := sendData(cn.nc, body)
-	if err == nil {
-		_, err = w.Write(tail)
-	}
-	if err != nil {
-		// The final dot must never follow a partial message, or the
-		// server would accept it cut short (and the retry would send it
-		// again). QUIT would write that dot: textproto ends an open DATA
-		// before any next command. So the TCP connection is closed first,
-		// which makes the server drop the partial message (RFC 5321 §3.8).
-		cn.raw.Close()
-		set(accepted, queue.Temporary, replyOf(ioFail(err)))
-		return results, nil
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		re := remoteError(CmdEOD, err)
-		ended(re, false)
-		if re == nil {
-			// The final dot went out and no reply came: the server may
-			// have the message. Never try another server now (a
-			// duplicate is worse than a delay); the queue retries later.
-			set(accepted, queue.Temporary, replyOf(ioFail(err)))
-			return results, nil
-		}
-		return refused(re)
-	}
-	u.keep = true
-	set(accepted, queue.Delivered, fromText(CmdEOD, 250, resp.StatusText).Reply)
-	if remoteDSN {
-		// RFC 3461 §6.2.1: the remote offered DSN and got every parameter
-		// of these recipients, so it reports from now on.
-		for _, i := range accepted {
-			results[i].RemoteDSN = passed[i]
-		}
+	if n := len(res.Replies); n > 0 && res.Replies[n-1] != nil {
+		u.reply = res.Replies[n-1].Reply // what ended the session, for the log
 	}
 	return results, nil
 }
 
-// allTemporaryBut reports whether every result outside idx is Temporary
-// (those in idx have no result yet).
-func allTemporaryBut(results []queue.Result, idx []int) bool {
-	skip := make(map[int]bool, len(idx))
-	for _, i := range idx {
-		skip[i] = true
+// bodyErr gives a message that could not be read its local status: 451
+// 4.3.0, with the cause in its words.
+func bodyErr(err error) error {
+	if errors.Is(err, smtpclient.ErrBody) {
+		return status.Wrap(err, 451, 3, 0, "cannot read the queued message")
 	}
-	for i, r := range results {
-		if !skip[i] && r.Outcome != queue.Temporary {
-			return false
-		}
-	}
-	return true
+	return err
 }
 
 // authenticate runs AUTH with the first mechanism both sides know, PLAIN
 // before LOGIN, and only over TLS. Every failure, a 535 included, comes
 // back as an error: the caller treats it as temporary, since a refused
 // password says the configuration is wrong, not the message.
-func (c *client) authenticate(sc *smtp.Client, p peer, usedTLS bool) (string, error) {
-	if !usedTLS {
+func (c *client) authenticate(ctx context.Context, sc *smtpclient.Client, p peer) (string, error) {
+	if !sc.TLS() {
 		return "", errClearAuth
 	}
-	var a sasl.Client
 	var mech string
 	switch {
-	case sc.SupportsAuth(sasl.Plain):
-		mech, a = sasl.Plain, sasl.NewPlainClient("", p.auth.username, string(p.auth.password))
-	case sc.SupportsAuth(sasl.Login):
-		mech, a = sasl.Login, sasl.NewLoginClient(p.auth.username, string(p.auth.password))
+	case sc.Ext().SupportsAuth("PLAIN"):
+		mech = "PLAIN"
+	case sc.Ext().SupportsAuth("LOGIN"):
+		mech = "LOGIN"
 	default:
 		return "", errNoAuthMech
 	}
-	if err := sc.Auth(a); err != nil {
-		if re := remoteError(CmdAUTH, err); re != nil {
+	if err := sc.Auth(ctx, mech, p.auth.username, string(p.auth.password)); err != nil {
+		if re, ok := errors.AsType[*Error](err); ok {
 			c.log.Warn("smarthost refused our credentials",
 				zap.String("smarthost", p.name), zap.String("auth_user", p.auth.username),
 				zap.String("auth_mech", mech), replyField(re.Reply))
@@ -515,104 +479,6 @@ func (c *client) tlsConfig(p peer) *tls.Config {
 		cfg.InsecureSkipVerify = true
 	}
 	return cfg
-}
-
-// prelude reads the greeting and, unless mode is Disabled, sends EHLO and
-// upgrades with STARTTLS when offered. go-smtp's client has no StartTLS of
-// its own in v0.25.1 (only NewClientStartTLS, which fails when STARTTLS is
-// not offered), so this part of the dialogue is done here, and the
-// connection is handed to go-smtp with the greeting put back in front of
-// it: go-smtp then reads the real greeting and sends its own EHLO, which
-// after STARTTLS RFC 3207 §4.2 requires anyway (in plain text it repeats
-// ours, which RFC 5321 §4.1.4 allows).
-//
-// Reading the greeting here also tells a greeting failure from an EHLO one.
-func (c *client) prelude(ctx context.Context, raw net.Conn, p peer, mode TLSMode) (net.Conn, bool, error) {
-	raw.SetDeadline(time.Now().Add(c.opts.CommandTimeout))
-	defer raw.SetDeadline(time.Time{})
-	br := bufio.NewReader(raw)
-	tp := textproto.NewReader(br)
-
-	code, msg, err := tp.ReadResponse(220)
-	if err != nil {
-		return nil, false, remoteOr(CmdConnect, err, nil)
-	}
-	greeting := fromText(CmdConnect, code, msg).Wire()
-	handover := func(c net.Conn, r io.Reader) net.Conn {
-		return &greetedConn{Conn: c, r: io.MultiReader(strings.NewReader(greeting), r)}
-	}
-	if mode == Disabled {
-		return handover(raw, br), false, nil
-	}
-
-	if _, err := fmt.Fprintf(raw, "EHLO %s\r\n", c.opts.Hostname); err != nil {
-		return nil, false, err
-	}
-	_, msg, err = tp.ReadResponse(250)
-	if err != nil {
-		re := remoteError(CmdEHLO, err)
-		if re != nil && re.Code/100 == 5 && mode == Opportunistic {
-			// No ESMTP, hence no STARTTLS: go-smtp retries with HELO.
-			return handover(raw, br), false, nil
-		}
-		return nil, false, remoteOr(CmdEHLO, err, nil)
-	}
-	if !offers(msg, "STARTTLS") {
-		if mode == Required {
-			return nil, false, errNoSTARTTLS
-		}
-		return handover(raw, br), false, nil
-	}
-
-	tlsFail := func(err error) error {
-		if mode == Required {
-			// RFC 3463 §3.8: X.7.5 "Cryptographic failure".
-			return status.Wrap(err, 451, 7, 5, "TLS with "+p.host+" failed")
-		}
-		return fmt.Errorf("%w: %w", errTLSFailed, err)
-	}
-	if _, err := io.WriteString(raw, "STARTTLS\r\n"); err != nil {
-		return nil, false, err
-	}
-	if _, _, err := tp.ReadResponse(220); err != nil {
-		if re := remoteError(CmdSTARTTLS, err); re != nil {
-			return nil, false, tlsFail(re)
-		}
-		return nil, false, err
-	}
-	// Anything the server sent after its 220 arrived before the handshake,
-	// in plain text, where an attacker may have injected it (the STARTTLS
-	// command injection of CVE-2011-0411): refuse to go on.
-	if br.Buffered() > 0 {
-		return nil, false, tlsFail(errors.New("unexpected data after the STARTTLS reply"))
-	}
-	tc := tls.Client(raw, c.tlsConfig(p))
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, false, tlsFail(err)
-	}
-	return handover(tc, tc), true, nil
-}
-
-// greetedConn is a connection whose reads start with a greeting already
-// read from it.
-type greetedConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *greetedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// offers reports whether an EHLO reply's text (lines joined by "\n", the
-// first being the greeting) lists the extension ext.
-func offers(ehlo, ext string) bool {
-	lines := strings.Split(ehlo, "\n")
-	for _, l := range lines[1:] {
-		kw, _, _ := strings.Cut(l, " ")
-		if strings.EqualFold(kw, ext) {
-			return true
-		}
-	}
-	return false
 }
 
 // failAll gives every one of n recipients the failure err: Permanent when
@@ -665,35 +531,12 @@ func (r zapReply) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	return nil
 }
 
-// remoteOr returns err as an *Error when it is a reply to command, or else
-// the I/O error, passed through ioErr when not nil.
-func remoteOr(command string, err error, ioErr func(error) error) error {
-	if re := remoteError(command, err); re != nil {
-		return re
-	}
-	if ioErr != nil {
-		return ioErr(err)
-	}
-	return err
-}
-
 // outcome is the fate of recipients given a remote error reply.
 func outcome(e *Error) queue.Outcome {
 	if e.Permanent() {
 		return queue.Permanent
 	}
 	return queue.Temporary
-}
-
-// unanswered lists the recipients without a result yet.
-func unanswered(results []queue.Result) []int {
-	var idx []int
-	for i, r := range results {
-		if r.Outcome == 0 {
-			idx = append(idx, i)
-		}
-	}
-	return idx
 }
 
 // summary counts outcomes for the log: "delivered=2 deferred=1".

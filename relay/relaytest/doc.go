@@ -1,6 +1,8 @@
 // Package relaytest provides real in-process peers for tests of SMTP
 // delivery, in the spirit of net/http/httptest: a DNS server that answers
-// from an in-memory zone, SMTP receivers that record what they get and fail
+// from an in-memory zone, SMTP receivers that record what they get (the
+// messages, and the commands in the order and grouping they arrived in, to
+// count a client's round trips), hide extensions on request, and fail
 // on command (and, as smarthosts, may require AUTH and record the
 // credentials they were given), self-signed certificates, and free
 // loopback ports.

@@ -50,9 +50,11 @@ type Message struct {
 type ReceiverOption func(*receiverConfig)
 
 type receiverConfig struct {
+	hide      []string
 	tlsNames  []string
 	brokenTLS bool
 	implicit  bool
+	cert      *tls.Certificate
 	auth      *Credentials
 	server    []func(*smtp.Server)
 }
@@ -97,6 +99,21 @@ func WithSTARTTLS(names ...string) ReceiverOption {
 	return func(c *receiverConfig) { c.tlsNames = append(c.tlsNames, names...) }
 }
 
+// WithCertificate makes the Receiver offer STARTTLS with cert (one of a
+// test CA, say) instead of a self-signed one.
+func WithCertificate(cert tls.Certificate) ReceiverOption {
+	return func(c *receiverConfig) { c.cert = &cert }
+}
+
+// WithoutExtensions hides EHLO keywords ("PIPELINING", "CHUNKING",
+// "8BITMIME", "LIMITS", ...) that go-smtp would offer, to play a server
+// that lacks them. Only the offer is hidden: a client that uses the
+// extension anyway still gets go-smtp's handling. Connections with
+// implicit TLS are left alone.
+func WithoutExtensions(keywords ...string) ReceiverOption {
+	return func(c *receiverConfig) { c.hide = append(c.hide, keywords...) }
+}
+
 // WithBrokenTLS makes the Receiver offer STARTTLS and then fail every TLS
 // handshake, as a misconfigured server does.
 func WithBrokenTLS() ReceiverOption {
@@ -132,6 +149,10 @@ type Receiver struct {
 	// hold, when set, holds the reply to the next message: held is
 	// closed once it is recorded, release lets the reply go.
 	hold *heldReply
+
+	record bool     // connections are plain text from the start: log their commands
+	hide   []string // EHLO keywords not offered, upper case
+	cmds   []Command
 }
 
 type heldReply struct{ held, release chan struct{} }
@@ -188,6 +209,10 @@ func StartReceiver(addr string, opts ...ReceiverOption) (*Receiver, error) {
 	}
 	r.ln = &countingListener{Listener: l, r: r}
 	r.auth = cfg.auth
+	r.record = !cfg.implicit
+	for _, k := range cfg.hide {
+		r.hide = append(r.hide, strings.ToUpper(k))
+	}
 
 	r.srv = smtp.NewServer(smtp.BackendFunc(r.newSession))
 	r.srv.Domain = "relaytest.invalid"
@@ -209,6 +234,12 @@ func StartReceiver(addr string, opts ...ReceiverOption) (*Receiver, error) {
 		}
 		r.pool = pool
 		r.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	if cfg.cert != nil {
+		r.pool = nil
+		r.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cfg.cert}}
+	}
+	if r.srv.TLSConfig != nil {
 		if cfg.brokenTLS {
 			r.srv.TLSConfig = &tls.Config{
 				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -589,7 +620,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 		r.accepted++
 		r.notifyLocked()
 		r.mu.Unlock()
-		cc := &countedConn{Conn: c, r: r}
+		cc := &countedConn{Conn: c, r: r, log: &cmdLog{r: r, conn: r.accepted, on: r.record}}
 		if e := r.take(CmdConnect); e != nil {
 			fmt.Fprintf(cc, "%s\r\n", replyLine(e))
 			cc.Close()
@@ -611,6 +642,24 @@ type countedConn struct {
 	net.Conn
 	r    *Receiver
 	once sync.Once
+	log  *cmdLog
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.log.read(p[:n])
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	out, n := c.log.write(p)
+	if len(out) == 0 {
+		return n, nil
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 func (c *countedConn) Close() error {

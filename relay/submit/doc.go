@@ -7,7 +7,10 @@
 // header rules of RFC 6409 §8 (Date and Message-ID added when missing, Bcc
 // removed; headers.go), refuses mail loops and, for an authenticated user,
 // a From or Sender that is not theirs, adds the Received trace field,
-// signs with DKIM while the body streams, and queues the message durably.
+// converts a message it is about to sign to 7 bits when it has 8-bit
+// content (queue/message.To7Bit, RFC 6152 §3: a server without 8BITMIME
+// can then take it with its signature intact), signs with DKIM while the
+// body streams, and queues the message durably.
 // It returns only once the message is on disk. Address syntax, shared by
 // the envelope checks of every source, is ParseAddress (address.go).
 //

@@ -37,6 +37,14 @@ type Signer interface {
 	Sign(msg io.Reader) ([]byte, error)
 }
 
+// Signs is what a Signer may also implement: whether it would sign a
+// message with this header section. A Signer without it is taken to sign
+// every message (which only costs the 7-bit check below on messages it
+// does not sign). *dkim.Signer implements it.
+type Signs interface {
+	Signs(h *message.Header) bool
+}
+
 // Options configure a Pipeline. Queue is required.
 type Options struct {
 	// Hostname names this server in the Received field and in the
@@ -156,11 +164,22 @@ func (p *Pipeline) Submit(ctx context.Context, env *queue.Envelope, o *Origin, b
 	env.TLSOptional = msg.tlsOptional && !env.RequireTLS
 
 	received := p.received(o, env.Rcpts, now)
-	body := &countingReader{r: io.MultiReader(msg.Reader(), br)}
 	var signer Signer
 	if p.opts.Signer != nil {
 		signer = p.opts.Signer()
 	}
+	var content io.Reader = io.MultiReader(msg.Reader(), br)
+	if signer != nil && signs(signer, hdr) && maybe8Bit(hdr, br) {
+		// A message is signed in the form every later hop can carry:
+		// converted to 7 bits first (RFC 6152 §3), since delivery to a
+		// server without 8BITMIME could not convert it later without
+		// breaking the signature. What cannot be converted goes as it
+		// is; delivery refuses it to such a server (5.6.3).
+		conv, _ := message.Reader7Bit(content)
+		defer conv.Close()
+		content = conv
+	}
+	body := &countingReader{r: content}
 	src, prefix, stop := signWhileReading(body, signer, received)
 	defer stop()
 	id, err = p.opts.Queue.EnqueuePrefixed(ctx, env, src, prefix)
@@ -168,6 +187,39 @@ func (p *Pipeline) Submit(ctx context.Context, env *queue.Envelope, o *Origin, b
 		return "", 0, err
 	}
 	return id, int64(len(received)) + body.n + int64(stop()), nil
+}
+
+// signs reports whether signer would sign a message with header h.
+func signs(signer Signer, h *message.Header) bool {
+	if s, ok := signer.(Signs); ok {
+		return s.Signs(h)
+	}
+	return true
+}
+
+// maybe8Bit reports whether the message may have 8-bit octets: in its
+// header section, or in a body that br cannot show whole. A message that
+// fits in br's buffer is looked at whole (Peek reads no more than a
+// Submit would), so that the common small 7-bit message skips the
+// converter.
+func maybe8Bit(h *message.Header, br *bufio.Reader) bool {
+	if has8Bit(h.Raw) {
+		return true
+	}
+	p, err := br.Peek(br.Size())
+	if err != io.EOF {
+		return true // more than a buffer, or a read error the queue will meet
+	}
+	return has8Bit(p)
+}
+
+func has8Bit(p []byte) bool {
+	for _, b := range p {
+		if b >= 0x80 {
+			return true
+		}
+	}
+	return false
 }
 
 // Readers holds 32 KiB readers for the sources to read messages through,

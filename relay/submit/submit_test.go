@@ -11,6 +11,7 @@ import (
 
 	"postern/auth"
 	"postern/queue"
+	"postern/queue/message"
 	"postern/relay/status"
 )
 
@@ -128,5 +129,56 @@ func TestSubmitRefusals(t *testing.T) {
 	p := New(Options{Hostname: "mx.test", Queue: &memQueue{}})
 	if _, _, _, err := submitString(t, p, &Origin{User: alice}, "From: ceo@example.test\r\n\r\nbody\r\n"); err != nil {
 		t.Errorf("From check off: %v", err)
+	}
+}
+
+// seeingSigner records what it signs, and signs only when sign says so.
+type seeingSigner struct {
+	sign bool
+	saw  *string
+}
+
+func (s seeingSigner) Sign(msg io.Reader) ([]byte, error) {
+	b, _ := io.ReadAll(msg)
+	*s.saw = string(b)
+	return []byte("DKIM-Signature: x\r\n"), nil
+}
+
+func (s seeingSigner) Signs(*message.Header) bool { return s.sign }
+
+// TestSubmitDowngradesBeforeSigning: a message to be signed is signed and
+// queued in its 7-bit form (RFC 6152 §3), so that delivery never has to
+// convert a signed message; a message no key signs, and a 7-bit one, are
+// queued as they came.
+func TestSubmitDowngradesBeforeSigning(t *testing.T) {
+	const eight = "From: alice@example.test\r\nDate: x\r\nMessage-ID: <a@b>\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\xc3\xa9\r\n"
+	const seven = "From: alice@example.test\r\nDate: x\r\nMessage-ID: <a@b>\r\n\r\nplain\r\n"
+	for _, tt := range []struct {
+		name     string
+		sign     bool
+		in, tail string
+	}{
+		{"signed 8-bit", true, eight, "Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n"},
+		{"unsigned 8-bit", false, eight, "Content-Transfer-Encoding: 8bit\r\n\r\ncaf\xc3\xa9\r\n"},
+		{"signed 7-bit", true, seven, seven},
+		{"signed 8-bit, longer than a buffer", true, eight + strings.Repeat("x\r\n", 20000),
+			"caf=C3=A9\r\n" + strings.Repeat("x\r\n", 20000)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var saw string
+			p := New(Options{Hostname: "mx.test", Queue: &memQueue{}, FixHeaders: true,
+				Signer: func() Signer { return seeingSigner{tt.sign, &saw} }})
+			q, _, size, err := submitString(t, p, &Origin{UID: 1}, tt.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasSuffix(q.data, tt.tail) || !strings.HasSuffix(saw, tt.tail) {
+				t.Errorf("queued %q\nsigned %q\nwant both to end %q", q.data, saw, tt.tail)
+			}
+			if size != int64(len(q.data)) {
+				t.Errorf("size %d, stored %d bytes", size, len(q.data))
+			}
+		})
 	}
 }

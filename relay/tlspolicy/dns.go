@@ -26,8 +26,10 @@ import (
 // resolver validates and says so. A validating resolver answers SERVFAIL
 // for data whose signatures do not verify ("bogus", RFC 4035 §5.5).
 
-// dnsTimeout bounds one exchange with one server, as delivery's own
-// lookups do.
+// dnsTimeout bounds one exchange with one server. RFC 1123 §6.1.3.3 asks
+// resolvers to retry for "at least" a few seconds; a stub talking to a
+// nearby recursive resolver that has not answered in 5s will rarely
+// answer at all, and the queue retries the delivery later.
 const dnsTimeout = 5 * time.Second
 
 // resolvConf is where the system's DNS servers are listed.
@@ -56,9 +58,12 @@ type dnsClient struct {
 	trustAD bool
 }
 
-func (c *dnsClient) servers() ([]string, error) {
-	if c.server != "" {
-		return []string{c.server}, nil
+// Servers lists the DNS servers to ask, in order: server when it is set
+// ("IP:port"), else those of /etc/resolv.conf, read at each call as the C
+// library does, so that edits apply without a restart.
+func Servers(server string) ([]string, error) {
+	if server != "" {
+		return []string{server}, nil
 	}
 	cfg, err := dns.ClientConfigFromFile(resolvConf)
 	if err != nil {
@@ -74,19 +79,24 @@ func (c *dnsClient) servers() ([]string, error) {
 	return out, nil
 }
 
-// query asks name's records of qtype. NOERROR (records or none) and
-// NXDOMAIN are answers; SERVFAIL from every server is ErrBogus (with
-// DANE, the RFC treats an unvalidatable answer like a failed one); other
-// failures are errors.
-func (c *dnsClient) query(ctx context.Context, name string, qtype uint16) (answer, error) {
-	servers, err := c.servers()
+// Ask asks the servers of Servers(server) in turn for name's records of
+// qtype, over UDP (TCP when truncated), and returns the first NOERROR or
+// NXDOMAIN response. Other rcodes and network errors make it try the next
+// server, and the last of them is returned; SERVFAIL wraps ErrBogus. With
+// dnssec the question carries the DO and AD bits (RFC 3225, RFC 6840
+// §5.7), so that a validating resolver says whether it validated.
+//
+// It is the one DNS exchange of delivery: relay/outbound's MX and address
+// lookups (cached there) and this room's DNSSEC-aware ones both use it.
+func Ask(ctx context.Context, server, name string, qtype uint16, dnssec bool) (*dns.Msg, error) {
+	servers, err := Servers(server)
 	if err != nil {
-		return answer{}, err
+		return nil, err
 	}
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(strings.ToLower(name)), qtype)
-	m.SetEdns0(1232, true) // DO: ask the resolver to validate
-	m.AuthenticatedData = true
+	m.SetEdns0(1232, dnssec) // the DNS Flag Day 2020 size: no fragmented UDP
+	m.AuthenticatedData = dnssec
 	var last error
 	for _, s := range servers {
 		resp, err := exchange(ctx, m, s, "udp")
@@ -97,26 +107,39 @@ func (c *dnsClient) query(ctx context.Context, name string, qtype uint16) (answe
 		case err != nil:
 			last = err
 		case resp.Rcode == dns.RcodeSuccess, resp.Rcode == dns.RcodeNameError:
-			a := answer{secure: c.trustAD && resp.AuthenticatedData, nx: resp.Rcode == dns.RcodeNameError}
-			for _, rr := range resp.Answer {
-				if rr.Header().Rrtype == qtype {
-					a.rrs = append(a.rrs, rr)
-				}
-			}
-			return a, nil
+			return resp, nil
 		case resp.Rcode == dns.RcodeServerFailure:
 			last = fmt.Errorf("%w: %s %s from %s", ErrBogus, dns.TypeToString[qtype], name, s)
 		default:
 			last = fmt.Errorf("%s %s: %s from %s", dns.TypeToString[qtype], name, dns.RcodeToString[resp.Rcode], s)
 		}
 		if ctx.Err() != nil {
-			return answer{}, ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
-	return answer{}, last
+	return nil, last
 }
 
-// exchange does one DNS exchange and stops at once when ctx is canceled.
+// query asks name's records of qtype (Ask, with DNSSEC). NOERROR (records
+// or none) and NXDOMAIN are answers; SERVFAIL from every server is
+// ErrBogus (with DANE, the RFC treats an unvalidatable answer like a
+// failed one); other failures are errors.
+func (c *dnsClient) query(ctx context.Context, name string, qtype uint16) (answer, error) {
+	resp, err := Ask(ctx, c.server, name, qtype, true)
+	if err != nil {
+		return answer{}, err
+	}
+	a := answer{secure: c.trustAD && resp.AuthenticatedData, nx: resp.Rcode == dns.RcodeNameError}
+	for _, rr := range resp.Answer {
+		if rr.Header().Rrtype == qtype {
+			a.rrs = append(a.rrs, rr)
+		}
+	}
+	return a, nil
+}
+
+// exchange does one DNS exchange; unlike dns.Client.ExchangeContext it
+// stops at once when ctx is canceled, by closing the socket.
 func exchange(ctx context.Context, m *dns.Msg, server, network string) (*dns.Msg, error) {
 	cl := &dns.Client{Net: network, Timeout: dnsTimeout}
 	conn, err := cl.DialContext(ctx, server)

@@ -33,6 +33,14 @@
 // handshake itself is delivery's, with the configuration ClientConfig
 // returns: it verifies nothing itself, Check does.
 //
+// # DNS
+//
+// Ask is the one DNS exchange of delivery: relay/outbound asks its MX
+// and address questions through it (and caches the answers), and this
+// room asks its DNSSEC-aware ones (DO and AD bits) through it, so that
+// both read /etc/resolv.conf, fall back over TCP and stop on a cancelled
+// context the same way.
+//
 // # Reports
 //
 // Reporter counts successful and failed sessions per policy domain and

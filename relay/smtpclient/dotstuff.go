@@ -1,39 +1,31 @@
-package outbound
+package smtpclient
 
 import (
 	"bytes"
 	"io"
-
-	"postern/queue/message"
 )
 
-// DATA content, fast. go-smtp's client hands out net/textproto's
-// DotWriter, which encodes one byte at a time through bufio's WriteByte: on
-// 100 KiB messages it was a fifth of postern's CPU. stuffData does the same
-// encoding a line at a time, with bytes.IndexByte, into large writes on the
-// connection itself.
-//
-// The DotWriter still ends the content, so that go-smtp's DataCommand keeps
-// its state and reads the reply as usual: stuffData holds back a final
-// CRLF, and the caller writes it through the DotWriter, whose Close then
-// adds just ".\r\n" (textproto documents that Close adds the final line;
-// content ending at the start of a line needs no other CRLF). Content that
-// does not end with a line break is ended by Close with "\r\n.\r\n", as the
-// DotWriter alone would.
+// DATA content, fast. net/textproto's DotWriter (go-smtp's, before this
+// package) encodes one byte at a time through bufio's WriteByte: on 100 KiB
+// messages it was a fifth of postern's CPU. stuffData does the same
+// encoding a line at a time, with bytes.IndexByte, into large writes.
 
 // stuffBufSize is the size of the writes stuffData makes.
 const stuffBufSize = 32 << 10
 
-// sendData copies a stored message to dst as SMTP DATA content: its line
-// ends made CRLF by postern's one line-end fixer (message.CRLFReader: the
-// queue holds CRLF-only messages, and this keeps a damaged one from
-// putting a bare CR or LF on the wire, where a receiver could read a
-// different end of data), then dot-stuffed by stuffData. See stuffData for
-// tail and errors.
-func sendData(dst io.Writer, body io.Reader) (tail []byte, err error) {
-	cr := message.NewCRLFReader(body)
-	defer cr.Release()
-	return stuffData(dst, cr)
+// writeData writes src, whose line ends are all CRLF, to dst as SMTP DATA
+// content with its terminator: dot-stuffed by stuffData, then the final
+// line break and ".\r\n" (the line break is added to content that lacks
+// one, as textproto.DotWriter does). On an error the connection has an
+// incomplete message on it and must be closed, never ended with the dot.
+func writeData(dst io.Writer, src io.Reader) error {
+	if _, err := stuffData(dst, src); err != nil {
+		return err
+	}
+	// stuffData held back a final CRLF, or the content had none: either
+	// way the end is CRLF, then the dot.
+	_, err := io.WriteString(dst, "\r\n.\r\n")
+	return err
 }
 
 // stuffData copies src, whose line ends are all CRLF, to dst encoded as

@@ -1,4 +1,4 @@
-package outbound
+package smtpclient
 
 import (
 	"bufio"
@@ -23,9 +23,8 @@ func viaTextproto(content []byte) []byte {
 	return b.Bytes()
 }
 
-// viaStuffData is what transact sends: sendData's writes on the
-// connection (line ends made CRLF, then dot-stuffed), then its tail and
-// the terminator through the DotWriter. The
+// viaStuffData is what a transaction sends after the 354: the content's
+// line ends made CRLF by the one line-end fixer, then writeData. The
 // reader hands out one byte per Read when oneByte is set, so that every
 // line break and dot falls on a read boundary somewhere.
 func viaStuffData(t testing.TB, content []byte, oneByte bool) []byte {
@@ -34,14 +33,11 @@ func viaStuffData(t testing.TB, content []byte, oneByte bool) []byte {
 	if oneByte {
 		src = iotest.OneByteReader(src)
 	}
-	tail, err := sendData(&b, src)
-	if err != nil {
+	cr := message.NewCRLFReader(src)
+	defer cr.Release()
+	if err := writeData(&b, cr); err != nil {
 		t.Fatal(err)
 	}
-	w := bufio.NewWriter(&b)
-	dw := textproto.NewWriter(w).DotWriter()
-	dw.Write(tail)
-	dw.Close()
 	return b.Bytes()
 }
 

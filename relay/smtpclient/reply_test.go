@@ -1,14 +1,13 @@
-package outbound
+package smtpclient
 
 import (
+	"bufio"
 	"errors"
-	"net/textproto"
+	"io"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/emersion/go-smtp"
 
 	"postern/queue/reply"
 )
@@ -61,8 +60,8 @@ func TestParseReplyErrors(t *testing.T) {
 		"550-a\r\n451 b", // codes differ
 		"550-a\r\n",      // continuation without a last line
 	} {
-		if e, err := ParseReply(CmdMAIL, in); !errors.Is(err, errBadReply) {
-			t.Errorf("ParseReply(%q) = %+v, %v; want errBadReply", in, e, err)
+		if e, err := ParseReply(CmdMAIL, in); !errors.Is(err, ErrBadReply) {
+			t.Errorf("ParseReply(%q) = %+v, %v; want ErrBadReply", in, e, err)
 		}
 	}
 }
@@ -85,31 +84,6 @@ func TestPermanent(t *testing.T) {
 		if e.Permanent() != tt.perm || e.Temporary() == tt.perm {
 			t.Errorf("%s %d: Permanent %v, Temporary %v", tt.cmd, tt.code, e.Permanent(), e.Temporary())
 		}
-	}
-}
-
-// TestRemoteError checks that go-smtp's and textproto's errors become the
-// reply the server sent, and that anything else is not a reply.
-func TestRemoteError(t *testing.T) {
-	tests := []struct {
-		err  error
-		want string
-	}{
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}, "550 5.1.1 no such user"},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "a\nb"}, "550-5.7.1 a 550 5.7.1 b"},
-		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCodeNotSet, Message: "later"}, "451 later"},
-		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.NoEnhancedCode, Message: "later"}, "451 later"},
-		{&textproto.Error{Code: 421, Msg: "4.3.2 busy\n4.3.2 really"}, "421-4.3.2 busy 421 4.3.2 really"},
-		{&smtp.SMTPError{Code: 999, Message: "weird"}, "999 weird"},
-	}
-	for _, tt := range tests {
-		e := remoteError(CmdRCPT, tt.err)
-		if e == nil || e.Reply.String() != tt.want {
-			t.Errorf("remoteError(%v) = %v, want %q", tt.err, e, tt.want)
-		}
-	}
-	if e := remoteError(CmdRCPT, errors.New("connection reset")); e != nil {
-		t.Errorf("I/O error became a reply: %v", e)
 	}
 }
 
@@ -142,6 +116,74 @@ func FuzzParseReply(f *testing.F) {
 		}
 		if !reflect.DeepEqual(again, e) {
 			t.Fatalf("round trip of %q: %+v, then %+v", in, e, again)
+		}
+	})
+}
+
+// TestReadReply reads replies off a stream as a connection delivers them:
+// one after the other, multi-line ones whole, and refuses what is not a
+// reply without reading past it.
+func TestReadReply(t *testing.T) {
+	in := "250-mx.example greets you\r\n250-PIPELINING\r\n250 SIZE 1000\r\n" +
+		"550 5.1.1 no such user\n" +
+		"354 go ahead\r\n" +
+		"250\r\n" +
+		"hello\r\n"
+	br := bufio.NewReader(strings.NewReader(in))
+	for _, want := range []string{
+		"250-mx.example greets you 250-PIPELINING 250 SIZE 1000",
+		"550 5.1.1 no such user",
+		"354 go ahead",
+		"250",
+	} {
+		re, err := readReply(br, CmdRCPT)
+		if err != nil {
+			t.Fatalf("want %q: %v", want, err)
+		}
+		if re.Reply.String() != want {
+			t.Errorf("got %q, want %q", re.Reply.String(), want)
+		}
+	}
+	if _, err := readReply(br, CmdRCPT); !errors.Is(err, ErrBadReply) {
+		t.Errorf("a line that is no reply: %v", err)
+	}
+	if _, err := readReply(br, CmdRCPT); err != io.EOF {
+		t.Errorf("at the end: %v, want EOF", err)
+	}
+	long := "250 " + strings.Repeat("x", maxReplyLine) + "\r\n"
+	if _, err := readReply(bufio.NewReader(strings.NewReader(long)), CmdRCPT); !errors.Is(err, ErrBadReply) {
+		t.Errorf("a line of %d octets: %v", len(long), err)
+	}
+	many := strings.Repeat("250-x\r\n", maxReplyLines+1) + "250 y\r\n"
+	if _, err := readReply(bufio.NewReader(strings.NewReader(many)), CmdRCPT); !errors.Is(err, ErrBadReply) {
+		t.Errorf("a reply of %d lines: %v", maxReplyLines+2, err)
+	}
+}
+
+// FuzzReadReply: whatever a server sends, readReply returns a reply, an
+// I/O error or ErrBadReply, never panics or reads without bound; and what
+// it accepts reads back the same from its Wire form.
+func FuzzReadReply(f *testing.F) {
+	for _, s := range []string{
+		"250 ok\r\n", "250-a\r\n250 b\r\n", "550-5.1.1 a\n550 5.1.1 b\n", "421", "250-x\r\n",
+		"354 go\r\n250 2.0.0 ok\r\n", "2", "250 \xff\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		br := bufio.NewReaderSize(strings.NewReader(string(in)), 16)
+		for range 10 {
+			re, err := readReply(br, CmdMAIL)
+			if err != nil {
+				if !errors.Is(err, ErrBadReply) && err != io.EOF && err != io.ErrUnexpectedEOF {
+					t.Fatalf("error %v", err)
+				}
+				return
+			}
+			again, err := readReply(bufio.NewReader(strings.NewReader(re.Reply.Wire())), CmdMAIL)
+			if err != nil || !reflect.DeepEqual(again, re) {
+				t.Fatalf("%+v: Wire %q reads back as %+v, %v", re, re.Reply.Wire(), again, err)
+			}
 		}
 	})
 }
