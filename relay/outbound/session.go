@@ -50,6 +50,9 @@ type peer struct {
 	// STARTTLS is tried at all), and carries the message's REQUIRETLS.
 	tls  *hostTLS
 	auth *credentials
+	// requireTLS: a smarthost must take the message with REQUIRETLS
+	// (RFC 8689 §4.2.2); for MX hosts tls carries it.
+	requireTLS bool
 
 	// failover makes the session report a definite failure of every
 	// recipient as an error, so that the caller tries the next server in
@@ -348,7 +351,7 @@ func (c *client) transact(ctx context.Context, d *queue.Delivery, p peer, cn *co
 		return nil, err
 	}
 
-	tx := &smtpclient.Tx{From: d.MailFrom(), Body: d.Body, Size: d.Body.Size(), UTF8: utf8, RequireTLS: p.tls != nil && p.tls.requireTLS}
+	tx := &smtpclient.Tx{From: d.MailFrom(), Body: d.Body, Size: d.Body.Size(), UTF8: utf8, RequireTLS: p.requiresTLS()}
 	mailFull := mailDSN(d, tx)
 	passed := make([]bool, len(d.Rcpts)) // DSN parameters given in full
 	for i := range d.Rcpts {

@@ -12,6 +12,7 @@ import (
 
 	"postern/queue"
 	"postern/relay/status"
+	"postern/relay/tlspolicy"
 )
 
 // SmarthostTLS is how a smarthost connection is encrypted. There is no
@@ -231,17 +232,51 @@ func (f Failover) deliver(ctx context.Context, d *queue.Delivery, route string) 
 	// RFC 3463 X.3.5 "System incorrectly configured".
 	var last error = status.New(451, 3, 5, "no smarthost configured")
 	var lastMTA string
+	// other: as in MX.deliver, a failure that was not a REQUIRETLS
+	// refusal makes the attempt temporary, since that smarthost may take
+	// the message later.
+	var other error
 	for i, h := range f {
 		if err := ctx.Err(); err != nil {
 			return failAll(ctx, len(d.Rcpts), err, lastMTA)
 		}
-		res, err := h.session(ctx, d, h.peer(route, i < len(f)-1))
+		p := h.peer(route, i < len(f)-1)
+		var err error
+		var res []queue.Result
+		if d.RequireTLS {
+			p.requireTLS = true
+			err = h.canRequireTLS()
+		}
+		if err == nil {
+			res, err = h.session(ctx, d, p)
+		}
 		if err == nil {
 			return res
 		}
 		last, lastMTA = err, h.RemoteMTA()
+		if !isRequireTLS(err) {
+			other = err
+		}
+	}
+	if isRequireTLS(last) && other != nil {
+		last = other
 	}
 	return failAll(ctx, len(d.Rcpts), last, lastMTA)
+}
+
+// canRequireTLS says whether a REQUIRETLS message may go to this
+// smarthost at all: only over TLS whose certificate is verified (RFC 8689
+// wants the next hop authenticated; a smarthost's name comes from the
+// configuration, not from DNS, so its WebPKI certificate does that). The
+// server must then also offer REQUIRETLS after EHLO (requireTLSOffered).
+func (h *Smarthost) canRequireTLS() error {
+	switch {
+	case h.cfg.TLS == NoTLS:
+		return requireTLSError(tlspolicy.RequireTLSFailure(h.host, "is configured without TLS"))
+	case h.cfg.InsecureSkipVerify:
+		return requireTLSError(tlspolicy.RequireTLSFailure(h.host, "is configured without certificate verification"))
+	}
+	return nil
 }
 
 // Close closes the connections every smarthost keeps for reuse; see

@@ -409,3 +409,45 @@ func TestDSNPassThrough(t *testing.T) {
 		})
 	}
 }
+
+// TestSmarthostREQUIRETLS: a REQUIRETLS message goes to a smarthost only
+// over verified TLS and only when it offers REQUIRETLS, and then carries
+// it in MAIL (RFC 8689); otherwise it fails for good with 5.7.30 and the
+// smarthost gets nothing.
+func TestSmarthostREQUIRETLS(t *testing.T) {
+	offers := relaytest.WithServer(func(s *smtp.Server) { s.EnableREQUIRETLS = true })
+	for _, tt := range []struct {
+		name  string
+		rx    []relaytest.ReceiverOption
+		cfg   outbound.SmarthostConfig
+		want  queue.Outcome
+		reply string
+	}{
+		{"verified TLS, REQUIRETLS offered", []relaytest.ReceiverOption{relaytest.WithSTARTTLS("localhost"), offers}, outbound.SmarthostConfig{}, queue.Delivered, "250 "},
+		{"REQUIRETLS not offered", []relaytest.ReceiverOption{relaytest.WithSTARTTLS("localhost")}, outbound.SmarthostConfig{}, queue.Permanent, "550 5.7.30 REQUIRETLS support required: localhost does not offer REQUIRETLS"},
+		{"certificate not verified", []relaytest.ReceiverOption{relaytest.WithSTARTTLS("localhost"), offers}, outbound.SmarthostConfig{InsecureSkipVerify: true}, queue.Permanent, "550 5.7.30 REQUIRETLS support required: localhost is configured without certificate verification"},
+		{"no TLS", []relaytest.ReceiverOption{offers}, outbound.SmarthostConfig{TLS: outbound.NoTLS}, queue.Permanent, "550 5.7.30 REQUIRETLS support required: localhost is configured without TLS"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			r := e.smarthostReceiver(tt.rx...)
+			h := e.smarthost("provider", r, tt.cfg, nil)
+			d := e.delivery("example.org", "b@example.org")
+			d.RequireTLS = true
+			got := h.Deliver(context.Background(), d)
+			if len(got) != 1 || got[0].Outcome != tt.want || !strings.HasPrefix(got[0].Reply.String(), tt.reply) {
+				t.Fatalf("got %+v, want %v %q", got, tt.want, tt.reply)
+			}
+			msgs := r.Messages()
+			if tt.want != queue.Delivered {
+				if len(msgs) != 0 {
+					t.Errorf("the smarthost got %d messages", len(msgs))
+				}
+				return
+			}
+			if len(msgs) != 1 || !msgs[0].TLS || !msgs[0].Opts.RequireTLS {
+				t.Errorf("delivered %+v; want one message over TLS with REQUIRETLS", msgs)
+			}
+		})
+	}
+}

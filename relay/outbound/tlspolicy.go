@@ -199,13 +199,18 @@ func (c *client) startTLSPolicy(ctx context.Context, sc *smtpclient.Client, p pe
 // 8689 §4.2.1): the session is TLS under an authenticating policy (which
 // hostPolicy and Check saw to) and the server offers REQUIRETLS.
 func requireTLSOffered(p peer, sc *smtpclient.Client) error {
-	if p.tls == nil || !p.tls.requireTLS {
+	if !p.requiresTLS() {
 		return nil
 	}
 	if r, ok := tlspolicy.OfferedREQUIRETLS(p.host, sc.TLS() && sc.Ext().RequireTLS); !ok {
 		return requireTLSError(r)
 	}
 	return nil
+}
+
+// requiresTLS reports whether the message goes with REQUIRETLS to p.
+func (p peer) requiresTLS() bool {
+	return p.requireTLS || p.tls != nil && p.tls.requireTLS
 }
 
 // logPolicy logs a host that a policy keeps out of d's attempt.
