@@ -36,11 +36,24 @@ type fakeQueue struct {
 	mu     sync.Mutex
 	envs   []queue.Envelope
 	bodies [][]byte
+	ended  int // EnqueuePrefixed calls returned, queued or not
+}
+
+// endedCalls is how many EnqueuePrefixed calls have returned.
+func (q *fakeQueue) endedCalls() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.ended
 }
 
 var _ smtpd.Enqueuer = (*fakeQueue)(nil)
 
 func (q *fakeQueue) EnqueuePrefixed(_ context.Context, env *queue.Envelope, body io.Reader, prefix func() ([]byte, error)) (string, error) {
+	defer func() {
+		q.mu.Lock()
+		q.ended++
+		q.mu.Unlock()
+	}()
 	// Read the body even when failing, as a real queue would have started
 	// writing it before the disk filled up.
 	b, err := io.ReadAll(body)

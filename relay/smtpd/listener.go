@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -197,6 +198,19 @@ type trackedConn struct {
 	dataUntil  time.Time // set while DATA runs
 	closeAfter bool      // close once the next reply is written
 	inTx       bool      // a transaction is open (MAIL accepted, not ended)
+
+	// readFailed: a read from the client failed (its end, a reset, a
+	// timeout): whatever the session reads after that is cut short
+	// (cutGuard).
+	readFailed atomic.Bool
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.readFailed.Store(true)
+	}
+	return n, err
 }
 
 // setInTx records whether the session has a transaction open: a shutdown

@@ -549,3 +549,39 @@ func TestProxyProtocol(t *testing.T) {
 			{send: "MAIL FROM:<app@example.test>", code: 554, enh: "5.7.1"}})
 	})
 }
+
+// TestBDATCutOff: a client that disconnects in the middle of its BDAT LAST
+// chunk has nothing queued, as one cut off in DATA (go-smtp alone would
+// hand the partial chunk on as a complete message).
+func TestBDATCutOff(t *testing.T) {
+	q := &fakeQueue{}
+	addr := startServer(t, smtpd.Options{Kind: smtpd.TrustedRelay, Trusted: loopback, Queue: q})
+	for _, last := range []bool{true, false} {
+		c := rawFrom(t, "127.0.0.2", addr)
+		c.run([]step{{send: "EHLO client.test", code: 250},
+			{send: "MAIL FROM:<app@example.test>", code: 250, enh: "2.0.0"},
+			{send: "RCPT TO:<bob@example.org>", code: 250, enh: "2.0.0"}})
+		chunk := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message\r\n", 200)
+		cmd := "BDAT " + strconv.Itoa(len(chunk)+1000)
+		if last {
+			cmd += " LAST"
+		}
+		if _, err := io.WriteString(c.conn, cmd+"\r\n"+chunk); err != nil {
+			t.Fatal(err)
+		}
+		c.conn.Close()
+	}
+	// Both sessions hand their message to the queue (at the first BDAT)
+	// and the queue reads it until the connection's end: wait for both
+	// calls to return, then nothing may have been queued.
+	deadline := time.Now().Add(30 * time.Second) // a hang guard only
+	for q.endedCalls() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 2 cut-off messages reached the queue", q.endedCalls())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if envs, _ := q.messages(); len(envs) != 0 {
+		t.Fatalf("%d messages cut off in BDAT were queued", len(envs))
+	}
+}

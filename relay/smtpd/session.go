@@ -466,6 +466,9 @@ func (s *session) data(r io.Reader) (id string, size int64, err error) {
 	// the way, leaves nothing in the queue. Bare CR and LF are refused or
 	// turned into CRLF on the way in (newline.go), so nothing postern
 	// sends contains one.
+	if s.tc != nil {
+		r = &cutGuard{r: r, cut: s.tc.readFailed.Load}
+	}
 	pol := s.policy()
 	var in io.Reader
 	if pol.ForbidBareNewline && !inPrefixes(s.ip, pol.BareNewlineExclusions) {
@@ -583,3 +586,25 @@ var (
 	_ smtp.Session     = (*session)(nil)
 	_ smtp.AuthSession = (*session)(nil)
 )
+
+// cutGuard turns the end of a message body into io.ErrUnexpectedEOF when
+// the connection failed while it was read. go-smtp ends a BDAT chunk cut
+// off by the client's disconnection as if it were complete (it copies
+// the chunk through an io.LimitReader, for which the connection's EOF is
+// no error, and closes the body with the LAST chunk), so without this a
+// client that died in the middle of "BDAT n LAST" would have its partial
+// message queued and delivered. DATA needs no guard (go-smtp's DATA
+// reader reports a missing end-of-data line), and a complete chunk never
+// reads past its last byte, so cut is only true here for a cut chunk.
+type cutGuard struct {
+	r   io.Reader
+	cut func() bool
+}
+
+func (g *cutGuard) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	if err == io.EOF && g.cut() {
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
