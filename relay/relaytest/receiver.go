@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/emersion/go-sasl"
@@ -561,6 +562,9 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 
 func (s *session) Data(body io.Reader) error {
 	b, err := io.ReadAll(body)
+	if err == nil && cutShort(s.conn.Conn()) {
+		err = io.ErrUnexpectedEOF
+	}
 	if err != nil {
 		return err
 	}
@@ -643,12 +647,34 @@ type countedConn struct {
 	r    *Receiver
 	once sync.Once
 	log  *cmdLog
+	// failed: a read from the client failed (see cutShort).
+	failed atomic.Bool
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.log.read(p[:n])
+	if err != nil {
+		c.failed.Store(true)
+	}
 	return n, err
+}
+
+// cutShort reports whether the client's connection failed: a message body
+// that ended then was cut off. go-smtp ends a BDAT chunk cut short by the
+// client's disconnection as if it were whole; a real MX discards it, and
+// so does the Receiver.
+func cutShort(c net.Conn) bool {
+	for {
+		switch v := c.(type) {
+		case *countedConn:
+			return v.failed.Load()
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return false
+		}
+	}
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
