@@ -1020,3 +1020,33 @@ func TestDefaultRateLimitPatterns(t *testing.T) {
 		}
 	}
 }
+
+// TestShapingDeadFor: the dead-destination waits are positive and in
+// order.
+func TestShapingDeadFor(t *testing.T) {
+	base := "hostname: mail.example.com\n"
+	for _, tt := range []struct {
+		conf string
+		keys []string
+	}{
+		{"delivery: {shaping: {dead_for: 30s, dead_for_max: 10m}}\n", nil},
+		{"delivery: {shaping: {dead_for: 0s}}\n", []string{"delivery.shaping.dead_for"}},
+		{"delivery: {shaping: {dead_for: 2h}}\n", []string{"delivery.shaping.dead_for_max"}},
+	} {
+		path := writeConfig(t, base+tt.conf)
+		if tt.keys == nil {
+			c, err := Load(path)
+			if err != nil || c.Delivery.Shaping.DeadFor.D() != 30*time.Second || c.Delivery.Shaping.DeadForMax.D() != 10*time.Minute {
+				t.Errorf("%s: %+v, %v", tt.conf, c.Delivery.Shaping, err)
+			}
+			continue
+		}
+		var got []string
+		for _, e := range loadErrors(t, path) {
+			got = append(got, e.Key)
+		}
+		if !slices.Equal(got, tt.keys) {
+			t.Errorf("%s: errors %v, want keys %v", tt.conf, got, tt.keys)
+		}
+	}
+}

@@ -36,6 +36,11 @@ type ShapingConfig struct {
 	// RateLimitPatterns recognize rate-limit replies; the first that
 	// matches decides. Giving the key replaces the built-in list.
 	RateLimitPatterns []RateLimitPattern `yaml:"rate_limit_patterns"`
+	// DeadFor is how long a destination whose hosts all fail to connect
+	// or greet is left alone before one probe; it doubles while probes
+	// fail, up to DeadForMax.
+	DeadFor    Duration `yaml:"dead_for"`
+	DeadForMax Duration `yaml:"dead_for_max"`
 }
 
 // ShapingLimits are the limits of a destination.
@@ -135,6 +140,12 @@ func (c *Config) validateShaping(bad func(key, format string, args ...any)) {
 	}
 
 	sh := c.Delivery.Shaping
+	if sh.DeadFor <= 0 {
+		bad("delivery.shaping.dead_for", "must be positive (for example 1m)")
+	}
+	if sh.DeadForMax < sh.DeadFor {
+		bad("delivery.shaping.dead_for_max", "%s is less than dead_for (%s)", sh.DeadForMax, sh.DeadFor)
+	}
 	d := sh.Default
 	if d.Connections < 1 || d.Connections > 1000 {
 		bad("delivery.shaping.default.connections", "%d is not from 1 to 1000", d.Connections)

@@ -80,6 +80,10 @@ func crashLosesNothing(t *testing.T, mxUp bool) {
 	cfg := w.config()
 	cfg.RetryInitial, cfg.RetryMax = "200ms", "500ms"
 	in := newInstance(t, cfg)
+	// With the MX down, dest.test is found dead after two refused
+	// connections and left alone for a minute by default; the test's
+	// wait for the MX to come up is shorter than that.
+	setDelivery(t, in, "shaping: {dead_for: 500ms, dead_for_max: 1s}\n")
 	in.start()
 
 	var (

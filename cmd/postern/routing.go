@@ -150,7 +150,7 @@ func shapingOf(sc configs.ShapingConfig) (outbound.Shaping, error) {
 		Connections:           sc.Default.Connections,
 		MessagesPerConnection: sc.Default.MessagesPerConnection,
 		Rate:                  rate("delivery.shaping.default.rate", sc.Default.Rate),
-	}}
+	}, DeadFor: sc.DeadFor.D(), DeadForMax: sc.DeadForMax.D()}
 	for i, p := range sc.Providers {
 		s.Providers = append(s.Providers, outbound.Provider{Name: p.Name, MXSuffixes: p.MXSuffixes, Limits: outbound.Limits{
 			Connections:           p.Connections,
