@@ -87,7 +87,7 @@ func TestLoadBuiltin(t *testing.T) {
 		{"delivery.resolver", c.Delivery.Resolver, ""},
 		{"delivery.port", c.Delivery.Port, 25},
 		{"delivery.tls", c.Delivery.TLS, "opportunistic"},
-		{"delivery.workers", c.Delivery.Workers, 64},
+		{"delivery.workers", c.Delivery.Workers, 256},
 		{"delivery.retry.initial", c.Delivery.Retry.Initial.D(), time.Minute},
 		{"delivery.retry.max", c.Delivery.Retry.Max.D(), time.Hour},
 		{"delivery.retry.lifetime", c.Delivery.Retry.Lifetime.D(), 120 * time.Hour},
