@@ -102,12 +102,25 @@ func acceptedEvents(id uint64, rec *record, now time.Time, subs []Subscriber) []
 	if len(subs) == 0 || rec.Env.Listener == "" {
 		return nil
 	}
-	evs := make([]Event, len(rec.Rcpts))
-	for i, r := range rec.Rcpts {
-		evs[i] = eventTemplate(id, rec, now)
-		evs[i].Type, evs[i].Recipient = EventAccepted, r.Address
+	evs := make([]Event, 0, len(rec.Rcpts)+len(rec.Env.Suppressed))
+	for _, r := range rec.Rcpts {
+		ev := eventTemplate(id, rec, now)
+		ev.Type, ev.Recipient = EventAccepted, r.Address
+		evs = append(evs, ev)
+	}
+	for _, r := range rec.Env.Suppressed {
+		ev := eventTemplate(id, rec, now)
+		ev.Type, ev.Recipient, ev.Reply = EventSuppressed, r.Address, r.Reply
+		evs = append(evs, ev)
 	}
 	return evs
+}
+
+// SuppressedRcpt is a recipient left out of a message because it is on
+// the suppression list (Envelope.Suppressed).
+type SuppressedRcpt struct {
+	Address string
+	Reply   reply.Reply // the reply that suppressed it
 }
 
 // changeEvents are the events of one committed change of message id: a
@@ -217,6 +230,9 @@ func (q *Queue) EventsWritten() <-chan struct{} { return q.eventKick }
 // recipient refused because it is suppressed, a complaint), in a
 // transaction of their own; ID and Time are filled in when empty.
 func (q *Queue) RecordEvents(evs ...Event) error {
+	if len(q.subs) == 0 {
+		return nil // nobody would read them: spare the commit
+	}
 	now := q.clock()
 	for i := range evs {
 		if evs[i].Time.IsZero() {

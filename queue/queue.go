@@ -163,6 +163,12 @@ type Envelope struct {
 	// IdempotencyKey, when set, is remembered with User for
 	// IdempotencyWindow (see Idempotent). Not stored with the message.
 	IdempotencyKey string `json:"-"`
+	// Suppressed are recipients the submitter left out because they are
+	// on the suppression list, with the reply that put each there: their
+	// message.suppressed events are recorded in the transaction that
+	// queues the message, so a crash cannot keep one without the other.
+	// Not stored with the message.
+	Suppressed []SuppressedRcpt `json:"-"`
 	// RequireTLS is the REQUIRETLS parameter of MAIL FROM (RFC 8689
 	// §4.1): the message may travel only over TLS that authenticates
 	// every server, to servers that offer REQUIRETLS themselves.

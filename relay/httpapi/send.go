@@ -302,7 +302,6 @@ func (h *sendHandler) submit(w http.ResponseWriter, r *http.Request, u *auth.Use
 	// Suppressed recipients are left out and reported (RFC 3463 X.1.1:
 	// the address is known not to exist).
 	var keep, suppressed []string
-	var events []queue.Event
 	for _, rc := range env.Rcpts {
 		if h.o.IgnoreSuppressions {
 			keep = append(keep, rc)
@@ -318,10 +317,15 @@ func (h *sendHandler) submit(w http.ResponseWriter, r *http.Request, u *auth.Use
 			continue
 		}
 		suppressed = append(suppressed, rc)
-		events = append(events, queue.Event{Type: queue.EventSuppressed, Recipient: rc, User: u.Name,
-			Tags: env.Tags, Metadata: env.Metadata, Reply: s.Reply})
+		env.Suppressed = append(env.Suppressed, queue.SuppressedRcpt{Address: rc, Reply: s.Reply})
 	}
 	if len(keep) == 0 {
+		// Nothing is queued: the events stand alone.
+		events := make([]queue.Event, len(env.Suppressed))
+		for i, r := range env.Suppressed {
+			events[i] = queue.Event{Type: queue.EventSuppressed, Recipient: r.Address, User: u.Name,
+				Tags: env.Tags, Metadata: env.Metadata, Reply: r.Reply}
+		}
 		if err := h.o.Queue.RecordEvents(events...); err != nil {
 			h.internal(w, r, "record suppressed events", err)
 			return
@@ -363,16 +367,6 @@ func (h *sendHandler) submit(w http.ResponseWriter, r *http.Request, u *auth.Use
 	if err != nil {
 		h.submitError(w, r, err)
 		return
-	}
-	// Recorded only once the message is: a suppressed event names the
-	// message its recipient was left out of.
-	for i := range events {
-		events[i].QueueID, events[i].MessageID = id, env.MessageID
-	}
-	if len(events) > 0 {
-		if err := h.o.Queue.RecordEvents(events...); err != nil {
-			h.log.Error("api: record suppressed events", zap.String("id", id), zap.Error(err))
-		}
 	}
 	if h.o.Accepted != nil {
 		h.o.Accepted("api", size)
