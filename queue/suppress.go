@@ -143,8 +143,15 @@ func (q *Queue) Unsuppress(user, addr string) error {
 	return q.updateOpen(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bSuppressed)
 		k := suppressionKey(user, addr)
-		if b.Get(k) == nil {
+		v := b.Get(k)
+		if v == nil {
 			return fmt.Errorf("%w: %s is not suppressed", ErrNotFound, addr)
+		}
+		// An expired entry is not a suppression any more (Suppressed and
+		// Suppressions hide it): removing it is "not suppressed" too.
+		var s Suppression
+		if json.Unmarshal(v, &s) == nil && !s.Expires.IsZero() && !q.clock().Before(s.Expires) {
+			return fmt.Errorf("%w: %s is not suppressed (expired)", ErrNotFound, addr)
 		}
 		return b.Delete(k)
 	})

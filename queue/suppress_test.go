@@ -85,6 +85,9 @@ func TestSuppressionFromBounce(t *testing.T) {
 	if s, _ := q.Suppressed("app", "gone@x.test"); s != nil {
 		t.Errorf("expired suppression still applies: %+v", s)
 	}
+	if err := q.Unsuppress("app", "gone@x.test"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Unsuppress of an expired suppression: %v, want ErrNotFound", err)
+	}
 }
 
 // TestSuppressionOff: without Options.Suppression nothing is recorded, and

@@ -155,6 +155,12 @@ func (s *mxSession) rcpt(to string) error {
 	if err != nil {
 		return errLocal.With(err)
 	}
+	for _, t := range s.targets {
+		if t.tok == tok {
+			// The same return path twice: one report, recorded once.
+			return nil
+		}
+	}
 	s.targets = append(s.targets, target{addr: to, tok: tok, trace: tr})
 	return nil
 }

@@ -190,6 +190,20 @@ func TestMXBounce(t *testing.T) {
 	}
 }
 
+// TestMXSameReturnPathTwice: one report to the same return path given
+// twice in RCPT is recorded once.
+func TestMXSameReturnPathTwice(t *testing.T) {
+	q := newFakeQueue()
+	addr, tk := startMX(t, q, nil)
+	rp := tk.ReturnPath(msg1, []int{0})
+	if err := send(t, addr, []string{rp, rp}, testdata(t, "postfix-remote.eml")); err != nil {
+		t.Fatal(err)
+	}
+	if evs, sups := q.recorded(); len(evs) != 1 || len(sups) != 1 {
+		t.Errorf("recorded %d events and %d suppressions, want one each", len(evs), len(sups))
+	}
+}
+
 // TestMXBounceByFinalRecipient: a token for a delivery of several
 // recipients names the message only; Final-Recipient says which one. A
 // full mailbox bounces without suppressing; a delayed notice records

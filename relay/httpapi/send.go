@@ -442,8 +442,14 @@ func (h *sendHandler) suppressions(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *sendHandler) unsuppress(w http.ResponseWriter, r *http.Request) {
-	addr := r.PathValue("address")
-	err := h.o.Queue.Unsuppress(userOf(r).Name, addr)
+	a, err := submit.ParseAddress(r.PathValue("address"))
+	if err != nil {
+		apiError(w, http.StatusBadRequest, "invalid_address", strconv.Quote(r.PathValue("address"))+" is not an address: "+err.Error())
+		return
+	}
+	// The form SMTP and the queue store it in (submit.ParseAddress).
+	addr := a.String()
+	err = h.o.Queue.Unsuppress(userOf(r).Name, addr)
 	if errors.Is(err, queue.ErrNotFound) {
 		apiError(w, http.StatusNotFound, "not_found", strconv.Quote(addr)+" is not suppressed")
 		return

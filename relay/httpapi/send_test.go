@@ -437,6 +437,9 @@ func TestSendSuppressed(t *testing.T) {
 	if w := e.do("DELETE", "/v1/suppressions/gone@example.org", bobKey, "", ""); w.Code != 404 {
 		t.Errorf("bob removed alice's suppression: %d", w.Code)
 	}
+	if w := e.do("DELETE", "/v1/suppressions/not%20an%20address", aliceKey, "", ""); w.Code != 400 || apiErrorOf(t, w).Error.Code != "invalid_address" {
+		t.Errorf("delete of a malformed address: %d %s", w.Code, w.Body)
+	}
 	if w := e.do("DELETE", "/v1/suppressions/gone@example.org", aliceKey, "", ""); w.Code != 204 {
 		t.Errorf("delete: %d %s", w.Code, w.Body)
 	}

@@ -2,8 +2,8 @@ package outbound
 
 import (
 	"bufio"
+	"bytes"
 	"io"
-	"strings"
 
 	"postern/queue"
 	"postern/queue/message"
@@ -44,11 +44,15 @@ func (c *client) downgrade(d *queue.Delivery) (queue.Body, error) {
 	}
 	defer rc.Close()
 	br := bufio.NewReaderSize(rc, 32<<10)
-	signed := false
-	if h, err := message.ReadHeader(br, 1<<20); err == nil {
-		signed = h.Count("DKIM-Signature") > 0
-		br = bufio.NewReaderSize(io.MultiReader(strings.NewReader(string(h.Raw)), br), 32<<10)
+	h, err := message.ReadHeader(br, 1<<20)
+	if err != nil {
+		// A header section that cannot be read (over 1 MiB, say): part
+		// of it is consumed, so what follows could not be judged whole;
+		// such a message does not go to a server without 8BITMIME.
+		return nil, errUnconvertible
 	}
+	signed := h.Count("DKIM-Signature") > 0
+	br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(h.Raw), br), 32<<10)
 	var n countWriter
 	conv, err := message.To7Bit(&n, br)
 	switch {
