@@ -371,11 +371,16 @@ var ErrNoDelivery = errors.New("queue: no such event delivery")
 // EventDone ends sub's delivery of event seq: made, or given up. The event
 // itself goes with its last delivery.
 func (q *Queue) EventDone(sub string, seq uint64) error {
-	return q.sharedUpdate(func(tx *bolt.Tx) error {
+	// A missing delivery is the caller's answer, not the transaction's
+	// failure: returned from fn it would roll back the shared commit and
+	// make every other writer in it run again alone (as commitChange's
+	// stop avoids).
+	var missing bool
+	err := q.sharedUpdate(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDeliveries)
 		k := deliveryKey(sub, seq)
-		if b.Get(k) == nil {
-			return ErrNoDelivery
+		if missing = b.Get(k) == nil; missing {
+			return nil
 		}
 		if err := b.Delete(k); err != nil {
 			return err
@@ -389,17 +394,22 @@ func (q *Queue) EventDone(sub string, seq uint64) error {
 		}
 		return tx.Bucket(bOutbox).Delete(idKey(seq))
 	})
+	if err == nil && missing {
+		return ErrNoDelivery
+	}
+	return err
 }
 
 // EventRetry records a failed attempt of sub's delivery of event seq and
 // when to try again.
 func (q *Queue) EventRetry(sub string, seq uint64, next time.Time, errText string) error {
-	return q.sharedUpdate(func(tx *bolt.Tx) error {
+	var missing bool // as in EventDone
+	err := q.sharedUpdate(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDeliveries)
 		k := deliveryKey(sub, seq)
 		v := b.Get(k)
-		if v == nil {
-			return ErrNoDelivery
+		if missing = v == nil; missing {
+			return nil
 		}
 		var st outboxState
 		if err := json.Unmarshal(v, &st); err != nil {
@@ -413,6 +423,10 @@ func (q *Queue) EventRetry(sub string, seq uint64, next time.Time, errText strin
 		}
 		return b.Put(k, data)
 	})
+	if err == nil && missing {
+		return ErrNoDelivery
+	}
+	return err
 }
 
 // dropUnsubscribed removes the deliveries of subscribers no longer

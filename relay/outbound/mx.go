@@ -97,7 +97,7 @@ type Options struct {
 	// destination (an MX host address or a smarthost), parked ones
 	// included; a delivery beyond it does not wait for one, it tries the
 	// next address (the Shaper keeps deliveries within it). Default
-	// DefaultMaxConnsPerHost.
+	// DefaultMaxConnsPerHost, or Shaping.Default.Connections if larger.
 	MaxConnsPerHost int
 	// MaxIdlePerHost caps the connections kept open, idle, per
 	// destination; default MaxConnsPerHost.
@@ -251,7 +251,10 @@ func (opts Options) withDefaults() Options {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
 	if opts.MaxConnsPerHost <= 0 {
-		opts.MaxConnsPerHost = DefaultMaxConnsPerHost
+		// Never below what the Shaper lets one destination have: a
+		// delivery it admitted must not find the pool full (which
+		// fails the attempt instead of waiting).
+		opts.MaxConnsPerHost = max(DefaultMaxConnsPerHost, opts.Shaping.Default.Connections)
 	}
 	if opts.MaxIdlePerHost <= 0 {
 		opts.MaxIdlePerHost = opts.MaxConnsPerHost
