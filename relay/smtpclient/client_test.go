@@ -215,6 +215,34 @@ func TestTooManyRecipients(t *testing.T) {
 	}
 }
 
+// TestRcptMaxBatchRefused: with LIMITS RCPTMAX, a batch whose every RCPT
+// is refused leaves its transaction open without a message; the client
+// RSETs and the next batch's recipients are still delivered, not given up
+// as if the connection were spoilt.
+func TestRcptMaxBatchRefused(t *testing.T) {
+	r := relaytest.NewReceiver(t, "127.0.0.2:0", relaytest.WithServer(func(s *smtp.Server) { s.MaxRecipients = 2 }))
+	r.FailRcpt("bad1@x.test", 550, "5.1.1 no such user")
+	r.FailRcpt("bad2@x.test", 550, "5.1.1 no such user")
+	c := connect(t, r.Addr())
+	res, err := c.Send(context.Background(), tx("bad1@x.test", "bad2@x.test", "good@x.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []int{550, 550, 250} {
+		rr := res.Rcpts[i]
+		code := 0
+		if rr.Reply != nil {
+			code = rr.Reply.Code
+		}
+		if rr.Err != nil || code != want {
+			t.Errorf("recipient %d: reply %d, err %v, want %d", i, code, rr.Err, want)
+		}
+	}
+	if msgs := r.Messages(); len(msgs) != 1 || strings.Join(msgs[0].To, ",") != "good@x.test" {
+		t.Errorf("delivered %+v, want one message to good@x.test", msgs)
+	}
+}
+
 // TestRefusals: each recipient gets its own typed reply; a refused MAIL is
 // Send's error and leaves the connection in step for the next message;
 // with every RCPT refused no content is sent and the transaction stays

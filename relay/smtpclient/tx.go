@@ -115,6 +115,19 @@ func (c *Client) Send(ctx context.Context, tx *Tx) (*Result, error) {
 		pending[i] = i
 	}
 	for len(pending) > 0 {
+		if c.open && !c.broken && len(pending) < len(tx.Rcpts) {
+			// The last transaction ended without its message (every
+			// RCPT of a LIMITS batch refused, or DATA refused) and was
+			// left open: RSET (RFC 5321 §4.1.1.5) makes a clean state
+			// for the recipients still to send.
+			re, err := c.cmd("RSET", "RSET")
+			switch {
+			case err != nil:
+				c.broken = true
+			case re.OK():
+				c.open = false
+			}
+		}
 		if c.broken || c.open {
 			// An earlier transaction failed in a way that leaves no
 			// clean state to start another in.
