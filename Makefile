@@ -16,7 +16,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # starting system services (nsd and unbound would take port 53): the tests
 # start their own, on loopback.
 DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl \
-	openssl nsd unbound ldnsutils
+	openssl nsd unbound ldnsutils postgresql
 
 # Let's Encrypt's ACME test server, for the tls.acme tests: a Go program,
 # installed from the module proxy into bin/tools (relaytest.PebblePath
@@ -65,6 +65,7 @@ deps:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	[ -x /usr/sbin/nsd ] || missing="$$missing nsd"; \
 	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v ldns-signzone >/dev/null && command -v ldns-keygen >/dev/null || missing="$$missing ldnsutils"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing test peers:$$missing"; \

@@ -30,13 +30,14 @@ type Observer interface {
 	AttemptDuration(d time.Duration)
 }
 
-type nopObserver struct{}
+// NopObserver discards every count: the Observer of a queue given none.
+type NopObserver struct{}
 
-func (nopObserver) Delivered(int)                 {}
-func (nopObserver) Deferred(int)                  {}
-func (nopObserver) Failed(int)                    {}
-func (nopObserver) Bounced()                      {}
-func (nopObserver) AttemptDuration(time.Duration) {}
+func (NopObserver) Delivered(int)                 {}
+func (NopObserver) Deferred(int)                  {}
+func (NopObserver) Failed(int)                    {}
+func (NopObserver) Bounced()                      {}
+func (NopObserver) AttemptDuration(time.Duration) {}
 
 // Depth returns the number of messages per message-level state: queued,
 // deferred, held and failed (records kept for Options.KeepFailed). It reads

@@ -445,7 +445,7 @@ func Open(opts Options) (*Queue, error) {
 		q.bounces.Keep = defaultTraceKeep
 	}
 	if q.obs == nil {
-		q.obs = nopObserver{}
+		q.obs = NopObserver{}
 	}
 	if q.gate == nil {
 		q.gate = openGate{}

@@ -49,22 +49,29 @@ type notify struct{ given, success, failure, delay bool }
 
 func (r *record) notify(i int) notify {
 	var n notify
-	if i >= len(r.Env.DSN) {
-		return n
+	n.given, n.success, n.failure, n.delay = r.Env.Notify(i)
+	return n
+}
+
+// Notify reads recipient i's NOTIFY parameter (RFC 3461 §4.1): whether
+// one was given, and what it asks to be told of. NEVER is given and asks
+// for nothing.
+func (e *Envelope) Notify(i int) (given, success, failure, delay bool) {
+	if i >= len(e.DSN) {
+		return
 	}
-	for _, v := range r.Env.DSN[i].Notify {
-		n.given = true
+	for _, v := range e.DSN[i].Notify {
+		given = true
 		switch strings.ToUpper(v) {
 		case "SUCCESS":
-			n.success = true
+			success = true
 		case "FAILURE":
-			n.failure = true
+			failure = true
 		case "DELAY":
-			n.delay = true
+			delay = true
 		}
-		// NEVER sets nothing: given, and nothing wanted.
 	}
-	return n
+	return
 }
 
 // Absent NOTIFY means "FAILURE" and, at the MTA's choice, "DELAY"

@@ -23,6 +23,9 @@ func TestLayout(t *testing.T) {
 		// zap, which imports net/http: the queue logs through log/slog),
 		// nothing of the network rooms.
 		{"postern/queue/...", []string{"net/http", "postern/relay/", "postern/cmd/"}},
+		// The embedded queue knows no database server: PostgreSQL is a
+		// room of its own (queue/postgres), which cmd/postern wires in.
+		{"postern/queue", []string{"github.com/jackc/"}},
 		// The submission pipeline takes from every source and gives to the
 		// queue: it imports no source and no deliverer.
 		{"postern/relay/submit", []string{"postern/relay/smtpd", "postern/relay/pickup", "postern/relay/outbound", "postern/relay/smtpclient", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
