@@ -63,6 +63,8 @@ type Config struct {
 	ShutdownTimeout Duration          `yaml:"shutdown_timeout"`
 	// Webhooks are the endpoints that delivery events are posted to.
 	Webhooks []Webhook `yaml:"webhooks"`
+	// Queue chooses where the queue lives (queue.go).
+	Queue QueueConfig `yaml:"queue"`
 
 	// File is the path the configuration was read from, or Builtin.
 	File string `yaml:"-"`
@@ -517,6 +519,7 @@ func (c *Config) resolvePaths(dir string) error {
 	}
 	abs(&c.Admin.TokenFile)
 	abs(&c.Bounces.SecretFile)
+	abs(&c.Queue.Postgres.DSNFile)
 	if c.TLS.ACME != nil {
 		abs(&c.TLS.ACME.DNSHook)
 	}
@@ -756,6 +759,7 @@ func (c *Config) validate() Errors {
 	}
 
 	c.validatePolicy(bad)
+	c.validateQueue(bad)
 	c.validateRouting(bad)
 	c.validateTLSPolicy(bad)
 	c.validateWebhooks(bad)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"postern/queue"
+	"postern/queue/postgres/pgtest"
 	"postern/queue/reply"
 )
 
@@ -51,7 +52,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building postern:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := pgtest.Main(m) // stops the PostgreSQL cluster, if a test started one
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -111,7 +111,7 @@ type server struct {
 	acme   *acme.Manager
 	users  *auth.Store
 	signer atomic.Pointer[dkim.Signer]
-	queue  *queue.Queue
+	queue  queue.Backend
 	// deliverer keeps idle connections to MX hosts and smarthosts; it is
 	// closed after the queue, when no attempt can use it any more.
 	deliverer queue.Deliverer
@@ -227,7 +227,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	// how (capture mode does neither).
 	gate, _ := mx.(queue.Gate)
 	dests, _ := mx.(httpapi.Destinations)
-	s.queue, err = queue.Open(queue.Options{
+	s.queue, err = openQueue(cfg, queue.Options{
 		Path:      cfg.QueuePath(),
 		SpoolDir:  cfg.SpoolDir(),
 		Deliverer: mx,

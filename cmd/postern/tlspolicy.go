@@ -26,7 +26,7 @@ import (
 // newTLSPolicies makes the policies of delivery.mta_sts, delivery.dane and
 // delivery.tls_policy, with MTA-STS policies cached in q's "mta-sts"
 // namespace.
-func newTLSPolicies(cfg *configs.Config, q *queue.Queue, log *zap.Logger) (*tlspolicy.Policies, error) {
+func newTLSPolicies(cfg *configs.Config, q queue.StateBackend, log *zap.Logger) (*tlspolicy.Policies, error) {
 	store, err := queue.NewStateStore[tlspolicy.CachedSTS](q, "mta-sts")
 	if err != nil {
 		return nil, err
@@ -62,7 +62,7 @@ func newTLSPolicies(cfg *configs.Config, q *queue.Queue, log *zap.Logger) (*tlsp
 // in q's "tlsrpt" namespace and mailing reports through p. It returns nil
 // when reports are off, or when hostname is not a domain a report could
 // come from.
-func newTLSReporter(cfg *configs.Config, q *queue.Queue, p *pipeline.Pipeline, log *zap.Logger) (*tlspolicy.Reporter, error) {
+func newTLSReporter(cfg *configs.Config, q queue.StateBackend, p *pipeline.Pipeline, log *zap.Logger) (*tlspolicy.Reporter, error) {
 	if !cfg.Delivery.TLSReports.Enabled {
 		return nil, nil
 	}

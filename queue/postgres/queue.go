@@ -60,7 +60,8 @@ type Options struct {
 	Signer       queue.Signer
 	Gate         queue.Gate
 	Observer     queue.Observer
-	// MaxConns caps the connection pool (default Workers/4 + 16).
+	// MaxConns caps the connection pool (default Workers/4 + 8, at most
+	// 32: several nodes share the server's max_connections, 100 by default).
 	MaxConns int32
 	Logger   *slog.Logger
 	// Now is the clock, for tests.
@@ -118,7 +119,7 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 		opts.Workers = 8
 	}
 	if opts.MaxConns <= 0 {
-		opts.MaxConns = int32(opts.Workers/4 + 16)
+		opts.MaxConns = int32(min(opts.Workers/4+8, 32))
 	}
 	cfg.MaxConns = opts.MaxConns
 	// The 250 promise: COMMIT returns once the WAL is flushed (and, with

@@ -1,0 +1,105 @@
+package main
+
+// End-to-end tests of issue 17's PostgreSQL backend with the real binary:
+// mail queued in the database is delivered, survives a restart, and the
+// configuration refuses what the backend does not keep.
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"postern/queue/postgres/pgtest"
+)
+
+// postgresQueue returns the YAML that puts an instance's queue in a new
+// database of the test cluster, the DSN in a file of dir.
+func postgresQueue(t testing.TB, dir, dsn string, lease string) string {
+	t.Helper()
+	f := filepath.Join(dir, "dsn")
+	if err := os.WriteFile(f, []byte(dsn+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("queue:\n  backend: postgres\n  postgres: {dsn_file: %q, lease: %s}\n", f, lease)
+}
+
+func TestPostgresBackendDeliversAcrossRestart(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DB(t)
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
+	// The first attempt is refused for a while: the message waits in the
+	// database across a restart of postern.
+	rcv.FailNext("RCPT", 451, "4.3.0 not now", 1)
+	cfg := w.config()
+	dir := t.TempDir()
+	cfg.Extra = postgresQueue(t, dir, dsn, "10s")
+	cfg.RetryInitial = "2s"
+	in := newInstanceIn(t, dir, cfg)
+	in.start()
+	out, err := swaks(t, "--server", in.cfg.Relay, "--from", "app@example.test", "--to", "bob@dest.test", "--data", swaksData)
+	if err != nil || !queuedRE.MatchString(out) {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	id := queuedRE.FindStringSubmatch(out)[1]
+	in.waitLog(20*time.Second, func(e logEntry) bool { return e.isMsg("deferred") && e.str("id") == id })
+	in.stop()
+	if n := len(rcv.Messages()); n != 0 {
+		t.Fatalf("%d messages delivered before the retry", n)
+	}
+	if n := countRows(t, dsn, "postern_messages"); n != 1 {
+		t.Fatalf("%d messages in the database while postern is down, want 1", n)
+	}
+	in.start()
+	msgs, err := rcv.WaitMessages(ctxTimeout(t, 30*time.Second), 1)
+	if err != nil {
+		t.Fatalf("after the restart: %v\n%s", err, in.logs)
+	}
+	if !strings.Contains(string(msgs[0].Data), "Hello Bob.") || msgs[0].From != "app@example.test" {
+		t.Errorf("delivered %+v", msgs[0])
+	}
+	in.waitLog(10*time.Second, func(e logEntry) bool { return e.isMsg("final") && e.str("id") == id })
+	if n := countRows(t, dsn, "postern_messages"); n != 0 {
+		t.Errorf("%d messages left in the database after delivery", n)
+	}
+}
+
+func countRows(t testing.TB, dsn, table string) int {
+	t.Helper()
+	ctx := ctxTimeout(t, 10*time.Second)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestPostgresConfigRefusesWhatItCannotKeep(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := testConfig{MX: freeAddr(t)}
+	cfg.Extra = "queue:\n  backend: postgres\n  postgres: {lease: 5s}\n" +
+		"webhooks:\n  - {url: \"https://hooks.example.test/x\", secret_file: s, events: [message.delivered]}\n"
+	in := newInstanceIn(t, dir, cfg)
+	os.WriteFile(filepath.Join(dir, "s"), []byte("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), 0o600)
+	out, err := in.postern("", "config", "check")
+	if err == nil {
+		t.Fatalf("config check passed:\n%s", out)
+	}
+	for _, want := range []string{"queue.postgres.dsn_file: must be set", "queue.postgres.lease: 5s is outside", "webhooks: need queue.backend bbolt", "listen.mx: needs queue.backend bbolt"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config check does not say %q:\n%s", want, out)
+		}
+	}
+}
