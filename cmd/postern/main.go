@@ -45,6 +45,8 @@ Usage:
   postern queue show ID  [--json] [--config FILE]
   postern queue retry ID|--all     [--config FILE]
   postern queue hold|release|delete|bounce ID  [--config FILE]
+  postern queue migrate --from bbolt --to postgres [--config FILE]
+                                           move a stopped node's queue into queue.postgres
   postern suppression list [--user U] [--json] [--config FILE]   suppressed addresses (--user "": the relay listener's)
   postern suppression add|del ADDRESS [--user U] [--config FILE]
   postern webhooks list  [--json] [--limit N] [--config FILE]   pending and failing webhook deliveries

@@ -103,3 +103,88 @@ func TestPostgresConfigRefusesWhatItCannotKeep(t *testing.T) {
 		}
 	}
 }
+
+// A stopped node's bbolt queue moves into PostgreSQL: every message once,
+// a rerun moves nothing twice, and the node, restarted on the database,
+// delivers them.
+func TestQueueMigrateBboltToPostgres(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DB(t)
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
+	rcv.Close() // nothing is delivered while on bbolt
+	cfg := w.config()
+	cfg.Admin = freeAddr(t)
+	cfg.RetryInitial, cfg.RetryMax = "1h", "1h"
+	dir := t.TempDir()
+	in := newInstanceIn(t, dir, cfg)
+	in.start()
+	const n = 5
+	for i := range n {
+		out, err := swaks(t, "--server", in.cfg.Relay, "--from", "app@example.test", "--to", fmt.Sprintf("r%d@dest.test", i),
+			"--data", fmt.Sprintf("Subject: m%d\r\n\r\nbody %d", i, i))
+		if err != nil || !queuedRE.MatchString(out) {
+			t.Fatalf("swaks: %v\n%s", err, out)
+		}
+	}
+	eventuallyE2E(t, "every message tried", func() bool {
+		out, err := in.postern("", "queue", "list", "--state", "deferred", "--json")
+		return err == nil && strings.Count(out, `"id"`) == n
+	})
+	// The operator switches the config to the database; migrate refuses
+	// while the node still runs on the file.
+	cfg.Extra = postgresQueue(t, dir, dsn, "30s")
+	in2 := newInstanceIn(t, dir, cfg)
+	if out, err := in2.postern("", "queue", "migrate", "--from", "bbolt", "--to", "postgres"); err == nil || !strings.Contains(out, "stop postern") {
+		t.Errorf("migrate with the node running: %v\n%s", err, out)
+	}
+	in.stop()
+	out, err := in2.postern("", "queue", "migrate", "--from", "bbolt", "--to", "postgres")
+	if err != nil || !strings.Contains(out, fmt.Sprintf("moved %d messages", n)) {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+	if out, err := in2.postern("", "queue", "migrate", "--from", "bbolt", "--to", "postgres"); err != nil || !strings.Contains(out, "moved 0 messages") {
+		t.Fatalf("second migrate: %v\n%s", err, out)
+	}
+	if got := countRows(t, dsn, "postern_messages"); got != n {
+		t.Fatalf("%d messages in the database, want %d", got, n)
+	}
+	rcv = w.receiver("127.0.2.2")
+	in2.start()
+	// Their next attempt is an hour away, as it was on the file.
+	time.Sleep(time.Second)
+	if got := len(rcv.Messages()); got != 0 {
+		t.Fatalf("%d delivered before their next attempt", got)
+	}
+	if out, err := in2.postern("", "queue", "retry", "--all"); err != nil || !strings.Contains(out, fmt.Sprintf("%d messages", n)) {
+		t.Fatalf("retry --all: %v\n%s", err, out)
+	}
+	msgs, err := rcv.WaitMessages(ctxTimeout(t, 30*time.Second), n)
+	if err != nil {
+		t.Fatalf("after migration: %v", err)
+	}
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		seen[strings.Join(m.To, ",")] = true
+	}
+	if len(seen) != n {
+		t.Errorf("delivered to %v", seen)
+	}
+	for _, m := range msgs {
+		if !strings.Contains(string(m.Data), "Subject: m") {
+			t.Errorf("body %q", m.Data)
+		}
+	}
+}
+
+func eventuallyE2E(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

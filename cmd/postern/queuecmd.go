@@ -31,8 +31,12 @@ var queueNow = time.Now
 
 // cmdQueue runs "postern queue SUB": it is a client of the running server's
 // admin API (listen.admin), never of the queue file, which the server holds
-// locked.
+// locked; "queue migrate" alone opens the file, of a stopped node.
 func cmdQueue(sub string, args []string, stdout, stderr io.Writer) error {
+	if sub == "migrate" {
+		// Not a client of the admin API: it needs the node stopped.
+		return cmdQueueMigrate(args, stdout)
+	}
 	fs, cfgFlag := newFlags("queue " + sub)
 	var (
 		asJSON bool
