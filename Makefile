@@ -134,7 +134,7 @@ fuzz:
 # BENCH_PROFILE=DIR (a CPU profile of each postern run, through
 # POSTERN_CPUPROFILE). Needs root, for Postfix.
 bench: build bench-deps
-	$(GO) test -run '^$$' -bench . -benchmem ./queue/ ./dkim/ ./relay/...
+	$(GO) test -run '^$$' -bench . -benchmem ./queue/ ./queue/postgres/ ./dkim/ ./relay/...
 	BENCH_BIN=$(abspath $(BIN)) BENCH_OUT=$(abspath bin/bench-results.md) \
 	BENCH_COMMAND="make bench" \
 		BENCH_TOXIPROXY=$(abspath bin/tools/toxiproxy-server) \
@@ -147,7 +147,7 @@ bench: build bench-deps
 # "No configuration" and Dovecot is installed with a policy-rc.d that
 # forbids starting services, so neither system instance runs: the benchmark
 # starts its own, in its scratch directory.
-BENCH_DEB_PACKAGES := postfix opendkim opendkim-tools openssl dovecot-core python3
+BENCH_DEB_PACKAGES := postfix opendkim opendkim-tools openssl dovecot-core python3 postgresql linux-perf
 
 # toxiproxy (Shopify's latency proxy: tc netem is not available on these
 # machines) is a Go program: installed from the module proxy into bin/tools.
@@ -165,6 +165,8 @@ bench-deps:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	[ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || missing="$$missing dovecot-core"; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	perf version >/dev/null 2>&1 || missing="$$missing linux-perf"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing benchmark peers:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

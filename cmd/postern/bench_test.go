@@ -76,6 +76,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"postern/queue/postgres/pgtest"
 	"postern/relay/relaytest"
 )
 
@@ -164,6 +165,9 @@ type benchCell struct {
 	sessions int
 	msgs     int
 	dkim     string // "", "rsa" or "ed25519"
+	// pg puts postern's queue in PostgreSQL (a cluster of the bench's
+	// own, a new database per run) instead of bbolt.
+	pg bool
 }
 
 // benchSample is one repetition of one cell on one system.
@@ -171,7 +175,14 @@ type benchSample struct {
 	accepted, e2e float64 // messages per second
 	p50, p99      time.Duration
 	rssKiB        int64 // postern only
-	err           error
+	// cpu is the CPU time per message of the measured run (the
+	// smtp-source run until the sink has every message), of postern and,
+	// for a PostgreSQL cell, of the database server's processes; syncs
+	// counts fsync and fdatasync calls per message on the whole machine
+	// (perf; the sink and the load generator make none). -1: unknown.
+	cpu   time.Duration
+	syncs float64
+	err   error
 }
 
 func TestBenchVsPostfix(t *testing.T) {
@@ -247,8 +258,16 @@ func TestBenchVsPostfix(t *testing.T) {
 		return rows
 	}
 
+	// The PostgreSQL queue (issue 17): one node, side by side with the
+	// bbolt cells above and Postfix, in the same run.
+	var pgCells []benchCell
+	for _, s := range []int{1, 20} {
+		pgCells = append(pgCells, benchCell{name: fmt.Sprintf("PostgreSQL queue, 4 KiB, %s", benchSessionsName(s)),
+			size: 4 << 10, sessions: s, msgs: n(2000, 200), pg: true})
+	}
+
 	var rows []row
-	rows = append(rows, runGrid(plain, "")...)
+	rows = append(rows, runGrid(append(plain, pgCells...), "")...)
 	for _, alg := range []string{"rsa", "ed25519"} {
 		var cells []benchCell
 		for _, c := range dkimCells {
@@ -273,8 +292,8 @@ func TestBenchVsPostfix(t *testing.T) {
 
 	// The report.
 	var tbl strings.Builder
-	fmt.Fprintf(&tbl, "| cell | postern accepted/s | postern e2e/s | Postfix accepted/s | Postfix e2e/s | accepted ratio | e2e ratio | postern accept p50 / p99 | Postfix accept p50 / p99 | postern peak RSS |\n")
-	fmt.Fprintf(&tbl, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&tbl, "| cell | postern accepted/s | postern e2e/s | Postfix accepted/s | Postfix e2e/s | accepted ratio | e2e ratio | postern accept p50 / p99 | Postfix accept p50 / p99 | postern peak RSS | postern CPU/msg | Postfix CPU/msg | fsyncs/msg postern / Postfix |\n")
+	fmt.Fprintf(&tbl, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
 		pa, pe, pp50, pp99, prss, perr := benchSummarize(r.postern)
 		fa, fe, fp50, fp99, _, ferr := benchSummarize(r.postfx)
@@ -282,15 +301,16 @@ func TestBenchVsPostfix(t *testing.T) {
 		if r.c.dkim != "" {
 			name += " (vs Postfix + OpenDKIM)"
 		}
-		fmt.Fprintf(&tbl, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name,
+		fmt.Fprintf(&tbl, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", name,
 			benchRate(pa, perr), benchRate(pe, perr), benchRate(fa, ferr), benchRate(fe, ferr),
 			benchRatio(pa, fa, perr, ferr), benchRatio(pe, fe, perr, ferr),
-			benchLat(pp50, pp99, perr), benchLat(fp50, fp99, ferr), benchMiB(prss, perr))
+			benchLat(pp50, pp99, perr), benchLat(fp50, fp99, ferr), benchMiB(prss, perr),
+			benchCPUPerMsg(r.postern), benchCPUPerMsg(r.postfx), benchSyncs(r.postern), benchSyncs(r.postfx))
 	}
 	if len(mem) > 0 {
 		ma, me, mp50, mp99, mrss, merr := benchSummarize(mem)
-		fmt.Fprintf(&tbl, "| %s (postern only) | %s | %s | – | – | – | – | %s | – | %s |\n", memCell.name,
-			benchRate(ma, merr), benchRate(me, merr), benchLat(mp50, mp99, merr), benchMiB(mrss, merr))
+		fmt.Fprintf(&tbl, "| %s (postern only) | %s | %s | – | – | – | – | %s | – | %s | %s | – | %s / – |\n", memCell.name,
+			benchRate(ma, merr), benchRate(me, merr), benchLat(mp50, mp99, merr), benchMiB(mrss, merr), benchCPUPerMsg(mem), benchSyncs(mem))
 	}
 
 	var errs []string
@@ -695,6 +715,9 @@ type benchTarget struct {
 	addr   string
 	proc   *benchProc
 	logTip string // where its log is, for error messages
+	// pids are the processes whose CPU time (theirs, their descendants'
+	// and their reaped children's) is the system's.
+	pids func() []int
 }
 
 // runPostern runs one cell against a fresh postern process.
@@ -703,7 +726,17 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 	data := map[string]any{
 		"Data": filepath.Join(dir, "data"), "Users": filepath.Join(dir, "users"),
 		"Listen": freeAddr(e.t), "Resolver": e.dns.Addr(), "SinkPort": e.sinkPort,
-		"Selector": "s1", "KeyFile": e.posternKeys[c.dkim],
+		"Selector": "s1", "KeyFile": e.posternKeys[c.dkim], "DSNFile": "",
+	}
+	var pgProcs func() []int
+	if c.pg {
+		dsnFile := filepath.Join(dir, "dsn")
+		if err := os.WriteFile(dsnFile, []byte(pgtest.DB(e.t)), 0o600); err != nil {
+			e.t.Fatal(err)
+		}
+		data["DSNFile"] = dsnFile
+		pg := pgtest.Shared(e.t)
+		pgProcs = func() []int { return []int{pg.PID()} }
 	}
 	cfg := filepath.Join(dir, "postern.yaml")
 	e.render("postern.yaml.tmpl", cfg, data)
@@ -721,7 +754,14 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 	}
 	p := e.start("postern", cmd, syscall.SIGKILL, false)
 	defer p.stop()
-	tg := benchTarget{name: "postern", addr: data["Listen"].(string), proc: p, logTip: logf.Name()}
+	tg := benchTarget{name: "postern", addr: data["Listen"].(string), proc: p, logTip: logf.Name(),
+		pids: func() []int {
+			pids := []int{p.cmd.Process.Pid}
+			if pgProcs != nil {
+				pids = append(pids, pgProcs()...)
+			}
+			return pids
+		}}
 	if err := waitGreeting(tg.addr, 30*time.Second, p.exited); err != nil {
 		return benchSample{err: fmt.Errorf("postern did not start: %v (log %s)", err, benchTail(logf.Name()))}
 	}
@@ -862,7 +902,15 @@ func (e *benchEnv) runPostfix(pf *benchPostfix, c benchCell) benchSample {
 	if pf.master.exited() {
 		return benchSample{err: fmt.Errorf("Postfix's master is no longer running (%s)", benchTail(pf.maillog))}
 	}
-	return e.measure(benchTarget{name: "Postfix", addr: pf.addr, proc: pf.master, logTip: pf.maillog}, c)
+	return e.measure(benchTarget{name: "Postfix", addr: pf.addr, proc: pf.master, logTip: pf.maillog, pids: func() []int {
+		pids := []int{pf.master.cmd.Process.Pid}
+		for _, p := range []*benchProc{pf.opendkim, pf.dovecot} {
+			if p != nil {
+				pids = append(pids, p.cmd.Process.Pid)
+			}
+		}
+		return pids
+	}}, c)
 }
 
 // measure warms tg up, then sends c with smtp-source and times acceptance
@@ -885,11 +933,14 @@ func (e *benchEnv) measure(tg benchTarget, c benchCell) benchSample {
 		return fail("warm-up: the sink counted %d messages, waiting for more", e.sink.counted())
 	}
 
-	var s benchSample
+	s := benchSample{cpu: -1, syncs: -1}
 	arrived = e.sink.expect(c.msgs)
+	cpu0 := benchCPUTime(tg.pids)
+	syncs := benchStartSyncCount(e.dir("perf"))
 	start := time.Now()
 	accepted, err := benchSmtpSource(tg.addr, c.sessions, c.msgs, c.size)
 	if err != nil {
+		syncs()
 		return fail("smtp-source: %v", err)
 	}
 	s.accepted = float64(c.msgs) / accepted.Seconds()
@@ -897,7 +948,16 @@ func (e *benchEnv) measure(tg benchTarget, c benchCell) benchSample {
 	case at := <-arrived:
 		s.e2e = float64(c.msgs) / at.Sub(start).Seconds()
 	case <-time.After(e2eTimeout(accepted)):
+		syncs()
 		return fail("not all delivered within %s: the sink counted %d", e2eTimeout(accepted), e.sink.counted())
+	}
+	if n := syncs(); n >= 0 {
+		s.syncs = float64(n) / float64(c.msgs)
+	}
+	if cpu0 >= 0 {
+		if cpu1 := benchCPUTime(tg.pids); cpu1 >= 0 {
+			s.cpu = (cpu1 - cpu0) / time.Duration(c.msgs)
+		}
 	}
 
 	// Accept latency with the Go client, then let the queue drain again.
@@ -1124,4 +1184,126 @@ func writeBenchReport(t *testing.T, o benchOptions, suffix, report string, errs 
 	if len(errs) > 0 {
 		t.Errorf("%d runs failed:\n%s", len(errs), strings.Join(errs, "\n"))
 	}
+}
+
+// benchCPUTime is the CPU time used so far by the processes roots() names
+// and all their descendants, including the children they have reaped
+// (cutime, cstime: Postfix's smtpd and PostgreSQL's backends come and
+// go). -1 when /proc cannot tell.
+func benchCPUTime(roots func() []int) time.Duration {
+	if roots == nil {
+		return -1
+	}
+	parent := map[int]int{}
+	ticks := map[int]int64{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return -1
+	}
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses and
+		// may hold spaces.
+		i := bytes.LastIndexByte(data, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(data[i+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		parent[pid] = ppid
+		var t int64
+		for _, k := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+			v, _ := strconv.ParseInt(f[k], 10, 64)
+			t += v
+		}
+		ticks[pid] = t
+	}
+	in := map[int]bool{}
+	for _, r := range roots() {
+		in[r] = true
+	}
+	var total int64
+	for pid, t := range ticks {
+		for p, hops := pid, 0; p > 1 && hops < 64; p, hops = parent[p], hops+1 {
+			if in[p] {
+				total += t
+				break
+			}
+		}
+	}
+	// USER_HZ is 100 on Linux.
+	return time.Duration(total) * 10 * time.Millisecond
+}
+
+// benchStartSyncCount counts fsync and fdatasync calls on the whole
+// machine (perf's syscall tracepoints: counting, not tracing, so it costs
+// the measured servers nothing) until the returned function is called,
+// which returns the count, or -1 without perf.
+func benchStartSyncCount(dir string) func() int64 {
+	out := filepath.Join(dir, "perf.csv")
+	cmd := exec.Command("perf", "stat", "-a", "-x,", "-o", out,
+		"-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "sleep", "3600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return func() int64 { return -1 }
+	}
+	time.Sleep(200 * time.Millisecond) // perf has set its counters up
+	return func() int64 {
+		// perf prints its counts when its command ends.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+		cmd.Wait()
+		data, err := os.ReadFile(out)
+		if err != nil {
+			return -1
+		}
+		var n int64 = -1
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Split(line, ",")
+			if len(f) < 3 || !strings.Contains(f[2], "sys_enter_f") {
+				continue
+			}
+			v, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				return -1
+			}
+			n = max(n, 0) + v
+		}
+		return n
+	}
+}
+
+func benchCPUPerMsg(ss []benchSample) string {
+	var v []time.Duration
+	for _, s := range ss {
+		if s.err == nil && s.cpu >= 0 {
+			v = append(v, s.cpu)
+		}
+	}
+	if len(v) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%d µs", benchMedian(v).Microseconds())
+}
+
+func benchSyncs(ss []benchSample) string {
+	var v []float64
+	for _, s := range ss {
+		if s.err == nil && s.syncs >= 0 {
+			v = append(v, s.syncs)
+		}
+	}
+	if len(v) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", benchMedian(v))
 }

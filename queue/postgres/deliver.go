@@ -41,7 +41,8 @@ func (q *Queue) Start() {
 type leased struct {
 	row   *row
 	token int64
-	due   []int // indexes of the recipients to attempt
+	due   []int  // indexes of the recipients to attempt
+	data  []byte // the body, when the hand-off has it already
 }
 
 // dispatch leases due messages while workers are free, and sleeps until
@@ -147,6 +148,7 @@ func (q *Queue) leaseDue(limit int) (jobs []leased, next time.Time, err error) {
 			if err != nil {
 				return err
 			}
+			m.token = &j.token
 			batch.Queue(`UPDATE postern_messages SET rcpts = $2, state = $3, due = $4, lease_owner = $5, lease_token = $6 WHERE id = $1`,
 				m.id, rc, messageState(m.rcpts, m.held), now.Add(q.lease), q.node, j.token)
 			jobs = append(jobs, j)
@@ -215,6 +217,9 @@ func (q *Queue) work(j leased) {
 		q.renew(j, stopRenew)
 	}()
 	b := &body{q: q, id: m.id, size: m.size}
+	if j.data != nil {
+		b.once.Do(func() { b.data = j.data })
+	}
 	groups := map[string][]int{}
 	var order []string
 	for _, i := range j.due {
@@ -255,12 +260,40 @@ func (q *Queue) work(j leased) {
 	q.record(j, results, skipped)
 }
 
+// admitWait is how long a worker waits for its destination to have room
+// (a connection of it coming free, its next rate slot) before it gives
+// the message back with a short delay. Waiting, the message keeps its
+// lease and the worker its slot: beyond a moment, that would hold up
+// mail to other destinations.
+const admitWait = 2 * time.Second
+
+// admit asks the Gate for room at the destination, waiting up to
+// admitWait; a suspended destination answers at once.
 func (q *Queue) admit(m *row, domain string, idx []int) queue.Admission {
 	if q.gate == nil {
 		return queue.Admission{Release: func() {}}
 	}
-	return q.gate.Admit(queue.Dest{Domain: domain, Sender: domainOf(m.env.From),
-		Attempt: m.rcpts[idx[0]].Attempts}, time.Now())
+	d := queue.Dest{Domain: domain, Sender: domainOf(m.env.From), Attempt: m.rcpts[idx[0]].Attempts}
+	deadline := time.Now().Add(admitWait)
+	for {
+		adm := q.gate.Admit(d, time.Now())
+		left := time.Until(deadline)
+		if adm.Admitted() || !adm.Suspended.IsZero() || left <= 0 {
+			return adm
+		}
+		if !adm.Until.IsZero() {
+			left = min(left, max(time.Until(adm.Until), time.Millisecond))
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-adm.Wait: // nil: blocks, and the timer decides
+		case <-t.C:
+		case <-q.stopping:
+			t.Stop()
+			return adm
+		}
+		t.Stop()
+	}
 }
 
 // attempt is one Deliver call; a panic or a short result list becomes
@@ -572,7 +605,7 @@ func (q *Queue) report(ctx context.Context, tx pgx.Tx, m *row, now time.Time) er
 	}
 	env := &queue.Envelope{Rcpts: []string{m.env.From}, RequireTLS: m.env.RequireTLS}
 	rs := []rcpt{{Address: m.env.From, State: queue.StateQueued, NextAttempt: now}}
-	if _, err := q.insertRcpts(ctx, tx, env, data, now, rs, ""); err != nil {
+	if _, err := q.insertRcpts(ctx, tx, env, data, now, rs, "", nil); err != nil {
 		return err
 	}
 	q.obs.Bounced()

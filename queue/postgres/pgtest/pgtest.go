@@ -202,3 +202,7 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// PID is the postmaster's process id: the server's other processes are
+// its children.
+func (c *Cluster) PID() int { return c.pid }
