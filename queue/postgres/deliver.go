@@ -104,7 +104,7 @@ func (q *Queue) leaseDue(limit int) (jobs []leased, next time.Time, err error) {
 	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		jobs = jobs[:0]
 		rows, err := tx.Query(ctx, `SELECT `+rowCols+` FROM postern_messages
-			WHERE due IS NOT NULL AND due <= $1 ORDER BY due LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
+			WHERE due IS NOT NULL AND due <= $1 AND NOT held ORDER BY due LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
 		if err != nil {
 			return err
 		}
@@ -520,15 +520,16 @@ func (q *Queue) save(ctx context.Context, tx pgx.Tx, m *row, now time.Time, unle
 			m.id, rc, st, now.Add(q.opts.KeepFailed))
 		return true, err
 	}
+	if !unlease && m.token != nil {
+		// A node holds it now: the end of its lease stays the due time
+		// (the message comes due then if that node dies), and its
+		// record sets the next one. Leasing skips held messages.
+		_, err = tx.Exec(ctx, `UPDATE postern_messages SET rcpts = $2, state = $3, held = $4 WHERE id = $1`, m.id, rc, st, m.held)
+		return false, err
+	}
 	var due any
 	if !m.held {
 		due = next
-		if !unlease && m.token != nil {
-			// Leased by a node now: its record sets the due time.
-			due = nil
-			_, err = tx.Exec(ctx, `UPDATE postern_messages SET rcpts = $2, state = $3, held = $4 WHERE id = $1`, m.id, rc, st, m.held)
-			return false, err
-		}
 	}
 	_, err = tx.Exec(ctx, `UPDATE postern_messages SET rcpts = $2, state = $3, held = $4, due = $5`+lease+` WHERE id = $1`,
 		m.id, rc, st, m.held, due)

@@ -485,7 +485,7 @@ func (q *Queue) Depth() map[queue.State]int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	out := make(map[queue.State]int)
+	out := map[queue.State]int{queue.StateQueued: 0, queue.StateDeferred: 0, queue.StateHeld: 0, queue.StateFailed: 0}
 	rows, err := q.pool.Query(ctx, `SELECT state, count(*) FROM postern_messages GROUP BY state`)
 	if err != nil {
 		q.log.Warn("queue depth", slog.Any("error", err))

@@ -468,3 +468,36 @@ func TestBadDSNNotQuoted(t *testing.T) {
 		t.Errorf("error %v", err)
 	}
 }
+
+// Held and released while a dead node held its lease, a message is not
+// lost: it comes due when that lease ends. Held, it is not leased.
+func TestHoldReleaseWhileLeased(t *testing.T) {
+	dsn := pgtest.DB(t)
+	lease := 1500 * time.Millisecond
+	dead := open(t, dsn, Options{Lease: lease, Node: "dead", Retry: queue.Retry{Initial: 100 * time.Millisecond}})
+	id := enqueue(t, dead, "a@src.test", "x\r\n", "r@dst.test")
+	held := enqueue(t, dead, "a@src.test", "y\r\n", "s@dst.test")
+	if err := dead.Hold(held); err != nil {
+		t.Fatal(err)
+	}
+	if jobs, _, err := dead.leaseDue(10); err != nil || len(jobs) != 1 {
+		t.Fatalf("lease = %v, %v", jobs, err)
+	}
+	if err := dead.Hold(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.Release(id); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	other := open(t, dsn, Options{Deliverer: rec, Lease: lease, Node: "other"})
+	other.Start()
+	eventually(t, "delivery after the lease", func() bool { return rec.rcptCalls("r@dst.test") == 1 })
+	time.Sleep(300 * time.Millisecond)
+	if n := rec.rcptCalls("s@dst.test"); n != 0 {
+		t.Errorf("held message delivered %d times", n)
+	}
+	if m, err := other.Get(held); err != nil || m.State != queue.StateHeld {
+		t.Errorf("held message: %v, %v", m, err)
+	}
+}
