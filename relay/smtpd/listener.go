@@ -144,7 +144,7 @@ func (g *guardListener) admit(c net.Conn) *trackedConn {
 	pol := g.srv.opts.Policy
 	ip := remoteIP(c.RemoteAddr())
 	now := time.Now()
-	done, refusal := pol.conns.admit(ip, now)
+	done, refusal := pol.conns.admit(g.srv.ctx, ip, now)
 	if refusal != nil {
 		pol.conns.release()
 		g.refuse(c, ip, refusal)
