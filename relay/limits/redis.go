@@ -99,6 +99,7 @@ func Open(opts Options) *Redis {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
+	quietOnce.Do(func() { redis.SetLogger(quiet{}) })
 	rdb := redis.NewClient(&redis.Options{
 		Addr:      opts.Addr,
 		Password:  opts.Password,
@@ -128,6 +129,14 @@ func Open(opts Options) *Redis {
 	r.call(context.Background(), func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	return r
 }
+
+// quiet silences go-redis's own log (one unstructured line on stderr per
+// failed dial, many per outage): the outage is logged once, by state.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+var quietOnce sync.Once
 
 // Close stops the invalidation watchers and closes the connections.
 func (r *Redis) Close() error {
@@ -340,6 +349,25 @@ func (r *Redis) failures(ctx context.Context, key string, window time.Duration, 
 	n, _ := out[0].(int64)
 	cool, _ := out[1].(int64)
 	return int(n), time.Duration(cool) * time.Millisecond, nil
+}
+
+// Remember marks key for ttl (a client network known to log in as a
+// user, which the AUTH throttle spares).
+func (r *Redis) Remember(ctx context.Context, key string, ttl time.Duration) error {
+	return r.call(ctx, func(ctx context.Context) error {
+		return r.rdb.Set(ctx, r.key("mark", key), "1", ttl).Err()
+	})
+}
+
+// Remembered tells whether key is marked.
+func (r *Redis) Remembered(ctx context.Context, key string) (bool, error) {
+	var n int64
+	err := r.call(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = r.rdb.Exists(ctx, r.key("mark", key)).Result()
+		return err
+	})
+	return n > 0, err
 }
 
 // usersChannel is where nodes say that their users file changed.
