@@ -1,10 +1,18 @@
 package main
 
 import (
+	"crypto/tls"
+	"fmt"
+	"net"
 	"time"
+
+	"go.uber.org/zap"
 
 	"postern/auth"
 	"postern/configs"
+	"postern/relay/limits"
+	"postern/relay/metrics"
+	"postern/relay/outbound"
 	"postern/relay/smtpd"
 )
 
@@ -43,4 +51,52 @@ func newRelayPolicy(cfg *configs.Config) *smtpd.Policy {
 		}
 	}
 	return p
+}
+
+var _ limits.Observer = (*metrics.Metrics)(nil)
+
+// checkRedisPassword reads limits.redis.password_file as serve will, for
+// `postern config check`.
+func checkRedisPassword(cfg *configs.Config) []string {
+	if r := cfg.Limits.Redis; r != nil && r.PasswordFile != "" {
+		if _, err := outbound.ReadPasswordFile(r.PasswordFile); err != nil {
+			return []string{fmt.Sprintf("%s: limits.redis.password_file: %v", cfg.File, err)}
+		}
+	}
+	return nil
+}
+
+// shareLimits connects to limits.redis, when it is set, and makes p's
+// rate limits, its AUTH throttle and the users' cache invalidation go
+// through it. Redis need not be reachable: until it is, and whenever it is
+// not, every node counts alone (relay/limits logs and counts it). Only a
+// password file that cannot be read stops the start, as for smarthosts.
+func (s *server) shareLimits(p *smtpd.Policy) error {
+	r := s.cfg.Limits.Redis
+	if r == nil {
+		return nil
+	}
+	opts := limits.Options{Addr: r.Address, Prefix: r.Prefix, Logger: s.log, Observer: s.metrics}
+	if r.PasswordFile != "" {
+		pw, err := outbound.ReadPasswordFile(r.PasswordFile)
+		if err != nil {
+			return fmt.Errorf("limits.redis.password_file: %w", err)
+		}
+		opts.Password = pw
+	}
+	if r.TLS {
+		host, _, _ := net.SplitHostPort(r.Address)
+		opts.TLS = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	}
+	s.shared = limits.Open(opts)
+	p.Shared = s.shared
+	if p.AuthThrottle != nil {
+		p.AuthThrottle.Shared = s.shared
+	}
+	if s.users != nil {
+		s.users.Peers = s.shared
+		s.shared.WatchUsersChanged(s.users.Invalidate)
+	}
+	s.log.Info("limits shared through Redis", zap.String("address", r.Address), zap.Bool("tls", r.TLS))
+	return nil
 }

@@ -138,8 +138,12 @@ func (quiet) Printf(context.Context, string, ...any) {}
 
 var quietOnce sync.Once
 
-// Close stops the invalidation watchers and closes the connections.
+// Close stops the invalidation watchers and closes the connections. A nil
+// *Redis (no shared store) closes nothing.
 func (r *Redis) Close() error {
+	if r == nil {
+		return nil
+	}
 	select {
 	case <-r.closed:
 		return nil

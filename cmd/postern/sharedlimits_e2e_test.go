@@ -1,0 +1,100 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"postern/relay/relaytest"
+)
+
+// limitRE is swaks's line for the per-user message limit's reply to MAIL
+// (after STARTTLS, swaks marks what it receives "<~", and an error "*").
+var limitRE = regexp.MustCompile(`(?m)^<~\* 450 4\.7\.1 Message limit reached \(3 per 1h0m0s\), try again in \d`)
+
+// sharedLimitsConfig is a config whose limits are shared through the Redis
+// at addr (with the password in passwordFile, "" for none), 3 messages an
+// hour per user.
+func sharedLimitsConfig(w *world, addr, passwordFile string) testConfig {
+	cfg := w.config()
+	cfg.Limits = fmt.Sprintf("{max_message_size: 10MiB, max_recipients: 100, user_messages_per_hour: 3, redis: {address: %q, password_file: %q, prefix: e2e}}", addr, passwordFile)
+	return cfg
+}
+
+// TestSharedLimitsE2E: two nodes sharing one Redis give a user one
+// allowance of 3 messages an hour: 2 through node A and 1 through node B
+// are accepted, the fourth is refused at MAIL with the per-user limit's
+// 450 4.7.1 on either node. The Redis password comes from a file and never
+// reaches the log.
+func TestSharedLimitsE2E(t *testing.T) {
+	t.Parallel()
+	const password = "redis-pw-9f3b1c"
+	srv := relaytest.NewRedis(t, relaytest.RedisOptions{Password: password})
+	pwFile := filepath.Join(t.TempDir(), "redis.password")
+	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.2")
+	w.receiver("127.0.2.2")
+	var nodes []*instance
+	for range 2 {
+		in := newInstance(t, sharedLimitsConfig(w, srv.Addr, pwFile))
+		in.addUser("alice@example.test", "correct horse")
+		in.start()
+		in.waitLog(10*time.Second, func(e logEntry) bool { return e.isMsg("shared limits: using Redis") })
+		nodes = append(nodes, in)
+	}
+	a, b := nodes[0], nodes[1]
+	send := func(in *instance) (string, error) {
+		return submit(t, in, "PLAIN", "alice@example.test", "correct horse", "alice@example.test", "bob@dest.test")
+	}
+	for i, in := range []*instance{a, a, b} {
+		if out, err := send(in); err != nil || !queuedRE.MatchString(out) {
+			t.Fatalf("message %d: %v\n%s", i+1, err, out)
+		}
+	}
+	for name, in := range map[string]*instance{"A": a, "B": b} {
+		out, _ := send(in)
+		if queuedRE.MatchString(out) || !limitRE.MatchString(out) {
+			t.Errorf("fourth message through node %s: want 450 4.7.1 at MAIL, got:\n%s", name, out)
+		}
+	}
+	for _, in := range nodes {
+		if strings.Contains(in.logs.String(), password) {
+			t.Error("the Redis password is in the log")
+		}
+	}
+}
+
+// TestSharedLimitsRedisDownE2E: a node whose Redis does not answer still
+// takes mail, with its own per-node limits (3 messages, then 450), and
+// says so once in its log.
+func TestSharedLimitsRedisDownE2E(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.2")
+	w.receiver("127.0.2.2")
+	in := newInstance(t, sharedLimitsConfig(w, freeAddr(t), ""))
+	in.addUser("alice@example.test", "correct horse")
+	in.start()
+	for i := range 3 {
+		out, err := submit(t, in, "PLAIN", "alice@example.test", "correct horse", "alice@example.test", "bob@dest.test")
+		if err != nil || !queuedRE.MatchString(out) {
+			t.Fatalf("message %d with Redis down: %v\n%s", i+1, err, out)
+		}
+	}
+	out, _ := submit(t, in, "PLAIN", "alice@example.test", "correct horse", "alice@example.test", "bob@dest.test")
+	if !limitRE.MatchString(out) {
+		t.Errorf("fourth message with Redis down: want the node's own 450 4.7.1, got:\n%s", out)
+	}
+	if n := len(in.logs.all(func(e logEntry) bool {
+		return e.isMsg("shared limits: Redis unreachable; limits are per node until it answers")
+	})); n != 1 {
+		t.Errorf("the outage was logged %d times, want once", n)
+	}
+}
