@@ -126,7 +126,14 @@ func Open(opts Options) *Redis {
 	rand.Read(id[:]) // never fails (Go 1.24+)
 	r := &Redis{opts: opts, rdb: rdb, node: hex.EncodeToString(id[:]), closed: make(chan struct{})}
 	r.rate = redis_rate.NewLimiter(rateKeys{rdb, opts.Prefix})
-	r.call(context.Background(), func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	// Not a limit check: a failure here is logged, not counted.
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	defer cancel()
+	err := rdb.Ping(ctx).Err()
+	if err != nil {
+		r.pausedUntil.Store(time.Now().Add(opts.Pause).UnixNano())
+	}
+	r.state(err)
 	return r
 }
 

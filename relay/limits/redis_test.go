@@ -3,6 +3,7 @@ package limits_test
 import (
 	"context"
 	"errors"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -207,4 +208,57 @@ func TestUsersChanged(t *testing.T) {
 	}
 	wait(gotB, "b after the outage")
 	wait(gotA, "a after the outage")
+}
+
+// A Redis that accepts connections and never answers (a hung server, a
+// lost host behind a live proxy) costs a call its timeout, not more, and
+// the calls after it nothing until the pause ends.
+func TestAllowHungRedis(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		var held []net.Conn // kept open, never read
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	var obs counts
+	r := limits.Open(limits.Options{Addr: l.Addr().String(), Timeout: 50 * time.Millisecond, Pause: 300 * time.Millisecond, Observer: &obs})
+	t.Cleanup(func() { r.Close() })
+	if obs.up.Load() != -1 || obs.fallbacks.Load() != 0 {
+		t.Fatalf("after Open: state %d, %d fallbacks; want down and none (the ping is no limit check)", obs.up.Load(), obs.fallbacks.Load())
+	}
+	time.Sleep(350 * time.Millisecond) // past the pause Open's failure began
+	call := func() time.Duration {
+		start := time.Now()
+		if _, _, err := r.Allow(context.Background(), "user-messages:alice", 3, time.Hour, 1); err == nil {
+			t.Fatal("a hung Redis answered")
+		}
+		return time.Since(start)
+	}
+	if d := call(); d < 40*time.Millisecond || d > 250*time.Millisecond {
+		t.Errorf("a call to a hung Redis took %v, want about the 50ms timeout", d)
+	}
+	var total time.Duration
+	for range 10 {
+		total += call()
+	}
+	if total > 40*time.Millisecond {
+		t.Errorf("10 calls during the pause took %v, want next to nothing", total)
+	}
+	if got := obs.fallbacks.Load(); got != 11 {
+		t.Errorf("fallbacks %d, want 11", got)
+	}
 }

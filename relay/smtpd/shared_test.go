@@ -91,4 +91,17 @@ func TestSharedLimits(t *testing.T) {
 	} else {
 		done()
 	}
+
+	// The store is back (empty: nothing is persisted): the shared bucket
+	// decides again, where a's own, spent during the outage, would refuse.
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for a.users.take(ctx, "alice", false, now) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the shared bucket is not used again after the store came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
