@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -76,18 +78,11 @@ func (s *server) shareLimits(p *smtpd.Policy) error {
 	if r == nil {
 		return nil
 	}
-	opts := limits.Options{Addr: r.Address, Prefix: r.Prefix, Logger: s.log, Observer: s.metrics}
-	if r.PasswordFile != "" {
-		pw, err := outbound.ReadPasswordFile(r.PasswordFile)
-		if err != nil {
-			return fmt.Errorf("limits.redis.password_file: %w", err)
-		}
-		opts.Password = pw
+	opts, err := redisOptions(r)
+	if err != nil {
+		return err
 	}
-	if r.TLS {
-		host, _, _ := net.SplitHostPort(r.Address)
-		opts.TLS = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
-	}
+	opts.Logger, opts.Observer = s.log, s.metrics
 	s.shared = limits.Open(opts)
 	p.Shared = s.shared
 	if p.AuthThrottle != nil {
@@ -99,4 +94,47 @@ func (s *server) shareLimits(p *smtpd.Policy) error {
 	}
 	s.log.Info("limits shared through Redis", zap.String("address", r.Address), zap.Bool("tls", r.TLS))
 	return nil
+}
+
+// redisOptions are the shared store's options from limits.redis, with the
+// password read from its file.
+func redisOptions(r *configs.LimitsRedis) (limits.Options, error) {
+	opts := limits.Options{Addr: r.Address, Prefix: r.Prefix}
+	if r.PasswordFile != "" {
+		pw, err := outbound.ReadPasswordFile(r.PasswordFile)
+		if err != nil {
+			return opts, fmt.Errorf("limits.redis.password_file: %w", err)
+		}
+		opts.Password = pw
+	}
+	if r.TLS {
+		host, _, _ := net.SplitHostPort(r.Address)
+		opts.TLS = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	}
+	return opts, nil
+}
+
+// tellNodesUsersChanged is for the user commands that change or remove a
+// password: with limits.redis, it tells every node at once, so that none
+// keeps accepting the old password from its cache (the node whose file
+// this is would notice only at its next AUTH, and nodes with files of their
+// own, synced later, would not notice at all). The change is made already:
+// failing to tell is a warning, and the caches then end with
+// auth.cache_ttl.
+func tellNodesUsersChanged(cfg *configs.Config, stderr io.Writer) {
+	r := cfg.Limits.Redis
+	if r == nil {
+		return
+	}
+	opts, err := redisOptions(r)
+	if err == nil {
+		// A command, not an SMTP reply, waits: it may take longer.
+		opts.Timeout = 2 * time.Second
+		shared := limits.Open(opts)
+		err = shared.PublishUsersChanged(context.Background())
+		shared.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "warning: could not tell the other nodes through limits.redis (%s): %v; they may accept the old password from their caches until auth.cache_ttl ends\n", r.Address, err)
+	}
 }

@@ -98,3 +98,41 @@ func TestSharedLimitsRedisDownE2E(t *testing.T) {
 		t.Errorf("the outage was logged %d times, want once", n)
 	}
 }
+
+// TestSharedLimitsPasswdE2E: `postern user passwd` on one node tells
+// every node sharing the Redis, and another node, whose own users file did
+// not change, empties its password cache and re-reads its users at once.
+// With Redis down, the command still changes the password and warns.
+func TestSharedLimitsPasswdE2E(t *testing.T) {
+	t.Parallel()
+	srv := relaytest.NewRedis(t, relaytest.RedisOptions{})
+	w := newWorld(t)
+	a := newInstance(t, sharedLimitsConfig(w, srv.Addr, ""))
+	b := newInstance(t, sharedLimitsConfig(w, srv.Addr, ""))
+	for _, in := range []*instance{a, b} {
+		in.addUser("alice@example.test", "correct horse")
+	}
+	b.start()
+	b.waitLog(10*time.Second, func(e logEntry) bool { return e.isMsg("shared limits: using Redis") })
+	reloads := func() int {
+		return len(b.logs.all(func(e logEntry) bool { return e.isMsg("users file reloaded") }))
+	}
+	before := reloads()
+	if out, err := a.postern("battery staple\n", "user", "passwd", "alice@example.test"); err != nil || strings.Contains(out, "warning") {
+		t.Fatalf("user passwd: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for reloads() == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("node B did not reload its users on node A's password change:\n%s", b.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	srv.Kill()
+	out, err := a.postern("tr0ub4dor\n", "user", "passwd", "alice@example.test")
+	if err != nil || !strings.Contains(out, "changed the password of alice@example.test") ||
+		!strings.Contains(out, "warning: could not tell the other nodes through limits.redis") {
+		t.Errorf("user passwd with Redis down: %v\n%s", err, out)
+	}
+}

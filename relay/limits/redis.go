@@ -80,6 +80,7 @@ type Redis struct {
 	pausedUntil atomic.Int64 // UnixNano; calls fail at once before it
 	mu          sync.Mutex
 	up          *bool // nil until the first call's outcome
+	lastErr     error // the failure that began the pause
 }
 
 // Open makes the client. It does not fail when Redis is unreachable:
@@ -168,7 +169,10 @@ func (r *Redis) Close() error {
 func (r *Redis) call(ctx context.Context, f func(ctx context.Context) error) error {
 	if time.Now().UnixNano() < r.pausedUntil.Load() {
 		r.fellBack()
-		return ErrUnavailable
+		r.mu.Lock()
+		last := r.lastErr
+		r.mu.Unlock()
+		return fmt.Errorf("%w (it failed with: %v)", ErrUnavailable, last)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 	defer cancel()
@@ -195,6 +199,9 @@ func (r *Redis) state(err error) {
 	r.mu.Lock()
 	changed := r.up == nil || *r.up != up
 	r.up = &up
+	if err != nil {
+		r.lastErr = err
+	}
 	r.mu.Unlock()
 	if !changed {
 		return
