@@ -128,13 +128,7 @@ func Open(opts Options) *Redis {
 	r := &Redis{opts: opts, rdb: rdb, node: hex.EncodeToString(id[:]), closed: make(chan struct{})}
 	r.rate = redis_rate.NewLimiter(rateKeys{rdb, opts.Prefix})
 	// Not a limit check: a failure here is logged, not counted.
-	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
-	defer cancel()
-	err := rdb.Ping(ctx).Err()
-	if err != nil {
-		r.pausedUntil.Store(time.Now().Add(opts.Pause).UnixNano())
-	}
-	r.state(err)
+	r.call(context.Background(), func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	return r
 }
 
@@ -163,12 +157,21 @@ func (r *Redis) Close() error {
 	return err
 }
 
+// check is call for a limit check: its failure is a fallback to the
+// caller's own limiter, and counted as one.
+func (r *Redis) check(ctx context.Context, f func(ctx context.Context) error) error {
+	err := r.call(ctx, f)
+	if err != nil && r.opts.Observer != nil {
+		r.opts.Observer.SharedFallback()
+	}
+	return err
+}
+
 // call runs f with the per-call timeout, unless the store is paused, and
-// keeps the outage state: the first failure after success logs and pauses,
-// the first success after failure logs. Every failure is a fallback.
+// keeps the outage state: the first failure after success logs, the first
+// success after failure logs, and every failure pauses the store.
 func (r *Redis) call(ctx context.Context, f func(ctx context.Context) error) error {
 	if time.Now().UnixNano() < r.pausedUntil.Load() {
-		r.fellBack()
 		r.mu.Lock()
 		last := r.lastErr
 		r.mu.Unlock()
@@ -179,16 +182,9 @@ func (r *Redis) call(ctx context.Context, f func(ctx context.Context) error) err
 	err := f(ctx)
 	if err != nil {
 		r.pausedUntil.Store(time.Now().Add(r.opts.Pause).UnixNano())
-		r.fellBack()
 	}
 	r.state(err)
 	return err
-}
-
-func (r *Redis) fellBack() {
-	if r.opts.Observer != nil {
-		r.opts.Observer.SharedFallback()
-	}
 }
 
 // state logs and reports a change between reachable and not: once per
@@ -243,7 +239,7 @@ func (r *Redis) Allow(ctx context.Context, key string, events int, per time.Dura
 		return true, 0, nil
 	}
 	var res *redis_rate.Result
-	err = r.call(ctx, func(ctx context.Context) error {
+	err = r.check(ctx, func(ctx context.Context) error {
 		var err error
 		res, err = r.rate.AllowN(ctx, r.key("rate", key), redis_rate.Limit{Rate: events, Burst: events, Period: per}, n)
 		return err
@@ -345,7 +341,7 @@ func (r *Redis) AddFailure(ctx context.Context, key string, window time.Duration
 
 func (r *Redis) failures(ctx context.Context, key string, window time.Duration, limit int, cooldown time.Duration, add bool) (int, time.Duration, error) {
 	var out []any
-	err := r.call(ctx, func(ctx context.Context) error {
+	err := r.check(ctx, func(ctx context.Context) error {
 		var member [12]byte
 		rand.Read(member[:])
 		addArg := "0"
@@ -372,7 +368,7 @@ func (r *Redis) failures(ctx context.Context, key string, window time.Duration, 
 // Remember marks key for ttl (a client network known to log in as a
 // user, which the AUTH throttle spares).
 func (r *Redis) Remember(ctx context.Context, key string, ttl time.Duration) error {
-	return r.call(ctx, func(ctx context.Context) error {
+	return r.check(ctx, func(ctx context.Context) error {
 		return r.rdb.Set(ctx, r.key("mark", key), "1", ttl).Err()
 	})
 }
@@ -380,7 +376,7 @@ func (r *Redis) Remember(ctx context.Context, key string, ttl time.Duration) err
 // Remembered tells whether key is marked.
 func (r *Redis) Remembered(ctx context.Context, key string) (bool, error) {
 	var n int64
-	err := r.call(ctx, func(ctx context.Context) error {
+	err := r.check(ctx, func(ctx context.Context) error {
 		var err error
 		n, err = r.rdb.Exists(ctx, r.key("mark", key)).Result()
 		return err

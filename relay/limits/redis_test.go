@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"regexp"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"postern/relay/limits"
 	"postern/relay/relaytest"
@@ -61,6 +64,26 @@ func TestAllowSharedQuota(t *testing.T) {
 	for _, k := range []string{"user-messages:bob", "user-recipients:alice"} {
 		if ok, _, err := a.Allow(ctx, k, 5, time.Hour, 1); err != nil || !ok {
 			t.Errorf("%s: ok %v, err %v; want allowed", k, ok, err)
+		}
+	}
+	// Every key starts with the prefix (redis_rate's own "rate:" is taken
+	// off, so an ACL's ~test:* covers them), shows its scope, hides the
+	// name, and expires.
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	keys, err := raw.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 3 {
+		t.Errorf("keys %q, want 3", keys)
+	}
+	for _, k := range keys {
+		if !regexp.MustCompile(`^test:rate:user-(messages|recipients):[0-9a-f]{32}$`).MatchString(k) {
+			t.Errorf("key %q", k)
+		}
+		if ttl := raw.TTL(ctx, k).Val(); ttl <= 0 || ttl > time.Hour {
+			t.Errorf("key %q expires in %v, want within the hour", k, ttl)
 		}
 	}
 }
