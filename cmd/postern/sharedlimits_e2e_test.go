@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +46,9 @@ func TestSharedLimitsE2E(t *testing.T) {
 	w.receiver("127.0.2.2")
 	var nodes []*instance
 	for range 2 {
-		in := newInstance(t, sharedLimitsConfig(w, srv.Addr, pwFile))
+		cfg := sharedLimitsConfig(w, srv.Addr, pwFile)
+		cfg.Admin = freeAddr(t)
+		in := newInstance(t, cfg)
 		in.addUser("alice@example.test", "correct horse")
 		in.start()
 		in.waitLog(10*time.Second, func(e logEntry) bool { return e.isMsg("shared limits: using Redis") })
@@ -68,6 +73,12 @@ func TestSharedLimitsE2E(t *testing.T) {
 		if strings.Contains(in.logs.String(), password) {
 			t.Error("the Redis password is in the log")
 		}
+		metrics := scrapeMetrics(t, in.cfg.Admin)
+		for _, want := range []string{"\npostern_limits_redis_up 1\n", "\npostern_limits_redis_fallbacks_total 0\n"} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+			}
+		}
 	}
 }
 
@@ -79,7 +90,9 @@ func TestSharedLimitsRedisDownE2E(t *testing.T) {
 	w := newWorld(t)
 	w.mx("dest.test", "127.0.2.2")
 	w.receiver("127.0.2.2")
-	in := newInstance(t, sharedLimitsConfig(w, freeAddr(t), ""))
+	cfg := sharedLimitsConfig(w, freeAddr(t), "")
+	cfg.Admin = freeAddr(t)
+	in := newInstance(t, cfg)
 	in.addUser("alice@example.test", "correct horse")
 	in.start()
 	for i := range 3 {
@@ -97,6 +110,34 @@ func TestSharedLimitsRedisDownE2E(t *testing.T) {
 	})); n != 1 {
 		t.Errorf("the outage was logged %d times, want once", n)
 	}
+	// Every limit check fell back (at least the 4 MAILs), and the store
+	// shows as not in use.
+	metrics := scrapeMetrics(t, cfg.Admin)
+	if !strings.Contains(metrics, "\npostern_limits_redis_up 0\n") {
+		t.Error("/metrics lacks postern_limits_redis_up 0")
+	}
+	m := regexp.MustCompile(`\npostern_limits_redis_fallbacks_total (\d+)\n`).FindStringSubmatch(metrics)
+	if m == nil {
+		t.Fatal("/metrics lacks postern_limits_redis_fallbacks_total")
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 4 {
+		t.Errorf("postern_limits_redis_fallbacks_total %d, want at least 4", n)
+	}
+}
+
+// scrapeMetrics returns the admin listener's /metrics.
+func scrapeMetrics(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 // TestSharedLimitsPasswdE2E: `postern user passwd` on one node tells
