@@ -12,11 +12,12 @@ LDFLAGS := -X main.version=$(VERSION)
 # (HTTP client of the admin API, and the dns-01 hook of the ACME tests), and
 # for outbound TLS policy: openssl (the test CA), nsd (authoritative DNS for
 # signed zones), ldnsutils (ldns-keygen, ldns-signzone) and unbound (the
-# validating resolver DANE trusts). A policy-rc.d keeps the packages from
+# validating resolver DANE trusts), and redis-server (the shared store of
+# limits.redis). A policy-rc.d keeps the packages from
 # starting system services (nsd and unbound would take port 53): the tests
 # start their own, on loopback.
 DEB_PACKAGES := postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3-dkim python3-nacl haproxy curl \
-	openssl nsd unbound ldnsutils postgresql
+	openssl nsd unbound ldnsutils postgresql redis-server
 
 # Let's Encrypt's ACME test server, for the tls.acme tests: a Go program,
 # installed from the module proxy into bin/tools (relaytest.PebblePath
@@ -67,6 +68,7 @@ deps:
 	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v ldns-signzone >/dev/null && command -v ldns-keygen >/dev/null || missing="$$missing ldnsutils"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing test peers:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -122,6 +122,10 @@ type Store struct {
 	CheckWait time.Duration
 	// Observer, when set, is told of waits for a check slot and refusals.
 	Observer Observer
+	// Peers, when set, is told each time the Store finds that its users
+	// file changed, so that the other servers sharing these users drop
+	// their caches too (see Invalidate).
+	Peers Peers
 
 	log *zap.Logger
 
@@ -243,17 +247,45 @@ func (s *Store) Reload() error {
 	return errors.Join(s.loadLocked(&s.users), s.loadLocked(&s.keys))
 }
 
+// Peers are the other servers that serve the same users; relay/limits
+// implements it over Redis.
+type Peers interface {
+	// PublishUsersChanged tells them the users file changed. It must
+	// return within a fraction of a second; an error is only logged.
+	PublishUsersChanged(ctx context.Context) error
+}
+
+// Invalidate drops every verified password and re-reads the users and keys
+// files, whether or not they look changed. It is what a server does when
+// another one says its users file changed (Peers): that server may have a
+// new password for a user whose old one is cached here, and on a shared
+// file system the change may not show in the file's attributes yet. It
+// does not tell Peers in turn.
+func (s *Store) Invalidate() {
+	if err := s.Reload(); err != nil {
+		s.log.Error("users reloaded on another server's notice, with errors; keeping the previous sets where they failed", zap.Error(err))
+	}
+}
+
 // Len returns the number of users in service.
 func (s *Store) Len() int { return len(s.cur.Load().byKey) }
 
 // refresh reloads every file whose fingerprint changed, logging failures.
 func (s *Store) refresh() {
-	s.refreshFile(&s.users)
+	if s.refreshFile(&s.users) && s.Peers != nil {
+		// Not waited for: the attempt that noticed the change goes on.
+		go func() {
+			if err := s.Peers.PublishUsersChanged(context.Background()); err != nil {
+				s.log.Warn("could not tell the other servers that the users file changed; their cached passwords expire with auth.cache_ttl", zap.Error(err))
+			}
+		}()
+	}
 	s.refreshFile(&s.keys)
 }
 
-// refreshFile reloads w if its fingerprint changed, logging failures.
-func (s *Store) refreshFile(w *watchedFile) {
+// refreshFile reloads w if its fingerprint changed, logging failures, and
+// reports whether it put a new version in service.
+func (s *Store) refreshFile(w *watchedFile) bool {
 	fi, err := os.Stat(w.path)
 	var fp fingerprint
 	if err == nil {
@@ -267,16 +299,18 @@ func (s *Store) refreshFile(w *watchedFile) {
 			w.log.Error("cannot stat "+w.what+"; keeping the previous "+w.items, zap.Error(err))
 			w.fp = fingerprint{}
 		}
-		return
+		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if fp == w.fp && w.served {
-		return
+		return false
 	}
 	if err := s.loadLocked(w); err != nil {
 		w.log.Error(w.what+" not reloaded; keeping the previous "+w.items, zap.Error(err))
+		return false
 	}
+	return true
 }
 
 // loadLocked reads, parses and installs w. The fingerprint is taken from

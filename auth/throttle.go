@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"time"
@@ -35,6 +36,12 @@ import (
 // at most MaxEntries keys are kept per map, the least recently active going
 // first.
 //
+// With Shared set, the counters and the known pairs are also kept there,
+// for every server that shares it, and its counts decide: a guesser that
+// spreads its attempts over several nodes is counted once. The local
+// counters are kept all the same and decide whenever Shared fails, so a
+// shared store that is down leaves each node with its own defence.
+//
 // A Throttle is safe for concurrent use. Set its fields before first use.
 type Throttle struct {
 	// MaxFailures is N above; 0 or less disables the throttle.
@@ -52,12 +59,54 @@ type Throttle struct {
 	KnownFor time.Duration
 	// MaxEntries bounds each map (default 65536).
 	MaxEntries int
+	// Shared, when set, shares the counters between servers (see above).
+	Shared SharedFailures
 
 	mu    sync.Mutex
 	now   func() time.Time // test seam
 	nets  map[string]*failures
 	names map[string]*failures
 	known map[string]time.Time // name+"\x00"+client -> expiry
+}
+
+// SharedFailures keeps failure counters and remembered keys for several
+// servers; relay/limits implements it over Redis. Keys are "scope:name"
+// with any bytes in name (a user name as a client typed it); the
+// implementation makes them safe. Every method must return within a
+// fraction of a second, even when the store hangs (a client waits for the
+// AUTH reply), and an error means nothing was decided or recorded: the
+// Throttle then relies on its own counters.
+type SharedFailures interface {
+	// Failures returns how many failures key has had within window, or,
+	// when key is in a cool-down, how long it still lasts.
+	Failures(ctx context.Context, key string, window time.Duration) (n int, cooldown time.Duration, err error)
+	// AddFailure records a failure of key, unless it is in a cool-down;
+	// when key then has limit failures within window, they are cleared
+	// and key is in a cool-down for cooldown.
+	AddFailure(ctx context.Context, key string, window time.Duration, limit int, cooldown time.Duration) error
+	// Remember marks key for ttl; Remembered tells whether it is marked.
+	Remember(ctx context.Context, key string, ttl time.Duration) error
+	Remembered(ctx context.Context, key string) (bool, error)
+}
+
+// Scopes of the shared keys.
+const (
+	sharedClient = "client:"
+	sharedUser   = "user:"
+	sharedKnown  = "known:"
+)
+
+// sharedVerdict is the verdict of one shared counter; ok is false when
+// there is no Shared or it failed.
+func (t *Throttle) sharedVerdict(key string) (v Verdict, ok bool) {
+	if t.Shared == nil {
+		return Verdict{}, false
+	}
+	n, cool, err := t.Shared.Failures(context.Background(), key, t.Window)
+	if err != nil {
+		return Verdict{}, false
+	}
+	return t.policy(n, cool), true
 }
 
 // failures is what one counter remembers.
@@ -96,21 +145,39 @@ func (t *Throttle) Check(client, name string) Verdict {
 	if !t.enabled() {
 		return Verdict{}
 	}
+	key := throttleKey(name)
+	pair := key + "\x00" + client
+	// The shared counters are read before the lock is taken: a slow store
+	// must not hold up every other attempt.
+	sv, sharedClientOK := t.sharedVerdict(sharedClient + client)
+	var su Verdict
+	sharedUserOK, sharedKnownPair := false, false
+	if name != "" {
+		su, sharedUserOK = t.sharedVerdict(sharedUser + key)
+		if t.Shared != nil {
+			sharedKnownPair, _ = t.Shared.Remembered(context.Background(), sharedKnown+pair)
+		}
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.clock()
-	v := t.verdict(t.nets[client], now)
+	v := sv
+	if !sharedClientOK {
+		v = t.verdict(t.nets[client], now)
+	}
 	if v.Refuse || v.Delay > 0 {
 		v.By = "client"
 	}
 	if name == "" {
 		return v
 	}
-	key := throttleKey(name)
-	if exp, ok := t.known[key+"\x00"+client]; ok && now.Before(exp) {
+	if exp, ok := t.known[pair]; sharedKnownPair || ok && now.Before(exp) {
 		return v
 	}
-	u := t.verdict(t.names[key], now)
+	u := su
+	if !sharedUserOK {
+		u = t.verdict(t.names[key], now)
+	}
 	switch {
 	case v.Refuse:
 	case u.Refuse:
@@ -126,11 +193,21 @@ func (t *Throttle) verdict(f *failures, now time.Time) Verdict {
 	if f == nil {
 		return Verdict{}
 	}
+	var cool time.Duration
 	if now.Before(f.until) {
-		return Verdict{Refuse: true, RetryAfter: f.until.Sub(now)}
+		cool = f.until.Sub(now)
+	} else {
+		f.prune(now, t.Window)
 	}
-	f.prune(now, t.Window)
-	n := len(f.times)
+	return t.policy(len(f.times), cool)
+}
+
+// policy is the verdict for n failures within the window, or for a
+// cool-down that lasts cool more.
+func (t *Throttle) policy(n int, cool time.Duration) Verdict {
+	if cool > 0 {
+		return Verdict{Refuse: true, RetryAfter: cool}
+	}
 	if n < t.MaxFailures {
 		return Verdict{}
 	}
@@ -160,6 +237,14 @@ func (f *failures) prune(now time.Time, window time.Duration) {
 func (t *Throttle) Failure(client, name string) {
 	if !t.enabled() {
 		return
+	}
+	if t.Shared != nil {
+		// Cleared into a cool-down at 2×MaxFailures, as fail does.
+		ctx := context.Background()
+		t.Shared.AddFailure(ctx, sharedClient+client, t.Window, 2*t.MaxFailures, t.Cooldown)
+		if name != "" {
+			t.Shared.AddFailure(ctx, sharedUser+throttleKey(name), t.Window, 2*t.MaxFailures, t.Cooldown)
+		}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -202,20 +287,23 @@ func (t *Throttle) Success(client, name string) {
 	if !t.enabled() {
 		return
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := t.clock()
 	key := throttleKey(name)
-	if t.known == nil {
-		t.known = make(map[string]time.Time)
-	}
 	pair := key + "\x00" + client
-	if _, ok := t.known[pair]; !ok && len(t.known) >= t.maxEntries() {
-		t.sweepKnown(now)
-	}
 	knownFor := t.KnownFor
 	if knownFor <= 0 {
 		knownFor = 30 * 24 * time.Hour
+	}
+	if t.Shared != nil {
+		t.Shared.Remember(context.Background(), sharedKnown+pair, knownFor)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.clock()
+	if t.known == nil {
+		t.known = make(map[string]time.Time)
+	}
+	if _, ok := t.known[pair]; !ok && len(t.known) >= t.maxEntries() {
+		t.sweepKnown(now)
 	}
 	t.known[pair] = now.Add(knownFor)
 }

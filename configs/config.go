@@ -240,6 +240,51 @@ type LimitsConfig struct {
 	AuthMaxFailures   int      `yaml:"auth_max_failures"`
 	AuthFailureWindow Duration `yaml:"auth_failure_window"`
 	AuthCooldown      Duration `yaml:"auth_cooldown"`
+	// Redis, when set, is shared by several postern nodes, which then
+	// enforce the per-user and per-IP rates and the AUTH counters
+	// together; nil: every node counts alone.
+	Redis *LimitsRedis `yaml:"redis"`
+}
+
+// LimitsRedis is limits.redis. When Redis cannot be reached, each node
+// falls back to its own limits (and says so in its log and metrics):
+// mail is never refused because Redis is down.
+type LimitsRedis struct {
+	// Address is host:port.
+	Address string `yaml:"address"`
+	// PasswordFile holds Redis's password (AUTH) on its first line; the
+	// password itself never goes in the config. "" = no password.
+	PasswordFile string `yaml:"password_file"`
+	// Prefix starts every key and channel postern uses ("" = "postern"),
+	// so that several clusters can share one Redis.
+	Prefix string `yaml:"prefix"`
+	// TLS connects with TLS, verifying Redis's certificate against the
+	// system roots.
+	TLS bool `yaml:"tls"`
+}
+
+// validateLimitsRedis checks limits.redis, when present.
+func (c *Config) validateLimitsRedis(bad func(key, format string, args ...any)) {
+	r := c.Limits.Redis
+	if r == nil {
+		return
+	}
+	if r.Address == "" {
+		bad("limits.redis.address", "must be set (host:port of the Redis the nodes share, for example 10.0.0.5:6379); remove limits.redis to count limits per node")
+	} else if host, port, err := net.SplitHostPort(r.Address); err != nil || host == "" {
+		bad("limits.redis.address", "%q is not host:port (for example 10.0.0.5:6379)", r.Address)
+	} else if !validPort(port) {
+		bad("limits.redis.address", "%q: port must be a number from 1 to 65535", r.Address)
+	} else if net.ParseIP(host) == nil && !validHostname(host) {
+		bad("limits.redis.address", "%q: host must be an IP address or a host name", r.Address)
+	}
+	// Part of every key name: a separator or a glob character in it would
+	// let one cluster's keys match another's patterns.
+	if p := r.Prefix; p != "" && (len(p) > 64 || strings.IndexFunc(p, func(c rune) bool {
+		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.')
+	}) >= 0) {
+		bad("limits.redis.prefix", "%q may hold only letters, digits, '-', '_' and '.', at most 64 of them (empty means postern)", p)
+	}
 }
 
 // TimeoutsConfig are the server's SMTP timeouts; defaults follow RFC 5321
@@ -532,6 +577,9 @@ func (c *Config) resolvePaths(dir string) error {
 	for i := range c.Webhooks {
 		abs(&c.Webhooks[i].SecretFile)
 	}
+	if c.Limits.Redis != nil {
+		abs(&c.Limits.Redis.PasswordFile)
+	}
 	return nil
 }
 
@@ -760,6 +808,7 @@ func (c *Config) validate() Errors {
 
 	c.validatePolicy(bad)
 	c.validateQueue(bad)
+	c.validateLimitsRedis(bad)
 	c.validateRouting(bad)
 	c.validateTLSPolicy(bad)
 	c.validateWebhooks(bad)

@@ -483,6 +483,11 @@ relay:
 limits:
   max_message_size: 50MiB
   max_recipients: 200
+  redis:
+    address: redis.internal:6380
+    password_file: redis.password
+    prefix: mail-eu.1
+    tls: true
 delivery:
   resolver: 127.0.0.1:53
   port: 25
@@ -550,6 +555,9 @@ func TestOneThingWrong(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the baseline does not load: %v", err)
 		}
+		if r := c.Limits.Redis; r == nil || r.Address != "redis.internal:6380" || !filepath.IsAbs(r.PasswordFile) || filepath.Base(r.PasswordFile) != "redis.password" || r.Prefix != "mail-eu.1" || !r.TLS {
+			t.Errorf("the baseline's limits.redis loaded as %+v (password_file resolved against the config's directory)", r)
+		}
 		if c.Auth.KeysFile != "/etc/postern/app-passwords" || c.Auth.CacheTTL.D() != 30*time.Minute || c.Auth.CacheSize != 500 {
 			t.Errorf("the baseline's auth section loaded as %+v", c.Auth)
 		}
@@ -611,6 +619,14 @@ func TestOneThingWrong(t *testing.T) {
 		{"  max_message_size: 50MiB", "  max_message_size: 1025MiB", "limits.max_message_size", ""},
 		{"  max_recipients: 200", "  max_recipients: 0", "limits.max_recipients", ""},
 		{"  max_recipients: 200", "  max_recipients: 2e", "limits.max_recipients", ""},
+		{"    address: redis.internal:6380", "    address: redis.internal", "limits.redis.address", ""},
+		{"    address: redis.internal:6380", "    address: redis.internal:0", "limits.redis.address", ""},
+		{"    address: redis.internal:6380", `    address: ""`, "limits.redis.address", ""},
+		{"    address: redis.internal:6380", "    address: redis_internal!:6379", "limits.redis.address", ""},
+		{"    prefix: mail-eu.1", "    prefix: mail:eu", "limits.redis.prefix", ""},
+		{"    prefix: mail-eu.1", "    prefix: mail*", "limits.redis.prefix", ""},
+		{"    tls: true", "    tls: maybe", "limits.redis.tls", ""},
+		{"    tls: true", "    tsl: true", "limits.redis.tsl", ""},
 		{"  resolver: 127.0.0.1:53", "  resolver: 127.0.0.1", "delivery.resolver", ""},
 		{"  port: 25", "  port: 0", "delivery.port", ""},
 		{"  port: 25", "  port: 65536", "delivery.port", ""},

@@ -32,6 +32,10 @@
 //	relay/doctor     postern doctor's checks of what decides whether mail
 //	                 arrives (DNS, reverse DNS, SPF, DKIM, DMARC, MTA-STS,
 //	                 the certificate), and the zone postern init prints
+//	relay/limits     shared limits (limits.redis): rates, AUTH failure
+//	                 counters and the users-changed channel in a Redis
+//	                 several nodes share, behind interfaces that smtpd
+//	                 and auth define
 //	relay/status     the one SMTP status type (reply code, enhanced code,
 //	                 client-safe text, cause), shared by both SMTP sides
 //	relay/relaytest  real in-process DNS and SMTP peers for tests

@@ -51,6 +51,10 @@ func TestLayout(t *testing.T) {
 		// Webhook delivery reads the queue's outbox through an interface
 		// of its own; cmd/postern turns the config into its endpoints.
 		{"postern/relay/webhooks", []string{"postern/relay/", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}},
+		// Shared limits: a store the listeners and auth consult through
+		// interfaces of their own; it knows no SMTP session, no queue and
+		// no HTTP surface.
+		{"postern/relay/limits", []string{"postern/relay/", "postern/queue", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}},
 		{"postern/relay/status", []string{"postern/relay/", "postern/queue", "postern/auth", "postern/dkim", "postern/configs", "postern/cmd/"}}, // queue/reply, a leaf, only
 		{"postern/relay/certs", []string{"postern/"}},
 		// ACME obtains what certs serves; cmd/postern plugs it in.

@@ -103,6 +103,7 @@ func checkReferencedFiles(cfg *configs.Config) (problems, warnings []string) {
 		problems = append(problems, fmt.Sprintf("%s: %v", cfg.File, err))
 	}
 	problems = append(problems, checkWebhookSecrets(cfg)...)
+	problems = append(problems, checkRedisPassword(cfg)...)
 	p, w := checkSmarthostPasswords(cfg)
 	problems, warnings = append(problems, p...), append(warnings, w...)
 	p, w = checkMaildrop(cfg)

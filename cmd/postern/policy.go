@@ -1,10 +1,20 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
 	"time"
+
+	"go.uber.org/zap"
 
 	"postern/auth"
 	"postern/configs"
+	"postern/relay/limits"
+	"postern/relay/metrics"
+	"postern/relay/outbound"
 	"postern/relay/smtpd"
 )
 
@@ -43,4 +53,88 @@ func newRelayPolicy(cfg *configs.Config) *smtpd.Policy {
 		}
 	}
 	return p
+}
+
+var _ limits.Observer = (*metrics.Metrics)(nil)
+
+// checkRedisPassword reads limits.redis.password_file as serve will, for
+// `postern config check`.
+func checkRedisPassword(cfg *configs.Config) []string {
+	if r := cfg.Limits.Redis; r != nil && r.PasswordFile != "" {
+		if _, err := outbound.ReadPasswordFile(r.PasswordFile); err != nil {
+			return []string{fmt.Sprintf("%s: limits.redis.password_file: %v", cfg.File, err)}
+		}
+	}
+	return nil
+}
+
+// shareLimits connects to limits.redis, when it is set, and makes p's
+// rate limits, its AUTH throttle and the users' cache invalidation go
+// through it. Redis need not be reachable: until it is, and whenever it is
+// not, every node counts alone (relay/limits logs and counts it). Only a
+// password file that cannot be read stops the start, as for smarthosts.
+func (s *server) shareLimits(p *smtpd.Policy) error {
+	r := s.cfg.Limits.Redis
+	if r == nil {
+		return nil
+	}
+	opts, err := redisOptions(r)
+	if err != nil {
+		return err
+	}
+	opts.Logger, opts.Observer = s.log, s.metrics
+	s.shared = limits.Open(opts)
+	p.Shared = s.shared
+	if p.AuthThrottle != nil {
+		p.AuthThrottle.Shared = s.shared
+	}
+	if s.users != nil {
+		s.users.Peers = s.shared
+		s.shared.WatchUsersChanged(s.users.Invalidate)
+	}
+	s.log.Info("limits shared through Redis", zap.String("address", r.Address), zap.Bool("tls", r.TLS))
+	return nil
+}
+
+// redisOptions are the shared store's options from limits.redis, with the
+// password read from its file.
+func redisOptions(r *configs.LimitsRedis) (limits.Options, error) {
+	opts := limits.Options{Addr: r.Address, Prefix: r.Prefix}
+	if r.PasswordFile != "" {
+		pw, err := outbound.ReadPasswordFile(r.PasswordFile)
+		if err != nil {
+			return opts, fmt.Errorf("limits.redis.password_file: %w", err)
+		}
+		opts.Password = pw
+	}
+	if r.TLS {
+		host, _, _ := net.SplitHostPort(r.Address)
+		opts.TLS = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	}
+	return opts, nil
+}
+
+// tellNodesUsersChanged is for the user commands that change or remove a
+// password: with limits.redis, it tells every node at once, so that none
+// keeps accepting the old password from its cache (the node whose file
+// this is would notice only at its next AUTH, and nodes with files of their
+// own, synced later, would not notice at all). The change is made already:
+// failing to tell is a warning, and the caches then end with
+// auth.cache_ttl.
+func tellNodesUsersChanged(cfg *configs.Config, stderr io.Writer) {
+	r := cfg.Limits.Redis
+	if r == nil {
+		return
+	}
+	opts, err := redisOptions(r)
+	if err == nil {
+		// A command, not an SMTP reply, waits: it may take longer.
+		opts.Timeout = 2 * time.Second
+		shared := limits.Open(opts)
+		err = shared.PublishUsersChanged(context.Background())
+		shared.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "warning: could not tell the other nodes through limits.redis (%s): %v; they may accept the old password from their caches until auth.cache_ttl ends\n", r.Address, err)
+	}
 }

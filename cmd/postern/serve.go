@@ -28,6 +28,7 @@ import (
 	"postern/relay/bounces"
 	"postern/relay/certs"
 	"postern/relay/httpapi"
+	"postern/relay/limits"
 	"postern/relay/metrics"
 	"postern/relay/outbound"
 	"postern/relay/pickup"
@@ -125,6 +126,8 @@ type server struct {
 	// api is the send API (listen.api); it stops with the SMTP listeners.
 	api     *http.Server
 	metrics *metrics.Metrics
+	// shared is limits.redis (nil when unset); closed after the listeners.
+	shared *limits.Redis
 	// tlsPolicies and tlsReports are the outbound TLS policy (MTA-STS
 	// cache, DANE, configured policies) and the TLS reporter; their
 	// background loops run under tlsCancel and stop before the queue
@@ -275,6 +278,10 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	// per-client and per-user limits, the AUTH throttle) count across
 	// listeners.
 	policy := newRelayPolicy(cfg)
+	if err := s.shareLimits(policy); err != nil {
+		s.queue.Close(context.Background())
+		return err
+	}
 	// With the list off, nothing is suppressed at RCPT either: entries
 	// already on disk wait, unused, until it is turned back on.
 	var sups smtpd.Suppressions
@@ -550,6 +557,7 @@ func (s *server) shutdown() error {
 	s.tlsCancel()
 	s.tlsWG.Wait()
 	s.webhooks.Stop(queueCtx)
+	s.shared.Close()
 	err := s.queue.Close(queueCtx)
 	if c, ok := s.deliverer.(io.Closer); ok {
 		c.Close()

@@ -43,7 +43,11 @@ func cmdUser(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 	if len(pos) != want {
 		return usageErr("user %s takes %d argument(s), got %d", sub, want, len(pos))
 	}
-	path, keysPath, err := authFiles(*cfgFlag)
+	cfg, err := loadConfig(*cfgFlag)
+	if err != nil {
+		return err
+	}
+	path, keysPath, err := authFilesOf(cfg)
 	if err != nil {
 		return err
 	}
@@ -78,6 +82,7 @@ func cmdUser(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 			return fmt.Errorf("user passwd %s: %w", pos[0], err)
 		}
 		fmt.Fprintf(stdout, "changed the password of %s\n", pos[0])
+		tellNodesUsersChanged(cfg, stderr)
 	case "del":
 		// The user first: that alone ends their keys too (a key needs its
 		// user). Then the keys, so that a user added again later under
@@ -86,6 +91,7 @@ func cmdUser(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 			return fmt.Errorf("user del %s: %w", pos[0], err)
 		}
 		fmt.Fprintf(stdout, "deleted %s from %s\n", pos[0], path)
+		tellNodesUsersChanged(cfg, stderr)
 		n, err := auth.DeleteUserKeys(keysPath, pos[0])
 		if err != nil {
 			return fmt.Errorf("user del %s: the user is deleted, and their application passwords authenticate nobody, "+
@@ -179,6 +185,11 @@ func authFiles(cfgFlag string) (users, keys string, err error) {
 	if err != nil {
 		return "", "", err
 	}
+	return authFilesOf(cfg)
+}
+
+// authFilesOf is authFiles of a loaded configuration.
+func authFilesOf(cfg *configs.Config) (users, keys string, err error) {
 	if cfg.Auth.UsersFile == "" {
 		return "", "", fmt.Errorf("auth.users_file is not set in %s", cfg.File)
 	}

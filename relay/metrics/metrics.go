@@ -37,6 +37,8 @@ type Metrics struct {
 	authFailures  prometheus.Counter
 	checksWaited  prometheus.Counter
 	checksRefused prometheus.Counter
+	sharedFalls   prometheus.Counter
+	sharedUp      prometheus.Gauge
 	depth         *depthCollector
 	webhooks      *prometheus.CounterVec
 	webhookQueue  *backlogCollector
@@ -81,6 +83,12 @@ func NewMetrics() *Metrics {
 			"AUTH attempts that found every password check slot taken and waited for one."),
 		checksRefused: counter("postern_auth_checks_refused_total",
 			"AUTH attempts that waited in vain for a password check slot and got 454 4.7.0."),
+		sharedFalls: counter("postern_limits_redis_fallbacks_total",
+			"Limit checks that could not reach limits.redis and used this node's own counters."),
+		sharedUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "postern_limits_redis_up",
+			Help: "1 while limits.redis answers and the limits are shared; 0 when it is unset or unreachable (limits per node).",
+		}),
 		depth: &depthCollector{desc: prometheus.NewDesc(
 			"postern_queue_depth",
 			"Messages in the queue, by state, read at scrape time.",
@@ -98,7 +106,7 @@ func NewMetrics() *Metrics {
 	m.reg.MustRegister(
 		m.delivered, m.deferred, m.bounced, m.failed, m.attempt,
 		m.accepted, m.acceptedBytes, m.replies, m.authFailures,
-		m.checksWaited, m.checksRefused, m.depth, m.webhooks, m.webhookQueue, m.dests,
+		m.checksWaited, m.checksRefused, m.sharedFalls, m.sharedUp, m.depth, m.webhooks, m.webhookQueue, m.dests,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -216,6 +224,27 @@ func (m *Metrics) CheckRefused() {
 
 // add adds n to c; a counter cannot go down, so n < 1 is ignored rather
 // than left to panic in the middle of a delivery.
+// SharedFallback counts a limit check that limits.redis could not answer
+// (limits.Observer).
+func (m *Metrics) SharedFallback() {
+	if m == nil {
+		return
+	}
+	m.sharedFalls.Inc()
+}
+
+// SharedInUse shows whether limits.redis answers (limits.Observer).
+func (m *Metrics) SharedInUse(up bool) {
+	if m == nil {
+		return
+	}
+	if up {
+		m.sharedUp.Set(1)
+	} else {
+		m.sharedUp.Set(0)
+	}
+}
+
 func add(c prometheus.Counter, n int) {
 	if n > 0 {
 		c.Add(float64(n))

@@ -101,6 +101,17 @@ func (g *guardListener) run() {
 			go g.admitProxied(c)
 			continue
 		}
+		if pol.Shared != nil {
+			// Admission asks the shared store (a network round trip, up
+			// to its timeout when it is slow): not in this loop, or every
+			// client would wait for the one before it.
+			go func() {
+				if tc := g.admit(c); tc != nil {
+					g.deliver(tc)
+				}
+			}()
+			continue
+		}
 		if tc := g.admit(c); tc != nil {
 			g.deliver(tc)
 		}
@@ -144,7 +155,7 @@ func (g *guardListener) admit(c net.Conn) *trackedConn {
 	pol := g.srv.opts.Policy
 	ip := remoteIP(c.RemoteAddr())
 	now := time.Now()
-	done, refusal := pol.conns.admit(ip, now)
+	done, refusal := pol.conns.admit(g.srv.ctx, ip, now)
 	if refusal != nil {
 		pol.conns.release()
 		g.refuse(c, ip, refusal)

@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -79,6 +80,15 @@ type Policy struct {
 	// AuthThrottle, when set, slows and then refuses password guessing.
 	AuthThrottle *auth.Throttle
 
+	// Shared, when set, holds the per-user limits and the per-client
+	// connection rate for every server that shares it (limits.redis), so
+	// that a user's allowance is one across nodes rather than one per
+	// node. Whenever it fails, this Policy's own buckets decide, as
+	// without it: a shared store that is down weakens the limits to
+	// per-node ones and never refuses mail. The connections open at once
+	// are always counted per node: they end with the node's connections.
+	Shared SharedLimiter
+
 	once  sync.Once
 	conns *connLimiter
 	users *userLimiter
@@ -90,6 +100,45 @@ type Policy struct {
 type Rate struct {
 	N   int
 	Per time.Duration
+}
+
+// SharedLimiter is a rate limiter shared by several servers; relay/limits
+// implements it over Redis.
+type SharedLimiter interface {
+	// Allow spends n events of key's allowance (events per per, a token
+	// bucket as Rate's) and returns true, or spends nothing and returns
+	// false and how long until n events are available. An error means
+	// nothing was decided: the caller uses its own bucket. It must return
+	// within a fraction of a second, even when the store hangs: an SMTP
+	// reply waits for it. Keys are "scope:name" with any bytes in name
+	// (a user name, an address); the implementation makes them safe.
+	Allow(ctx context.Context, key string, events int, per time.Duration, n int) (ok bool, retryAfter time.Duration, err error)
+}
+
+// Keys of the shared buckets. The user name is folded as the local table
+// folds it, so that every node counts one user in one bucket.
+const (
+	sharedUserMessages   = "user-messages:"
+	sharedUserRecipients = "user-recipients:"
+	sharedIPConnections  = "ip-connections:"
+)
+
+// allowShared asks Shared for n events of r under key. decided is false
+// when there is no Shared or it failed: then the local bucket decides.
+func (p *Policy) allowShared(ctx context.Context, key string, r Rate, n int) (wait time.Duration, decided bool) {
+	if p.Shared == nil {
+		return 0, false
+	}
+	ok, wait, err := p.Shared.Allow(ctx, key, r.N, r.Per, n)
+	switch {
+	case err != nil:
+		return 0, false
+	case ok:
+		return 0, true
+	}
+	// Refused: a wait of at least a nanosecond, so that the caller sees
+	// a refusal even when the store rounds the wait to nothing.
+	return max(wait, time.Nanosecond), true
 }
 
 func (r Rate) on() bool { return r.N > 0 && r.Per > 0 }
@@ -188,12 +237,19 @@ func (c *connLimiter) release() {
 
 // admit applies the per-client limits to a new connection from ip. On
 // success, done must be called when the connection ends.
-func (c *connLimiter) admit(ip netip.Addr, now time.Time) (done func(), refusal *status.Error) {
+func (c *connLimiter) admit(ctx context.Context, ip netip.Addr, now time.Time) (done func(), refusal *status.Error) {
 	p := c.p
 	if p.IPConnections <= 0 && !p.IPConnectionRate.on() || inPrefixes(ip, p.LimitExempt) {
 		return func() {}, nil
 	}
 	key := clientKey(ip)
+	// The shared bucket is asked before the lock is taken: a slow store
+	// must not hold up the other clients' admissions.
+	var sharedWait time.Duration
+	sharedRate := false
+	if p.IPConnectionRate.on() {
+		sharedWait, sharedRate = p.allowShared(ctx, sharedIPConnections+key.String(), p.IPConnectionRate, 1)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.clients[key]
@@ -214,7 +270,12 @@ func (c *connLimiter) admit(ip netip.Addr, now time.Time) (done func(), refusal 
 	if p.IPConnections > 0 && st.open >= p.IPConnections {
 		return nil, errTooManyConns
 	}
-	if st.rate != nil && !st.rate.AllowN(now, 1) {
+	switch {
+	case sharedRate:
+		if sharedWait > 0 {
+			return nil, errConnRate
+		}
+	case st.rate != nil && !st.rate.AllowN(now, 1):
 		return nil, errConnRate
 	}
 	st.open++
@@ -255,13 +316,16 @@ type userState struct{ msgs, rcpts *rate.Limiter }
 // take spends one message (rcpt false) or one recipient (rcpt true) of
 // user's allowance and returns 0, or spends nothing and returns how long
 // until one is available.
-func (u *userLimiter) take(user string, rcpt bool, now time.Time) time.Duration {
-	r := u.p.UserMessages
+func (u *userLimiter) take(ctx context.Context, user string, rcpt bool, now time.Time) time.Duration {
+	r, shared := u.p.UserMessages, sharedUserMessages
 	if rcpt {
-		r = u.p.UserRecipients
+		r, shared = u.p.UserRecipients, sharedUserRecipients
 	}
 	if !r.on() {
 		return 0
+	}
+	if wait, decided := u.p.allowShared(ctx, shared+strings.ToLower(user), r, 1); decided {
+		return wait
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -287,8 +351,15 @@ func (u *userLimiter) take(user string, rcpt bool, now time.Time) time.Duration 
 // (-1: never, more recipients than the limit holds) and the limit that
 // stopped it, as the SMTP reply would name it. The buckets are the SMTP
 // listeners': a user has one allowance whichever way they send.
+//
+// With Shared, the message is spent first and stays spent when the
+// recipients are refused, as a MAIL that is answered 250 and then has its
+// RCPTs refused over SMTP (a shared store has no way to take back).
 func (p *Policy) TakeMessage(user string, rcpts int, now time.Time) (wait time.Duration, what, limit string) {
 	p.init()
+	if wait, what, limit, decided := p.takeShared(user, rcpts); decided {
+		return wait, what, limit
+	}
 	u := p.users
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -321,6 +392,38 @@ func (p *Policy) TakeMessage(user string, rcpts int, now time.Time) (wait time.D
 		done = append(done, res)
 	}
 	return 0, "", ""
+}
+
+// takeShared is TakeMessage through Shared; decided is false when there is
+// no Shared or it failed, and then the local buckets decide.
+func (p *Policy) takeShared(user string, rcpts int) (wait time.Duration, what, limit string, decided bool) {
+	if p.Shared == nil {
+		return 0, "", "", false
+	}
+	name := strings.ToLower(user)
+	for _, c := range []struct {
+		r    Rate
+		key  string
+		n    int
+		what string
+	}{{p.UserMessages, sharedUserMessages, 1, "Message"}, {p.UserRecipients, sharedUserRecipients, rcpts, "Recipient"}} {
+		if !c.r.on() || c.n == 0 {
+			continue
+		}
+		if c.n > c.r.N {
+			return -1, c.what, c.r.String(), true // never: more than the bucket holds
+		}
+		// The send API's request has no deadline of its own here; the
+		// store bounds each call.
+		d, ok := p.allowShared(context.Background(), c.key+name, c.r, c.n)
+		if !ok {
+			return 0, "", "", false
+		}
+		if d > 0 {
+			return d, c.what, c.r.String(), true
+		}
+	}
+	return 0, "", "", true
 }
 
 // state returns user's buckets, made when missing. u.mu is held.

@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"testing"
@@ -38,7 +39,7 @@ func TestLimitTablesBounded(t *testing.T) {
 	var dones []func()
 	for i := range 1000 {
 		ip := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
-		done, refusal := p.conns.admit(ip, now)
+		done, refusal := p.conns.admit(context.Background(), ip, now)
 		if refusal != nil {
 			t.Fatal(refusal)
 		}
@@ -47,7 +48,7 @@ func TestLimitTablesBounded(t *testing.T) {
 		} else {
 			done()
 		}
-		p.users.take(ip.String(), false, now)
+		p.users.take(context.Background(), ip.String(), false, now)
 	}
 	if c, u := p.tables(); c != 1000 || u != 1000 {
 		t.Fatalf("tables %d, %d before any sweep", c, u)
@@ -55,8 +56,8 @@ func TestLimitTablesBounded(t *testing.T) {
 	// A minute and a bit later the buckets are full again: one new client
 	// and one new user trigger the sweep.
 	now = now.Add(time.Hour + time.Minute)
-	p.conns.admit(netip.MustParseAddr("192.0.2.1"), now)
-	p.users.take("new", false, now)
+	p.conns.admit(context.Background(), netip.MustParseAddr("192.0.2.1"), now)
+	p.users.take(context.Background(), "new", false, now)
 	if c, u := p.tables(); c != 11 || u != 1 {
 		t.Errorf("tables %d, %d after the sweep; want 11 (10 open + 1 new), 1", c, u)
 	}
@@ -129,7 +130,7 @@ func TestTakeMessage(t *testing.T) {
 		t.Fatalf("fourth: %v %q, want the message limit", w, what)
 	}
 	// SMTP's RCPT draws from the same bucket.
-	if d := p.users.take("ALICE", true, now); d <= 0 {
+	if d := p.users.take(context.Background(), "ALICE", true, now); d <= 0 {
 		t.Errorf("the SMTP recipient bucket was not the API's")
 	}
 	if w, what, _ := p.TakeMessage("bob", 6, now); w != -1 || what != "Recipient" {

@@ -324,7 +324,7 @@ func (s *session) mail(from string) error {
 	// The message is counted here, so that a user over the limit hears it
 	// before sending the body.
 	if s.user != nil {
-		if wait := pol.users.take(s.user.Name, false, time.Now()); wait > 0 {
+		if wait := pol.users.take(s.srv.ctx, s.user.Name, false, time.Now()); wait > 0 {
 			s.log.Warn("message rate limit", zap.Duration("wait", wait))
 			return rateLimited("Message", pol.UserMessages, wait)
 		}
@@ -376,7 +376,7 @@ func (s *session) rcpt(to string) error {
 		return err
 	}
 	if s.user != nil {
-		if wait := pol.users.take(s.user.Name, true, time.Now()); wait > 0 {
+		if wait := pol.users.take(s.srv.ctx, s.user.Name, true, time.Now()); wait > 0 {
 			s.log.Warn("recipient rate limit", zap.Duration("wait", wait))
 			return rateLimited("Recipient", pol.UserRecipients, wait)
 		}
