@@ -75,6 +75,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/jackc/pgx/v5"
 
 	"postern/queue/postgres/pgtest"
 	"postern/relay/relaytest"
@@ -181,7 +182,11 @@ type benchSample struct {
 	// counts fsync and fdatasync calls per message on the whole machine
 	// (perf; the sink and the load generator make none). -1: unknown.
 	cpu   time.Duration
+	dbCPU time.Duration // the same for PostgreSQL's processes; -1: none
 	syncs float64
+	// pgTop, for a PostgreSQL cell, is where the database's time went:
+	// pg_stat_statements' busiest statements over the whole run.
+	pgTop string
 	err   error
 }
 
@@ -327,6 +332,17 @@ func TestBenchVsPostfix(t *testing.T) {
 		}
 	}
 
+	for _, r := range rows {
+		if !r.c.pg {
+			continue
+		}
+		for i := len(r.postern) - 1; i >= 0; i-- {
+			if r.postern[i].pgTop != "" {
+				fmt.Fprintf(&tbl, "\nWhere the PostgreSQL queue's time went in %q (pg_stat_statements, the last repetition, warm-up and latency runs included):\n\n%s", r.c.name, r.postern[i].pgTop)
+				break
+			}
+		}
+	}
 	report := e.header(o, plain, dkimCells, memCell) + tbl.String()
 	if len(errs) > 0 {
 		report += "\nFailed runs (left out of the medians):\n" + strings.Join(errs, "\n") + "\n"
@@ -718,6 +734,8 @@ type benchTarget struct {
 	// pids are the processes whose CPU time (theirs, their descendants'
 	// and their reaped children's) is the system's.
 	pids func() []int
+	// dbPids, for a PostgreSQL cell, are the database server's.
+	dbPids func() []int
 }
 
 // runPostern runs one cell against a fresh postern process.
@@ -729,9 +747,12 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 		"Selector": "s1", "KeyFile": e.posternKeys[c.dkim], "DSNFile": "",
 	}
 	var pgProcs func() []int
+	var dsn string
 	if c.pg {
+		dsn = pgtest.DB(e.t)
+		benchPGExec(e.t, dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 		dsnFile := filepath.Join(dir, "dsn")
-		if err := os.WriteFile(dsnFile, []byte(pgtest.DB(e.t)), 0o600); err != nil {
+		if err := os.WriteFile(dsnFile, []byte(dsn), 0o600); err != nil {
 			e.t.Fatal(err)
 		}
 		data["DSNFile"] = dsnFile
@@ -755,13 +776,7 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 	p := e.start("postern", cmd, syscall.SIGKILL, false)
 	defer p.stop()
 	tg := benchTarget{name: "postern", addr: data["Listen"].(string), proc: p, logTip: logf.Name(),
-		pids: func() []int {
-			pids := []int{p.cmd.Process.Pid}
-			if pgProcs != nil {
-				pids = append(pids, pgProcs()...)
-			}
-			return pids
-		}}
+		pids: func() []int { return []int{p.cmd.Process.Pid} }, dbPids: pgProcs}
 	if err := waitGreeting(tg.addr, 30*time.Second, p.exited); err != nil {
 		return benchSample{err: fmt.Errorf("postern did not start: %v (log %s)", err, benchTail(logf.Name()))}
 	}
@@ -769,7 +784,57 @@ func (e *benchEnv) runPostern(c benchCell) benchSample {
 	if s.err == nil {
 		s.rssKiB = benchVmHWM(p.cmd.Process.Pid)
 	}
+	if dsn != "" && s.err == nil {
+		s.pgTop = benchPGTop(e.t, dsn, c.msgs)
+	}
 	return s
+}
+
+func benchPGExec(t *testing.T, dsn, sql string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// benchPGTop lists the statements the database spent most time on in
+// this run's database, per message of the measured run.
+func benchPGTop(t *testing.T, dsn string, msgs int) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err.Error()
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT calls, total_exec_time, mean_exec_time, regexp_replace(query, '\s+', ' ', 'g')
+		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+		ORDER BY total_exec_time DESC LIMIT 8`)
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	var b strings.Builder
+	b.WriteString("| calls | total ms | mean ms | statement |\n|---:|---:|---:|---|\n")
+	for rows.Next() {
+		var calls int64
+		var total, mean float64
+		var q string
+		if err := rows.Scan(&calls, &total, &mean, &q); err != nil {
+			return err.Error()
+		}
+		if len(q) > 90 {
+			q = q[:90] + "…"
+		}
+		fmt.Fprintf(&b, "| %d | %.0f | %.3f | `%s` |\n", calls, total, mean, strings.ReplaceAll(q, "|", "\\|"))
+	}
+	return b.String()
 }
 
 // benchPostfix is a running Postfix instance (and its OpenDKIM and
@@ -933,9 +998,9 @@ func (e *benchEnv) measure(tg benchTarget, c benchCell) benchSample {
 		return fail("warm-up: the sink counted %d messages, waiting for more", e.sink.counted())
 	}
 
-	s := benchSample{cpu: -1, syncs: -1}
+	s := benchSample{cpu: -1, dbCPU: -1, syncs: -1}
 	arrived = e.sink.expect(c.msgs)
-	cpu0 := benchCPUTime(tg.pids)
+	cpu0, db0 := benchCPUTime(tg.pids), benchCPUTime(tg.dbPids)
 	syncs := benchStartSyncCount(e.dir("perf"))
 	start := time.Now()
 	accepted, err := benchSmtpSource(tg.addr, c.sessions, c.msgs, c.size)
@@ -957,6 +1022,11 @@ func (e *benchEnv) measure(tg benchTarget, c benchCell) benchSample {
 	if cpu0 >= 0 {
 		if cpu1 := benchCPUTime(tg.pids); cpu1 >= 0 {
 			s.cpu = (cpu1 - cpu0) / time.Duration(c.msgs)
+		}
+	}
+	if db0 >= 0 {
+		if db1 := benchCPUTime(tg.dbPids); db1 >= 0 {
+			s.dbCPU = (db1 - db0) / time.Duration(c.msgs)
 		}
 	}
 
@@ -1283,16 +1353,23 @@ func benchStartSyncCount(dir string) func() int64 {
 }
 
 func benchCPUPerMsg(ss []benchSample) string {
-	var v []time.Duration
+	var v, db []time.Duration
 	for _, s := range ss {
 		if s.err == nil && s.cpu >= 0 {
 			v = append(v, s.cpu)
+		}
+		if s.err == nil && s.dbCPU >= 0 {
+			db = append(db, s.dbCPU)
 		}
 	}
 	if len(v) == 0 {
 		return "–"
 	}
-	return fmt.Sprintf("%d µs", benchMedian(v).Microseconds())
+	out := fmt.Sprintf("%d µs", benchMedian(v).Microseconds())
+	if len(db) > 0 {
+		out += fmt.Sprintf(" + %d µs PostgreSQL", benchMedian(db).Microseconds())
+	}
+	return out
 }
 
 func benchSyncs(ss []benchSample) string {
