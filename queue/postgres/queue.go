@@ -518,9 +518,21 @@ func (q *Queue) Close(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			q.cancel()
-			q.closeErr = fmt.Errorf("queue: %d deliveries still in flight at close; their leases expire", q.busy.Load())
+			q.closeErr = fmt.Errorf("queue: %d deliveries cut off at close", q.busy.Load())
 			<-done
 		}
+		// No worker of this node runs now: what it still holds (attempts
+		// cut off, results that could not be recorded) is given back at
+		// once rather than when the leases end. Its recipients keep their
+		// next attempts.
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if tag, err := q.pool.Exec(rctx, `UPDATE postern_messages SET due = $2, lease_owner = NULL, lease_token = NULL
+			WHERE lease_owner = $1`, q.node, q.clock()); err != nil {
+			q.log.Warn("give back leases at close (they expire instead)", slog.Any("error", err))
+		} else if n := tag.RowsAffected(); n > 0 {
+			q.log.Info("leases given back at close", slog.Int64("messages", n))
+		}
+		rcancel()
 		q.cancel()
 		q.pool.Close()
 	})

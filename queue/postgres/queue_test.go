@@ -501,3 +501,25 @@ func TestHoldReleaseWhileLeased(t *testing.T) {
 		t.Errorf("held message: %v, %v", m, err)
 	}
 }
+
+// A node that stops with an attempt cut off gives the message back at
+// once: another node delivers it without waiting for the lease to end.
+func TestCloseGivesLeasesBack(t *testing.T) {
+	dsn := pgtest.DB(t)
+	stuck := &recorder{block: make(chan struct{})}
+	a := open(t, dsn, Options{Deliverer: stuck, Node: "a", Lease: time.Hour, Retry: queue.Retry{Initial: 50 * time.Millisecond}})
+	a.Start()
+	enqueue(t, a, "s@src.test", "x\r\n", "r@dst.test")
+	eventually(t, "the attempt under way", func() bool {
+		var n int
+		a.pool.QueryRow(context.Background(), `SELECT count(*) FROM postern_messages WHERE lease_owner = 'a'`).Scan(&n)
+		return n == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	a.Close(ctx) // the attempt is cut off: its result is not recorded
+	cancel()
+	rec := &recorder{}
+	b := open(t, dsn, Options{Deliverer: rec, Node: "b", Lease: time.Hour})
+	b.Start()
+	eventually(t, "delivery by b long before a's hour-long lease", func() bool { return rec.count() == 1 })
+}
