@@ -1,0 +1,139 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"postern/relay/relaytest"
+)
+
+// TestDrainDeliversThenExits runs the real `postern drain` against a
+// daemon with work left: one delivery in flight (the MX holds its reply),
+// four more due but held back by the destination's rate (one message
+// every 2s), and a message to another domain deferred for an hour. While
+// the drain waits, /readyz answers 503 and new SMTP connections are
+// refused; the due messages go out as the rate allows, the daemon exits 0
+// once nothing is in flight or due, and postern drain says the deferred
+// message stayed in the local queue.
+func TestDrainDeliversThenExits(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.2")
+	w.mx("later.test", "127.0.2.3")
+	rcv := w.receiver("127.0.2.2")
+	later := w.receiver("127.0.2.3")
+	later.FailNext(relaytest.CmdRCPT, 451, "4.3.0 try again in an hour", -1)
+	held, release := rcv.HoldNextReply()
+	defer release()
+	cfg := w.config()
+	cfg.Admin = freeAddr(t)
+	cfg.RetryInitial, cfg.RetryMax = "1h", "1h"
+	in := newInstance(t, cfg)
+	secOverride(t, in, "delivery: {shaping: {default: {rate: 1/2s}}}")
+	in.start()
+
+	deferredID := relayOne(t, in, "carol@later.test")
+	in.waitLog(20*time.Second, hasID(deferredID, "deferred"))
+	const n = 5
+	for range n {
+		relayOne(t, in, "bob@dest.test")
+	}
+	select {
+	case <-held: // the first delivery is in flight; the other four wait
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no delivery reached the MX\n%s", in.logs.String())
+	}
+
+	drain := exec.Command(binPath, "drain", "--timeout", "1m", "--config", in.cfgPath)
+	out := &logBuffer{} // written by exec's copying goroutine, read here
+	drain.Stdout, drain.Stderr = out, out
+	if err := drain.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var drainErr error
+	drained := make(chan struct{})
+	go func() { drainErr = drain.Wait(); close(drained) }()
+	t.Cleanup(func() { drain.Process.Kill(); <-drained })
+
+	// The load balancer's check fails at once, while the delivery is
+	// still held.
+	readyz := "http://" + cfg.Admin + "/readyz"
+	waitFor(t, 10*time.Second, "/readyz to answer 503", func() bool {
+		resp, err := http.Get(readyz)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	// New SMTP connections are refused: the listener is closed.
+	waitFor(t, 10*time.Second, "the relay listener to refuse connections", func() bool {
+		c, err := net.DialTimeout("tcp", in.cfg.Relay, time.Second)
+		if err == nil {
+			c.Close()
+			return false
+		}
+		return errors.Is(err, syscall.ECONNREFUSED)
+	})
+	// Work is left: the held delivery, and messages the rate holds back.
+	if got := len(in.logs.all(func(e logEntry) bool { return e.isMsg("delivered") })); got >= n {
+		t.Fatalf("%d messages delivered before the drain began; want some left\n%s", got, in.logs.String())
+	}
+	select {
+	case <-drained:
+		t.Fatalf("postern drain ended (%v) while a delivery was in flight:\n%s", drainErr, out.String())
+	case <-in.done:
+		t.Fatalf("postern exited while a delivery was in flight:\n%s", in.logs.String())
+	default:
+	}
+
+	release()
+	select {
+	case <-drained:
+		if drainErr != nil {
+			t.Fatalf("postern drain: %v\n%s\n%s", drainErr, out.String(), in.logs.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("postern drain did not return:\n%s\n%s", out.String(), in.logs.String())
+	}
+	select {
+	case <-in.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("postern did not exit after the drain:\n%s", in.logs.String())
+	}
+	in.cmd = nil
+	if in.exitErr != nil {
+		t.Fatalf("postern exited with %v after the drain:\n%s", in.exitErr, in.logs.String())
+	}
+	if got := len(rcv.Messages()); got != n {
+		t.Errorf("the MX got %d messages, want %d", got, n)
+	}
+	last := in.waitLog(time.Second, func(e logEntry) bool { return e.isMsg("drained: nothing in flight or due; stopping") })
+	if last["queued"] != 0.0 || last["deferred"] != 1.0 {
+		t.Errorf("the daemon drained with %v queued and %v deferred, want 0 and 1", last["queued"], last["deferred"])
+	}
+	t.Logf("postern drain printed:\n%s", out.String())
+	if s := out.String(); !strings.Contains(s, "stopped after") ||
+		!strings.Contains(s, "left in its queue at the last look: 1 deferred, 0 held") {
+		t.Errorf("postern drain printed:\n%s", s)
+	}
+}
+
+// waitFor polls cond every 50 ms until it holds, or fails the test after
+// timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
