@@ -50,16 +50,7 @@ func TestDrainDeliversThenExits(t *testing.T) {
 		t.Fatalf("no delivery reached the MX\n%s", in.logs.String())
 	}
 
-	drain := exec.Command(binPath, "drain", "--timeout", "1m", "--config", in.cfgPath)
-	out := &logBuffer{} // written by exec's copying goroutine, read here
-	drain.Stdout, drain.Stderr = out, out
-	if err := drain.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var drainErr error
-	drained := make(chan struct{})
-	go func() { drainErr = drain.Wait(); close(drained) }()
-	t.Cleanup(func() { drain.Process.Kill(); <-drained })
+	drain := startDrain(t, in, "1m")
 
 	// The load balancer's check fails at once, while the delivery is
 	// still held.
@@ -86,21 +77,61 @@ func TestDrainDeliversThenExits(t *testing.T) {
 		t.Fatalf("%d messages delivered before the drain began; want some left\n%s", got, in.logs.String())
 	}
 	select {
-	case <-drained:
-		t.Fatalf("postern drain ended (%v) while a delivery was in flight:\n%s", drainErr, out.String())
+	case <-drain.done:
+		t.Fatalf("postern drain ended (%v) while a delivery was in flight:\n%s", drain.err, drain.out.String())
 	case <-in.done:
 		t.Fatalf("postern exited while a delivery was in flight:\n%s", in.logs.String())
 	default:
 	}
 
 	release()
+	drain.wait(t, in)
+	if got := len(rcv.Messages()); got != n {
+		t.Errorf("the MX got %d messages, want %d", got, n)
+	}
+	last := in.waitLog(time.Second, func(e logEntry) bool { return e.isMsg("drained: nothing in flight or due; stopping") })
+	if last["queued"] != 0.0 || last["deferred"] != 1.0 {
+		t.Errorf("the daemon drained with %v queued and %v deferred, want 0 and 1", last["queued"], last["deferred"])
+	}
+	t.Logf("postern drain printed:\n%s", drain.out.String())
+	if s := drain.out.String(); !strings.Contains(s, "stopped after") ||
+		!strings.Contains(s, "left in its queue at the last look: 1 deferred, 0 held") {
+		t.Errorf("postern drain printed:\n%s", s)
+	}
+}
+
+// drainRun is `postern drain` run in the background.
+type drainRun struct {
+	out  *logBuffer // written by exec's copying goroutine
+	done chan struct{}
+	err  error // once done is closed
+}
+
+// startDrain runs `postern drain --timeout timeout` against in; the
+// test's end kills it if it still runs.
+func startDrain(t testing.TB, in *instance, timeout string) *drainRun {
+	t.Helper()
+	d := &drainRun{out: &logBuffer{}, done: make(chan struct{})}
+	cmd := exec.Command(binPath, "drain", "--timeout", timeout, "--config", in.cfgPath)
+	cmd.Stdout, cmd.Stderr = d.out, d.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-d.done })
+	return d
+}
+
+// wait waits for postern drain to succeed, and for in to exit 0.
+func (d *drainRun) wait(t testing.TB, in *instance) {
+	t.Helper()
 	select {
-	case <-drained:
-		if drainErr != nil {
-			t.Fatalf("postern drain: %v\n%s\n%s", drainErr, out.String(), in.logs.String())
-		}
+	case <-d.done:
 	case <-time.After(60 * time.Second):
-		t.Fatalf("postern drain did not return:\n%s\n%s", out.String(), in.logs.String())
+		t.Fatalf("postern drain did not return:\n%s\n%s", d.out.String(), in.logs.String())
+	}
+	if d.err != nil {
+		t.Fatalf("postern drain: %v\n%s\n%s", d.err, d.out.String(), in.logs.String())
 	}
 	select {
 	case <-in.done:
@@ -110,18 +141,6 @@ func TestDrainDeliversThenExits(t *testing.T) {
 	in.cmd = nil
 	if in.exitErr != nil {
 		t.Fatalf("postern exited with %v after the drain:\n%s", in.exitErr, in.logs.String())
-	}
-	if got := len(rcv.Messages()); got != n {
-		t.Errorf("the MX got %d messages, want %d", got, n)
-	}
-	last := in.waitLog(time.Second, func(e logEntry) bool { return e.isMsg("drained: nothing in flight or due; stopping") })
-	if last["queued"] != 0.0 || last["deferred"] != 1.0 {
-		t.Errorf("the daemon drained with %v queued and %v deferred, want 0 and 1", last["queued"], last["deferred"])
-	}
-	t.Logf("postern drain printed:\n%s", out.String())
-	if s := out.String(); !strings.Contains(s, "stopped after") ||
-		!strings.Contains(s, "left in its queue at the last look: 1 deferred, 0 held") {
-		t.Errorf("postern drain printed:\n%s", s)
 	}
 }
 
