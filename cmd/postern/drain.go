@@ -100,7 +100,9 @@ const drainPoll = 100 * time.Millisecond
 //     in flight finish, and whatever is due now, or comes due before the
 //     deadline, is attempted, until nothing is in flight or due. What is
 //     deferred past that stays in the queue: with the embedded bbolt
-//     queue, on this node's disk until it starts again.
+//     queue, on this node's disk until it starts again. (With a queue
+//     shared by a fleet, "nothing due" would wait on everyone's mail: a
+//     shared backend should wait for the attempts in flight only.)
 //  4. At the deadline, or on SIGTERM or SIGINT meanwhile, shutdown runs
 //     (which stops the queue and gives attempts still in flight
 //     shutdown_timeout to end).
