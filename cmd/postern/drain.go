@@ -97,8 +97,8 @@ const drainPoll = 100 * time.Millisecond
 //     /readyz, the status and postern drain's wait. The maildrop's pickup
 //     goes on: its drops are already on this node's disk.
 //  3. Unlike SIGTERM's shutdown, the queue goes on delivering: the attempts
-//     in flight finish, and whatever is due now, or comes due before the
-//     deadline, is attempted, until nothing is in flight or due. What is
+//     in flight finish, and whatever is due (or comes due while they run)
+//     is attempted, until nothing is in flight or due. What is
 //     deferred past that stays in the queue: with the embedded bbolt
 //     queue, on this node's disk until it starts again. (With a queue
 //     shared by a fleet, "nothing due" would wait on everyone's mail: a
