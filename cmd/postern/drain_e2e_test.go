@@ -15,12 +15,13 @@ import (
 
 // TestDrainDeliversThenExits runs the real `postern drain` against a
 // daemon with work left: one delivery in flight (the MX holds its reply),
-// four more due but held back by the destination's rate (one message
-// every 2s), and a message to another domain deferred for an hour. While
-// the drain waits, /readyz answers 503 and new SMTP connections are
-// refused; the due messages go out as the rate allows, the daemon exits 0
-// once nothing is in flight or due, and postern drain says the deferred
-// message stayed in the local queue.
+// three more due but held back by the destination's rate (one message
+// every 2s), a message to another domain deferred for an hour, and a
+// client in the middle of a transaction. While the drain waits, /readyz
+// answers 503 and new SMTP connections are refused, but the client's
+// message is accepted; the due messages, the client's among them, go out
+// as the rate allows, the daemon exits 0 once nothing is in flight or due,
+// and postern drain says the deferred message stayed in the local queue.
 func TestDrainDeliversThenExits(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
@@ -40,14 +41,21 @@ func TestDrainDeliversThenExits(t *testing.T) {
 
 	deferredID := relayOne(t, in, "carol@later.test")
 	in.waitLog(20*time.Second, hasID(deferredID, "deferred"))
-	const n = 5
+	const n = 4
 	for range n {
 		relayOne(t, in, "bob@dest.test")
 	}
 	select {
-	case <-held: // the first delivery is in flight; the other four wait
+	case <-held: // the first delivery is in flight; the others wait
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no delivery reached the MX\n%s", in.logs.String())
+	}
+	client := dial(t, in.cfg.Relay)
+	client.cmd("EHLO client.test")
+	client.cmd("MAIL FROM:<app@example.test>")
+	client.cmd("RCPT TO:<bob@dest.test>")
+	if r := client.cmd("DATA"); !strings.HasPrefix(r, "354") {
+		t.Fatalf("DATA: %q", r)
 	}
 
 	drain := startDrain(t, in, "1m")
@@ -72,6 +80,10 @@ func TestDrainDeliversThenExits(t *testing.T) {
 		}
 		return errors.Is(err, syscall.ECONNREFUSED)
 	})
+	// The transaction in progress is let finish.
+	if r := client.cmd("Subject: in progress\r\n\r\nsent while the node drains\r\n."); !strings.HasPrefix(r, "250 ") {
+		t.Errorf("the message of a session in progress: %q, want 250", r)
+	}
 	// Work is left: the held delivery, and messages the rate holds back.
 	if got := len(in.logs.all(func(e logEntry) bool { return e.isMsg("delivered") })); got >= n {
 		t.Fatalf("%d messages delivered before the drain began; want some left\n%s", got, in.logs.String())
@@ -86,8 +98,8 @@ func TestDrainDeliversThenExits(t *testing.T) {
 
 	release()
 	drain.wait(t, in)
-	if got := len(rcv.Messages()); got != n {
-		t.Errorf("the MX got %d messages, want %d", got, n)
+	if got := len(rcv.Messages()); got != n+1 {
+		t.Errorf("the MX got %d messages, want %d", got, n+1)
 	}
 	last := in.waitLog(time.Second, func(e logEntry) bool { return e.isMsg("drained: nothing in flight or due; stopping") })
 	if last["queued"] != 0.0 || last["deferred"] != 1.0 {
