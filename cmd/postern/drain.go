@@ -5,6 +5,12 @@ package main
 // waiting on it that another node could have taken. The daemon's half is
 // (*server).drain, started through the admin API (POST /api/drain); the
 // command's half is cmdDrain, which asks for it and waits for the exit.
+//
+// There is no drain signal (SIGUSR2, say): the admin API carries the
+// timeout, takes the same token as every other change an operator makes,
+// reports the drain's progress, and reaches a daemon in a container from
+// outside its PID namespace. A node without listen.admin cannot be
+// drained; SIGTERM still stops it in order.
 
 import (
 	"context"
