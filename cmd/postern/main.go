@@ -58,6 +58,9 @@ Usage:
                                            exit 0 all well, 1 errors, 2 warnings only
   postern sendmail [FLAGS] [RCPT...]       sendmail's interface: submit standard input
   postern mailq          [--config FILE]   print the queue (as postern queue list)
+  postern drain [--timeout 5m] [--config FILE]   stop taking mail, deliver what is due, exit;
+                                           with bbolt, deferred mail stays in the local queue
+                                           (postern drain -h tells more)
   postern version
 
 --config: a YAML file, or "builtin" for the built-in default. Without it,
@@ -182,6 +185,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cmdDoctor(rest, stdout)
 	case "sendmail":
 		return cmdSendmail(rest, stdin, stdout, stderr)
+	case "drain":
+		return cmdDrain(rest, stdout)
 	case "mailq":
 		return cmdQueue("list", rest, stdout, stderr)
 	case "version", "--version", "-version":

@@ -283,14 +283,7 @@ func dialAddr(listen string) string {
 // becomes one line for the operator; id, if not "", names the message a 404
 // is about.
 func (c *adminClient) call(method, path, id string) ([]byte, error) {
-	req, err := http.NewRequest(method, c.base+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.do(method, path)
 	if err != nil {
 		// url.Error repeats the method and URL; the cause is enough.
 		var ue *url.Error
@@ -324,6 +317,19 @@ func (c *adminClient) call(method, path, id string) ([]byte, error) {
 		msg = resp.Status
 	}
 	return nil, exitError{exitFail, "postern: " + msg}
+}
+
+// do sends one request with the token, and returns the transport's error
+// as it is.
+func (c *adminClient) do(method, path string) (*http.Response, error) {
+	req, err := http.NewRequest(method, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return c.http.Do(req)
 }
 
 // get GETs path (id, if not "", names the message a 404 is about) and

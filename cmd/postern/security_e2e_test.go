@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"postern/relay/relaytest"
 )
 
 // secOverride merges YAML into the instance's config file (maps merge key
@@ -644,13 +646,6 @@ func TestIdleConnectionsE2E(t *testing.T) {
 // client, and the proxy's own connections must carry a header.
 func TestHAProxyE2E(t *testing.T) {
 	t.Parallel()
-	haproxy, err := exec.LookPath("haproxy")
-	if err != nil {
-		haproxy = "/usr/sbin/haproxy"
-	}
-	if _, err := os.Stat(haproxy); err != nil {
-		t.Fatal("haproxy (Debian package haproxy) is not installed: run `make deps`")
-	}
 	w := newWorld(t)
 	w.mx("dest.test", "127.0.2.2")
 	rcv := w.receiver("127.0.2.2")
@@ -660,40 +655,9 @@ func TestHAProxyE2E(t *testing.T) {
 	secOverride(t, in, `listen_proxy_protocol_from: ["127.0.0.1"]`)
 	in.start()
 
-	front := freeAddr(t)
-	hcfg := filepath.Join(t.TempDir(), "haproxy.cfg")
-	os.WriteFile(hcfg, []byte(fmt.Sprintf(`global
-  maxconn 100
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend smtp
-  bind %s
-  default_backend postern
-backend postern
-  server postern %s send-proxy-v2
-`, front, in.cfg.Relay)), 0o600)
-	hp := exec.Command(haproxy, "-db", "-f", hcfg)
-	var hlog strings.Builder
-	hp.Stdout, hp.Stderr = &hlog, &hlog
-	if err := hp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hp.Process.Kill(); hp.Wait() })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("tcp", front)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("haproxy did not listen: %v\n%s", err, hlog.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	front := relaytest.NewHAProxy(t, relaytest.HAProxyOptions{
+		Listen: freeAddr(t), Backends: []relaytest.HAProxyBackend{{SMTP: in.cfg.Relay}},
+	}).Addr
 
 	// 127.0.0.5 is trusted: through the proxy, postern must know it.
 	c := secDial(t, "127.0.0.5", front, false)

@@ -139,14 +139,16 @@ type server struct {
 	// webhooks posts the queue's events; it stops before the queue
 	// closes.
 	webhooks *webhooks.Manager
-	// ready is true between start-up and the beginning of shutdown
-	// (/readyz).
+	// ready is true between start-up and the beginning of shutdown or
+	// of a drain (/readyz).
 	ready atomic.Bool
-	wg    sync.WaitGroup
+	// drainer is postern drain's state (drain.go).
+	drainer *drainState
+	wg      sync.WaitGroup
 }
 
 func serve(cfg *configs.Config, log *zap.Logger) error {
-	s := &server{cfg: cfg, log: log}
+	s := &server{cfg: cfg, log: log, drainer: newDrainState()}
 	logEffectiveConfig(cfg, log)
 
 	// Search permission for others (o+x, no r): local users' sendmail
@@ -363,7 +365,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 			Handler: httpapi.NewHandler(httpapi.Options{
 				Queue: s.queue, Suppressions: s.queue, Webhooks: s.queue, Token: adminToken, Ready: s.readiness, Metrics: s.metrics.Handler(), Logger: log,
 				Listen: cfg.Listen.Admin, AllowedHosts: cfg.Admin.AllowedHosts, Hostname: cfg.Hostname,
-				Destinations: dests,
+				Destinations: dests, Drainer: s,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			WriteTimeout:      30 * time.Second,
@@ -478,13 +480,19 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 		}
 	}
 	notify("READY=1")
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			s.reload()
-			continue
+	for stop := false; !stop; {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				s.reload()
+				continue
+			}
+			log.Info("stopping", zap.Stringer("signal", sig))
+			stop = true
+		case <-s.drainer.requested: // postern drain, through the admin API
+			notify("STOPPING=1")
+			return s.drain(sigs)
 		}
-		log.Info("stopping", zap.Stringer("signal", sig))
-		break
 	}
 	notify("STOPPING=1")
 	return s.shutdown()
@@ -690,6 +698,9 @@ func (s *server) authenticator() smtpd.Authenticator {
 
 // readiness is /readyz: listeners up and the queue open.
 func (s *server) readiness() error {
+	if s.draining() {
+		return errors.New("draining")
+	}
 	if !s.ready.Load() {
 		return errors.New("starting or shutting down")
 	}

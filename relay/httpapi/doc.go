@@ -45,6 +45,11 @@
 //	DELETE /api/suppressions/{addr}?user=U     let mail to addr through again
 //	GET    /api/destinations         how each destination and provider is
 //	                                 shaped: JSON array of queue.Destination
+//	POST   /api/drain?timeout=D      stop taking mail, deliver what is due
+//	                                 (for at most D, 5m by default), exit:
+//	                                 202 with the drain's status
+//	GET    /api/drain                the drain's status (draining, in_flight,
+//	                                 due, queued, deferred, held)
 //	GET    /metrics                  Prometheus text exposition
 //	GET    /healthz                  200 "ok" while the process serves HTTP
 //	GET    /readyz                   200 when Options.Ready returns nil, else 503

@@ -59,6 +59,7 @@ func (h *handler) api() http.Handler {
 	api.Handle("/api/queue/{id}/{action}", methods(h.action, http.MethodPost))
 	h.mountSuppressions(api)
 	api.Handle("/api/webhooks", methods(h.webhooks, http.MethodGet))
+	h.mountDrain(api)
 	api.HandleFunc("/", notFound)
 	return api
 }

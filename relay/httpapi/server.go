@@ -36,6 +36,8 @@ type Options struct {
 	Metrics http.Handler
 	// Destinations serves /api/destinations; nil answers an empty list.
 	Destinations Destinations
+	// Drainer serves /api/drain (token required); nil answers 404 there.
+	Drainer Drainer
 	// Logger receives one line per mutating action and per refused
 	// token; nil discards them.
 	Logger *zap.Logger
@@ -59,6 +61,7 @@ type handler struct {
 	sups  Suppressions // nil: no /api/suppressions
 	wh    Webhooks     // nil: no /api/webhooks
 	dests Destinations
+	drain Drainer            // nil: no /api/drain
 	token *[sha256.Size]byte // nil: no token required
 	ready func() error
 	m     http.Handler
@@ -73,7 +76,7 @@ func NewHandler(opts Options) http.Handler {
 	if opts.Queue == nil {
 		panic("httpapi: NewHandler without Options.Queue")
 	}
-	h := &handler{q: opts.Queue, sups: opts.Suppressions, wh: opts.Webhooks, dests: opts.Destinations, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
+	h := &handler{q: opts.Queue, sups: opts.Suppressions, wh: opts.Webhooks, dests: opts.Destinations, drain: opts.Drainer, ready: opts.Ready, m: opts.Metrics, log: opts.Logger}
 	if opts.Token != "" {
 		sum := sha256.Sum256([]byte(opts.Token))
 		h.token = &sum

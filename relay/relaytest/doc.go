@@ -4,8 +4,10 @@
 // messages, and the commands in the order and grouping they arrived in, to
 // count a client's round trips), hide extensions on request, and fail
 // on command (and, as smarthosts, may require AUTH and record the
-// credentials they were given), self-signed certificates, and free
-// loopback ports.
+// credentials they were given), self-signed certificates, free loopback
+// ports, and real programs run as child processes: Let's Encrypt's Pebble
+// (ACME) and HAProxy in front of a fleet of SMTP servers (PROXY v2, with
+// /readyz health checks).
 //
 // Everything listens on loopback addresses only (127.0.0.0/8, ::1) and is
 // stopped by t.Cleanup, so a test never leaves a peer behind and never sends
