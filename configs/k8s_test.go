@@ -67,15 +67,10 @@ func readManifest(t *testing.T, path string) []k8sObject {
 	}
 }
 
-// newKeys are the config keys other branches are adding (the PostgreSQL
-// queue, the Redis limits). Until they are merged, the loader reports them
-// as unknown, and nothing else may be wrong with a config that uses them.
-var newKeys = []string{"queue", "limits.redis"}
-
 // TestK8sManifests parses every manifest in k8s/ and checks what ties its
 // parts together: each document is a Kubernetes object; the postern
-// config in each ConfigMap loads (the PostgreSQL one up to the keys still
-// to come, which must be there); each workload probes /readyz and
+// config in each ConfigMap loads and passes validation whole (the
+// PostgreSQL one with its secrets in place); each workload probes /readyz and
 // /healthz on the admin listener, drains in its preStop hook within its
 // grace period, reads that ConfigMap, and mounts every file the config
 // names; the Service's ports are the workloads' SMTP listeners.
@@ -260,66 +255,49 @@ func mapValues(m map[string]string) func(func(string) bool) {
 	}
 }
 
-// loadK8sConfig loads a ConfigMap's postern config. One that uses the
-// keys still to be merged (newKeys) must have them all, and no other
-// problem; the others must load as they are. files are the new keys'
-// file paths, by key.
+// loadK8sConfig loads a ConfigMap's postern config, whole. The secrets
+// a shared-queue config names (queue.postgres.dsn_file,
+// limits.redis.password_file) are mounted from a Secret in the cluster:
+// here each is a file of the test's with a placeholder, at the same
+// place in the config. files are those paths as the manifest gives them,
+// by key.
 func loadK8sConfig(t *testing.T, name, text string) (cfg *Config, files map[string]string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "postern.yaml")
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir := t.TempDir()
 	var raw map[string]any
 	if err := yaml.Unmarshal([]byte(text), &raw); err != nil {
 		t.Fatalf("ConfigMap %s: %v", name, err)
 	}
-	cfg, err := Load(path)
 	files = map[string]string{}
-	if dig(raw, "queue") == nil && dig(raw, "limits", "redis") == nil {
-		if err != nil {
-			t.Fatalf("ConfigMap %s: %v", name, err)
+	if dig(raw, "queue") != nil || dig(raw, "limits", "redis") != nil {
+		if got := digString(raw, "queue", "backend"); got != "postgres" {
+			t.Errorf("ConfigMap %s: queue.backend is %q, want postgres", name, got)
 		}
-		return cfg, files
-	}
-
-	// The shared queue and limits: the keys are all there...
-	if got := digString(raw, "queue", "backend"); got != "postgres" {
-		t.Errorf("ConfigMap %s: queue.backend is %q, want postgres", name, got)
-	}
-	for _, key := range [][]any{{"queue", "postgres", "dsn_file"}, {"queue", "postgres", "lease"}, {"limits", "redis", "address"}, {"limits", "redis", "password_file"}} {
-		v := digString(raw, key...)
-		if v == "" {
-			t.Errorf("ConfigMap %s: %v is missing", name, key)
-		}
-		if k := key[len(key)-1]; k == "dsn_file" || k == "password_file" {
+		for _, key := range [][]any{{"queue", "postgres", "dsn_file"}, {"queue", "postgres", "lease"}, {"limits", "redis", "address"}, {"limits", "redis", "password_file"}} {
+			v := digString(raw, key...)
+			if v == "" {
+				t.Errorf("ConfigMap %s: %v is missing", name, key)
+				continue
+			}
+			k := key[len(key)-1]
+			if k != "dsn_file" && k != "password_file" {
+				continue
+			}
 			files[strings.Trim(strings.ReplaceAll(fmt.Sprint(key), " ", "."), "[]")] = v
+			local := filepath.Join(dir, fmt.Sprint(k))
+			if err := os.WriteFile(local, []byte("postgres://postern:placeholder@db:5432/postern\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			text = strings.ReplaceAll(text, v, local)
 		}
 	}
-	// ...and nothing else is wrong. (Once the keys are merged, the
-	// loader stops reporting them: this then checks the whole config.)
-	var errs Errors
-	if err != nil && !errors.As(err, &errs) {
-		t.Fatalf("ConfigMap %s: %v", name, err)
-	}
-	for _, e := range errs {
-		if !slices.ContainsFunc(newKeys, func(k string) bool { return e.Key == k || strings.HasPrefix(e.Key, k+".") }) {
-			t.Errorf("ConfigMap %s: %v", name, e)
-		}
-	}
-	// Load gives no config with errors: the rest of the checks read
-	// the config without the new keys, which loads in full.
-	delete(raw, "queue")
-	if limits, ok := raw["limits"].(map[string]any); ok {
-		delete(limits, "redis")
-	}
-	rest, _ := yaml.Marshal(raw)
-	if err := os.WriteFile(path, rest, 0o600); err != nil {
+	path := filepath.Join(dir, "postern.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err = Load(path)
+	cfg, err := Load(path)
 	if err != nil {
-		t.Fatalf("ConfigMap %s without %v: %v", name, newKeys, err)
+		t.Fatalf("ConfigMap %s: %v", name, err)
 	}
 	return cfg, files
 }

@@ -56,6 +56,11 @@ type Backend interface {
 	// The state other rooms keep beside the queue (StateStore).
 	StateBackend
 
+	// Activity is what delivery on this node is doing now (postern
+	// drain). A shared backend reports its attempts in flight only: the
+	// fleet delivers what is due.
+	Activity() Activity
+
 	// Start begins delivery; StopDelivery starts no new attempt; Close
 	// waits (up to ctx) for attempts in flight and closes the storage.
 	Start()

@@ -28,6 +28,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"postern/configs"
 	"postern/queue"
 	"postern/relay/httpapi"
 )
@@ -106,9 +107,10 @@ const drainPoll = 100 * time.Millisecond
 //     in flight finish, and whatever is due (or comes due while they run)
 //     is attempted, until nothing is in flight or due. What is
 //     deferred past that stays in the queue: with the embedded bbolt
-//     queue, on this node's disk until it starts again. (With a queue
-//     shared by a fleet, "nothing due" would wait on everyone's mail: a
-//     shared backend should wait for the attempts in flight only.)
+//     queue, on this node's disk until it starts again. With the
+//     PostgreSQL queue, shared by a fleet, "nothing due" would wait on
+//     everyone's mail: the node takes no new lease and waits for the
+//     attempts in flight only; the other nodes deliver the rest.
 //  4. At the deadline, or on SIGTERM or SIGINT meanwhile, shutdown runs
 //     (which stops the queue and gives attempts still in flight
 //     shutdown_timeout to end).
@@ -144,6 +146,13 @@ func (s *server) drain(sigs <-chan os.Signal) error {
 	// Stopped: shutdown, which stops what is left, skips them.
 	s.smtp, s.bounceMX, s.api = nil, nil, nil
 	s.log.Info("draining: listeners closed")
+	if s.cfg.QueueBackend() == configs.BackendPostgres {
+		// A shared queue: the other nodes deliver what is due. This node
+		// leases nothing more and finishes the attempts it started (its
+		// Activity never reports due work).
+		s.queue.StopDelivery()
+		s.log.Info("draining: no new leases; the other nodes deliver the shared queue")
+	}
 
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()

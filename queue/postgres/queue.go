@@ -539,6 +539,11 @@ func (q *Queue) Close(ctx context.Context) error {
 	return q.closeErr
 }
 
+// Activity reports the attempts in flight on this node. Nothing is
+// reported due: the queue is the fleet's, and the other nodes deliver
+// what is due while this one drains.
+func (q *Queue) Activity() queue.Activity { return queue.Activity{InFlight: int(q.busy.Load())} }
+
 // StopDelivery starts no new attempt; attempts in flight go on.
 func (q *Queue) StopDelivery() {
 	q.stopOnce.Do(func() { close(q.stopping) })
