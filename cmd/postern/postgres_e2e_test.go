@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -186,5 +187,53 @@ func eventuallyE2E(t testing.TB, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// With the database unreachable, a message gets a temporary refusal
+// (never a 250 that nothing backs, never the database's own words), and
+// mail flows again once the database is back, with no restart.
+func TestPostgresOutageRefusesThenRecovers(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DB(t)
+	w := newWorld(t)
+	w.mx("dest.test", "127.0.2.2")
+	rcv := w.receiver("127.0.2.2")
+	cfg := w.config()
+	dir := t.TempDir()
+	cfg.Extra = postgresQueue(t, dir, dsn, "10s")
+	in := newInstanceIn(t, dir, cfg)
+	in.start()
+	db := dsn[strings.LastIndex(dsn, "/")+1 : strings.Index(dsn, "?")]
+	admin := strings.Replace(dsn, "/"+db+"?", "/postgres?", 1)
+	sql := func(q string) {
+		t.Helper()
+		ctx := ctxTimeout(t, 10*time.Second)
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	sql("ALTER DATABASE " + db + " ALLOW_CONNECTIONS false")
+	sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + db + "'")
+	out, err := swaks(t, "--server", in.cfg.Relay, "--from", "app@example.test", "--to", "bob@dest.test", "--data", swaksData)
+	if err == nil || !regexp.MustCompile(`<~?\*{0,2} *4\d\d[ -]4\.`).MatchString(out) {
+		t.Fatalf("with the database down: %v\n%s", err, out)
+	}
+	for _, leak := range []string{"SQLSTATE", "pg_", "postgres", "FATAL"} {
+		if strings.Contains(out, leak) {
+			t.Errorf("the reply leaks %q:\n%s", leak, out)
+		}
+	}
+	sql("ALTER DATABASE " + db + " ALLOW_CONNECTIONS true")
+	if out, err := swaks(t, "--server", in.cfg.Relay, "--from", "app@example.test", "--to", "bob@dest.test", "--data", swaksData); err != nil || !queuedRE.MatchString(out) {
+		t.Fatalf("with the database back: %v\n%s", err, out)
+	}
+	if _, err := rcv.WaitMessages(ctxTimeout(t, 30*time.Second), 1); err != nil {
+		t.Fatal(err)
 	}
 }
