@@ -283,6 +283,10 @@ type unit struct {
 	held       hold
 	heldRead   time.Time
 	sharedNext time.Time
+	// slotsFull: the store found every connection slot held; the next
+	// admission asks it again from then, or as soon as one of this node's
+	// attempts ends (that frees a slot of the fleet's).
+	slotsFull time.Time
 
 	lastReply   reply.Reply
 	lastReplyAt time.Time
@@ -443,9 +447,20 @@ func (s *Shaper) admitUnit(d *unit, now time.Time, force bool) queue.Admission {
 	windows := make([]int, len(units))
 	for i, u := range units {
 		windows[i] = u.window()
-		if w := windows[i]; w > 0 && u.active >= w {
+		if shared && now.Before(u.slotsFull) {
 			s.mu.Unlock()
-			return queue.Admission{Wait: u.wait()}
+			return queue.Admission{Until: u.slotsFull, Wait: u.wait()}
+		}
+		if w := windows[i]; w > 0 && u.active >= w {
+			a := queue.Admission{Wait: u.wait()}
+			if shared {
+				// The place may be another attempt's for a moment only
+				// (held while the store answers, see unreserve): ask
+				// again soon as well.
+				a.Until = now.Add(sharedSlotRetry)
+			}
+			s.mu.Unlock()
+			return a
 		}
 	}
 	var wait time.Duration
@@ -476,7 +491,7 @@ func (s *Shaper) admitUnit(d *unit, now time.Time, force bool) queue.Admission {
 		var refused queue.Admission
 		var ok bool
 		if held, refused, ok = s.admitShared(units, rates, windows, now); !ok {
-			s.release(units)
+			s.unreserve(units)
 			return refused
 		}
 	}
@@ -496,7 +511,7 @@ func (s *Shaper) admitUnit(d *unit, now time.Time, force bool) queue.Admission {
 // spent for an attempt that does not run. It returns the slots held, or a
 // refusal and false when the fleet has no room. Called without s.mu.
 func (s *Shaper) admitShared(units []*unit, rates []float64, windows []int, now time.Time) ([]slot, queue.Admission, bool) {
-	held, ok := s.acquireSlots(units, windows)
+	held, ok := s.acquireSlots(units, windows, now.Add(sharedSlotRetry))
 	if !ok {
 		// A slot freed on another node signals nothing here: ask again
 		// soon. (No Wait: undoing this attempt's own place would close
@@ -562,11 +577,24 @@ func suspendedReply(why reply.Reply) reply.Reply {
 	return reply.Reply{Enhanced: enh, Text: "delivery temporarily suspended: " + text}
 }
 
+// unreserve gives back the places of an attempt the fleet refused, without
+// waking those waiting for a place: they would be refused too (the fleet
+// is full, or its rate spent), and each would wake the next, a loop of
+// calls to the store for as long as the fleet stays full.
+func (s *Shaper) unreserve(units []*unit) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, u := range units {
+		u.active--
+	}
+}
+
 func (s *Shaper) release(units []*unit) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, u := range units {
 		u.active--
+		u.slotsFull = time.Time{}
 		if u.freed != nil {
 			close(u.freed)
 			u.freed = nil

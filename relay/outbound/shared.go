@@ -192,9 +192,10 @@ func (s *Shaper) slotHolder() string {
 type slot struct{ key, holder string }
 
 // acquireSlots takes a shared slot of each of units that has a connection
-// cap. ok is false when one is full: what was taken is given back. A store
-// failure counts as a slot taken: the local window decided.
-func (s *Shaper) acquireSlots(units []*unit, windows []int) (held []slot, ok bool) {
+// cap. ok is false when one is full: what was taken is given back, and the
+// full unit is not asked for again before retry (see unit.slotsFull). A
+// store failure counts as a slot taken: the local window decided.
+func (s *Shaper) acquireSlots(units []*unit, windows []int, retry time.Time) (held []slot, ok bool) {
 	for i, u := range units {
 		if windows[i] <= 0 {
 			continue
@@ -207,6 +208,9 @@ func (s *Shaper) acquireSlots(units []*unit, windows []int) (held []slot, ok boo
 			continue
 		}
 		if !got {
+			s.mu.Lock()
+			u.slotsFull = retry
+			s.mu.Unlock()
 			s.releaseSlots(held)
 			return nil, false
 		}

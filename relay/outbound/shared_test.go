@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,24 +19,53 @@ type fallbacks struct{ n atomic.Int64 }
 func (f *fallbacks) SharedFallback()  { f.n.Add(1) }
 func (f *fallbacks) SharedInUse(bool) {}
 
+// countingStore counts the calls a Shaper makes to its store.
+type countingStore struct {
+	SharedShaping
+	calls atomic.Int64
+}
+
+func (c *countingStore) Allow(ctx context.Context, key string, events int, per time.Duration, n int) (bool, time.Duration, error) {
+	c.calls.Add(1)
+	return c.SharedShaping.Allow(ctx, key, events, per, n)
+}
+
+func (c *countingStore) Held(ctx context.Context, key string) (string, time.Duration, error) {
+	c.calls.Add(1)
+	return c.SharedShaping.Held(ctx, key)
+}
+
+func (c *countingStore) AcquireSlot(ctx context.Context, key, holder string, limit int, ttl time.Duration) (bool, error) {
+	c.calls.Add(1)
+	return c.SharedShaping.AcquireSlot(ctx, key, holder, limit, ttl)
+}
+
 // sharedNodes returns n Shapers configured alike, each with its own fake
 // clock and its own client of one Redis, as n postern nodes sharing
 // limits.redis.
 func sharedNodes(t *testing.T, n int, cfg Shaping) (*relaytest.Redis, []*Shaper, []*clock, *fallbacks) {
+	srv, shapers, clocks, obs, _ := countedNodes(t, n, cfg)
+	return srv, shapers, clocks, obs
+}
+
+// countedNodes is sharedNodes, with each node's calls to the store counted.
+func countedNodes(t *testing.T, n int, cfg Shaping) (*relaytest.Redis, []*Shaper, []*clock, *fallbacks, []*countingStore) {
 	t.Helper()
 	srv := relaytest.NewRedis(t, relaytest.RedisOptions{})
 	obs := &fallbacks{}
 	var shapers []*Shaper
 	var clocks []*clock
+	var stores []*countingStore
 	for range n {
 		store := limits.Open(limits.Options{Addr: srv.Addr, Prefix: "test", Observer: obs})
 		t.Cleanup(func() { store.Close() })
+		counted := &countingStore{SharedShaping: store}
 		c := cfg
-		c.Shared = store
+		c.Shared = counted
 		s, clk := newTestShaper(c)
-		shapers, clocks = append(shapers, s), append(clocks, clk)
+		shapers, clocks, stores = append(shapers, s), append(clocks, clk), append(stores, counted)
 	}
-	return srv, shapers, clocks, obs
+	return srv, shapers, clocks, obs, stores
 }
 
 // TestSharedRate: two nodes spend one bucket per destination: 4 messages a
@@ -43,7 +73,7 @@ func sharedNodes(t *testing.T, n int, cfg Shaping) (*relaytest.Redis, []*Shaper,
 // comes (within the second), and a refused node does not ask the store
 // again before that.
 func TestSharedRate(t *testing.T) {
-	_, nodes, clocks, obs := sharedNodes(t, 2, Shaping{Default: Limits{Rate: Rate{Messages: 4, Per: time.Second}}})
+	_, nodes, clocks, obs, stores := countedNodes(t, 2, Shaping{Default: Limits{Rate: Rate{Messages: 4, Per: time.Second}}})
 	for _, s := range nodes {
 		known(s, "r.test", "mx.r.test")
 	}
@@ -73,12 +103,21 @@ func TestSharedRate(t *testing.T) {
 	if n := obs.n.Load(); n != 0 {
 		t.Errorf("%d fallbacks with Redis up", n)
 	}
+	before := stores[0].calls.Load()
+	for range 10 {
+		if a := nodes[0].admit("r.test", clocks[0].now(), false); a.Admitted() {
+			t.Fatal("admitted before the next slot")
+		}
+	}
+	if n := stores[0].calls.Load() - before; n != 0 {
+		t.Errorf("%d calls to the store for admissions refused by the last answer, want none", n)
+	}
 }
 
 // TestSharedConnections: a destination limited to 2 connections has 2
 // across the nodes; an attempt's end gives its slot to the other node.
 func TestSharedConnections(t *testing.T) {
-	_, nodes, clocks, _ := sharedNodes(t, 2, Shaping{Default: Limits{Connections: 2}})
+	_, nodes, clocks, _, stores := countedNodes(t, 2, Shaping{Default: Limits{Connections: 2}})
 	a, b := nodes[0], nodes[1]
 	known(a, "c.test", "mx.c.test")
 	known(b, "c.test", "mx.c.test")
@@ -96,7 +135,14 @@ func TestSharedConnections(t *testing.T) {
 			t.Errorf("node %d refused with %+v, want to be asked again soon", i, got)
 		}
 	}
+	// B does not ask the store again for a moment: another node's slot
+	// coming free signals nothing.
 	first.Release()
+	before := stores[1].calls.Load()
+	if got := b.admit("c.test", clocks[1].now(), false); got.Admitted() || stores[1].calls.Load() != before {
+		t.Errorf("B right after its refusal: %+v, %d calls to the store; want refused by what it knows", got, stores[1].calls.Load()-before)
+	}
+	clocks[1].advance(sharedSlotRetry)
 	third := b.admit("c.test", clocks[1].now(), false)
 	if !third.Admitted() {
 		t.Fatal("a slot freed on node A not given to node B")
