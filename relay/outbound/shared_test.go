@@ -2,6 +2,8 @@ package outbound
 
 import (
 	"context"
+	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -273,4 +275,63 @@ func TestSharedRedisDown(t *testing.T) {
 		t.Error("after Redis is back, the nodes do not share the connection cap")
 	}
 	first.Release()
+}
+
+// TestSharedRedisHangs: a Redis that accepts connections and never
+// answers costs an admission at most the store's timeout (100 ms), once,
+// and then nothing while the store pauses; the node's own limits admit.
+func TestSharedRedisHangs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	// Open's own ping times out and pauses the store; the admissions
+	// come after the pause, so the first meets the timeout itself.
+	store := limits.Open(limits.Options{Addr: ln.Addr().String(), Prefix: "test", Pause: 200 * time.Millisecond})
+	t.Cleanup(func() { store.Close() })
+	time.Sleep(250 * time.Millisecond)
+	s, c := newTestShaper(Shaping{Default: Limits{Connections: 5, Rate: Rate{Messages: 5, Per: time.Second}}, Shared: store})
+	known(s, "h.test", "mx.h.test")
+	var slowest, total time.Duration
+	for i := range 5 {
+		c.advance(sharedHeldEvery) // a read of the holds each time
+		start := time.Now()
+		a := s.admit("h.test", c.now(), false)
+		took := time.Since(start)
+		slowest, total = max(slowest, took), total+took
+		if !a.Admitted() {
+			t.Fatalf("admission %d with Redis hanging: %+v, want the node's own limits to admit", i, a)
+		}
+		defer a.Release()
+	}
+	// One timeout at most (the store then pauses for a second), with
+	// room for a slow machine under -race.
+	t.Logf("slowest admission %v, all %v", slowest, total)
+	if slowest < limits.DefaultTimeout {
+		t.Error("no admission met the timeout: the test did not test it")
+	}
+	if slowest > 400*time.Millisecond || total > 500*time.Millisecond {
+		t.Errorf("admissions with Redis hanging: the slowest took %v, all %v; want about one 100 ms timeout in all", slowest, total)
+	}
 }
