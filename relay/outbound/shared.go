@@ -75,8 +75,12 @@ const (
 	sharedSlotRetry = 250 * time.Millisecond
 )
 
-// sharedKey names u in the store: its kind is the scope ("provider:gmail",
-// "destination:mx1.example.net,mx2.example.net").
+// sharedKey names u in the store, its kind in the scope:
+// "shaping-provider:gmail", "shaping-destination:mx1.example.net,mx2.example.net".
+// A domain whose MX hosts this node has not resolved yet is a unit of its
+// own ("shaping-domain:domain:example.net", one probe for the fleet): for
+// that moment its attempts do not count against its destination's slots
+// on the other nodes.
 func sharedKey(u *unit) string { return "shaping-" + u.kind + ":" + u.name }
 
 // shared reports whether u is shaped through the store.
