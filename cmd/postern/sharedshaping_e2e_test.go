@@ -11,7 +11,8 @@ import (
 // TestSharedShapingE2E: two nodes sharing one Redis deliver to a
 // destination limited to 1 connection (issue 17): the MX host never sees
 // two connections at once, whichever nodes hold them, and every message
-// arrives. Without limits.redis each node would open its own.
+// arrives. Without limits.redis each node would open its own. With Redis
+// killed, each node falls back to its own limit and mail keeps flowing.
 func TestSharedShapingE2E(t *testing.T) {
 	t.Parallel()
 	srv := relaytest.NewRedis(t, relaytest.RedisOptions{})
@@ -73,6 +74,21 @@ shaping:
 	}
 	if got := rcv.MaxOpenConns(); got != 1 {
 		t.Errorf("the MX host saw %d connections at once from two nodes sharing a limit of 1", got)
+	}
+
+	// Redis gone: each node shapes alone, and mail keeps flowing.
+	srv.Kill()
+	for i, in := range nodes {
+		relayMany(t, in.cfg.Relay, fmt.Sprintf("down%d-a@dest.test", i), fmt.Sprintf("down%d-b@dest.test", i))
+	}
+	want += 4
+	if _, err := rcv.WaitMessages(ctxTimeout(t, 60*time.Second), want); err != nil {
+		t.Fatalf("with Redis down, %d of %d delivered: %v\nnode A:\n%s\nnode B:\n%s", len(rcv.Messages()), want, err, nodes[0].logs.String(), nodes[1].logs.String())
+	}
+	for _, in := range nodes {
+		in.waitLog(10*time.Second, func(e logEntry) bool {
+			return e.isMsg("shared limits: Redis unreachable; limits are per node until it answers")
+		})
 	}
 	t.Logf("%d connections in all", rcv.Conns())
 }
