@@ -33,7 +33,10 @@ func TestLayout(t *testing.T) {
 		// The maildrop's pickup is a source like smtpd: it feeds the
 		// pipeline and knows no other source and no deliverer.
 		{"postern/relay/pickup", []string{"postern/relay/smtpd", "postern/relay/outbound", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
-		{"postern/relay/outbound", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/cmd/"}},
+		// Delivery shapes with the other nodes through an interface of
+		// its own (SharedShaping), which relay/limits implements and
+		// cmd/postern wires: it does not import the store.
+		{"postern/relay/outbound", []string{"postern/relay/submit", "postern/relay/smtpd", "postern/relay/pickup", "postern/relay/capture", "postern/relay/httpapi", "postern/relay/metrics", "postern/relay/limits", "postern/cmd/"}},
 		// Outbound TLS policy is consulted by delivery and wired by
 		// cmd/postern: it reaches the queue's state store through an
 		// interface of its own, and mails reports through one too.

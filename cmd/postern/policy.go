@@ -57,6 +57,10 @@ func newRelayPolicy(cfg *configs.Config) *smtpd.Policy {
 
 var _ limits.Observer = (*metrics.Metrics)(nil)
 
+// relay/limits implements what delivery shapes through with the other
+// nodes.
+var _ outbound.SharedShaping = (*limits.Redis)(nil)
+
 // checkRedisPassword reads limits.redis.password_file as serve will, for
 // `postern config check`.
 func checkRedisPassword(cfg *configs.Config) []string {
@@ -68,12 +72,11 @@ func checkRedisPassword(cfg *configs.Config) []string {
 	return nil
 }
 
-// shareLimits connects to limits.redis, when it is set, and makes p's
-// rate limits, its AUTH throttle and the users' cache invalidation go
-// through it. Redis need not be reachable: until it is, and whenever it is
+// openShared connects to limits.redis, when it is set (s.shared stays nil
+// otherwise). Redis need not be reachable: until it is, and whenever it is
 // not, every node counts alone (relay/limits logs and counts it). Only a
 // password file that cannot be read stops the start, as for smarthosts.
-func (s *server) shareLimits(p *smtpd.Policy) error {
+func (s *server) openShared() error {
 	r := s.cfg.Limits.Redis
 	if r == nil {
 		return nil
@@ -84,6 +87,16 @@ func (s *server) shareLimits(p *smtpd.Policy) error {
 	}
 	opts.Logger, opts.Observer = s.log, s.metrics
 	s.shared = limits.Open(opts)
+	s.log.Info("limits shared through Redis", zap.String("address", r.Address), zap.Bool("tls", r.TLS))
+	return nil
+}
+
+// shareLimits makes p's rate limits, its AUTH throttle and the users'
+// cache invalidation go through the shared store, when there is one.
+func (s *server) shareLimits(p *smtpd.Policy) {
+	if s.shared == nil {
+		return
+	}
 	p.Shared = s.shared
 	if p.AuthThrottle != nil {
 		p.AuthThrottle.Shared = s.shared
@@ -92,8 +105,16 @@ func (s *server) shareLimits(p *smtpd.Policy) error {
 		s.users.Peers = s.shared
 		s.shared.WatchUsersChanged(s.users.Invalidate)
 	}
-	s.log.Info("limits shared through Redis", zap.String("address", r.Address), zap.Bool("tls", r.TLS))
-	return nil
+}
+
+// sharedShaping is the store delivery shapes through: nil without
+// limits.redis (a nil *limits.Redis in the interface would be a store
+// that is set, and fails).
+func (s *server) sharedShaping() outbound.SharedShaping {
+	if s.shared == nil {
+		return nil
+	}
+	return s.shared
 }
 
 // redisOptions are the shared store's options from limits.redis, with the

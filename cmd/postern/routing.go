@@ -21,8 +21,9 @@ import (
 // (nil in capture mode), which serve gives the TLS policies once the queue
 // they keep their state in is open. Smarthost passwords are read here,
 // once: an unreadable password file or an unset variable stops serve with
-// the key's name.
-func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, *outbound.MX, error) {
+// the key's name. shared, when not nil, is limits.redis: MX delivery shapes
+// its destinations with the other nodes through it.
+func newDeliverer(cfg *configs.Config, log *zap.Logger, shared outbound.SharedShaping) (queue.Deliverer, *outbound.MX, error) {
 	dc := cfg.Delivery
 	if dc.Mode == "capture" {
 		m, err := capture.New(cfg.CaptureDir(), capture.Options{Hostname: cfg.Hostname, Logger: log})
@@ -41,6 +42,7 @@ func newDeliverer(cfg *configs.Config, log *zap.Logger) (queue.Deliverer, *outbo
 	if err != nil {
 		return nil, nil, err
 	}
+	shaping.Shared = shared
 	opts := outbound.Options{
 		Hostname:       cfg.Hostname,
 		Resolver:       dc.Resolver,

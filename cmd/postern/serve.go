@@ -126,7 +126,7 @@ type server struct {
 	// api is the send API (listen.api); it stops with the SMTP listeners.
 	api     *http.Server
 	metrics *metrics.Metrics
-	// shared is limits.redis (nil when unset); closed after the listeners.
+	// shared is limits.redis (nil when unset); closed after the queue.
 	shared *limits.Redis
 	// tlsPolicies and tlsReports are the outbound TLS policy (MTA-STS
 	// cache, DANE, configured policies) and the TLS reporter; their
@@ -223,7 +223,11 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	mx, mxd, err := newDeliverer(cfg, log)
+	// The shared store before delivery: the Shaper shapes through it.
+	if err := s.openShared(); err != nil {
+		return err
+	}
+	mx, mxd, err := newDeliverer(cfg, log, s.sharedShaping())
 	if err != nil {
 		return err
 	}
@@ -280,10 +284,7 @@ func serve(cfg *configs.Config, log *zap.Logger) error {
 	// per-client and per-user limits, the AUTH throttle) count across
 	// listeners.
 	policy := newRelayPolicy(cfg)
-	if err := s.shareLimits(policy); err != nil {
-		s.queue.Close(context.Background())
-		return err
-	}
+	s.shareLimits(policy)
 	// With the list off, nothing is suppressed at RCPT either: entries
 	// already on disk wait, unused, until it is turned back on.
 	var sups smtpd.Suppressions
@@ -565,11 +566,13 @@ func (s *server) shutdown() error {
 	s.tlsCancel()
 	s.tlsWG.Wait()
 	s.webhooks.Stop(queueCtx)
-	s.shared.Close()
 	err := s.queue.Close(queueCtx)
 	if c, ok := s.deliverer.(io.Closer); ok {
 		c.Close()
 	}
+	// After the queue: attempts still running at its close release
+	// their shared connection slots through the store.
+	s.shared.Close()
 	if s.acme != nil {
 		s.acme.Stop()
 	}

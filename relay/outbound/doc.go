@@ -141,6 +141,14 @@
 // code when it has one), as Postfix does. Shaper.Destinations shows the
 // state of each.
 //
+// Nodes that share a queue share their destinations too when
+// Shaping.Shared is set (limits.redis; shared.go): one rate bucket per
+// destination and provider for the fleet, connection slots counted
+// across nodes (they expire unless renewed, so a dead node's come back),
+// and every suspension or dead time one node decides, with its reason and
+// lowered rate, honoured by the others within a second. When the store
+// fails, each node's own state decides, as without it.
+//
 // Canceling the context closes the connection at once. A connection that
 // is not kept is closed before Deliver returns, after QUIT when the
 // dialogue allows it.

@@ -161,6 +161,12 @@ type Shaping struct {
 	DeadAfter                                      int
 	DeadFor, DeadForMax, SuspendFor, SuspendForMax time.Duration
 
+	// Shared, when set, shapes destinations and providers together with
+	// every node that shares it (limits.redis): their rate, their
+	// connections, their suspensions and dead times (see shared.go).
+	// Whenever it fails, this node's own state decides, as without it.
+	Shared SharedShaping
+
 	// Logger gets a line when a destination or provider is slowed down,
 	// suspended, found dead or recovers; nil logs nothing.
 	Logger *zap.Logger
@@ -212,11 +218,20 @@ type Shaper struct {
 	units   map[string]*unit // by name
 	domains map[string]*unit // recipient domain → its destination, once its MX hosts are known
 	lastGC  time.Time
+
+	// With Shaping.Shared: this Shaper's name among the nodes, the last
+	// slot holder numbered, and the slots held now (renewed while
+	// renewing is set).
+	node     string
+	slotSeq  uint64
+	slots    map[slot]struct{}
+	renewing bool
 }
 
 // NewShaper returns a Shaper for cfg, defaults filled in.
 func NewShaper(cfg Shaping) *Shaper {
-	s := &Shaper{cfg: cfg.withDefaults(), units: make(map[string]*unit), domains: make(map[string]*unit)}
+	s := &Shaper{cfg: cfg.withDefaults(), units: make(map[string]*unit), domains: make(map[string]*unit),
+		node: newNodeID(), slots: make(map[slot]struct{})}
 	for _, p := range s.cfg.Providers {
 		u := s.newUnit(p.Name, kindProvider, p.Limits, nil, time.Time{})
 		u.suffixes = p.MXSuffixes
@@ -261,6 +276,17 @@ type unit struct {
 	dead      time.Time
 	deadFor   time.Duration
 	deadCause reply.Reply
+
+	// With Shaping.Shared: the hold (suspension or dead time) last read
+	// from the store, any node's, and when it was read; when the shared
+	// bucket refused last, until when (asked again only then).
+	held       hold
+	heldRead   time.Time
+	sharedNext time.Time
+	// slotsFull: the store found every connection slot held; the next
+	// admission asks it again from then, or as soon as one of this node's
+	// attempts ends (that frees a slot of the fleet's).
+	slotsFull time.Time
 
 	lastReply   reply.Reply
 	lastReplyAt time.Time
@@ -372,7 +398,6 @@ func (u *unit) deliveryRate(now time.Time) float64 {
 // its other limits do (a dead destination is probing, one at a time).
 func (s *Shaper) admit(domain string, now time.Time, force bool) queue.Admission {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.gc(now)
 	d := s.domains[domain]
 	if d == nil {
@@ -381,6 +406,7 @@ func (s *Shaper) admit(domain string, now time.Time, force bool) queue.Admission
 			d = s.newUnit("domain:"+domain, kindDomain, s.cfg.Default, nil, now)
 		}
 	}
+	s.mu.Unlock()
 	return s.admitUnit(d, now, force)
 }
 
@@ -388,45 +414,132 @@ func (s *Shaper) admit(domain string, now time.Time, force bool) queue.Admission
 // list, which only its connection cap limits.
 func (s *Shaper) admitSmarthost(name string, conns int, now time.Time) queue.Admission {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.gc(now)
 	u := s.units[name]
 	if u == nil {
 		u = s.newUnit(name, kindSmarthostU, Limits{Connections: conns}, nil, now)
 	}
+	s.mu.Unlock()
 	return s.admitUnit(u, now, false)
 }
 
-// admitUnit decides for destination d (and its provider). s.mu is held.
+// admitUnit decides for destination d (and its provider): first by what
+// this node knows, without a call to the store (a hold, the attempts in
+// flight, the rate); then, for a unit shaped through Shaping.Shared, by
+// the fleet's rate and connection slots, s.mu released meanwhile (the
+// attempt's place in the local window is kept while the store answers).
 func (s *Shaper) admitUnit(d *unit, now time.Time, force bool) queue.Admission {
 	units := []*unit{d}
 	if d.provider != nil {
 		units = append(units, d.provider)
 	}
+	shared := s.shared(d)
+	if shared {
+		s.readHolds(units, now)
+	}
+	s.mu.Lock()
 	for _, u := range units {
 		if a, ok := u.halted(now); ok && !force {
+			s.mu.Unlock()
 			return a
 		}
 	}
-	for _, u := range units {
-		if w := u.window(); w > 0 && u.active >= w {
-			return queue.Admission{Wait: u.wait()}
+	windows := make([]int, len(units))
+	for i, u := range units {
+		windows[i] = u.window()
+		if shared && now.Before(u.slotsFull) {
+			s.mu.Unlock()
+			return queue.Admission{Until: u.slotsFull, Wait: u.wait()}
+		}
+		if w := windows[i]; w > 0 && u.active >= w {
+			a := queue.Admission{Wait: u.wait()}
+			if shared {
+				// The place may be another attempt's for a moment only
+				// (held while the store answers, see unreserve): ask
+				// again soon as well.
+				a.Until = now.Add(sharedSlotRetry)
+			}
+			s.mu.Unlock()
+			return a
 		}
 	}
 	var wait time.Duration
-	for _, u := range units {
+	rates := make([]float64, len(units))
+	for i, u := range units {
+		if shared && u.rate != 0 {
+			// The store refused until then: no need to ask before.
+			rates[i] = u.rate
+			wait = max(wait, u.sharedNext.Sub(now))
+			continue
+		}
 		wait = max(wait, u.rateWait(now))
 	}
 	if wait > 0 {
+		s.mu.Unlock()
 		return queue.Admission{Until: now.Add(wait)}
 	}
 	for _, u := range units {
-		u.take()
+		if !shared {
+			u.take()
+		}
 		u.active++
 		u.used = now
 	}
+	s.mu.Unlock()
+	var held []slot
+	if shared {
+		var refused queue.Admission
+		var ok bool
+		if held, refused, ok = s.admitShared(units, rates, windows, now); !ok {
+			s.unreserve(units)
+			return refused
+		}
+	}
 	var once sync.Once
-	return queue.Admission{Release: func() { once.Do(func() { s.release(units) }) }}
+	return queue.Admission{Release: func() {
+		once.Do(func() {
+			s.release(units)
+			s.releaseSlots(held)
+		})
+	}}
+}
+
+// admitShared takes a shared slot of each unit with a window, then
+// spends one message of each unit's shared bucket at rates (0: no rate),
+// for an attempt admitted locally. Slots come first: when the fleet's
+// connections are all busy, as under load they are, the rate is not
+// spent for an attempt that does not run. It returns the slots held, or a
+// refusal and false when the fleet has no room. Called without s.mu.
+func (s *Shaper) admitShared(units []*unit, rates []float64, windows []int, now time.Time) ([]slot, queue.Admission, bool) {
+	held, ok := s.acquireSlots(units, windows, now.Add(sharedSlotRetry))
+	if !ok {
+		// A slot freed on another node signals nothing here: ask again
+		// soon. (No Wait: undoing this attempt's own place would close
+		// it at once.)
+		return nil, queue.Admission{Until: now.Add(sharedSlotRetry)}, false
+	}
+	for i, u := range units {
+		if rates[i] == 0 {
+			continue
+		}
+		wait, decided := s.sharedRate(u, rates[i], u.limits.Rate.Messages, u.limits.Rate.Per)
+		s.mu.Lock()
+		if !decided {
+			// The store failed: this node's bucket decides, as alone.
+			wait = u.rateWait(now)
+			if wait == 0 {
+				u.take()
+			}
+		} else if wait > 0 {
+			u.sharedNext = now.Add(wait)
+		}
+		s.mu.Unlock()
+		if wait > 0 {
+			s.releaseSlots(held)
+			return nil, queue.Admission{Until: now.Add(wait)}, false
+		}
+	}
+	return held, queue.Admission{}, true
 }
 
 // halted answers for a unit that is dead or suspended at now.
@@ -434,6 +547,9 @@ func (u *unit) halted(now time.Time) (queue.Admission, bool) {
 	until, why := u.suspended, u.lastReply
 	if u.dead.After(until) {
 		until, why = u.dead, u.deadCause
+	}
+	if u.held.until.After(until) { // another node's, read from the store
+		until, why = u.held.until, u.held.Why
 	}
 	if !now.Before(until) {
 		return queue.Admission{}, false
@@ -461,11 +577,24 @@ func suspendedReply(why reply.Reply) reply.Reply {
 	return reply.Reply{Enhanced: enh, Text: "delivery temporarily suspended: " + text}
 }
 
+// unreserve gives back the places of an attempt the fleet refused, without
+// waking those waiting for a place: they would be refused too (the fleet
+// is full, or its rate spent), and each would wake the next, a loop of
+// calls to the store for as long as the fleet stays full.
+func (s *Shaper) unreserve(units []*unit) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, u := range units {
+		u.active--
+	}
+}
+
 func (s *Shaper) release(units []*unit) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, u := range units {
 		u.active--
+		u.slotsFull = time.Time{}
 		if u.freed != nil {
 			close(u.freed)
 			u.freed = nil
@@ -570,11 +699,20 @@ func (s *Shaper) rateLimit(r reply.Reply) (RateLimitPattern, bool) {
 	return RateLimitPattern{}, false
 }
 
-// report learns from one attempt at destination d.
+// report learns from one attempt at destination d, and tells the other
+// nodes (Shaping.Shared) of a suspension or a dead time it decided.
 func (s *Shaper) report(d *unit, o attemptReport) {
 	now := s.cfg.Now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	holds := s.learn(d, o, now)
+	s.mu.Unlock()
+	if len(holds) > 0 {
+		s.writeHolds(holds)
+	}
+}
+
+// learn is report's part under s.mu: it returns the holds to share.
+func (s *Shaper) learn(d *unit, o attemptReport, now time.Time) []pendingHold {
 	// Rate and suspension belong to the provider when there is one: it
 	// is the provider that said "slow down".
 	shaped := d
@@ -588,6 +726,7 @@ func (s *Shaper) report(d *unit, o attemptReport) {
 	for _, u := range both {
 		u.used = now
 	}
+	suspended, dead := shaped.suspended, d.dead
 	if o.delivered {
 		for _, u := range both {
 			u.delivered++
@@ -625,6 +764,18 @@ func (s *Shaper) report(d *unit, o attemptReport) {
 			d.deadFor = min(2*d.deadFor, s.cfg.DeadForMax)
 		}
 	}
+	var holds []pendingHold
+	if s.shared(shaped) && shaped.suspended.After(suspended) {
+		h := hold{Why: shaped.lastReply}
+		if shaped.slowed() {
+			h.Rate = shaped.rate
+		}
+		holds = append(holds, pendingHold{sharedKey(shaped), h, shaped.suspended.Sub(now)})
+	}
+	if s.shared(d) && d.dead.After(dead) {
+		holds = append(holds, pendingHold{sharedKey(d), hold{Dead: true, Why: d.deadCause}, d.dead.Sub(now)})
+	}
+	return holds
 }
 
 // slowDown acts on a rate-limit reply to an attempt at u. s.mu is held.
@@ -683,7 +834,7 @@ func (s *Shaper) gc(now time.Time) {
 	}
 	s.lastGC = now
 	for name, u := range s.units {
-		quiet := u.active == 0 && now.Sub(u.used) > forgetAfter && now.After(u.dead) && now.After(u.suspended)
+		quiet := u.active == 0 && now.Sub(u.used) > forgetAfter && now.After(u.dead) && now.After(u.suspended) && now.After(u.held.until)
 		if !quiet {
 			continue
 		}
@@ -738,6 +889,12 @@ func (u *unit) describe(now time.Time) queue.Destination {
 		d.Provider = u.provider.name
 	}
 	switch {
+	case now.Before(u.held.until) && u.held.until.After(u.dead) && u.held.until.After(u.suspended):
+		// Another node's hold, read from the store.
+		d.State, d.Until = "suspended", u.held.until
+		if u.held.Dead {
+			d.State = "dead"
+		}
 	case now.Before(u.dead) && !u.dead.Before(u.suspended):
 		d.State, d.Until = "dead", u.dead
 	case now.Before(u.suspended):

@@ -142,6 +142,7 @@ type Receiver struct {
 	changed  chan struct{} // closed and replaced on every change below
 	msgs     []Message
 	open     int // connections accepted and not yet closed
+	maxOpen  int // the most connections open at once
 	accepted int // connections accepted in total
 	rcptFail map[string]*smtp.SMTPError
 	failNext map[string][]failure
@@ -352,6 +353,15 @@ func (r *Receiver) OpenConns() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.open
+}
+
+// MaxOpenConns is the most connections that were open at once, from
+// whichever clients: what a limit on a destination's connections, shared
+// by several senders, is measured by.
+func (r *Receiver) MaxOpenConns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.maxOpen
 }
 
 // Conns is the number of connections accepted since the start.
@@ -621,6 +631,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 		r := l.r
 		r.mu.Lock()
 		r.open++
+		r.maxOpen = max(r.maxOpen, r.open)
 		r.accepted++
 		r.notifyLocked()
 		r.mu.Unlock()
