@@ -67,8 +67,12 @@ const (
 	sharedHeldEvery = time.Second
 	// sharedSlotTTL is how long a connection slot lasts without renewal:
 	// the longest a dead node's connections count against the fleet.
-	// Slots are renewed every third of it while their attempt runs.
-	sharedSlotTTL = 2 * time.Minute
+	// Slots are renewed every third of it while their attempt runs. Half
+	// a minute: the dead node's leased messages come due again after the
+	// queue's lease (2 minutes by default), and must not then find their
+	// destination still full of the dead node's slots; a renewal every
+	// 10 s costs one Redis call per destination in use.
+	sharedSlotTTL = 30 * time.Second
 	// sharedSlotRetry is when an admission refused for want of a shared
 	// slot is asked again: a slot freed on another node signals nothing
 	// here.
