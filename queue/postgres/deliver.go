@@ -208,7 +208,17 @@ func (b *body) Open() (io.ReadCloser, error) {
 // renewed; then it records every result in one transaction.
 func (q *Queue) work(j leased) {
 	defer q.wg.Done()
-	defer func() { q.busy.Add(-1); q.kick() }()
+	// The dispatcher needs to look again only when this frees the
+	// node's last worker (it may have stopped leasing for want of one),
+	// or when the message stays queued with a new due time. Not after a
+	// message delivered in full: at one session, that look was a lease
+	// query and a transaction per message for nothing.
+	wake := true
+	defer func() {
+		if q.busy.Add(-1) == int64(q.opts.Workers)-1 || wake {
+			q.kick()
+		}
+	}()
 	m := j.row
 	stopRenew := make(chan struct{})
 	renewed := make(chan struct{})
@@ -257,7 +267,7 @@ func (q *Queue) work(j leased) {
 	wg.Wait()
 	close(stopRenew)
 	<-renewed
-	q.record(j, results, skipped)
+	wake = !q.record(j, results, skipped)
 }
 
 // admitWait is how long a worker waits for its destination to have room
@@ -387,25 +397,28 @@ func (q *Queue) apply(r *rcpt, res queue.Result, now, created time.Time) {
 // holds its lease, with the DSN and suppressions they call for. A lost
 // lease drops the results: the recipients are tried again (a delivered
 // one may arrive twice; none is lost).
-func (q *Queue) record(j leased, results []queue.Result, skipped map[int]queue.Admission) {
+//
+// It reports whether nothing the record wrote is due later: the message
+// is final and no DSN was queued.
+func (q *Queue) record(j leased, results []queue.Result, skipped map[int]queue.Admission) (done bool) {
 	id := formatID(j.row.id)
 	var counts [3]int
-	var final bool
+	var final, dsn bool
 	for try := 0; ; try++ {
 		var err error
-		counts, final, err = q.recordOnce(j, results, skipped)
+		counts, final, dsn, err = q.recordOnce(j, results, skipped)
 		if err == nil {
 			break
 		}
 		if errors.Is(err, errLeaseLost) {
 			q.log.Warn("results dropped: lease lost (deleted, or taken over by another node)", slog.String("id", id))
-			return
+			return false
 		}
 		if try == 4 || q.runCtx.Err() != nil {
 			// The lease stands and expires: the recipients are tried
 			// again then.
 			q.log.Error("record results", slog.String("id", id), slog.Any("error", err))
-			return
+			return false
 		}
 		time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
 	}
@@ -421,11 +434,15 @@ func (q *Queue) record(j leased, results []queue.Result, skipped map[int]queue.A
 	if final {
 		q.log.Info("final", slog.String("id", id))
 	}
+	// A DSN queued with the results is due now: the dispatcher must look
+	// (this node's NOTIFY does not wake this node).
+	return final && !dsn
 }
 
 var errLeaseLost = errors.New("lease lost")
 
-func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]queue.Admission) (counts [3]int, final bool, err error) {
+// dsn says a DSN was queued with the results.
+func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]queue.Admission) (counts [3]int, final, dsn bool, err error) {
 	ctx, cancel := context.WithTimeout(q.runCtx, 30*time.Second)
 	defer cancel()
 	now := q.clock()
@@ -474,9 +491,10 @@ func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]que
 			}
 		}
 		final, err = q.save(ctx, tx, m, now, true)
+		dsn = m.dsn
 		return err
 	})
-	return counts, final, err
+	return counts, final, dsn, err
 }
 
 // save writes m back after a change, with the DSN and suppressions the
@@ -611,6 +629,7 @@ func (q *Queue) report(ctx context.Context, tx pgx.Tx, m *row, now time.Time) er
 	}
 	q.obs.Bounced()
 	q.announce.Store(true)
+	m.dsn = true
 	return nil
 }
 

@@ -404,6 +404,8 @@ type row struct {
 	held    bool
 	token   *int64
 	purge   *time.Time
+	// dsn is set by save when it queued a DSN: new work, due now.
+	dsn bool
 }
 
 const rowCols = `id, created, envelope, size, rcpts, held, lease_token, purge_at`

@@ -239,7 +239,7 @@ func TestDeadNodesLeaseExpires(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	// The dead node, come back, finds its lease gone.
-	_, _, err = dead.recordOnce(jobs[0], []queue.Result{{Outcome: queue.Delivered}}, nil)
+	_, _, _, err = dead.recordOnce(jobs[0], []queue.Result{{Outcome: queue.Delivered}}, nil)
 	if err != errLeaseLost {
 		t.Errorf("record after losing the lease: %v", err)
 	}
