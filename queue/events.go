@@ -83,6 +83,10 @@ type outboxState struct {
 	QueueID   string    `json:"queue_id,omitempty"` // for the per-message order
 }
 
+// NewEventID is a new event's ID: 128 random bits, printable. Every
+// backend names its events so.
+func NewEventID() string { return newEventID() }
+
 // newEventID is 128 random bits, printable.
 func newEventID() string {
 	var b [16]byte

@@ -90,15 +90,13 @@ func TestPostgresConfigRefusesWhatItCannotKeep(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	cfg := testConfig{MX: freeAddr(t)}
-	cfg.Extra = "queue:\n  backend: postgres\n  postgres: {lease: 5s}\n" +
-		"webhooks:\n  - {url: \"https://hooks.example.test/x\", secret_file: s, events: [message.delivered]}\n"
+	cfg.Extra = "queue:\n  backend: postgres\n  postgres: {lease: 5s}\n"
 	in := newInstanceIn(t, dir, cfg)
-	os.WriteFile(filepath.Join(dir, "s"), []byte("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), 0o600)
 	out, err := in.postern("", "config", "check")
 	if err == nil {
 		t.Fatalf("config check passed:\n%s", out)
 	}
-	for _, want := range []string{"queue.postgres.dsn_file: must be set", "queue.postgres.lease: 5s is outside", "webhooks: need queue.backend bbolt", "listen.mx: needs queue.backend bbolt"} {
+	for _, want := range []string{"queue.postgres.dsn_file: must be set", "queue.postgres.lease: 5s is outside", "listen.mx: needs queue.backend bbolt"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("config check does not say %q:\n%s", want, out)
 		}

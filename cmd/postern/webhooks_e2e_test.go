@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/queue/postgres/pgtest"
 	"postern/relay/httpapi"
 	"postern/relay/relaytest"
 )
@@ -191,6 +192,16 @@ func checkOnceEach(t testing.TB, rs []hookRequest) {
 // the refused request comes again with the same id and body.
 func TestWebhooksReportEveryOutcome(t *testing.T) {
 	t.Parallel()
+	webhooksReportEveryOutcome(t, false)
+}
+
+// The same events, in the same order, from the PostgreSQL queue's outbox.
+func TestWebhooksReportEveryOutcomePostgres(t *testing.T) {
+	t.Parallel()
+	webhooksReportEveryOutcome(t, true)
+}
+
+func webhooksReportEveryOutcome(t *testing.T, pg bool) {
 	hook := startHookReceiver(t, "500 200")
 	w := newWorld(t)
 	w.mx("dest.test", "127.0.2.2")
@@ -199,7 +210,11 @@ func TestWebhooksReportEveryOutcome(t *testing.T) {
 	rcv.FailRcpt("bad@dest.test", 550, "5.1.1 no such user")
 	cfg := w.config()
 	cfg.Extra = hook.config()
-	in := newInstance(t, cfg)
+	dir := t.TempDir()
+	if pg {
+		cfg.Extra += postgresQueue(t, dir, pgtest.DB(t), "30s")
+	}
+	in := newInstanceIn(t, dir, cfg)
 	in.addUser("alice@example.test", "correct horse")
 	in.start()
 	out, err := submit(t, in, "PLAIN", "alice@example.test", "correct horse", "alice@example.test", "defer@dest.test,ok@dest.test,bad@dest.test")

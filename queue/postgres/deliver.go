@@ -446,9 +446,11 @@ func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]que
 	ctx, cancel := context.WithTimeout(q.runCtx, 30*time.Second)
 	defer cancel()
 	now := q.clock()
+	var m *row
 	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		counts = [3]int{}
-		m, err := scanRow(tx.QueryRow(ctx, `SELECT `+rowCols+` FROM postern_messages WHERE id = $1 AND lease_token = $2 FOR UPDATE`,
+		var err error
+		m, err = scanRow(tx.QueryRow(ctx, `SELECT `+rowCols+` FROM postern_messages WHERE id = $1 AND lease_token = $2 FOR UPDATE`,
 			j.row.id, j.token))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errLeaseLost
@@ -456,6 +458,8 @@ func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]que
 		if err != nil {
 			return err
 		}
+		m.before = append([]rcpt(nil), m.rcpts...)
+		m.attempted = map[int]bool{}
 		for _, i := range j.due {
 			r := &m.rcpts[i]
 			if !pending(r.State) {
@@ -476,6 +480,7 @@ func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]que
 				continue
 			}
 			q.apply(r, results[i], now, m.created)
+			m.attempted[i] = true
 			line := []any{slog.String("id", formatID(m.id)), slog.String("rcpt", r.Address), slog.Int("attempt", r.Attempts),
 				slog.String("remote", r.RemoteMTA), slog.Any("reply", r.LastReply)}
 			switch r.State {
@@ -494,6 +499,9 @@ func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]que
 		dsn = m.dsn
 		return err
 	})
+	if err == nil {
+		q.eventsRecorded(m.events)
+	}
 	return counts, final, dsn, err
 }
 
@@ -504,6 +512,11 @@ func (q *Queue) recordOnce(j leased, results []queue.Result, skipped map[int]que
 func (q *Queue) save(ctx context.Context, tx pgx.Tx, m *row, now time.Time, unlease bool) (final bool, err error) {
 	if err := q.report(ctx, tx, m, now); err != nil {
 		return false, err
+	}
+	if len(q.opts.Subscribers) > 0 {
+		if m.events, err = q.emit(ctx, tx, changeEvents(m, now)); err != nil {
+			return false, err
+		}
 	}
 	if q.opts.Suppression.Enabled && m.env.User != "" {
 		for _, r := range m.rcpts {
@@ -580,6 +593,7 @@ func (q *Queue) report(ctx context.Context, tx pgx.Tx, m *row, now time.Time) er
 		case r.State == queue.StateDeferred && !r.Warned && warnDue && !null && n.delay:
 			r.Warned = true
 			action = dsn.Delayed
+			m.delayed = append(m.delayed, i)
 		}
 		if action == "" {
 			continue

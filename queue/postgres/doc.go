@@ -15,6 +15,10 @@
 //	postern_suppressions  (user, lower-case address) → Suppression
 //	postern_idempotency   (user, key) → the send API's answer
 //	postern_state         (namespace, key) → value: queue.StateStore
+//	postern_events        the event outbox (webhooks): seq → Event
+//	postern_event_deliveries
+//	                      (subscriber, seq) → attempts, next attempt,
+//	                      last error, queue id (events.go)
 //
 // due is when any node may lease the message next: its earliest pending
 // recipient's next attempt, or, while a node holds it, the end of that
@@ -39,8 +43,8 @@
 // outside Enqueue's transaction (NOTIFY serialises commits); each node
 // LISTENs on a connection of its own.
 //
-// Not kept here yet: the event outbox (webhooks) and the delivery traces
-// (listen.mx); configs refuses both with this backend.
+// Not kept here yet: the delivery traces (listen.mx); configs refuses
+// listen.mx with this backend.
 //
 // It imports the queue's types and nothing of relay/ or cmd/
 // (relay/layout_test.go).

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -176,30 +175,8 @@ func (q *Queue) StateList(ns string) (map[string][]byte, error) {
 	return out, wrap(rows.Err())
 }
 
-// The event outbox and the traces are not kept in PostgreSQL (yet):
-// configs refuses webhooks and listen.mx with this backend, so no
-// subscriber exists, and these methods answer as bbolt's queue does
-// without subscribers.
-
-// RecordEvents records nothing: there is no subscriber.
-func (q *Queue) RecordEvents(evs ...queue.Event) error { return nil }
-
-// DueEvents has nothing due: there is no subscriber.
-func (q *Queue) DueEvents(string, time.Time, int) ([]queue.EventDelivery, time.Time, error) {
-	return nil, time.Time{}, nil
-}
-
-// EventDone finds no delivery.
-func (q *Queue) EventDone(string, uint64) error { return queue.ErrNotFound }
-
-// EventRetry finds no delivery.
-func (q *Queue) EventRetry(string, uint64, time.Time, string) error { return queue.ErrNotFound }
-
-// EventsWritten never fires.
-func (q *Queue) EventsWritten() <-chan struct{} { return q.eventKick }
-
-// EventBacklogs lists no subscriber.
-func (q *Queue) EventBacklogs(int) ([]queue.EventBacklog, error) { return nil, nil }
+// The delivery traces (listen.mx) are not kept in PostgreSQL yet:
+// configs refuses listen.mx with this backend.
 
 // Trace finds no trace: VERP return paths (listen.mx) need bbolt.
 func (q *Queue) Trace(id string) (*queue.Trace, error) {

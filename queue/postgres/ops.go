@@ -21,6 +21,7 @@ func (q *Queue) modify(id string, change func(m *row) error) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	var events int
 	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		m, err := scanRow(tx.QueryRow(ctx, `SELECT `+rowCols+` FROM postern_messages WHERE id = $1 FOR UPDATE`, n))
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -29,15 +30,18 @@ func (q *Queue) modify(id string, change func(m *row) error) error {
 		if err != nil {
 			return err
 		}
+		m.before = append([]rcpt(nil), m.rcpts...)
 		if err := change(m); err != nil {
 			return err
 		}
 		_, err = q.save(ctx, tx, m, q.clock(), false)
+		events = m.events
 		return err
 	})
 	if err == nil {
 		q.kick()
 		q.announce.Store(true)
+		q.eventsRecorded(events)
 	}
 	if errors.Is(err, queue.ErrNotFound) || errors.Is(err, queue.ErrFinal) || errors.Is(err, queue.ErrHeld) || errors.Is(err, queue.ErrNotHeld) {
 		return err

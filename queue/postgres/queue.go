@@ -61,6 +61,9 @@ type Options struct {
 	Signer       queue.Signer
 	Gate         queue.Gate
 	Observer     queue.Observer
+	// Subscribers get the events of submitted messages (webhooks), as
+	// in queue.Options. Every node must list the same ones.
+	Subscribers []queue.Subscriber
 	// MaxConns caps the connection pool (default Workers/4 + 8, at most
 	// 32: several nodes share the server's max_connections, 100 by default).
 	MaxConns int32
@@ -159,7 +162,7 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 	q := &Queue{
 		pool: pool, opts: opts, retry: opts.Retry.WithDefaults(), lease: opts.Lease, node: opts.Node,
 		log: log, obs: opts.Observer, gate: opts.Gate,
-		wake: make(chan struct{}, 1), stopping: make(chan struct{}), eventKick: make(chan struct{}),
+		wake: make(chan struct{}, 1), stopping: make(chan struct{}), eventKick: make(chan struct{}, 1),
 	}
 	if q.obs == nil {
 		q.obs = queue.NopObserver{}
@@ -282,7 +285,26 @@ func (q *Queue) EnqueuePrefixed(ctx context.Context, env *queue.Envelope, body i
 			lease.due = append(lease.due, i)
 		}
 	}
-	id, err := q.insertRcpts(ctx, q.pool, env, data, now, rs, "", lease)
+	var id int64
+	var err error
+	if q.wantsEvents(env) {
+		var n int
+		err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+			var err error
+			if id, err = q.insertRcpts(ctx, tx, env, data, now, rs, "", lease); err != nil {
+				return err
+			}
+			n, err = q.emit(ctx, tx, acceptedEvents(id, env, now))
+			return err
+		})
+		if err == nil {
+			q.eventsRecorded(n)
+		} else {
+			err = wrap(err)
+		}
+	} else {
+		id, err = q.insertRcpts(ctx, q.pool, env, data, now, rs, "", lease)
+	}
 	if err != nil {
 		if lease != nil {
 			q.unreserve()
@@ -406,6 +428,14 @@ type row struct {
 	purge   *time.Time
 	// dsn is set by save when it queued a DSN: new work, due now.
 	dsn bool
+	// For the events of a change (changeEvents): the recipients as they
+	// were before it, which of them an attempt just ended for, the
+	// delay warnings report sent, and how many event deliveries save
+	// wrote.
+	before    []rcpt
+	attempted map[int]bool
+	delayed   []int
+	events    int
 }
 
 const rowCols = `id, created, envelope, size, rcpts, held, lease_token, purge_at`

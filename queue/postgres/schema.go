@@ -60,6 +60,23 @@ var migrations = []string{
 		value bytea NOT NULL,
 		PRIMARY KEY (ns, key)
 	);`,
+	// 2: the event outbox (webhooks): one row per event, one delivery
+	// row per subscriber that wants it. Deliveries are read in
+	// recording order, at most one per message at a time.
+	`CREATE TABLE postern_events (
+		seq   bigserial PRIMARY KEY,
+		event jsonb NOT NULL
+	);
+	CREATE TABLE postern_event_deliveries (
+		sub        text NOT NULL,
+		seq        bigint NOT NULL REFERENCES postern_events ON DELETE CASCADE,
+		queue_id   text NOT NULL DEFAULT '',
+		attempts   integer NOT NULL DEFAULT 0,
+		next       timestamptz NOT NULL,
+		last_error text NOT NULL DEFAULT '',
+		PRIMARY KEY (sub, seq)
+	);
+	CREATE INDEX postern_event_deliveries_msg ON postern_event_deliveries (sub, queue_id, seq);`,
 }
 
 // migrate brings the schema to the latest version. It is idempotent and
