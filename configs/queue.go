@@ -77,11 +77,6 @@ func (c *Config) validateQueue(bad func(key, format string, args ...any)) {
 	if l := q.Postgres.Lease.D(); l != 0 && (l < 10*time.Second || l > time.Hour) {
 		bad("queue.postgres.lease", "%v is outside 10s..1h: a dead node's mail waits this long, and a live node renews it every third of it", l)
 	}
-	// What the PostgreSQL backend does not keep yet: the delivery
-	// traces that late bounces are matched with.
-	if c.Listen.MX != "" {
-		bad("listen.mx", "needs queue.backend bbolt for now: the PostgreSQL backend keeps no delivery traces for bounces yet")
-	}
 }
 
 // ReadDSN reads queue.postgres.dsn_file: the DSN, without surrounding

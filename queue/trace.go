@@ -166,35 +166,15 @@ func tracesDue(tx *bolt.Tx, now time.Time) bool {
 // without an expiry gets Options.Suppression's. Once it returns nil, both
 // are on disk: the caller may acknowledge the report.
 func (q *Queue) RecordFeedback(evs []Event, sups []Suppression) error {
-	now := q.clock()
-	for i := range evs {
-		if evs[i].Time.IsZero() {
-			evs[i].Time = now
-		}
-	}
-	if !q.suppress.Enabled {
-		sups = nil
-	}
-	for i := range sups {
-		s := &sups[i]
-		if s.Address == "" {
-			return fmt.Errorf("queue: suppression without an address")
-		}
-		if s.Created.IsZero() {
-			s.Created = now
-		}
-		if s.Reason == "" {
-			s.Reason = SuppressManual
-		}
-		if s.Expires.IsZero() && s.Reason != SuppressManual && q.suppress.ExpireAfter > 0 {
-			s.Expires = s.Created.Add(q.suppress.ExpireAfter)
-		}
+	sups, err := PrepareFeedback(evs, sups, q.clock(), q.suppress)
+	if err != nil {
+		return err
 	}
 	if len(sups) == 0 && len(q.subs) == 0 {
 		return nil // nothing would be written: spare the commit
 	}
 	var n int
-	err := q.updateOpen(func(tx *bolt.Tx) error {
+	err = q.updateOpen(func(tx *bolt.Tx) error {
 		var err error
 		if n, err = q.emit(tx, evs); err != nil {
 			return err
@@ -208,6 +188,37 @@ func (q *Queue) RecordFeedback(evs []Event, sups []Suppression) error {
 	})
 	q.eventsRecorded(n)
 	return err
+}
+
+// PrepareFeedback completes what RecordFeedback records, the same for
+// every backend: events without a time get now; suppressions are dropped
+// when the list is off, and get their creation time, a reason (manual)
+// and, when automatic, opts' expiry.
+func PrepareFeedback(evs []Event, sups []Suppression, now time.Time, opts SuppressionOptions) ([]Suppression, error) {
+	for i := range evs {
+		if evs[i].Time.IsZero() {
+			evs[i].Time = now
+		}
+	}
+	if !opts.Enabled {
+		return nil, nil
+	}
+	for i := range sups {
+		s := &sups[i]
+		if s.Address == "" {
+			return nil, fmt.Errorf("queue: suppression without an address")
+		}
+		if s.Created.IsZero() {
+			s.Created = now
+		}
+		if s.Reason == "" {
+			s.Reason = SuppressManual
+		}
+		if s.Expires.IsZero() && s.Reason != SuppressManual && opts.ExpireAfter > 0 {
+			s.Expires = s.Created.Add(opts.ExpireAfter)
+		}
+	}
+	return sups, nil
 }
 
 // AddressGone reports whether a permanent failure with reply r says the

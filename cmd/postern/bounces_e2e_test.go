@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"postern/queue/postgres/pgtest"
 )
 
 // postfixMX runs Postfix as the MX of dest.test on addr: it accepts any
@@ -182,13 +184,28 @@ var verpRE = regexp.MustCompile(`from=<(b\+[a-z2-7]{32}@bounces\.postern\.test)>
 // complaint report to the same return path becomes message.complained.
 func TestPostfixBouncesToListenMX(t *testing.T) {
 	t.Parallel()
+	postfixBouncesToListenMX(t, false)
+}
+
+// The same with the PostgreSQL queue: the trace, the suppression and the
+// events live in the database, where any node's listen.mx finds them.
+func TestPostfixBouncesToListenMXPostgres(t *testing.T) {
+	t.Parallel()
+	postfixBouncesToListenMX(t, true)
+}
+
+func postfixBouncesToListenMX(t *testing.T, pg bool) {
 	w := newWorld(t)
 	w.mx("dest.test", "127.0.2.2")
 	cfg := w.config()
 	cfg.Admin = freeAddr(t)
 	mxAddr := freeAddr(t)
 	cfg.MX, cfg.Extra = mxAddr, "bounces: {domain: bounces.postern.test}\n"
-	in := newInstance(t, cfg)
+	dir := t.TempDir()
+	if pg {
+		cfg.Extra += postgresQueue(t, dir, pgtest.DB(t), "30s")
+	}
+	in := newInstanceIn(t, dir, cfg)
 	maillog := postfixMX(t, fmt.Sprintf("127.0.2.2:%d", w.port), mxAddr)
 	in.start()
 

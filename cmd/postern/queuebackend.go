@@ -27,7 +27,7 @@ func openQueue(cfg *configs.Config, o queue.Options) (queue.Backend, error) {
 		DSN: dsn, Node: cfg.Queue.Postgres.Node, Lease: cfg.PostgresLease(),
 		Deliverer: o.Deliverer, Workers: o.Workers, Retry: o.Retry, Hostname: o.Hostname,
 		DelayWarning: o.DelayWarning, KeepFailed: o.KeepFailed, Suppression: o.Suppression,
-		Signer: o.Signer, Gate: o.Gate, Observer: o.Observer, Logger: o.Logger, Subscribers: o.Subscribers,
+		Signer: o.Signer, Gate: o.Gate, Observer: o.Observer, Logger: o.Logger, Subscribers: o.Subscribers, Bounces: o.Bounces,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue.backend postgres: %w", err)

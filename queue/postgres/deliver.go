@@ -333,6 +333,9 @@ func (q *Queue) attempt(m *row, domain string, idx []int, b *body) (results []qu
 		}
 		results = results[:len(idx)]
 	}()
+	if traced(&m.env) && q.opts.Bounces.ReturnPath != nil {
+		d.ReturnPath = q.opts.Bounces.ReturnPath(d.ID, idx)
+	}
 	start := time.Now()
 	results = q.opts.Deliverer.Deliver(q.runCtx, d)
 	q.obs.AttemptDuration(time.Since(start))
@@ -541,6 +544,11 @@ func (q *Queue) save(ctx context.Context, tx pgx.Tx, m *row, now time.Time, unle
 	lease := ``
 	if unlease {
 		lease = `, lease_owner = NULL, lease_token = NULL`
+	}
+	if !ok {
+		if err := q.keepTrace(ctx, tx, m, now); err != nil {
+			return false, err
+		}
 	}
 	switch {
 	case st == queue.StateDelivered:
@@ -762,6 +770,9 @@ func (q *Queue) purger() {
 		_, err := q.pool.Exec(ctx, `DELETE FROM postern_messages WHERE purge_at IS NOT NULL AND purge_at <= $1`, now)
 		if err == nil {
 			_, err = q.pool.Exec(ctx, `DELETE FROM postern_idempotency WHERE created <= $1`, now.Add(-queue.IdempotencyWindow))
+		}
+		if err == nil {
+			_, err = q.pool.Exec(ctx, `DELETE FROM postern_traces WHERE expires <= $1`, now)
 		}
 		cancel()
 		if err != nil {

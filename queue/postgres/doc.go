@@ -19,6 +19,8 @@
 //	postern_event_deliveries
 //	                      (subscriber, seq) → attempts, next attempt,
 //	                      last error, queue id (events.go)
+//	postern_traces        id → the trace of a submitted message that is
+//	                      gone, until it expires (trace.go)
 //
 // due is when any node may lease the message next: its earliest pending
 // recipient's next attempt, or, while a node holds it, the end of that
@@ -42,9 +44,6 @@
 // NOTIFY announces new work to idle nodes, at most every 20 ms and
 // outside Enqueue's transaction (NOTIFY serialises commits); each node
 // LISTENs on a connection of its own.
-//
-// Not kept here yet: the delivery traces (listen.mx); configs refuses
-// listen.mx with this backend.
 //
 // It imports the queue's types and nothing of relay/ or cmd/
 // (relay/layout_test.go).

@@ -174,16 +174,3 @@ func (q *Queue) StateList(ns string) (map[string][]byte, error) {
 	}
 	return out, wrap(rows.Err())
 }
-
-// The delivery traces (listen.mx) are not kept in PostgreSQL yet:
-// configs refuses listen.mx with this backend.
-
-// Trace finds no trace: VERP return paths (listen.mx) need bbolt.
-func (q *Queue) Trace(id string) (*queue.Trace, error) {
-	return nil, fmt.Errorf("%w: %s", queue.ErrNotFound, id)
-}
-
-// RecordFeedback refuses: listen.mx needs bbolt.
-func (q *Queue) RecordFeedback([]queue.Event, []queue.Suppression) error {
-	return errors.New("queue: bounce feedback is not kept with the PostgreSQL backend")
-}

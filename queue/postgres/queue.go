@@ -64,6 +64,9 @@ type Options struct {
 	// Subscribers get the events of submitted messages (webhooks), as
 	// in queue.Options. Every node must list the same ones.
 	Subscribers []queue.Subscriber
+	// Bounces turns on VERP return paths and the traces late bounces are
+	// matched with, as in queue.Options.
+	Bounces queue.BounceOptions
 	// MaxConns caps the connection pool (default Workers/4 + 8, at most
 	// 32: several nodes share the server's max_connections, 100 by default).
 	MaxConns int32
@@ -136,6 +139,9 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 	}
 	if opts.Lease <= 0 {
 		opts.Lease = DefaultLease
+	}
+	if opts.Bounces.Keep <= 0 {
+		opts.Bounces.Keep = 7 * 24 * time.Hour
 	}
 	if opts.Node == "" {
 		h, _ := os.Hostname()

@@ -77,6 +77,14 @@ var migrations = []string{
 		PRIMARY KEY (sub, seq)
 	);
 	CREATE INDEX postern_event_deliveries_msg ON postern_event_deliveries (sub, queue_id, seq);`,
+	// 3: the traces of submitted messages that are gone, for the late
+	// bounces and complaints that listen.mx matches with them.
+	`CREATE TABLE postern_traces (
+		id      bigint PRIMARY KEY,
+		data    jsonb NOT NULL,
+		expires timestamptz NOT NULL
+	);
+	CREATE INDEX postern_traces_expires ON postern_traces (expires);`,
 }
 
 // migrate brings the schema to the latest version. It is idempotent and
