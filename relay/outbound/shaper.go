@@ -448,8 +448,11 @@ func (s *Shaper) admitUnit(d *unit, now time.Time, force bool) queue.Admission {
 	for i, u := range units {
 		windows[i] = u.window()
 		if shared && now.Before(u.slotsFull) {
+			// Read under s.mu: workers admit at once (the PostgreSQL
+			// queue's do), and release writes both.
+			a := queue.Admission{Until: u.slotsFull, Wait: u.wait()}
 			s.mu.Unlock()
-			return queue.Admission{Until: u.slotsFull, Wait: u.wait()}
+			return a
 		}
 		if w := windows[i]; w > 0 && u.active >= w {
 			a := queue.Admission{Wait: u.wait()}

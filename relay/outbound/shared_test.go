@@ -335,3 +335,38 @@ func TestSharedRedisHangs(t *testing.T) {
 		t.Errorf("admissions with Redis hanging: the slowest took %v, all %v; want about one 100 ms timeout in all", slowest, total)
 	}
 }
+
+// TestSharedAdmitConcurrent: workers admit at once (the PostgreSQL queue's
+// do, unlike bbolt's dispatcher) while the fleet is full and slots come
+// and go; run with -race, it catches a unit read outside s.mu.
+func TestSharedAdmitConcurrent(t *testing.T) {
+	_, nodes, clocks, _ := sharedNodes(t, 2, Shaping{Default: Limits{Connections: 2}})
+	for _, s := range nodes {
+		known(s, "c.test", "mx.c.test")
+	}
+	var wg sync.WaitGroup
+	var admitted atomic.Int64
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := w % 2
+			for range 50 {
+				a := nodes[n].admit("c.test", clocks[n].now(), false)
+				if a.Admitted() {
+					admitted.Add(1)
+					a.Release()
+				} else if a.Wait != nil {
+					select {
+					case <-a.Wait:
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if admitted.Load() == 0 {
+		t.Error("nothing admitted")
+	}
+}
