@@ -56,6 +56,11 @@ type Backend interface {
 	// The state other rooms keep beside the queue (StateStore).
 	StateBackend
 
+	// Drain begins a drain (postern drain): a queue other nodes share
+	// stops taking new work here and reports true; the node's own queue
+	// goes on delivering what is due, the drain waiting for it, and
+	// reports false.
+	Drain() bool
 	// Activity is what delivery on this node is doing now (postern
 	// drain). A shared backend reports its attempts in flight only: the
 	// fleet delivers what is due.
@@ -69,6 +74,9 @@ type Backend interface {
 }
 
 var _ Backend = (*Queue)(nil)
+
+// Drain does nothing: what this queue holds, only this node delivers.
+func (q *Queue) Drain() bool { return false }
 
 // WithDefaults returns r with its zero fields set to their defaults.
 func (r Retry) WithDefaults() Retry { return r.withDefaults() }

@@ -28,7 +28,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"postern/configs"
 	"postern/queue"
 	"postern/relay/httpapi"
 )
@@ -146,11 +145,9 @@ func (s *server) drain(sigs <-chan os.Signal) error {
 	// Stopped: shutdown, which stops what is left, skips them.
 	s.smtp, s.bounceMX, s.api = nil, nil, nil
 	s.log.Info("draining: listeners closed")
-	if s.cfg.QueueBackend() == configs.BackendPostgres {
-		// A shared queue: the other nodes deliver what is due. This node
-		// leases nothing more and finishes the attempts it started (its
-		// Activity never reports due work).
-		s.queue.StopDelivery()
+	// A queue the fleet shares takes no new work here: the other nodes
+	// deliver what is due. The node's own queue goes on delivering it.
+	if s.queue.Drain() {
 		s.log.Info("draining: no new leases; the other nodes deliver the shared queue")
 	}
 

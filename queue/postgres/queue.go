@@ -582,6 +582,13 @@ func (q *Queue) Close(ctx context.Context) error {
 // what is due while this one drains.
 func (q *Queue) Activity() queue.Activity { return queue.Activity{InFlight: int(q.busy.Load())} }
 
+// Drain takes no new lease: the other nodes deliver the shared queue
+// while this one finishes its attempts in flight.
+func (q *Queue) Drain() bool {
+	q.StopDelivery()
+	return true
+}
+
 // StopDelivery starts no new attempt; attempts in flight go on.
 func (q *Queue) StopDelivery() {
 	q.stopOnce.Do(func() { close(q.stopping) })
