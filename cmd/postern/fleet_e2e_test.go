@@ -276,7 +276,7 @@ func TestFleetSurvivesLosingANode(t *testing.T) {
 	var leasedAtKill []held
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		rows, err := conn.Query(ctx, `SELECT body, due FROM postern_messages WHERE lease_owner = 'node3' AND due > now()`)
+		rows, err := conn.Query(ctx, `SELECT body, due FROM postern_messages WHERE lease_owner LIKE 'node3#%' AND due > now()`)
 		if err != nil {
 			t.Fatal(err)
 		}

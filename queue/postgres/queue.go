@@ -82,7 +82,7 @@ type Queue struct {
 	opts  Options
 	retry queue.Retry
 	lease time.Duration
-	node  string
+	node  string // lease_owner: Options.Node#random
 	log   *slog.Logger
 	obs   queue.Observer
 	gate  queue.Gate
@@ -166,8 +166,13 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 		return nil, fmt.Errorf("postgres queue: %w", err)
 	}
 	q := &Queue{
-		pool: pool, opts: opts, retry: opts.Retry.WithDefaults(), lease: opts.Lease, node: opts.Node,
-		log: log, obs: opts.Observer, gate: opts.Gate,
+		pool: pool, opts: opts, retry: opts.Retry.WithDefaults(), lease: opts.Lease,
+		// The lease owner is the node's name and this process's own
+		// mark: two processes given one name (a misconfiguration, or a
+		// restart while the old process lingers) neither give back each
+		// other's leases at Close nor ignore each other's NOTIFY.
+		node: fmt.Sprintf("%s#%08x", opts.Node, rand.Uint32()),
+		log:  log, obs: opts.Observer, gate: opts.Gate,
 		wake: make(chan struct{}, 1), stopping: make(chan struct{}), eventKick: make(chan struct{}, 1),
 	}
 	if q.obs == nil {

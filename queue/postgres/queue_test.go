@@ -260,7 +260,7 @@ func TestLeaseRenewed(t *testing.T) {
 	eventually(t, "the lease taken", func() bool {
 		var owner *string
 		a.pool.QueryRow(context.Background(), `SELECT lease_owner FROM postern_messages`).Scan(&owner)
-		return owner != nil && *owner == "a"
+		return owner != nil && strings.HasPrefix(*owner, "a#")
 	})
 	rec := &recorder{}
 	b := open(t, dsn, Options{Deliverer: rec, Lease: lease, Node: "b"})
@@ -520,7 +520,7 @@ func TestCloseGivesLeasesBack(t *testing.T) {
 	enqueue(t, a, "s@src.test", "x\r\n", "r@dst.test")
 	eventually(t, "the attempt under way", func() bool {
 		var n int
-		a.pool.QueryRow(context.Background(), `SELECT count(*) FROM postern_messages WHERE lease_owner = 'a'`).Scan(&n)
+		a.pool.QueryRow(context.Background(), `SELECT count(*) FROM postern_messages WHERE lease_owner LIKE 'a#%'`).Scan(&n)
 		return n == 1
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -530,4 +530,23 @@ func TestCloseGivesLeasesBack(t *testing.T) {
 	b := open(t, dsn, Options{Deliverer: rec, Node: "b", Lease: time.Hour})
 	b.Start()
 	eventually(t, "delivery by b long before a's hour-long lease", func() bool { return rec.count() == 1 })
+}
+
+// Two processes given one node name: the one that stops gives back only
+// its own leases, not the other's (which would let a third node deliver
+// a message the other is still delivering).
+func TestSameNodeNameKeepsLeasesApart(t *testing.T) {
+	dsn := pgtest.DB(t)
+	a := open(t, dsn, Options{Node: "same", Lease: time.Hour})
+	b := open(t, dsn, Options{Node: "same", Lease: time.Hour})
+	enqueue(t, a, "s@src.test", "x\r\n", "r@dst.test")
+	if jobs, _, err := a.leaseDue(10); err != nil || len(jobs) != 1 {
+		t.Fatalf("lease = %v, %v", jobs, err)
+	}
+	b.Close(context.Background())
+	var owner *string
+	a.pool.QueryRow(context.Background(), `SELECT lease_owner FROM postern_messages`).Scan(&owner)
+	if owner == nil || !strings.HasPrefix(*owner, "same#") {
+		t.Errorf("a's lease after b stopped: owner %v", owner)
+	}
 }
