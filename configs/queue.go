@@ -70,7 +70,7 @@ func (c *Config) validateQueue(bad func(key, format string, args ...any)) {
 	default:
 		if data, err := os.ReadFile(q.Postgres.DSNFile); err != nil {
 			bad("queue.postgres.dsn_file", "cannot be read: %v", err)
-		} else if len(data) == 0 {
+		} else if strings.TrimSpace(string(data)) == "" {
 			bad("queue.postgres.dsn_file", "%s is empty", q.Postgres.DSNFile)
 		}
 	}
