@@ -85,9 +85,11 @@ func changeEvents(m *row, now time.Time) []queue.Event {
 }
 
 // emit writes evs to the outbox in tx, one delivery per subscriber that
-// wants each, and returns how many deliveries it wrote.
-func (q *Queue) emit(ctx context.Context, tx querier, evs []queue.Event) (int, error) {
+// wants each, in one round trip (a batch), and returns how many
+// deliveries it wrote.
+func (q *Queue) emit(ctx context.Context, tx pgx.Tx, evs []queue.Event) (int, error) {
 	n := 0
+	b := &pgx.Batch{}
 	for i := range evs {
 		ev := &evs[i]
 		var subs []string
@@ -104,17 +106,18 @@ func (q *Queue) emit(ctx context.Context, tx querier, evs []queue.Event) (int, e
 		}
 		data, err := json.Marshal(ev)
 		if err != nil {
-			return n, err
+			return 0, err
 		}
 		// One statement: the event and its deliveries.
-		if _, err := tx.Exec(ctx, `WITH e AS (INSERT INTO postern_events (event) VALUES ($1) RETURNING seq)
+		b.Queue(`WITH e AS (INSERT INTO postern_events (event) VALUES ($1) RETURNING seq)
 			INSERT INTO postern_event_deliveries (sub, seq, queue_id, next) SELECT s, e.seq, $2, $3 FROM e, unnest($4::text[]) s`,
-			data, ev.QueueID, ev.Time, subs); err != nil {
-			return n, err
-		}
+			data, ev.QueueID, ev.Time, subs)
 		n += len(subs)
 	}
-	return n, nil
+	if b.Len() == 0 {
+		return 0, nil
+	}
+	return n, tx.SendBatch(ctx, b).Close()
 }
 
 // eventsRecorded tells the webhook sender, after a commit, that events
